@@ -1,0 +1,16 @@
+"""One module per paper unit."""
+
+from shufflenet.blocks.common import ConvBNAct, SqueezeExcite, make_divisible
+from shufflenet.blocks.mobilenet import DepthwiseSeparable, InvertedResidual
+from shufflenet.blocks.shufflenet_v1 import ShuffleV1Unit
+from shufflenet.blocks.shufflenet_v2 import ShuffleV2Unit
+
+__all__ = [
+    "ConvBNAct",
+    "DepthwiseSeparable",
+    "InvertedResidual",
+    "ShuffleV1Unit",
+    "ShuffleV2Unit",
+    "SqueezeExcite",
+    "make_divisible",
+]

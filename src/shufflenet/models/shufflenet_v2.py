@@ -1,0 +1,87 @@
+"""ShuffleNet V2 (Ma et al., 2018), built from the architecture table below (paper Table 5)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from torch import nn
+
+from shufflenet.blocks import ConvBNAct, ShuffleV2Unit
+from shufflenet.blocks.shufflenet_v2 import Layout
+from shufflenet.models._base import ClassifierNet, TrunkPiece
+
+# Paper Table 5: Conv1 3x3 s2 (24) -> MaxPool 3x3 s2 -> stages of 4, 8, 4 units (first unit stride 2)
+# -> Conv5 1x1 -> GlobalPool -> FC. Output channels per stage and of Conv5, per complexity level.
+STEM_CHANNELS = 24
+STAGE_NAMES = ("stage2", "stage3", "stage4")
+STAGE_REPEATS = (4, 8, 4)
+STAGE_WIDTHS = {
+    0.5: (48, 96, 192, 1024),
+    1.0: (116, 232, 464, 1024),
+    1.5: (176, 352, 704, 1024),
+    2.0: (244, 488, 976, 2048),
+}
+SCALE_TAGS = {0.5: "x0_5", 1.0: "x1_0", 1.5: "x1_5", 2.0: "x2_0"}
+DROPOUT_2X = 0.2  # the authors' release adds dropout before the FC of the 2x net only
+
+
+class ShuffleNetV2(ClassifierNet):
+    """ShuffleNet V2 at one of Table 5's four widths.
+
+    ``layout="paper"`` (default) follows the authors' release and reaches the paper's FLOPs;
+    ``layout="torchvision"`` splits stride-2 units evenly and loads torchvision's
+    ``shufflenet_v2_x*`` weights key for key (see :class:`ShuffleV2Unit`). ``drop_rate`` defaults to 0.2
+    for the paper's 2x net and 0 otherwise. ``small_input=True`` makes the stem stride 1 without
+    max-pool, for 28-32 px images.
+    """
+
+    def __init__(
+        self,
+        *,
+        scale: float = 1.0,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        layout: Layout = "paper",
+        shuffle: bool = True,
+        small_input: bool = False,
+        drop_rate: float | None = None,
+    ) -> None:
+        super().__init__()
+        if scale not in STAGE_WIDTHS:
+            raise ValueError(
+                f"ShuffleNet V2 scale must be one of {sorted(STAGE_WIDTHS)} (paper Table 5), got {scale}"
+            )
+        *widths, head_channels = STAGE_WIDTHS[scale]
+        self.scale, self.layout = scale, layout
+        if drop_rate is None:
+            drop_rate = DROPOUT_2X if scale == 2.0 and layout == "paper" else 0.0
+        stem_stride = 1 if small_input else 2
+        self.conv1 = ConvBNAct(in_chans, STEM_CHANNELS, kernel_size=3, stride=stem_stride)
+        self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(3, stride=2, padding=1)
+        pieces = [
+            TrunkPiece("conv1", STEM_CHANNELS, stem_stride),
+            TrunkPiece("maxpool", STEM_CHANNELS, stem_stride),
+        ]
+        in_channels = STEM_CHANNELS
+        for name, repeats, width in zip(STAGE_NAMES, STAGE_REPEATS, widths, strict=True):
+            units = []
+            for unit_index in range(repeats):
+                stride = 2 if unit_index == 0 else 1
+                units.append(ShuffleV2Unit(in_channels, width, stride=stride, layout=layout, shuffle=shuffle))
+                in_channels = width
+            setattr(self, name, nn.Sequential(*units))
+            pieces.append(TrunkPiece(name, width, 2))
+        self.conv5 = ConvBNAct(in_channels, head_channels)
+        self._set_interface(
+            pieces=pieces,
+            head_conv="conv5",
+            num_features=head_channels,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            drop_rate=drop_rate,
+        )
+
+
+MODEL_BUILDERS = {
+    f"shufflenet_v2_{tag}": partial(ShuffleNetV2, scale=scale) for scale, tag in SCALE_TAGS.items()
+}
