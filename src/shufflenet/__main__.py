@@ -1,0 +1,3 @@
+from shufflenet.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,148 @@
+"""One registry for every family: ``create_model``, ``list_models``, model cards and torchvision weights."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from shufflenet.models import mobilenet_v1, mobilenet_v2, shufflenet_v1, shufflenet_v2
+from shufflenet.models._base import ClassifierNet, FeatureExtractor
+
+_BUILDERS: dict[str, Callable[..., ClassifierNet]] = {
+    **shufflenet_v1.MODEL_BUILDERS,
+    **shufflenet_v2.MODEL_BUILDERS,
+    **mobilenet_v1.MODEL_BUILDERS,
+    **mobilenet_v2.MODEL_BUILDERS,
+}
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style ``pattern`` (e.g. ``"shufflenet_v1_g3_*"``)."""
+    return sorted(name for name in _BUILDERS if fnmatch.fnmatchcase(name, pattern))
+
+
+def _unknown_name_error(name: str) -> ValueError:
+    close = difflib.get_close_matches(name, _BUILDERS, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}?" if close else "see `shufflenet models` for the list"
+    return ValueError(f"unknown model {name!r}; {hint}")
+
+
+def create_model(
+    name: str,
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    *,
+    features_only: bool = False,
+    out_indices: tuple[int, ...] | list[int] | None = None,
+    **overrides: Any,
+) -> torch.nn.Module:
+    """Build a registered model, e.g. ``create_model("shufflenet_v1_g3_x1_0", num_classes=10)``.
+
+    ``overrides`` change the builder's arguments (``groups``, ``scale``, ``shuffle``, ``layout``,
+    ``small_input``, ``drop_rate``, ...). ``features_only=True`` returns a :class:`FeatureExtractor`
+    giving the maps at ``out_indices`` (default: all, one per resolution).
+    """
+    if name not in _BUILDERS:
+        raise _unknown_name_error(name)
+    builder = _BUILDERS[name]
+    accepted = inspect.signature(builder.func).parameters
+    unknown = sorted(set(overrides) - set(accepted))
+    if unknown:
+        valid = ", ".join(p for p in accepted if p not in ("num_classes", "in_chans"))
+        raise ValueError(f"{name} takes no argument {', '.join(unknown)}; valid overrides: {valid}")
+    model = builder(num_classes=num_classes, in_chans=in_chans, **overrides)
+    if features_only:
+        return FeatureExtractor(model, out_indices)
+    if out_indices is not None:
+        raise ValueError("out_indices only applies with features_only=True")
+    return model
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A registered model's figures: ours (params; MFLOPs at 224x224, 1000 classes) beside the paper's."""
+
+    name: str
+    family: str
+    params: int
+    mflops: float
+    paper_mflops: float | None = None
+    paper_params_m: float | None = None
+    paper_top1_err: float | None = None
+    source: str | None = None
+    note: str | None = None
+
+
+def model_cards() -> dict[str, ModelCard]:
+    """Every registered model's card, read from the ``model_cards.yaml`` shipped with the package."""
+    text = resources.files("shufflenet").joinpath("model_cards.yaml").read_text(encoding="utf-8")
+    entries = yaml.safe_load(text)
+    return {name: ModelCard(name=name, **fields) for name, fields in entries.items()}
+
+
+def model_card(name: str) -> ModelCard:
+    """The card of one registered model."""
+    cards = model_cards()
+    if name not in cards:
+        raise _unknown_name_error(name)
+    return cards[name]
+
+
+# torchvision names a few layers differently; each family's renames, theirs -> ours.
+_TORCHVISION_RENAMES: dict[type, dict[str, str]] = {
+    shufflenet_v2.ShuffleNetV2: {},
+    mobilenet_v2.MobileNetV2: {"classifier.1.": "classifier."},
+}
+
+
+def load_torchvision_weights(
+    model: torch.nn.Module, state_dict_or_path: Mapping[str, torch.Tensor] | str | Path
+) -> torch.nn.Module:
+    """Load a torchvision ``shufflenet_v2_x*`` or ``mobilenet_v2`` state_dict (or a file holding one,
+    read with ``weights_only=True``) into the matching model of ours, checking every key and shape."""
+    target = model.model if isinstance(model, FeatureExtractor) else model
+    renames = _TORCHVISION_RENAMES.get(type(target))
+    if renames is None:
+        raise ValueError(
+            f"torchvision has no counterpart of {type(target).__name__}; "
+            "compatible models: shufflenet_v2_* with layout='torchvision', mobilenet_v2_*"
+        )
+    if isinstance(state_dict_or_path, (str, Path)):
+        state_dict = torch.load(state_dict_or_path, map_location="cpu", weights_only=True)
+    else:
+        state_dict = state_dict_or_path
+    renamed = {}
+    for key, value in state_dict.items():
+        for theirs, ours in renames.items():
+            if key.startswith(theirs):
+                key = ours + key[len(theirs) :]
+        renamed[key] = value
+    own = target.state_dict()
+    missing, unexpected = sorted(set(own) - set(renamed)), sorted(set(renamed) - set(own))
+    if missing or unexpected:
+        raise ValueError(
+            f"state_dict does not match {type(target).__name__}: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}; check the model name and width"
+        )
+    for key, value in renamed.items():
+        if own[key].shape != value.shape:
+            hint = (
+                "build it with layout='torchvision'"
+                if getattr(target, "layout", None) == "paper"
+                else "check the width and num_classes"
+            )
+            raise ValueError(
+                f"{key}: our shape {tuple(own[key].shape)} differs from the checkpoint's "
+                f"{tuple(value.shape)}; {hint}"
+            )
+    target.load_state_dict(renamed)
+    return model
