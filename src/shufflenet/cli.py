@@ -50,13 +50,27 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(json.dumps([vars(card) for card in selected], indent=2))
         return 0
     if args.compare:
-        headers = ["model", "params (M)", "paper params (M)", "MFLOPs", "paper MFLOPs", "MFLOPs diff %",
-                   "paper top-1 err %", "source"]
+        headers = [
+            "model",
+            "params (M)",
+            "paper params (M)",
+            "MFLOPs",
+            "paper MFLOPs",
+            "MFLOPs diff %",
+            "paper top-1 err %",
+            "source",
+        ]
         rows = [
-            [c.name, _fmt(c.params / 1e6, 3), _fmt(c.paper_params_m), _fmt(c.mflops),
-             _fmt(c.paper_mflops, 0),
-             _fmt(100 * (c.mflops - c.paper_mflops) / c.paper_mflops) if c.paper_mflops else "",
-             _fmt(c.paper_top1_err), c.source or ""]
+            [
+                c.name,
+                _fmt(c.params / 1e6, 3),
+                _fmt(c.paper_params_m),
+                _fmt(c.mflops),
+                _fmt(c.paper_mflops, 0),
+                _fmt(100 * (c.mflops - c.paper_mflops) / c.paper_mflops) if c.paper_mflops else "",
+                _fmt(c.paper_top1_err),
+                c.source or "",
+            ]
             for c in selected
         ]
     else:
@@ -83,18 +97,34 @@ def cmd_profile(args: argparse.Namespace) -> int:
     else:
         if args.per_layer:
             rows = [
-                [layer.name, layer.kind, "x".join(map(str, layer.output_shape)), _fmt(layer.mflops, 3),
-                 f"{layer.params:,}", f"{layer.mac:,}"]
+                [
+                    layer.name,
+                    layer.kind,
+                    "x".join(map(str, layer.output_shape)),
+                    _fmt(layer.mflops, 3),
+                    f"{layer.params:,}",
+                    f"{layer.mac:,}",
+                ]
                 for layer in result.layers
             ]
             print(markdown_table(["layer", "kind", "output", "MFLOPs", "params", "MAC (elements)"], rows))
             print()
         totals = result.totals()
-        print(markdown_table(
-            ["model", "input", "MFLOPs", "params", "MAC (M elements)", "MAC (MB)"],
-            [[args.model, totals["input_size"], _fmt(result.mflops, 2), f"{result.params:,}",
-              _fmt(result.mac / 1e6, 2), _fmt(result.mac_bytes / 1e6, 2)]],
-        ))
+        print(
+            markdown_table(
+                ["model", "input", "MFLOPs", "params", "MAC (M elements)", "MAC (MB)"],
+                [
+                    [
+                        args.model,
+                        totals["input_size"],
+                        _fmt(result.mflops, 2),
+                        f"{result.params:,}",
+                        _fmt(result.mac / 1e6, 2),
+                        _fmt(result.mac_bytes / 1e6, 2),
+                    ]
+                ],
+            )
+        )
     return 0
 
 
@@ -109,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     models = sub.add_parser(
-        "models", help="list the model zoo with params and MFLOPs",
+        "models",
+        help="list the model zoo with params and MFLOPs",
         description="List registered models with their params and MFLOPs at 224x224 (from the model "
         "cards); --compare puts the papers' figures beside ours.",
     )
@@ -119,18 +150,30 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(handler=cmd_models)
 
     prof = sub.add_parser(
-        "profile", help="count MFLOPs, params and memory access cost of a model",
+        "profile",
+        help="count MFLOPs, params and memory access cost of a model",
         description="Count multiply-adds (conv and FC only, as the papers do), parameters (BN affine "
         "included) and memory access cost (feature-map reads + writes + weights, ShuffleNet V2 "
         "section 2) of one forward pass at batch 1.",
     )
     prof.add_argument("model", help="registered model name (see `shufflenet models`)")
-    prof.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), default=(224, 224),
-                      help="input height and width (default: 224 224)")
+    prof.add_argument(
+        "--input-size",
+        nargs=2,
+        type=int,
+        metavar=("H", "W"),
+        default=(224, 224),
+        help="input height and width (default: 224 224)",
+    )
     prof.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default: 1000)")
     prof.add_argument("--in-chans", type=int, default=3, help="input channels (default: 3)")
-    prof.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="override a model argument, e.g. --set shuffle=false --set layout=torchvision")
+    prof.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a model argument, e.g. --set shuffle=false --set layout=torchvision",
+    )
     prof.add_argument("--per-layer", action="store_true", help="one row per layer as well as the totals")
     prof.add_argument("--format", choices=("table", "csv", "json"), default="table")
     prof.set_defaults(handler=cmd_profile)

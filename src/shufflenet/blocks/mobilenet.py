@@ -30,7 +30,7 @@ class InvertedResidual(nn.Module):
         super().__init__()
         if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {stride}")
-        hidden = int(round(in_channels * expansion))
+        hidden = round(in_channels * expansion)
         layers: list[nn.Module] = []
         if expansion != 1:
             layers.append(ConvBNAct(in_channels, hidden, activation=nn.ReLU6))

@@ -74,4 +74,6 @@ class MobileNetV1(ClassifierNet):
         )
 
 
-MODEL_BUILDERS = {f"mobilenet_v1_{tag}": partial(MobileNetV1, alpha=alpha) for alpha, tag in WIDTH_TAGS.items()}
+MODEL_BUILDERS = {
+    f"mobilenet_v1_{tag}": partial(MobileNetV1, alpha=alpha) for alpha, tag in WIDTH_TAGS.items()
+}

@@ -78,4 +78,6 @@ class MobileNetV2(ClassifierNet):
         )
 
 
-MODEL_BUILDERS = {f"mobilenet_v2_{tag}": partial(MobileNetV2, alpha=alpha) for alpha, tag in WIDTH_TAGS.items()}
+MODEL_BUILDERS = {
+    f"mobilenet_v2_{tag}": partial(MobileNetV2, alpha=alpha) for alpha, tag in WIDTH_TAGS.items()
+}

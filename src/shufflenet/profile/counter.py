@@ -105,8 +105,15 @@ class ModelProfile:
             for layer in self.layers:
                 shape = "x".join(map(str, layer.output_shape))
                 writer.writerow(
-                    [layer.name, layer.kind, shape, f"{layer.mflops:.6f}", layer.params, layer.mac,
-                     layer.mac_bytes]
+                    [
+                        layer.name,
+                        layer.kind,
+                        shape,
+                        f"{layer.mflops:.6f}",
+                        layer.params,
+                        layer.mac,
+                        layer.mac_bytes,
+                    ]
                 )
         else:
             totals = self.totals()
@@ -167,8 +174,11 @@ class _Recorder(TorchDispatchMode):
 
 
 def profile(
-    model: nn.Module, input_size: tuple[int, int] = (224, 224), *, in_chans: int | None = None,
-    name: str | None = None
+    model: nn.Module,
+    input_size: tuple[int, int] = (224, 224),
+    *,
+    in_chans: int | None = None,
+    name: str | None = None,
 ) -> ModelProfile:
     """Count MFLOPs (multiply-adds), params (BN affine included, buffers not) and MAC of one forward pass
     of ``model`` on a ``1 x C x H x W`` input, per layer and in total (ShuffleNet V2 section 2).
