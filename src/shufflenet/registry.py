@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import yaml
 
+from shufflenet._validation import state_dict_mismatch
 from shufflenet.models import mobilenet_v1, mobilenet_v2, shufflenet_v1, shufflenet_v2
 from shufflenet.models._base import ClassifierNet, FeatureExtractor
 
@@ -126,23 +127,13 @@ def load_torchvision_weights(
             if key.startswith(theirs):
                 key = ours + key[len(theirs) :]
         renamed[key] = value
-    own = target.state_dict()
-    missing, unexpected = sorted(set(own) - set(renamed)), sorted(set(renamed) - set(own))
-    if missing or unexpected:
-        raise ValueError(
-            f"state_dict does not match {type(target).__name__}: missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}; check the model name and width"
+    mismatch = state_dict_mismatch(target.state_dict(), renamed)
+    if mismatch:
+        hint = (
+            "build it with layout='torchvision'"
+            if getattr(target, "layout", None) == "paper"
+            else "check the model name, width and num_classes"
         )
-    for key, value in renamed.items():
-        if own[key].shape != value.shape:
-            hint = (
-                "build it with layout='torchvision'"
-                if getattr(target, "layout", None) == "paper"
-                else "check the width and num_classes"
-            )
-            raise ValueError(
-                f"{key}: our shape {tuple(own[key].shape)} differs from the checkpoint's "
-                f"{tuple(value.shape)}; {hint}"
-            )
+        raise ValueError(f"torchvision weights do not fit {type(target).__name__}: {mismatch}; {hint}")
     target.load_state_dict(renamed)
     return model

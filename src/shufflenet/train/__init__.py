@@ -1,0 +1,1 @@
+"""Training: engine, recipes, checkpoints, distributed, metrics and plots."""
