@@ -1,0 +1,254 @@
+"""Datasets by name: Fashion-MNIST, CIFAR-10/100 and ImageNet-style image folders, all via torchvision."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from torch.utils.data import Dataset, default_collate
+from torchvision import datasets
+from torchvision.datasets.folder import default_loader
+
+Split = Literal["train", "val"]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about a dataset: classes, input size and normalization."""
+
+    num_classes: int | None  # None: given by the folder's class directories
+    image_size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+DATASETS: dict[str, DatasetInfo] = {
+    "fashion-mnist": DatasetInfo(10, 28, 1, (0.2860,), (0.3530,)),
+    "cifar10": DatasetInfo(10, 32, 3, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": DatasetInfo(100, 32, 3, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "imagefolder": DatasetInfo(None, 224, 3, IMAGENET_MEAN, IMAGENET_STD),
+}
+
+# Where Fashion-MNIST idx files are looked for after data_dir; Debian's dataset-fashion-mnist installs here.
+FASHION_MNIST_SEARCH_PATH: tuple[Path, ...] = (Path("/usr/share/datasets/fashion-mnist"),)
+
+_FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The :data:`DATASETS` entry for ``name``, with a ValueError listing the choices if unknown."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def default_cache_dir() -> Path:
+    """Downloads and unpacked files go to ``$SHUFFLENET_CACHE/datasets`` (default ``~/.cache/shufflenet``)."""
+    return Path(os.environ.get("SHUFFLENET_CACHE", "~/.cache/shufflenet")).expanduser() / "datasets"
+
+
+def build_dataset(
+    name: str,
+    split: Split,
+    data_dir: str | Path | None = None,
+    *,
+    transform: Callable[[Any], Any] | None = None,
+    download: bool = True,
+    skip_bad_images: bool = False,
+) -> Dataset:
+    """The ``split`` of dataset ``name`` yielding ``(image, label)``; ``"val"`` is the test set for
+    Fashion-MNIST and CIFAR.
+
+    ``transform=None`` applies the standard :func:`build_transforms` for the dataset and split; pass
+    ``torchvision.transforms.v2.Identity()`` to get PIL images. ``download`` lets torchvision fetch
+    Fashion-MNIST/CIFAR when no local copy is found. ``skip_bad_images`` (imagefolder only) turns unreadable
+    images into ``None`` samples for :func:`collate_skip_none` instead of raising.
+    """
+    dataset_info(name)
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if skip_bad_images and name != "imagefolder":
+        raise ValueError(f"skip_bad_images applies to imagefolder only, not {name!r}; drop --skip-bad-images")
+    if transform is None:
+        from shufflenet.data.transforms import build_transforms  # here: transforms imports DATASETS from us
+
+        transform = build_transforms(name, split)
+    root = Path(data_dir).expanduser() if data_dir is not None else None
+    if name == "fashion-mnist":
+        return _fashion_mnist(root, split == "train", transform, download)
+    if name in ("cifar10", "cifar100"):
+        return _cifar(name, root, split == "train", transform, download)
+    return _image_folder(root, split, transform, skip_bad_images)
+
+
+def _fashion_mnist(
+    data_dir: Path | None, train: bool, transform: Callable[[Any], Any], download: bool
+) -> datasets.FashionMNIST:
+    searched = ([data_dir, data_dir / "FashionMNIST" / "raw"] if data_dir is not None else []) + list(
+        FASHION_MNIST_SEARCH_PATH
+    )
+    for directory in searched:
+        files = _find_idx_files(directory)
+        if files is None:
+            continue
+        # Already unpacked where torchvision looks: read in place, copy nothing.
+        if directory.parts[-2:] == ("FashionMNIST", "raw") and all(p.suffix != ".gz" for p in files.values()):
+            root = directory.parent.parent
+        else:
+            root = _cache_root(data_dir)
+            _unpack(files, root / "FashionMNIST" / "raw")
+        return datasets.FashionMNIST(root, train=train, transform=transform, download=False)
+
+    where = ", ".join(str(d) for d in searched) or "an empty search path"
+    advice = (
+        "install them with `apt-get install dataset-fashion-mnist` (Debian) "
+        "or pass --data-dir pointing at the four *-idx*-ubyte.gz files"
+    )
+    if not download:
+        raise FileNotFoundError(f"Fashion-MNIST idx files not found in {where}; {advice}, or allow download")
+    root = _cache_root(data_dir)
+    try:
+        return datasets.FashionMNIST(root, train=train, transform=transform, download=True)
+    except Exception as error:  # no network shows up as URLError, RuntimeError or OSError
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found in {where} and download failed ({_one_line(error)}); {advice}"
+        ) from error
+
+
+def _one_line(error: BaseException) -> str:
+    # torchvision's download errors span several lines; error messages here stay on one.
+    return " ".join(str(error).split())
+
+
+def _find_idx_files(directory: Path) -> dict[str, Path] | None:
+    """The four idx files in ``directory``, each gzipped or not; None unless all four are there."""
+    found = {}
+    for name in _FASHION_MNIST_FILES:
+        candidates = [directory / name, directory / f"{name}.gz"]
+        existing = [p for p in candidates if p.is_file()]
+        if not existing:
+            return None
+        found[name] = existing[0]
+    return found
+
+
+def _cache_root(data_dir: Path | None) -> Path:
+    if data_dir is not None and data_dir.is_dir() and os.access(data_dir, os.W_OK):
+        return data_dir
+    return default_cache_dir()
+
+
+def _unpack(files: dict[str, Path], raw_dir: Path) -> None:
+    """Gunzip (or copy) each file into ``raw_dir`` unless already there."""
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    for name, source in files.items():
+        target = raw_dir / name
+        if target.exists():
+            continue  # written atomically, so an existing file is complete
+        # Temp file + rename: a crash or a concurrent rank never leaves a half-written file behind.
+        fd, tmp = tempfile.mkstemp(dir=raw_dir, prefix=f".{name}.")
+        try:
+            opener = gzip.open if source.suffix == ".gz" else open
+            with os.fdopen(fd, "wb") as out, opener(source, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+            os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a shared data_dir must stay readable to all
+            os.replace(tmp, target)
+        except (gzip.BadGzipFile, EOFError) as error:
+            raise ValueError(f"cannot unpack {source}: {error}; replace the file with a good copy") from error
+        finally:
+            Path(tmp).unlink(missing_ok=True)  # already renamed on success; a leftover on failure
+
+
+def _cifar(
+    name: str, data_dir: Path | None, train: bool, transform: Callable[[Any], Any], download: bool
+) -> Dataset:
+    root = data_dir if data_dir is not None else default_cache_dir()
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    try:
+        return cls(root, train=train, transform=transform, download=download)
+    except Exception as error:  # torchvision: RuntimeError if missing, URLError/OSError if download fails
+        how = "download failed" if download else "download=False"
+        raise FileNotFoundError(
+            f"{name} not found under {root} ({how}: {_one_line(error)}); pass --data-dir containing "
+            f"{cls.base_folder}/ or allow download on a machine with internet"
+        ) from error
+
+
+def _image_folder(
+    data_dir: Path | None, split: Split, transform: Callable[[Any], Any], skip_bad_images: bool
+) -> SkippingImageFolder:
+    if data_dir is None:
+        raise ValueError(
+            "imagefolder needs a data_dir; pass --data-dir pointing at a folder with train/, val/"
+        )
+    root = data_dir / split
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"no {split}/ folder in {data_dir}; expected the ImageNet layout {data_dir}/{split}/<class>/*.jpg"
+        )
+    return SkippingImageFolder(root, transform=transform, skip_bad_images=skip_bad_images)
+
+
+class SkippingImageFolder(datasets.ImageFolder):
+    """``ImageFolder`` whose unreadable images raise an error naming the file, or are skipped.
+
+    With ``skip_bad_images=True`` a bad sample comes back as ``None`` (batch it with
+    :func:`collate_skip_none`) and its path is recorded once in ``bad_images``. DataLoader workers are
+    separate processes holding their own copy of the dataset, so ``bad_images`` only counts what this
+    process read: the full list with ``num_workers=0``, nothing in the main process otherwise.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        transform: Callable[[Any], Any] | None = None,
+        *,
+        skip_bad_images: bool = False,
+    ) -> None:
+        super().__init__(root, transform=transform, loader=self._load)
+        self.skip_bad_images = skip_bad_images
+        self.bad_images: list[str] = []
+
+    def _load(self, path: str) -> Any:
+        try:
+            return default_loader(path)
+        except Exception as error:  # PIL raises many types (OSError, ValueError, SyntaxError...) on bad files
+            if not self.skip_bad_images:
+                raise ValueError(
+                    f"cannot read image {path}: {error}; remove it or pass --skip-bad-images"
+                ) from error
+            if path not in self.bad_images:  # once per file, not once per epoch
+                self.bad_images.append(path)
+            return None
+
+    def __getitem__(self, index: int) -> tuple[Any, int] | None:
+        path, target = self.samples[index]
+        image = self.loader(path)
+        if image is None:
+            return None
+        if self.transform is not None:
+            image = self.transform(image)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return image, target
+
+
+def collate_skip_none(batch: list[Any]) -> Any:
+    """``default_collate`` without the ``None`` samples of skipped images; ``None`` if all were bad."""
+    kept = [sample for sample in batch if sample is not None]
+    return default_collate(kept) if kept else None

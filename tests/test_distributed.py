@@ -1,0 +1,231 @@
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from conftest import randomize_batchnorm
+from shufflenet.registry import create_model
+from shufflenet.train.distributed import (
+    CrossRankBatchNorm2d,
+    DistributedContext,
+    all_reduce_mean,
+    all_reduce_sum,
+    broadcast_object,
+    cleanup_distributed,
+    convert_sync_batchnorm,
+    init_distributed,
+    sync_batchnorm,
+)
+
+WORLD_SIZE = 2
+BATCH = 8
+# Rows of the batch each rank gets: an even split, then an uneven one to check that counts weigh the stats.
+SPLITS = ((4, 4), (3, 5))
+
+
+@pytest.fixture
+def no_torchrun_env(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_init_distributed_single_process(no_torchrun_env):
+    ctx = init_distributed()
+    assert (ctx.rank, ctx.world_size, ctx.local_rank, ctx.backend) == (0, 1, 0, None)
+    expected = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    assert ctx.device == expected
+    assert ctx.is_main and not ctx.enabled
+    assert init_distributed("cpu").device == torch.device("cpu")
+    cleanup_distributed(ctx)  # nothing to destroy, must not fail
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_init_distributed_rejects_cuda_without_cuda(no_torchrun_env):
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        init_distributed("cuda")
+
+
+def test_init_distributed_rejects_bad_env(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ValueError, match="WORLD_SIZE"):
+        init_distributed("cpu")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(ValueError, match="inconsistent"):
+        init_distributed("cpu")
+
+
+def test_helpers_are_no_ops_in_a_single_process():
+    ctx = DistributedContext(0, 1, 0, torch.device("cpu"), None)
+    assert all_reduce_mean(torch.tensor(2.5), ctx) == 2.5
+    tensor = torch.arange(3)
+    summed = all_reduce_sum(tensor, ctx)
+    assert torch.equal(summed, tensor) and summed is not tensor
+    obj = {"a": 1}
+    assert broadcast_object(obj, ctx) is obj
+
+
+def test_convert_keeps_state_dict_and_outputs():
+    model = randomize_batchnorm(create_model("shufflenet_v2_x0_5", num_classes=10))
+    reference = {key: value.clone() for key, value in model.state_dict().items()}
+    bn_count = sum(isinstance(module, nn.BatchNorm2d) for module in model.modules())
+    x = torch.randn(2, 3, 64, 64)
+    model.eval()
+    expected = model(x)
+
+    converted = convert_sync_batchnorm(model)
+    state = converted.state_dict()
+    assert list(state) == list(reference)
+    assert all(torch.equal(state[key], reference[key]) for key in reference)
+    assert sum(isinstance(module, CrossRankBatchNorm2d) for module in converted.modules()) == bn_count
+    assert not converted.training
+    torch.testing.assert_close(converted(x), expected, rtol=0, atol=0)
+    # Already synchronised layers are left alone.
+    layers = [module for module in converted.modules() if isinstance(module, CrossRankBatchNorm2d)]
+    assert [
+        m for m in convert_sync_batchnorm(converted).modules() if isinstance(m, CrossRankBatchNorm2d)
+    ] == layers
+
+
+def test_sync_batchnorm_picks_implementation_by_device():
+    def model():
+        return nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+
+    single = DistributedContext(0, 1, 0, torch.device("cpu"), None)
+    assert type(sync_batchnorm(model(), single)[1]) is nn.BatchNorm2d
+    cpu = DistributedContext(0, 2, 0, torch.device("cpu"), "gloo")
+    assert type(sync_batchnorm(model(), cpu)[1]) is CrossRankBatchNorm2d
+    cuda = DistributedContext(0, 2, 0, torch.device("cuda", 0), "nccl")
+    assert type(sync_batchnorm(model(), cuda)[1]) is nn.SyncBatchNorm
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_single_process_matches_batchnorm(momentum):
+    reference = randomize_batchnorm(nn.Sequential(nn.BatchNorm2d(5, momentum=momentum)))[0]
+    synced = CrossRankBatchNorm2d.from_batchnorm(_copy_bn(reference))
+    for _ in range(2):
+        x = (torch.randn(4, 5, 3, 3) + 3).requires_grad_()
+        x_synced = x.detach().clone().requires_grad_()
+        out, out_synced = reference(x), synced(x_synced)
+        torch.testing.assert_close(out_synced, out, rtol=0, atol=0)
+        (out * out).sum().backward()
+        (out_synced * out_synced).sum().backward()
+        torch.testing.assert_close(x_synced.grad, x.grad, rtol=0, atol=0)
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(synced.state_dict()[name], value, rtol=0, atol=0)
+    reference.eval()
+    synced.eval()
+    x = torch.randn(2, 5, 3, 3)
+    torch.testing.assert_close(synced(x), reference(x), rtol=0, atol=0)
+
+
+def _copy_bn(bn: nn.BatchNorm2d) -> nn.BatchNorm2d:
+    copy = nn.BatchNorm2d(bn.num_features, bn.eps, bn.momentum)
+    copy.load_state_dict(bn.state_dict())
+    return copy
+
+
+# --- two gloo processes against one process over the whole batch ------------------------------------------
+
+
+def _net(bn: type[nn.BatchNorm2d]) -> nn.Sequential:
+    """conv -> BN -> ReLU -> conv -> BN (cumulative average) -> ReLU, identically initialised everywhere."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        bn(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, padding=1),
+        bn(6, momentum=None),
+        nn.ReLU(),
+    )
+    with torch.no_grad():
+        for index in (1, 4):
+            net[index].weight.uniform_(0.5, 1.5)
+            net[index].bias.normal_(0, 0.1)
+    return net
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1234)
+    # An offset mean makes the variance computation earn its keep.
+    x = torch.randn(BATCH, 3, 5, 5, generator=generator) * 2 + 5
+    loss_weights = torch.rand(BATCH, 6, 5, 5, generator=generator)
+    return x, loss_weights
+
+
+def _step(net: nn.Sequential, x: torch.Tensor, loss_weights: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One forward/backward with a weighted mean over the GLOBAL batch: the per-rank losses add up to the
+    single-process loss, so per-rank parameter gradients add up to the single-process ones."""
+    net.zero_grad()
+    x = x.clone().requires_grad_()
+    out = net(x)
+    loss = (out * loss_weights).sum() / (BATCH * loss_weights[0].numel())
+    loss.backward()
+    result = {"output": out.detach(), "input_grad": x.grad}
+    result.update({f"grad.{name}": param.grad for name, param in net.named_parameters()})
+    result.update({f"state.{name}": value.clone() for name, value in net.state_dict().items()})
+    return result
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(WORLD_SIZE),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    ctx = init_distributed("cpu")
+    try:
+        x, loss_weights = _data()
+        results = {}
+        for split in SPLITS:
+            start = sum(split[:rank])
+            rows = slice(start, start + split[rank])
+            results[split] = _step(_net(CrossRankBatchNorm2d), x[rows], loss_weights[rows])
+        results["helpers"] = {
+            "mean": all_reduce_mean(float(rank), ctx),
+            "sum": all_reduce_sum(torch.tensor([rank + 1, 10]), ctx),
+            "broadcast": broadcast_object({"from": rank}, ctx),
+        }
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        cleanup_distributed(ctx)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_cross_rank_batchnorm_matches_global_batchnorm(tmp_path):
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in range(WORLD_SIZE)]
+
+    x, loss_weights = _data()
+    for split in SPLITS:
+        expected = _step(_net(nn.BatchNorm2d), x, loss_weights)
+        per_rank = [results[split] for results in ranks]
+        for key in ("output", "input_grad"):
+            torch.testing.assert_close(
+                torch.cat([r[key] for r in per_rank]), expected[key], rtol=0, atol=1e-5
+            )
+        for key in (k for k in expected if k.startswith("grad.")):
+            # DDP averages instead, which gives the same gradients for the usual per-rank loss (the local
+            # mean, world_size times this one).
+            torch.testing.assert_close(sum(r[key] for r in per_rank), expected[key], rtol=0, atol=1e-5)
+        for key in (k for k in expected if k.startswith("state.")):
+            for results in per_rank:
+                torch.testing.assert_close(results[key], expected[key], rtol=0, atol=1e-5)
+
+    for rank, results in enumerate(ranks):
+        helpers = results["helpers"]
+        assert helpers["mean"] == 0.5
+        assert torch.equal(helpers["sum"], torch.tensor([3, 20]))
+        assert helpers["broadcast"] == {"from": 0}, rank
