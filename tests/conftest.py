@@ -1,5 +1,11 @@
+import gzip
+import random
+import struct
+from pathlib import Path
+
 import pytest
 import torch
+from PIL import Image
 
 
 @pytest.fixture(autouse=True)
@@ -18,3 +24,38 @@ def randomize_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
             module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
             module.bias.data.copy_(torch.randn(n, generator=generator) * 0.1)
     return model
+
+
+def write_fake_fashion_mnist(directory: Path, n_train: int = 20, n_test: int = 10, gz: bool = True) -> dict:
+    """Valid idx files (big-endian magic 2051 images / 2049 labels); returns the images and labels written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(0)
+    written = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=generator)
+        labels = torch.arange(n, dtype=torch.uint8) % 10
+        payloads = {
+            f"{prefix}-images-idx3-ubyte": struct.pack(">IIII", 2051, n, 28, 28) + images.numpy().tobytes(),
+            f"{prefix}-labels-idx1-ubyte": struct.pack(">II", 2049, n) + labels.numpy().tobytes(),
+        }
+        for name, payload in payloads.items():
+            if gz:
+                (directory / f"{name}.gz").write_bytes(gzip.compress(payload))
+            else:
+                (directory / name).write_bytes(payload)
+        written[prefix] = (images, labels)
+    return written
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> tuple[Path, Path]:
+    """A train/val folder of 3 classes x 3 small PNGs, plus one corrupt train/dog/broken.png."""
+    root = tmp_path / "images"
+    for split in ("train", "val"):
+        for label, name in enumerate(("cat", "dog", "fish")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (30, 20), (80 * label, 20 * i, 100)).save(root / split / name / f"{i}.png")
+    bad = root / "train" / "dog" / "broken.png"
+    bad.write_bytes(random.Random(0).randbytes(300))
+    return root, bad

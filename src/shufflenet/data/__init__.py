@@ -16,6 +16,7 @@ from shufflenet.data.loaders import (
     build_train_loader,
     steps_per_epoch,
 )
+from shufflenet.data.small_images import SmallImageDataset, augment_batch
 from shufflenet.data.transforms import build_transforms
 
 __all__ = [
@@ -23,7 +24,9 @@ __all__ = [
     "AugmentedDataset",
     "DatasetInfo",
     "SkippingImageFolder",
+    "SmallImageDataset",
     "TrainSampler",
+    "augment_batch",
     "build_dataset",
     "build_eval_loader",
     "build_train_loader",

@@ -1,0 +1,94 @@
+"""Fast path for the small-image datasets (Fashion-MNIST, CIFAR): pad-and-crop + flip done on whole batches.
+
+Through ``torchvision.transforms.v2`` each 28x28 sample costs about 0.8 ms on a 2-core CPU (measured:
+ToImage 0.2 ms, RandomCrop 0.35 ms, ToDtype + Normalize 0.25 ms), nearly a minute per Fashion-MNIST epoch,
+a third of the training time of a small ShuffleNet there. torchvision's batch transforms draw one crop per
+batch, not per sample, so the per-sample crop is done here: each sample's offsets and flip come from a hash
+of (seed, epoch, index) (no RNG state at all, so resume and any number of workers give the same batches),
+and the crop is one gather over the padded batch, on the training device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from shufflenet.data.loaders import sample_seed
+
+
+class SmallImageDataset(Dataset):
+    """A torchvision Fashion-MNIST/CIFAR dataset held as one uint8 tensor (N, C, H, W); items are
+    ``(image uint8, label, (dy, dx, flip))``, the crop offsets and flip drawn from (seed, epoch, index)
+    when indexed by ``(epoch, index)`` and centred (no augmentation) when indexed by an int."""
+
+    def __init__(self, base: Dataset, *, padding: int, seed: int = 0, limit: int | None = None) -> None:
+        data = base.data[:limit] if limit else base.data
+        images = torch.as_tensor(np.asarray(data)) if not isinstance(data, torch.Tensor) else data
+        if images.dim() == 3:  # Fashion-MNIST: N, H, W
+            images = images.unsqueeze(1)
+        elif images.shape[-1] in (1, 3):  # CIFAR: N, H, W, C
+            images = images.permute(0, 3, 1, 2)
+        self.images = images.contiguous()
+        self.targets = torch.as_tensor(base.targets, dtype=torch.int64)[: len(self.images)]
+        self.classes = list(getattr(base, "classes", []))
+        self.padding = padding
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, torch.Tensor]:
+        if isinstance(key, int):
+            return self.images[key], int(self.targets[key]), torch.tensor([self.padding, self.padding, 0])
+        epoch, index = key
+        bits = sample_seed(self.seed, epoch, index)
+        span = 2 * self.padding + 1
+        params = torch.tensor([bits % span, (bits // span) % span, (bits >> 40) & 1])
+        return self.images[index], int(self.targets[index]), params
+
+    def to_device(
+        self,
+        batch: Sequence[torch.Tensor],
+        device: torch.device,
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A collated batch -> (normalized float images, labels) on ``device``, augmented as drawn."""
+        images, targets, params = batch
+        images = augment_batch(
+            images.to(device, non_blocking=True),
+            params.to(device, non_blocking=True),
+            padding=self.padding,
+            mean=mean,
+            std=std,
+        )
+        return images, targets.to(device, non_blocking=True)
+
+
+def augment_batch(
+    images: torch.Tensor,
+    params: torch.Tensor,
+    *,
+    padding: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> torch.Tensor:
+    """Zero-pad by ``padding``, crop each sample at its (dy, dx), flip where asked, scale to [0, 1] and
+    normalize: the batched equivalent of RandomCrop(padding) + RandomHorizontalFlip + ToDtype + Normalize."""
+    batch, _, height, width = images.shape
+    x = images.float().div_(255)
+    if padding:
+        x = torch.nn.functional.pad(x, (padding, padding, padding, padding))
+        rows = params[:, 0:1] + torch.arange(height, device=x.device)  # (B, H)
+        cols = params[:, 1:2] + torch.arange(width, device=x.device)  # (B, W)
+        flip = params[:, 2:3].bool()
+        cols = torch.where(flip, cols.flip(1), cols)
+        x = x[torch.arange(batch, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+        x = x.permute(0, 3, 1, 2)  # advanced indexing put channels last
+    mean_t = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    return ((x - mean_t) / std_t).contiguous()

@@ -1,0 +1,146 @@
+"""Training configuration: recipes shipped as YAML (the papers' settings), overridable key by key."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a run. Recipes set a subset; ``--set key=value`` changes any one."""
+
+    recipe: str = "custom"
+    model: str = "shufflenet_v2_x0_5"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    download: bool = True
+    skip_bad_images: bool = False
+    image_size: int | None = None  # None: the dataset's native size
+    train_subset: int | None = None  # first N training samples only (quick experiments, tests)
+    val_subset: int | None = None
+    epochs: int = 10
+    iterations: int | None = None  # optimizer steps; when set, epochs follow from it
+    batch_size: int = 128  # global, over all processes
+    eval_batch_size: int | None = None
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.1
+    lr_base_batch: int | None = None  # when set, lr is for this batch and scales linearly with batch_size
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    decay_bn_and_bias: bool = False  # the authors' release applies no weight decay to BN and biases
+    schedule: str = "cosine"  # linear | cosine | step | exponential | constant
+    warmup_epochs: float = 0.0
+    milestones: list[int] = field(default_factory=list)  # epochs, for schedule: step
+    gamma: float = 0.1  # step: factor at each milestone; exponential: factor per epoch
+    label_smoothing: float = 0.0
+    ema_decay: float | None = None
+    bn_recalibration_batches: int = 0
+    amp: str = "none"  # none | bf16 | fp16 (CUDA only)
+    precision: str = "float32"  # float64: for numerical checks (e.g. 1 process vs N), not for speed
+    channels_last: bool = True
+    compile: bool = False
+    sync_bn: bool = False
+    deterministic: bool = False
+    device: str | None = None
+    num_workers: int = 0
+    seed: int = 0
+    eval_every: int = 1  # epochs
+    checkpoint_every: int = 0  # steps; 0 = at epoch ends only
+    log_every: int = 20  # steps
+    output: str | None = None  # run directory; default runs/<recipe>-<model>
+    progress: bool = True
+
+    def run_dir(self) -> Path:
+        """Where this run writes its checkpoint, metrics, plots and weights."""
+        return Path(self.output) if self.output else Path("runs") / f"{self.recipe}-{self.model}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+CHOICES = {
+    "optimizer": ("sgd", "adamw"),
+    "schedule": ("linear", "cosine", "step", "exponential", "constant"),
+    "amp": ("none", "bf16", "fp16"),
+    "precision": ("float32", "float64"),
+}
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes shipped with the package."""
+    folder = resources.files("shufflenet.train").joinpath("recipes")
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_recipe(name_or_path: str) -> dict[str, Any]:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ValueError(f"recipe file {path} not found; give a path to a YAML file or a recipe name")
+        text = path.read_text(encoding="utf-8")
+        name = path.stem
+    else:
+        if name_or_path not in list_recipes():
+            close = difflib.get_close_matches(name_or_path, list_recipes(), n=3)
+            hint = (
+                f"did you mean {', '.join(close)}?" if close else f"choose one of {', '.join(list_recipes())}"
+            )
+            raise ValueError(f"unknown recipe {name_or_path!r}; {hint}")
+        text = (
+            resources.files("shufflenet.train").joinpath("recipes", f"{name_or_path}.yaml").read_text("utf-8")
+        )
+        name = name_or_path
+    values = yaml.safe_load(text) or {}
+    values.setdefault("recipe", name)
+    return values
+
+
+def _check_key(key: str) -> None:
+    if key not in FIELDS:
+        close = difflib.get_close_matches(key, FIELDS, n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else "see `shufflenet train --help-keys`"
+        raise ValueError(f"unknown training setting {key!r}; {hint}")
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["lr=0.05", "model_args.small_input=true"]`` -> a dict; values are parsed as YAML scalars."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r} (e.g. --set lr=0.05)")
+        value = yaml.safe_load(text) if text else None
+        if key.startswith("model_args."):
+            overrides.setdefault("model_args", {})[key.removeprefix("model_args.")] = value
+        else:
+            overrides[key] = value
+    return overrides
+
+
+def load_config(recipe: str = "fashion-mnist-quick", overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The recipe's settings with ``overrides`` applied on top (``model_args`` merge key by key)."""
+    values = _read_recipe(recipe)
+    for key, value in (overrides or {}).items():
+        if key == "model_args":
+            values["model_args"] = {**values.get("model_args", {}), **value}
+        else:
+            values[key] = value
+    for key in values:
+        _check_key(key)
+    for key, choices in CHOICES.items():
+        if key in values and values[key] not in choices:
+            raise ValueError(f"{key} must be one of {', '.join(choices)}, got {values[key]!r}")
+    config = TrainConfig(**values)
+    if config.batch_size < 1 or config.epochs < 1:
+        raise ValueError("batch_size and epochs must be positive")
+    return config

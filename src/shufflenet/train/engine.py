@@ -1,0 +1,532 @@
+"""The training loop: the papers' recipes on real data, resumable to the sample, on one process or many.
+
+Exact resume rests on three things: the checkpoint holds every piece of state (model, optimizer,
+scheduler, scaler, EMA, RNG states, metrics, epoch, step and position in the epoch); batches are a pure
+function of (seed, epoch, position) (see ``shufflenet.data.loaders``); and the RNG state is captured at a
+step boundary and restored before the next step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Subset
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from shufflenet.data import (
+    AugmentedDataset,
+    SmallImageDataset,
+    build_dataset,
+    build_eval_loader,
+    build_train_loader,
+    build_transforms,
+    dataset_info,
+    steps_per_epoch,
+)
+from shufflenet.profile import profile
+from shufflenet.registry import create_model
+from shufflenet.train.checkpoint import (
+    capture_rng_state,
+    export_weights,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from shufflenet.train.config import TrainConfig
+from shufflenet.train.distributed import (
+    DistributedContext,
+    all_reduce_sum,
+    cleanup_distributed,
+    init_distributed,
+    sync_batchnorm,
+)
+from shufflenet.train.evaluate import EvalResult, autocast_for, evaluate_model
+from shufflenet.train.metrics import (
+    MetricsLog,
+    TensorBoardWriter,
+    plot_confusion_matrix,
+    plot_learning_curves,
+    summary_table,
+)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C: a checkpoint was written first, so ``--resume`` continues from here."""
+
+
+def lr_factor(config: TrainConfig, step: int, total_steps: int, steps_in_epoch: int) -> float:
+    """The learning-rate multiplier at optimizer step ``step``: linear warm-up, then the schedule."""
+    warmup = round(config.warmup_epochs * steps_in_epoch)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    epoch = step / steps_in_epoch
+    if config.schedule == "linear":  # ShuffleNet V1/V2: linear decay to 0
+        return max(0.0, 1.0 - progress)
+    if config.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    if config.schedule == "step":
+        return config.gamma ** sum(epoch >= milestone for milestone in config.milestones)
+    if config.schedule == "exponential":
+        return config.gamma ** math.floor(epoch)
+    return 1.0
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, decay_bn_and_bias: bool) -> list[dict]:
+    """Weight decay on conv and FC weights; on BN parameters and biases too only if asked (the authors'
+    release leaves them out)."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (decay if parameter.ndim > 1 or decay_bn_and_bias else no_decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@dataclass
+class _Position:
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    step: int = 0
+    elapsed: float = 0.0  # training seconds before this process started (resumed runs)
+
+
+class Trainer:
+    """One training run; :func:`train` is the function to call."""
+
+    def __init__(self, config: TrainConfig, ctx: DistributedContext, resume: str | Path | bool = False):
+        self.config, self.ctx = config, ctx
+        self.run_dir = config.run_dir()
+        self.checkpoint_path = self.run_dir / CHECKPOINT_NAME
+        self._seed_everything(config.seed)
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.amp = config.amp if ctx.device.type == "cuda" else "none"
+        if config.amp != "none" and self.amp == "none":
+            self._print(f"note: amp={config.amp} needs CUDA; training in float32 on {ctx.device}")
+        self._build_data()
+        self._build_model()
+        self.position = _Position()
+        self.accumulators = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # loss sum, correct, seen
+        self.metrics = MetricsLog()
+        self.stop_requested = False
+        if resume:
+            self._resume(self.checkpoint_path if resume is True else Path(resume))
+
+    # --- set-up ------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _seed_everything(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def _print(self, message: str) -> None:
+        if self.ctx.is_main:
+            tqdm.write(message)
+
+    def _build_data(self) -> None:
+        config = self.config
+        info = dataset_info(config.dataset)
+        raw = v2.Identity()  # transforms are applied by AugmentedDataset, seeded per sample
+        load = dict(download=config.download, skip_bad_images=config.skip_bad_images)
+        train_base = build_dataset(config.dataset, "train", config.data_dir, transform=raw, **load)
+        val_base = build_dataset(config.dataset, "val", config.data_dir, transform=raw, **load)
+        self.class_names = list(getattr(train_base, "classes", []))
+        self.num_classes = info.num_classes or len(self.class_names)
+        size = config.image_size or info.image_size
+        self.image_size, self.in_chans = size, info.channels
+        self.normalization = {"mean": info.mean, "std": info.std}
+        if size == info.image_size and hasattr(train_base, "data"):
+            # Fashion-MNIST and CIFAR at their own size: batched augmentation (see data.small_images).
+            self.train_set = SmallImageDataset(
+                train_base, padding=size // 8, seed=config.seed, limit=config.train_subset
+            )
+            self.val_set = SmallImageDataset(val_base, padding=0, limit=config.val_subset)
+        else:
+            if config.train_subset:
+                train_base = Subset(train_base, range(min(config.train_subset, len(train_base))))
+            if config.val_subset:
+                val_base = Subset(val_base, range(min(config.val_subset, len(val_base))))
+            for dataset in (train_base, val_base):
+                dataset.skip_bad_images = config.skip_bad_images
+            train_transform = build_transforms(config.dataset, "train", image_size=size)
+            self.train_set = AugmentedDataset(train_base, train_transform, seed=config.seed)
+            val_transform = build_transforms(config.dataset, "val", image_size=size)
+            self.val_set = AugmentedDataset(val_base, val_transform)
+        self.steps_in_epoch = steps_per_epoch(len(self.train_set), config.batch_size)
+        if self.steps_in_epoch == 0:
+            raise ValueError(
+                f"batch size {config.batch_size} is larger than the training set ({len(self.train_set)}); "
+                "use a smaller --batch-size"
+            )
+        self.total_steps = config.iterations or config.epochs * self.steps_in_epoch
+        self.epochs = math.ceil(self.total_steps / self.steps_in_epoch)
+
+    def _build_model(self) -> None:
+        config, ctx = self.config, self.ctx
+        self.model_args = {"num_classes": self.num_classes, "in_chans": self.in_chans, **config.model_args}
+        self.dtype = torch.float64 if config.precision == "float64" else torch.float32
+        model = create_model(config.model, **self.model_args).to(ctx.device, self.dtype)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if config.sync_bn:
+            model = sync_batchnorm(model, ctx)
+        self.model = model  # the plain module: what checkpoints and exports hold
+        lr = config.lr * (config.batch_size / config.lr_base_batch if config.lr_base_batch else 1.0)
+        groups = parameter_groups(model, config.weight_decay, config.decay_bn_and_bias)
+        if config.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(
+                groups, lr=lr, momentum=config.momentum, nesterov=config.nesterov
+            )
+        else:
+            self.optimizer = torch.optim.AdamW(groups, lr=lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(config, step, self.total_steps, self.steps_in_epoch)
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
+        self.ema = None
+        if config.ema_decay:
+            self.ema = torch.optim.swa_utils.AveragedModel(
+                model,
+                multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay),
+                use_buffers=True,
+            )
+        runnable: nn.Module = model
+        if ctx.enabled:
+            device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+            runnable = DistributedDataParallel(model, device_ids=device_ids)
+        if config.compile:
+            runnable = torch.compile(runnable)
+        self.runnable = runnable
+
+    # --- checkpoints -------------------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "config": self.config.to_dict(),
+            "model_args_resolved": self.model_args,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "rng": capture_rng_state(),
+            "epoch": self.position.epoch,
+            "batch_in_epoch": self.position.batch_in_epoch,
+            "step": self.position.step,
+            "elapsed": self.position.elapsed + (time.monotonic() - self.started),
+            "accumulators": self.accumulators.cpu(),
+            "metrics": self.metrics.state_dict(),
+        }
+
+    def save(self) -> None:
+        """Write the full training state (rank 0 only), atomically."""
+        if self.ctx.is_main:
+            save_checkpoint(self.checkpoint_path, self._state())
+
+    def _resume(self, path: Path) -> None:
+        if path.is_dir():
+            path = path / CHECKPOINT_NAME
+        state = load_checkpoint(path, map_location=self.ctx.device)
+        saved = state["config"]
+        if saved["model"] != self.config.model or state["model_args_resolved"] != self.model_args:
+            raise ValueError(
+                f"{path} was trained as {saved['model']} with {state['model_args_resolved']}, not "
+                f"{self.config.model} with {self.model_args}; resume with the same model settings"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.metrics.load_state_dict(state["metrics"])
+        self.accumulators = state["accumulators"].to(self.ctx.device)
+        self.position = _Position(state["epoch"], state["batch_in_epoch"], state["step"], state["elapsed"])
+        self.resumed_rng = state["rng"]
+        self._print(
+            f"resumed from {path}: epoch {self.position.epoch + 1}, "
+            f"step {self.position.step}/{self.total_steps}"
+        )
+
+    # --- the loop ----------------------------------------------------------------------------------------
+
+    def _check_finite(self, loss_value: float) -> None:
+        if not math.isfinite(loss_value):
+            where = f"epoch {self.position.epoch + 1}, step {self.position.step}"
+            kept = (
+                f"the last good checkpoint {self.checkpoint_path} is kept"
+                if self.checkpoint_path.exists()
+                else "no checkpoint was written"
+            )
+            raise TrainingDiverged(
+                f"loss became {loss_value} at {where}; stopped and {kept}; "
+                "lower the learning rate (--set lr=...) or add warm-up (--set warmup_epochs=1)"
+            )
+
+    def _stop_now(self) -> bool:
+        if not self.ctx.enabled:
+            return self.stop_requested
+        # Every rank must stop at the same step, or the others wait forever in the next all-reduce.
+        flag = torch.tensor([float(self.stop_requested)], device=self.ctx.device)
+        return bool(all_reduce_sum(flag, self.ctx).item())
+
+    def _prepare(self, dataset, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        images, targets = dataset.to_device(batch, self.ctx.device, **self.normalization)
+        images = images.to(self.dtype)
+        if self.config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, targets
+
+    def _train_step(self, batch) -> torch.Tensor:
+        config, ctx = self.config, self.ctx
+        images, targets = self._prepare(self.train_set, batch)
+        with autocast_for(ctx.device, self.amp):
+            logits = self.runnable(images)
+            loss = nn.functional.cross_entropy(logits, targets, label_smoothing=config.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        with torch.no_grad():
+            correct = (logits.argmax(1) == targets).sum()
+            self.accumulators += torch.stack(
+                [loss.detach().double() * targets.numel(), correct.double(), torch.tensor(targets.numel())]
+            ).to(self.accumulators)
+        return loss.detach()
+
+    def _run_epoch(self, epoch: int) -> float:
+        """Train one epoch from the current position; returns images per second."""
+        config, ctx = self.config, self.ctx
+        skip = self.position.batch_in_epoch
+        loader = build_train_loader(
+            self.train_set,
+            global_batch=config.batch_size,
+            epoch=epoch,
+            seed=config.seed,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            skip_batches=skip,
+            num_workers=config.num_workers,
+        )
+        steps_this_epoch = min(self.steps_in_epoch, self.total_steps - (self.position.step - skip))
+        bar = tqdm(
+            total=steps_this_epoch,
+            initial=skip,
+            desc=f"epoch {epoch + 1}/{self.epochs}",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (ctx.is_main and config.progress),
+        )
+        self.model.train()
+        epoch_start, images_seen = time.monotonic(), 0
+        window_loss, window_steps = torch.zeros((), device=ctx.device), 0
+        for batch in loader:
+            if self.position.step >= self.total_steps:
+                break
+            if batch is None:  # a whole batch of unreadable images, skipped
+                continue
+            window_loss += self._train_step(batch)
+            window_steps += 1
+            images_seen += len(batch[1]) * ctx.world_size
+            self.position.step += 1
+            self.position.batch_in_epoch += 1
+            bar.update(1)
+            at_log = self.position.step % config.log_every == 0
+            at_checkpoint = config.checkpoint_every and self.position.step % config.checkpoint_every == 0
+            if at_log or at_checkpoint:
+                mean_loss = (window_loss / window_steps).item()
+                self._check_finite(mean_loss)
+                rate = images_seen / max(1e-9, time.monotonic() - epoch_start)
+                remaining = (self.total_steps - self.position.step) * config.batch_size / max(rate, 1e-9)
+                bar.set_postfix(
+                    loss=f"{mean_loss:.4f}",
+                    lr=f"{self.scheduler.get_last_lr()[0]:.4g}",
+                    img_s=f"{rate:.0f}",
+                    eta=time.strftime("%H:%M:%S", time.gmtime(remaining)),
+                )
+                window_loss.zero_()
+                window_steps = 0
+            if at_checkpoint:
+                self.save()
+            if self._stop_now():
+                self.save()
+                bar.close()
+                raise TrainingInterrupted(
+                    f"interrupted at epoch {epoch + 1}, step {self.position.step}; checkpoint saved to "
+                    f"{self.checkpoint_path}; continue with --resume"
+                )
+        bar.close()
+        return images_seen / max(1e-9, time.monotonic() - epoch_start)
+
+    def _evaluate(self, model: nn.Module) -> EvalResult:
+        loader = build_eval_loader(
+            self.val_set,
+            batch_size=self.config.eval_batch_size or self.config.batch_size,
+            rank=self.ctx.rank,
+            world_size=self.ctx.world_size,
+            num_workers=self.config.num_workers,
+        )
+        return evaluate_model(
+            model,
+            loader,
+            self.ctx,
+            self.num_classes,
+            amp=self.amp,
+            prepare=lambda batch: self._prepare(self.val_set, batch),
+        )
+
+    def _end_epoch(self, epoch: int, images_per_s: float) -> None:
+        loss_sum, correct, seen = all_reduce_sum(self.accumulators, self.ctx).tolist()
+        self._check_finite(loss_sum)
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": self.position.step,
+            "lr": self.scheduler.get_last_lr()[0],
+            "train_loss": loss_sum / max(seen, 1),
+            "train_top1_err": 100 * (1 - correct / max(seen, 1)),
+        }
+        last = self.position.step >= self.total_steps
+        if (epoch + 1) % self.config.eval_every == 0 or last:
+            result = self._evaluate(self.model)
+            row.update(val_loss=result.loss, val_top1_err=result.top1_err, val_top5_err=result.top5_err)
+            if self.ema is not None:
+                ema_result = self._evaluate(self.ema.module)
+                row.update(ema_val_top1_err=ema_result.top1_err, ema_val_top5_err=ema_result.top5_err)
+        row.update(
+            images_per_s=images_per_s, elapsed_s=self.position.elapsed + time.monotonic() - self.started
+        )
+        self.metrics.append(row)
+        self.position.epoch = epoch + 1
+        self.position.batch_in_epoch = 0
+        self.accumulators.zero_()
+        if self.ctx.is_main:
+            self.metrics.write(self.run_dir)
+            plot_learning_curves(self.metrics.rows, self.run_dir / "learning_curves.png")
+            self.tensorboard.add_scalars(row, self.position.step)
+            message = ", ".join(
+                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "step"
+            )
+            self._print(message)
+        self.save()
+
+    def _recalibrate_bn(self) -> None:
+        """Re-estimate BN statistics with the final weights over a few training batches (cumulative
+        average), which the EMA or the last high learning-rate steps may have left stale."""
+        batches = self.config.bn_recalibration_batches
+        model = self.ema.module if self.ema is not None else self.model
+        norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in norms]
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None
+        loader = build_train_loader(
+            self.train_set,
+            global_batch=self.config.batch_size,
+            epoch=self.epochs,
+            seed=self.config.seed,
+            rank=self.ctx.rank,
+            world_size=self.ctx.world_size,
+        )
+        model.train()
+        with torch.no_grad():
+            for index, batch in enumerate(loader):
+                if index >= batches:
+                    break
+                model(self._prepare(self.train_set, batch)[0])
+        for norm, momentum in zip(norms, momenta, strict=True):
+            norm.momentum = momentum
+
+    def _finish(self) -> dict[str, Any]:
+        if self.config.bn_recalibration_batches:
+            self._recalibrate_bn()
+        final_model = self.ema.module if self.ema is not None else self.model
+        result = self._evaluate(final_model)
+        summary = {
+            "model": self.config.model,
+            "params": sum(p.numel() for p in self.model.parameters()),
+            "mflops": profile(self.model, (self.image_size, self.image_size)).mflops,
+            "top1_err": result.top1_err,
+            "top5_err": result.top5_err,
+            "time_s": self.position.elapsed + time.monotonic() - self.started,
+            "images_per_s": self.metrics.rows[-1].get("images_per_s") if self.metrics.rows else None,
+            "dataset": self.config.dataset,
+            "recipe": self.config.recipe,
+            "epochs": self.epochs,
+            "steps": self.position.step,
+            "world_size": self.ctx.world_size,
+            "device": str(self.ctx.device),
+            "per_class_accuracy": dict(
+                zip(self.class_names or range(self.num_classes), result.per_class_accuracy(), strict=False)
+            ),
+            "run_dir": str(self.run_dir),
+        }
+        if self.ctx.is_main:
+            export_weights(
+                final_model,
+                self.run_dir / "model.safetensors",
+                model_name=self.config.model,
+                model_args=self.model_args,
+            )
+            names = self.class_names or [str(i) for i in range(self.num_classes)]
+            plot_confusion_matrix(result.confusion.matrix.cpu(), names, self.run_dir / "confusion_matrix.png")
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            self._print("\n" + summary_table([summary]))
+            self._print(f"\nrun directory: {self.run_dir} (checkpoint, metrics, plots, model.safetensors)")
+        return summary
+
+    def run(self) -> dict[str, Any]:
+        """Train to the end of the recipe, then evaluate, export and summarize."""
+        self.started = time.monotonic()
+        self.tensorboard = TensorBoardWriter(self.run_dir / "tensorboard", enabled=self.ctx.is_main)
+        if self.ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if getattr(self, "resumed_rng", None) is not None:
+            restore_rng_state(self.resumed_rng)
+        previous = signal.getsignal(signal.SIGINT)
+
+        def request_stop(signum, frame):  # a second Ctrl-C interrupts at once
+            self.stop_requested = True
+            signal.signal(signal.SIGINT, previous)
+
+        signal.signal(signal.SIGINT, request_stop)
+        try:
+            for epoch in range(self.position.epoch, self.epochs):
+                images_per_s = self._run_epoch(epoch)
+                self._end_epoch(epoch, images_per_s)
+            return self._finish()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            self.tensorboard.close()
+
+
+def train(config: TrainConfig, *, resume: str | Path | bool = False) -> dict[str, Any]:
+    """Run ``config`` to the end (or continue the run in its directory with ``resume=True``, or from a
+    checkpoint path) and return the summary: params, MFLOPs, top-1/top-5 error, time, images/s."""
+    ctx = init_distributed(config.device)
+    try:
+        return Trainer(config, ctx, resume).run()
+    finally:
+        cleanup_distributed(ctx)

@@ -1,0 +1,171 @@
+"""Evaluation: loss, top-1/top-5 error and the confusion matrix over a loader, summed over all ranks."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from shufflenet.data import AugmentedDataset, build_dataset, build_eval_loader, build_transforms
+from shufflenet.registry import create_model
+from shufflenet.train.checkpoint import load_checkpoint, load_exported
+from shufflenet.train.distributed import (
+    DistributedContext,
+    all_reduce_sum,
+    cleanup_distributed,
+    init_distributed,
+)
+from shufflenet.train.metrics import ConfusionMatrix, plot_confusion_matrix, topk_correct
+
+
+@dataclass
+class EvalResult:
+    """Evaluation figures; errors are percentages."""
+
+    loss: float
+    top1_err: float
+    top5_err: float
+    samples: int
+    confusion: ConfusionMatrix = field(repr=False)
+
+    def per_class_accuracy(self) -> list[float]:
+        return self.confusion.per_class_accuracy()
+
+
+def autocast_for(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """Mixed precision on CUDA (bf16 or fp16); a no-op elsewhere or with ``amp="none"``."""
+    if device.type != "cuda" or amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module,
+    loader: DataLoader,
+    ctx: DistributedContext,
+    num_classes: int,
+    *,
+    amp: str = "none",
+    prepare: Callable[[Any], tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> EvalResult:
+    """Single-crop evaluation of ``model`` over this rank's shard of ``loader``, reduced over ranks.
+    ``prepare`` turns a loader batch into (images, labels) on the device (default: move it there)."""
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # loss sum, top-1, top-5 correct
+    samples = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    confusion = ConfusionMatrix(num_classes, device=ctx.device)
+    for batch in loader:
+        if batch is None:  # every image of the batch was unreadable and skipped
+            continue
+        if prepare is not None:
+            images, targets = prepare(batch)
+        else:
+            images, targets = (t.to(ctx.device, non_blocking=True) for t in batch)
+        with autocast_for(ctx.device, amp):
+            logits = model(images)
+        logits = logits.float()
+        correct = topk_correct(logits, targets, (1, 5))
+        totals += torch.tensor(
+            [nn.functional.cross_entropy(logits, targets, reduction="sum").item(), correct[1], correct[5]],
+            dtype=torch.float64,
+            device=ctx.device,
+        )
+        samples += targets.numel()
+        confusion.update(logits, targets)
+    totals = all_reduce_sum(totals, ctx)
+    count = all_reduce_sum(samples, ctx).item()
+    confusion.matrix = all_reduce_sum(confusion.matrix, ctx)
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("the evaluation set is empty; check --data-dir and the dataset's val split")
+    loss, top1, top5 = (totals / count).tolist()
+    return EvalResult(loss, 100 * (1 - top1), 100 * (1 - top5), int(count), confusion)
+
+
+def load_for_evaluation(
+    checkpoint: str | Path, model_name: str | None = None, model_args: dict[str, Any] | None = None
+) -> tuple[nn.Module, str, dict[str, Any]]:
+    """A model with trained weights from a training checkpoint (``.pt``, which records its model) or an
+    exported ``.safetensors`` file (whose JSON sidecar does). ``model_name`` must agree when given."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if path.suffix == ".safetensors":
+        model = load_exported(path)
+        meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+        name, args = meta["model"], meta["args"]
+    else:
+        state = load_checkpoint(path)
+        config = state.get("config", {})
+        name = config.get("model")
+        args = dict(state.get("model_args_resolved", {}))
+        if name is None:
+            if model_name is None:
+                raise ValueError(f"{path} does not record its model; pass --model NAME")
+            name, args = model_name, dict(model_args or {})
+        model = create_model(name, **args)
+        model.load_state_dict(state["model"])
+    if model_name is not None and model_name != name:
+        raise ValueError(f"{path} holds a {name}, not {model_name}; drop --model or pass --model {name}")
+    return model, name, args
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    dataset: str,
+    *,
+    data_dir: str | Path | None = None,
+    model_name: str | None = None,
+    batch_size: int = 256,
+    image_size: int | None = None,
+    device: str | None = None,
+    num_workers: int = 0,
+    output: str | Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate trained weights on ``dataset``'s val split with the single-crop protocol (imagefolder:
+    resize 256, center crop 224): top-1/top-5 error, per-class accuracy and a confusion-matrix PNG
+    (written to ``output``, default the checkpoint's folder). Runs distributed under torchrun."""
+    ctx = init_distributed(device)
+    try:
+        model, name, _ = load_for_evaluation(checkpoint, model_name)
+        model = model.to(ctx.device)
+        base = build_dataset(dataset, "val", data_dir, transform=torch.nn.Identity())
+        names = list(getattr(base, "classes", [])) or [str(i) for i in range(model.num_classes)]
+        if len(names) != model.num_classes:
+            raise ValueError(
+                f"{name} has {model.num_classes} classes but {dataset} has {len(names)}; "
+                "evaluate on the dataset the model was trained for"
+            )
+        data = AugmentedDataset(base, build_transforms(dataset, "val", image_size=image_size))
+        loader = build_eval_loader(
+            data, batch_size=batch_size, rank=ctx.rank, world_size=ctx.world_size, num_workers=num_workers
+        )
+        result = evaluate_model(model, loader, ctx, model.num_classes)
+        folder = Path(output) if output else Path(checkpoint).parent
+        summary = {
+            "model": name,
+            "checkpoint": str(checkpoint),
+            "dataset": dataset,
+            "samples": result.samples,
+            "loss": result.loss,
+            "top1_err": result.top1_err,
+            "top5_err": result.top5_err,
+            "per_class_accuracy": dict(zip(names, result.per_class_accuracy(), strict=True)),
+        }
+        if ctx.is_main:
+            folder.mkdir(parents=True, exist_ok=True)
+            summary["confusion_matrix_png"] = str(
+                plot_confusion_matrix(result.confusion.matrix.cpu(), names, folder / "confusion_matrix.png")
+            )
+        return summary
+    finally:
+        cleanup_distributed(ctx)
