@@ -7,11 +7,10 @@ import json
 import sys
 from collections.abc import Sequence
 
-import yaml
-
 from shufflenet._table import markdown_table
 from shufflenet.profile import profile
 from shufflenet.registry import create_model, list_models, model_cards
+from shufflenet.train.config import parse_overrides
 
 EXAMPLES = """\
 examples:
@@ -29,16 +28,6 @@ examples:
 
 class CliError(Exception):
     """A misuse the user can fix; printed as one line, exit status 2."""
-
-
-def _parse_overrides(pairs: Sequence[str]) -> dict[str, object]:
-    overrides = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise CliError(f"--set expects KEY=VALUE, got {pair!r} (e.g. --set shuffle=false)")
-        overrides[key] = yaml.safe_load(value)
-    return overrides
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -92,7 +81,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    overrides = _parse_overrides(args.set)
+    overrides = parse_overrides(args.set)
     model = create_model(args.model, num_classes=args.num_classes, in_chans=args.in_chans, **overrides)
     result = profile(model, tuple(args.input_size), name=args.model)
     if args.format == "json":
@@ -134,7 +123,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from shufflenet.train.config import list_recipes, load_config, parse_overrides
+    from shufflenet.train.config import list_recipes, load_config
     from shufflenet.train.engine import TrainingDiverged, TrainingInterrupted, train
 
     if args.list_recipes:
@@ -255,13 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prof.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default: 1000)")
     prof.add_argument("--in-chans", type=int, default=3, help="input channels (default: 3)")
-    prof.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a model argument, e.g. --set shuffle=false --set layout=torchvision",
-    )
+    _add_set_option(prof, "override a model argument, e.g. --set shuffle=false --set layout=torchvision")
     prof.add_argument("--per-layer", action="store_true", help="one row per layer as well as the totals")
     prof.add_argument("--format", choices=("table", "csv", "json"), default="table")
     prof.set_defaults(handler=cmd_profile)
@@ -302,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--num-workers", type=int, help="data-loading processes")
     tr.add_argument("--skip-bad-images", action="store_true", help="skip and count unreadable images")
     tr.add_argument("--no-progress", action="store_true", help="no progress bars")
-    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any setting")
+    _add_set_option(tr, "override any setting, e.g. --set lr=0.05 --set model_args.small_input=true")
     tr.set_defaults(handler=cmd_train)
 
     ev = sub.add_parser(
@@ -328,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--format", choices=("table", "json"), default="table")
     ev.set_defaults(handler=cmd_evaluate)
     return parser
+
+
+def _add_set_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help_text)
 
 
 def _recipe_names() -> list[str]:

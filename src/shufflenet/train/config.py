@@ -108,7 +108,7 @@ def _read_recipe(name_or_path: str) -> dict[str, Any]:
 def _check_key(key: str) -> None:
     if key not in FIELDS:
         close = difflib.get_close_matches(key, FIELDS, n=3)
-        hint = f"did you mean {', '.join(close)}?" if close else "see `shufflenet train --help-keys`"
+        hint = f"did you mean {', '.join(close)}?" if close else f"valid settings: {', '.join(FIELDS)}"
         raise ValueError(f"unknown training setting {key!r}; {hint}")
 
 
