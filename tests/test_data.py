@@ -217,3 +217,32 @@ def test_eval_loader_is_sequential_sharded_and_keeps_the_last_batch():
         for r in range(3)
     ]
     assert sorted(i for shard in shards for i in shard) == list(range(10))
+
+
+def test_batched_augmentation_equals_torchvision_per_sample():
+    from torchvision.transforms.v2 import functional as F
+
+    from shufflenet.data import SmallImageDataset, augment_batch
+
+    base = TensorDataset(torch.zeros(1))
+    base.data = torch.randint(0, 256, (6, 28, 28), dtype=torch.uint8)
+    base.targets = torch.arange(6)
+    dataset = SmallImageDataset(base, padding=3, seed=5)
+    images, _, params = (
+        torch.stack(x) if isinstance(x[0], torch.Tensor) else torch.tensor(x)
+        for x in zip(*[dataset[(2, i)] for i in range(6)], strict=True)
+    )
+    batch = augment_batch(images, params, padding=3, mean=(0.5,), std=(0.25,))
+    for i in range(6):
+        dy, dx, flip = params[i].tolist()
+        expected = F.pad(images[i].float() / 255, [3])[:, dy : dy + 28, dx : dx + 28]
+        expected = F.horizontal_flip(expected) if flip else expected
+        torch.testing.assert_close(batch[i], F.normalize(expected, [0.5], [0.25]))
+    assert params[:, 2].sum() not in (0, 6), "flips should vary between samples"
+    assert torch.equal(torch.stack([dataset[(2, i)][2] for i in range(6)]), params), "same draws again"
+    no_flip = SmallImageDataset(base, padding=0, flip=False)
+    assert all(no_flip[(2, i)][2].tolist() == [0, 0, 0] for i in range(6))
+    assert torch.equal(
+        augment_batch(images[:1], torch.tensor([[0, 0, 0]]), padding=0, mean=(0.0,), std=(1.0,)),
+        images[:1].float() / 255,
+    )

@@ -32,6 +32,8 @@ TINY = [
     "progress=false",
     "download=false",
     "deterministic=true",
+    "eval_every=1",
+    "augment=crop-flip",
 ]
 
 

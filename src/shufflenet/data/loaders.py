@@ -91,12 +91,7 @@ class TrainSampler(Sampler[tuple[int, int]]):
                 f"batch size {global_batch} does not split over {world_size} processes; "
                 f"use a multiple of {world_size}"
             )
-        self.steps = dataset_size // global_batch
-        if self.steps == 0:
-            raise ValueError(
-                f"batch size {global_batch} is larger than the dataset ({dataset_size} samples); "
-                "use a smaller --batch-size"
-            )
+        self.steps = steps_per_epoch(dataset_size, global_batch)
         generator = torch.Generator().manual_seed(seed + epoch)
         order = torch.randperm(dataset_size, generator=generator)[: self.steps * global_batch]
         local_batch = global_batch // world_size
@@ -111,7 +106,12 @@ class TrainSampler(Sampler[tuple[int, int]]):
 
 
 def steps_per_epoch(dataset_size: int, global_batch: int) -> int:
-    """Optimizer steps in one epoch (incomplete final batches are dropped)."""
+    """Optimizer steps in one epoch (incomplete final batches are dropped); at least one."""
+    if global_batch > dataset_size:
+        raise ValueError(
+            f"batch size {global_batch} is larger than the dataset ({dataset_size} samples); "
+            "use a smaller --batch-size"
+        )
     return dataset_size // global_batch
 
 

@@ -24,7 +24,9 @@ class SmallImageDataset(Dataset):
     ``(image uint8, label, (dy, dx, flip))``, the crop offsets and flip drawn from (seed, epoch, index)
     when indexed by ``(epoch, index)`` and centred (no augmentation) when indexed by an int."""
 
-    def __init__(self, base: Dataset, *, padding: int, seed: int = 0, limit: int | None = None) -> None:
+    def __init__(
+        self, base: Dataset, *, padding: int, flip: bool = True, seed: int = 0, limit: int | None = None
+    ) -> None:
         data = base.data[:limit] if limit else base.data
         images = torch.as_tensor(np.asarray(data)) if not isinstance(data, torch.Tensor) else data
         if images.dim() == 3:  # Fashion-MNIST: N, H, W
@@ -35,6 +37,7 @@ class SmallImageDataset(Dataset):
         self.targets = torch.as_tensor(base.targets, dtype=torch.int64)[: len(self.images)]
         self.classes = list(getattr(base, "classes", []))
         self.padding = padding
+        self.flip = flip
         self.seed = seed
 
     def __len__(self) -> int:
@@ -46,7 +49,8 @@ class SmallImageDataset(Dataset):
         epoch, index = key
         bits = sample_seed(self.seed, epoch, index)
         span = 2 * self.padding + 1
-        params = torch.tensor([bits % span, (bits // span) % span, (bits >> 40) & 1])
+        flip = (bits >> 40) & 1 if self.flip else 0
+        params = torch.tensor([bits % span, (bits // span) % span, flip])
         return self.images[index], int(self.targets[index]), params
 
     def to_device(
@@ -81,7 +85,7 @@ def augment_batch(
     normalize: the batched equivalent of RandomCrop(padding) + RandomHorizontalFlip + ToDtype + Normalize."""
     batch, _, height, width = images.shape
     x = images.float().div_(255)
-    if padding:
+    if padding or bool(params[:, 2].any()):
         x = torch.nn.functional.pad(x, (padding, padding, padding, padding))
         rows = params[:, 0:1] + torch.arange(height, device=x.device)  # (B, H)
         cols = params[:, 1:2] + torch.arange(width, device=x.device)  # (B, W)

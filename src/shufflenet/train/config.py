@@ -24,6 +24,7 @@ class TrainConfig:
     download: bool = True
     skip_bad_images: bool = False
     image_size: int | None = None  # None: the dataset's native size
+    augment: str = "crop-flip"  # small-image datasets: crop-flip | flip | none
     train_subset: int | None = None  # first N training samples only (quick experiments, tests)
     val_subset: int | None = None
     epochs: int = 10
@@ -73,6 +74,7 @@ CHOICES = {
     "schedule": ("linear", "cosine", "step", "exponential", "constant"),
     "amp": ("none", "bf16", "fp16"),
     "precision": ("float32", "float64"),
+    "augment": ("crop-flip", "flip", "none"),
 }
 
 

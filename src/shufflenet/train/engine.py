@@ -157,9 +157,13 @@ class Trainer:
         if size == info.image_size and hasattr(train_base, "data"):
             # Fashion-MNIST and CIFAR at their own size: batched augmentation (see data.small_images).
             self.train_set = SmallImageDataset(
-                train_base, padding=size // 8, seed=config.seed, limit=config.train_subset
+                train_base,
+                padding=size // 8 if config.augment == "crop-flip" else 0,
+                flip=config.augment != "none",
+                seed=config.seed,
+                limit=config.train_subset,
             )
-            self.val_set = SmallImageDataset(val_base, padding=0, limit=config.val_subset)
+            self.val_set = SmallImageDataset(val_base, padding=0, flip=False, limit=config.val_subset)
         else:
             if config.train_subset:
                 train_base = Subset(train_base, range(min(config.train_subset, len(train_base))))
@@ -172,11 +176,6 @@ class Trainer:
             val_transform = build_transforms(config.dataset, "val", image_size=size)
             self.val_set = AugmentedDataset(val_base, val_transform)
         self.steps_in_epoch = steps_per_epoch(len(self.train_set), config.batch_size)
-        if self.steps_in_epoch == 0:
-            raise ValueError(
-                f"batch size {config.batch_size} is larger than the training set ({len(self.train_set)}); "
-                "use a smaller --batch-size"
-            )
         self.total_steps = config.iterations or config.epochs * self.steps_in_epoch
         self.epochs = math.ceil(self.total_steps / self.steps_in_epoch)
 
