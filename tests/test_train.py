@@ -267,6 +267,7 @@ def test_imagefolder_training_with_a_corrupt_file(image_folder, tmp_path):
     cli("train", "--output", str(tmp_path / "b"), *common, "--skip-bad-images")
     summary = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert set(summary["per_class_accuracy"]) == {"cat", "dog", "fish"}
+    assert summary["skipped_images"] == [str(bad)]
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(fashion_dir, tmp_path):

@@ -149,6 +149,7 @@ class Trainer:
         load = dict(download=config.download, skip_bad_images=config.skip_bad_images)
         train_base = build_dataset(config.dataset, "train", config.data_dir, transform=raw, **load)
         val_base = build_dataset(config.dataset, "val", config.data_dir, transform=raw, **load)
+        self.image_sources = (train_base, val_base)  # they record skipped unreadable images
         self.class_names = list(getattr(train_base, "classes", []))
         self.num_classes = info.num_classes or len(self.class_names)
         size = config.image_size or info.image_size
@@ -481,6 +482,7 @@ class Trainer:
                 zip(self.class_names or range(self.num_classes), result.per_class_accuracy(), strict=False)
             ),
             "run_dir": str(self.run_dir),
+            "skipped_images": sorted({p for d in self.image_sources for p in getattr(d, "bad_images", [])}),
         }
         if self.ctx.is_main:
             export_weights(
@@ -493,6 +495,8 @@ class Trainer:
             plot_confusion_matrix(result.confusion.matrix.cpu(), names, self.run_dir / "confusion_matrix.png")
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
             self._print("\n" + summary_table([summary]))
+            if summary["skipped_images"]:
+                self._print(f"skipped {len(summary['skipped_images'])} unreadable images (see summary.json)")
             self._print(f"\nrun directory: {self.run_dir} (checkpoint, metrics, plots, model.safetensors)")
         return summary
 
