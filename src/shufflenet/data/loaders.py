@@ -94,8 +94,8 @@ class TrainSampler(Sampler[tuple[int, int]]):
         self.steps = steps_per_epoch(dataset_size, global_batch)
         generator = torch.Generator().manual_seed(seed + epoch)
         order = torch.randperm(dataset_size, generator=generator)[: self.steps * global_batch]
-        local_batch = global_batch // world_size
-        self.indices = order[rank::world_size][skip_batches * local_batch :].tolist()
+        self.local_batch = global_batch // world_size
+        self.indices = order[rank::world_size][skip_batches * self.local_batch :].tolist()
         self.epoch = epoch
 
     def __len__(self) -> int:
@@ -115,28 +115,12 @@ def steps_per_epoch(dataset_size: int, global_batch: int) -> int:
     return dataset_size // global_batch
 
 
-def build_train_loader(
-    dataset: AugmentedDataset,
-    *,
-    global_batch: int,
-    epoch: int,
-    seed: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-    skip_batches: int = 0,
-    num_workers: int = 0,
-) -> DataLoader:
-    """The loader for one training epoch of this rank (batches of ``global_batch / world_size``)."""
-    sampler = TrainSampler(
-        len(dataset),
-        global_batch=global_batch,
-        epoch=epoch,
-        seed=seed,
-        rank=rank,
-        world_size=world_size,
-        skip_batches=skip_batches,
-    )
-    return _loader(dataset, sampler, global_batch // world_size, num_workers, drop_last=True)
+def build_train_loader(dataset: Dataset, *, num_workers: int = 0, **sampler_args: Any) -> DataLoader:
+    """The loader for one training epoch of this rank: ``sampler_args`` are :class:`TrainSampler`'s
+    (``global_batch``, ``epoch``, ``seed``, ``rank``, ``world_size``, ``skip_batches``); batches hold
+    ``global_batch / world_size`` samples."""
+    sampler = TrainSampler(len(dataset), **sampler_args)
+    return _loader(dataset, sampler, sampler.local_batch, num_workers, drop_last=True)
 
 
 def build_eval_loader(

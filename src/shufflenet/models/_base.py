@@ -64,29 +64,21 @@ class ClassifierNet(nn.Module):
 
     classifier_name = "fc"
 
-    def _set_interface(
-        self,
-        *,
-        pieces: Sequence[TrunkPiece],
-        head_conv: str | None,
-        num_features: int,
-        num_classes: int,
-        in_chans: int,
-        drop_rate: float,
-    ) -> None:
-        """Record the trunk and build the head; subclasses call this at the end of ``__init__``."""
+    def __init__(self, *, num_classes: int, in_chans: int, drop_rate: float) -> None:
+        super().__init__()
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0 (0 removes the classifier), got {num_classes}")
+        self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
+
+    def _set_interface(self, pieces: Sequence[TrunkPiece], head_conv: str | None, num_features: int) -> None:
+        """Record the trunk and build the head; subclasses call this at the end of ``__init__``."""
         self.pieces = tuple(pieces)
         self.head_conv_name = head_conv
         self.feature_info = feature_taps(self.pieces)
         self.total_stride = self.feature_info[-1].reduction
-        self.in_chans = in_chans
         self.num_features = num_features
-        self.num_classes = num_classes
-        self.drop_rate = drop_rate
-        self.head_drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
-        setattr(self, self.classifier_name, self._new_classifier(num_classes))
+        self.head_drop = nn.Dropout(self.drop_rate) if self.drop_rate > 0 else nn.Identity()
+        setattr(self, self.classifier_name, self._new_classifier(self.num_classes))
         init_weights(self)
 
     def _new_classifier(self, num_classes: int) -> nn.Module:

@@ -50,7 +50,7 @@ class MobileNetV1(ClassifierNet):
         small_input: bool = False,
         drop_rate: float = 0.0,
     ) -> None:
-        super().__init__()
+        super().__init__(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
         require_positive(alpha, "alpha")
         self.alpha = alpha
         stem_channels = make_divisible(STEM_CHANNELS * alpha, ROUND_TO)
@@ -64,14 +64,7 @@ class MobileNetV1(ClassifierNet):
             pieces.append(TrunkPiece(f"features.{index}", out_channels, stride))
             in_channels = out_channels
         self.features = nn.Sequential(*layers)
-        self._set_interface(
-            pieces=pieces,
-            head_conv=None,
-            num_features=in_channels,
-            num_classes=num_classes,
-            in_chans=in_chans,
-            drop_rate=drop_rate,
-        )
+        self._set_interface(pieces, None, in_channels)
 
 
 MODEL_BUILDERS = {

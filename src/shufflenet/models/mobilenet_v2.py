@@ -48,7 +48,7 @@ class MobileNetV2(ClassifierNet):
         small_input: bool = False,
         drop_rate: float = DROPOUT,
     ) -> None:
-        super().__init__()
+        super().__init__(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
         require_positive(alpha, "alpha")
         self.alpha = alpha
         stem_channels = make_divisible(STEM_CHANNELS * alpha, ROUND_TO)
@@ -68,14 +68,7 @@ class MobileNetV2(ClassifierNet):
                 in_channels = out_channels
         layers.append(ConvBNAct(in_channels, head_channels, activation=nn.ReLU6))
         self.features = nn.Sequential(*layers)
-        self._set_interface(
-            pieces=pieces,
-            head_conv=f"features.{len(layers) - 1}",
-            num_features=head_channels,
-            num_classes=num_classes,
-            in_chans=in_chans,
-            drop_rate=drop_rate,
-        )
+        self._set_interface(pieces, f"features.{len(layers) - 1}", head_channels)
 
 
 MODEL_BUILDERS = {

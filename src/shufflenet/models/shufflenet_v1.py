@@ -70,7 +70,7 @@ class ShuffleNetV1(ClassifierNet):
         small_input: bool = False,
         drop_rate: float = 0.0,
     ) -> None:
-        super().__init__()
+        super().__init__(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
         stem, widths = stage_widths(groups, scale)
         self.groups, self.scale = groups, scale
         stem_stride = 1 if small_input else 2
@@ -99,14 +99,7 @@ class ShuffleNetV1(ClassifierNet):
                 in_channels = width
             setattr(self, name, nn.Sequential(*units))
             pieces.append(TrunkPiece(name, width, 2))
-        self._set_interface(
-            pieces=pieces,
-            head_conv=None,
-            num_features=in_channels,
-            num_classes=num_classes,
-            in_chans=in_chans,
-            drop_rate=drop_rate,
-        )
+        self._set_interface(pieces, None, in_channels)
 
 
 MODEL_BUILDERS = {

@@ -46,15 +46,15 @@ class ShuffleNetV2(ClassifierNet):
         small_input: bool = False,
         drop_rate: float | None = None,
     ) -> None:
-        super().__init__()
+        if drop_rate is None:
+            drop_rate = DROPOUT_2X if scale == 2.0 and layout == "paper" else 0.0
+        super().__init__(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
         if scale not in STAGE_WIDTHS:
             raise ValueError(
                 f"ShuffleNet V2 scale must be one of {sorted(STAGE_WIDTHS)} (paper Table 5), got {scale}"
             )
         *widths, head_channels = STAGE_WIDTHS[scale]
         self.scale, self.layout = scale, layout
-        if drop_rate is None:
-            drop_rate = DROPOUT_2X if scale == 2.0 and layout == "paper" else 0.0
         stem_stride = 1 if small_input else 2
         self.conv1 = ConvBNAct(in_chans, STEM_CHANNELS, kernel_size=3, stride=stem_stride)
         self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(3, stride=2, padding=1)
@@ -72,14 +72,7 @@ class ShuffleNetV2(ClassifierNet):
             setattr(self, name, nn.Sequential(*units))
             pieces.append(TrunkPiece(name, width, 2))
         self.conv5 = ConvBNAct(in_channels, head_channels)
-        self._set_interface(
-            pieces=pieces,
-            head_conv="conv5",
-            num_features=head_channels,
-            num_classes=num_classes,
-            in_chans=in_chans,
-            drop_rate=drop_rate,
-        )
+        self._set_interface(pieces, "conv5", head_channels)
 
 
 MODEL_BUILDERS = {
