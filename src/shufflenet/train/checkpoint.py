@@ -73,7 +73,8 @@ def restore_rng_state(state: dict) -> None:
 # --- Atomic writes -------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` through ``write(file)`` so that it holds either the old contents or the new ones."""
     # A crash mid-write must leave the previous file whole: write a sibling temp file (same filesystem,
     # so os.replace is atomic), make it durable, then swap it in.
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,7 +99,7 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """Write ``state`` with ``torch.save`` atomically: ``path`` holds either the old file or the new one."""
-    _atomic_write(Path(path), lambda f: torch.save(state, f))
+    atomic_write(Path(path), lambda f: torch.save(state, f))
 
 
 # --- Safe load -----------------------------------------------------------------------------------------
@@ -165,8 +166,8 @@ def export_weights(
     # safetensors wants contiguous CPU tensors; channels_last or CUDA models would otherwise fail.
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     data = safetensors.torch.save(tensors)
-    _atomic_write(path, lambda f: f.write(data))
-    _atomic_write(sidecar, lambda f: f.write(text.encode("utf-8")))
+    atomic_write(path, lambda f: f.write(data))
+    atomic_write(sidecar, lambda f: f.write(text.encode("utf-8")))
     return path, sidecar
 
 

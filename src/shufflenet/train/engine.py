@@ -38,6 +38,7 @@ from shufflenet.data import (
 from shufflenet.profile import profile
 from shufflenet.registry import create_model
 from shufflenet.train.checkpoint import (
+    atomic_write,
     capture_rng_state,
     export_weights,
     load_checkpoint,
@@ -493,7 +494,8 @@ class Trainer:
             )
             names = self.class_names or [str(i) for i in range(self.num_classes)]
             plot_confusion_matrix(result.confusion.matrix.cpu(), names, self.run_dir / "confusion_matrix.png")
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            text = json.dumps(summary, indent=2) + "\n"
+            atomic_write(self.run_dir / "summary.json", lambda f: f.write(text.encode()))
             self._print("\n" + summary_table([summary]))
             if summary["skipped_images"]:
                 self._print(f"skipped {len(summary['skipped_images'])} unreadable images (see summary.json)")

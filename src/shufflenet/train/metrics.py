@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from shufflenet._table import markdown_table
-from shufflenet.train.checkpoint import _atomic_write
+from shufflenet.train.checkpoint import atomic_write
 
 # --- Top-k and confusion matrix ------------------------------------------------------------------------
 
@@ -174,8 +174,8 @@ class MetricsLog:
         json_bytes = (json.dumps(rows, indent=2, allow_nan=False) + "\n").encode("utf-8")
 
         csv_path, json_path = run_dir / "metrics.csv", run_dir / "metrics.json"
-        _atomic_write(csv_path, lambda f: f.write(csv_bytes))
-        _atomic_write(json_path, lambda f: f.write(json_bytes))
+        atomic_write(csv_path, lambda f: f.write(csv_bytes))
+        atomic_write(json_path, lambda f: f.write(json_bytes))
         return csv_path, json_path
 
 
@@ -252,7 +252,7 @@ def _save_png(fig: Any, path: str | Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     path = Path(path)
-    _atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
     return path
 
 
