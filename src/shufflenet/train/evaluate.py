@@ -60,7 +60,7 @@ def evaluate_model(
     ``prepare`` turns a loader batch into (images, labels) on the device (default: move it there)."""
     was_training = model.training
     model.eval()
-    totals = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # loss sum, top-1, top-5 correct
+    totals = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # loss sum, top-5 correct
     samples = torch.zeros((), dtype=torch.float64, device=ctx.device)
     confusion = ConfusionMatrix(num_classes, device=ctx.device)
     for batch in loader:
@@ -73,21 +73,18 @@ def evaluate_model(
         with autocast_for(ctx.device, amp):
             logits = model(images)
         logits = logits.float()
-        correct = topk_correct(logits, targets, (1, 5))
-        totals += torch.tensor(
-            [nn.functional.cross_entropy(logits, targets, reduction="sum").item(), correct[1], correct[5]],
-            dtype=torch.float64,
-            device=ctx.device,
-        )
+        totals[0] += nn.functional.cross_entropy(logits, targets, reduction="sum").double()
+        totals[1] += topk_correct(logits, targets, (5,))[5]
         samples += targets.numel()
-        confusion.update(logits, targets)
+        confusion.update(logits, targets)  # its diagonal is the top-1 count
     totals = all_reduce_sum(totals, ctx)
     count = all_reduce_sum(samples, ctx).item()
     confusion.matrix = all_reduce_sum(confusion.matrix, ctx)
     model.train(was_training)
     if count == 0:
         raise ValueError("the evaluation set is empty; check --data-dir and the dataset's val split")
-    loss, top1, top5 = (totals / count).tolist()
+    loss, top5 = (totals / count).tolist()
+    top1 = confusion.matrix.trace().item() / count
     return EvalResult(loss, 100 * (1 - top1), 100 * (1 - top5), int(count), confusion)
 
 
