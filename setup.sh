@@ -2,12 +2,13 @@
 # Set up a fresh machine: a virtual environment in .venv with shufflenet installed (editable).
 #   ./setup.sh          for training: also installs Debian's Fashion-MNIST where apt-get exists
 #   ./setup.sh --test   for the test suite: adds pytest and ruff, no dataset needed
+# Both install the deploy extras (ONNX, ONNX Runtime, OpenVINO) for `shufflenet export` and `bench`.
 set -euo pipefail
 cd "$(dirname "$0")"
 if [ "${1:-}" = "--test" ]; then
-    extras="[test]"
+    extras="[test,deploy]"
 else
-    extras=""
+    extras="[deploy]"
     if command -v apt-get >/dev/null 2>&1 && [ ! -d /usr/share/datasets/fashion-mnist ]; then
         sudo=""
         [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -84,3 +84,47 @@ def test_console_entry_point_runs():
         [sys.executable, "-m", "shufflenet", "profile", "nope"], capture_output=True, text=True, check=False
     )
     assert result.returncode == 2 and "error" in result.stderr
+
+
+def test_export_cli_writes_and_verifies(tmp_path, capsys):
+    out_file = tmp_path / "net.onnx"
+    code, out, _ = run(
+        capsys, "export", "shufflenet_v2_x0_5", "--format", "onnx", "--input-size", "64", "64",
+        "--output", str(out_file),
+    )  # fmt: skip
+    assert code == 0 and out_file.exists()
+    assert "max |exported - eager|" in out and out.rstrip().endswith("verified")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["export", "no_such_thing.pt"], "neither a registered model nor an existing file"),
+        (["export", "shufflenet_v2_x0_5", "--int8"], "--int8 needs calibration data"),
+        (["export", "shufflenet_v2_x0_5", "--set", "groups=3"], "takes no argument groups"),
+    ],
+)
+def test_export_cli_misuse_is_one_line_exit_2(capsys, argv, message):
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_export_cli_rejects_calibration_data_of_another_shape(capsys, tmp_path):
+    from conftest import write_fake_fashion_mnist
+
+    write_fake_fashion_mnist(tmp_path / "fm")
+    code, _, err = run(
+        capsys, "export", "shufflenet_v2_x0_5", "--calib", "fashion-mnist",
+        "--data-dir", str(tmp_path / "fm"), "--output", str(tmp_path / "x.onnx"),
+    )  # fmt: skip
+    assert code == 2 and "fashion-mnist images are (1, 28, 28)" in err
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_bench_guidelines_cli(capsys, tmp_path):
+    code, out, _ = run(
+        capsys, "bench", "guidelines", "--experiments", "G2", "--multipliers", "1", "--repeats", "2",
+        "--cpu-only", "--no-progress", "--output", str(tmp_path),
+    )  # fmt: skip
+    assert code == 0 and "G2" in out and "paper" in out
+    assert json.loads((tmp_path / "guidelines.json").read_text())["rows"][0]["images_per_s"] > 0

@@ -23,6 +23,11 @@ examples:
   shufflenet models --compare 'shufflenet_v1_*'     ours beside the papers' figures
   shufflenet profile shufflenet_v2_x1_0 --per-layer MFLOPs, params and MAC of each layer
   shufflenet profile mobilenet_v1_x1_0 --input-size 160 160 --format json
+  shufflenet export shufflenet_v2_x1_0 --format openvino      deploy graph, written and verified
+  shufflenet export runs/fm/model.safetensors --format onnx --int8 --calib fashion-mnist
+  shufflenet bench latency                          ours beside eager, compile, ONNX Runtime, OpenVINO
+  shufflenet bench guidelines                       ShuffleNet V2 guideline experiments G1-G4
+  shufflenet bench train                            training throughput on synthetic batches
 """
 
 
@@ -205,6 +210,183 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_target(args: argparse.Namespace):
+    """The model to export and a file stem: a registered name (random weights unless --weights) or a
+    checkpoint/safetensors path."""
+    overrides = parse_overrides(args.set)
+    if args.target in list_models():
+        model = create_model(args.target, num_classes=args.num_classes, in_chans=args.in_chans, **overrides)
+        return model, args.target
+    from pathlib import Path
+
+    from shufflenet.train.evaluate import load_for_evaluation
+
+    if not Path(args.target).exists():
+        raise CliError(
+            f"{args.target!r} is neither a registered model nor an existing file; see `shufflenet models` "
+            "or pass a checkpoint.pt / model.safetensors path"
+        )
+    if overrides:
+        raise CliError("--set applies to registered model names; a checkpoint already records its arguments")
+    model, name, _ = load_for_evaluation(args.target)
+    return model, name
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from shufflenet.deploy.export import ExportError, export_model
+
+    model, name = _export_target(args)
+    real_inputs, calibration, accuracy_data = None, [], None
+    input_size = tuple(args.input_size) if args.input_size else None
+    if args.calib:
+        from shufflenet.data import build_dataset, dataset_info
+
+        info = dataset_info(args.calib)
+        input_size = input_size or (info.image_size, info.image_size)
+        train_set = build_dataset(args.calib, "train", args.data_dir)
+        accuracy_data = build_dataset(args.calib, "val", args.data_dir)
+        if args.accuracy_samples:
+            accuracy_data = torch.utils.data.Subset(
+                accuracy_data, range(min(args.accuracy_samples, len(accuracy_data)))
+            )
+        real_inputs = torch.stack([accuracy_data[index][0] for index in range(8)])
+        if real_inputs.shape[1] != model.in_chans or (
+            args.input_size and tuple(args.input_size) != input_size
+        ):
+            raise CliError(
+                f"{args.calib} images are {tuple(real_inputs.shape[1:])} but the model takes "
+                f"{model.in_chans} channels at {input_size[0]}x{input_size[1]}; export a model trained on "
+                f"{args.calib} (e.g. a run's model.safetensors) or drop --calib"
+            )
+        step = max(1, len(train_set) // args.calib_samples)
+        picks = [train_set[index][0] for index in range(0, step * args.calib_samples, step)]
+        calibration = [image.unsqueeze(0).numpy() for image in picks]
+    elif args.int8:
+        raise CliError("--int8 needs calibration data: add --calib DATASET (e.g. --calib fashion-mnist)")
+    input_size = input_size or (224, 224)
+    output = Path(args.output) if args.output else Path("exports") / f"{name}{'.int8' if args.int8 else ''}"
+    try:
+        report = export_model(
+            model,
+            output,
+            args.format,
+            input_size=input_size,
+            real_inputs=real_inputs,
+            optimize_graph=not args.no_optimize,
+            int8=args.int8,
+            calibration=calibration,
+            accuracy_data=accuracy_data if args.int8 or args.accuracy_samples else None,
+            threads=args.threads,
+        )
+    except ExportError as error:
+        print(f"shufflenet export: error: {error}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0 if report.passed else 1
+
+
+def cmd_bench_latency(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from shufflenet.bench.latency import headline_ratios, latency_benchmark, latency_plot, latency_table
+    from shufflenet.deploy.runtimes import default_threads
+
+    sizes = [tuple(int(v) for v in size.lower().split("x")) for size in args.sizes]
+    if any(len(size) != 2 for size in sizes):
+        raise CliError(f"--sizes takes HxW values like 224x224, got {args.sizes}")
+    threads = sorted({default_threads() if t == "all" else int(t) for t in args.threads})
+    cells = latency_benchmark(
+        args.models,
+        sizes=sizes,
+        threads=threads,
+        runtimes=args.runtimes,
+        batch=args.batch,
+        repeats=args.repeats,
+        progress=not args.no_progress,
+    )
+    table = latency_table(cells)
+    ratios = headline_ratios(cells)
+    print(table)
+    print("\nmedian ms (p90 ms) per cell, batch", args.batch)
+    for what, value, target in ratios:
+        print(f"- {what}: {value:.2f} (target {target})")
+    for cell in cells:
+        if cell.error:
+            print(
+                f"- error: {cell.model} {cell.height}x{cell.width} t{cell.threads} {cell.runtime}: "
+                f"{cell.error}"
+            )
+    if args.output:
+        from shufflenet.bench.report import write_latency_results
+
+        written = write_latency_results(cells, table, ratios, Path(args.output), command=args.command_line)
+        for key in ("md", "csv", "json"):
+            print(f"wrote {written[key]}")
+        png = latency_plot(cells, Path(args.output) / "latency.png", size=sizes[0], threads=threads[0])
+        print(f"wrote {png}")
+    return 0
+
+
+def _write_bench_record(args: argparse.Namespace, stem: str, title: str, body: str, rows) -> None:
+    if args.output:
+        from dataclasses import asdict, is_dataclass
+        from pathlib import Path
+
+        from shufflenet.bench.report import environment, write_record
+
+        plain = [asdict(row) if is_dataclass(row) else row for row in rows]
+        written = write_record(Path(args.output), stem, title, body, plain, environment(args.command_line))
+        print(f"\nwrote {written['md']}, {written['csv'].name}, {written['json'].name}")
+
+
+def cmd_bench_guidelines(args: argparse.Namespace) -> int:
+    import torch
+
+    from shufflenet.bench.guidelines import guidelines_report, run_guidelines
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.cpu_only else [])
+    results, reports = [], []
+    for device in devices:
+        rows = run_guidelines(
+            device=device,
+            threads=args.threads,
+            repeats=args.repeats,
+            multipliers=tuple(args.multipliers),
+            experiments=tuple(args.experiments),
+            progress=not args.no_progress,
+        )
+        results += rows
+        reports.append(f"## {device.upper()}\n\n{guidelines_report(rows)}")
+    body = "\n\n".join(reports)
+    print(body)
+    _write_bench_record(args, "guidelines", "ShuffleNet V2 guideline experiments (Tables 1-4)", body, results)
+    return 0
+
+
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    from shufflenet.bench.train_throughput import train_throughput, train_throughput_report
+
+    rows = train_throughput(
+        args.models,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        steps=args.steps,
+        device=args.device,
+        modes=tuple(args.modes),
+        amp=args.amp,
+        channels_last=args.channels_last,
+        threads=args.threads,
+    )
+    body = train_throughput_report(rows)
+    print(body)
+    _write_bench_record(args, "train_throughput", "Training throughput on synthetic batches", body, rows)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shufflenet",
@@ -310,7 +492,155 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output", help="folder for confusion_matrix.png (default: the checkpoint's)")
     ev.add_argument("--format", choices=("table", "json"), default="table")
     ev.set_defaults(handler=cmd_evaluate)
+
+    ex = sub.add_parser(
+        "export",
+        help="export the deploy graph (ONNX, OpenVINO, torch.export) and verify it",
+        description="Build the deploy graph (BN folded, channel shuffles folded into the weights), write it "
+        "as ONNX, OpenVINO IR or a torch.export program, then load the written file and compare it with "
+        "the eager model on random inputs (and real ones with --calib): fp32 must agree within 1e-4. "
+        "Prints the difference and the latency of both. --int8 quantizes with ONNX Runtime static "
+        "quantization calibrated on --calib and reports the accuracy change instead.",
+    )
+    ex.add_argument(
+        "target", help="registered model name (random weights), checkpoint.pt or model.safetensors"
+    )
+    ex.add_argument("--format", choices=("onnx", "openvino", "pt2"), default="onnx")
+    ex.add_argument("--output", help="file to write (default: exports/NAME.{onnx,xml,pt2})")
+    ex.add_argument(
+        "--input-size",
+        nargs=2,
+        type=int,
+        metavar=("H", "W"),
+        help="default: the --calib dataset's size, else 224 224",
+    )
+    ex.add_argument("--num-classes", type=int, default=1000, help="for a registered name (default: 1000)")
+    ex.add_argument("--in-chans", type=int, default=3, help="for a registered name (default: 3)")
+    _add_set_option(ex, "override a model argument of a registered name, e.g. --set layout=torchvision")
+    ex.add_argument("--no-optimize", action="store_true", help="export the plain graph (no folding)")
+    ex.add_argument("--int8", action="store_true", help="static int8 quantization (onnx, openvino)")
+    ex.add_argument(
+        "--calib",
+        choices=("fashion-mnist", "cifar10", "cifar100", "imagefolder"),
+        help="dataset for real-input checks, int8 calibration (train split) and accuracy (val)",
+    )
+    ex.add_argument("--data-dir", help="dataset folder for --calib")
+    ex.add_argument("--calib-samples", type=int, default=256, help="calibration images (default: 256)")
+    ex.add_argument(
+        "--accuracy-samples",
+        type=int,
+        default=0,
+        help="val images for the accuracy comparison (default: all with --int8, none otherwise)",
+    )
+    ex.add_argument("--threads", type=int, default=1, help="threads for the latency check (default: 1)")
+    ex.set_defaults(handler=cmd_export)
+
+    bench = sub.add_parser(
+        "bench",
+        help="speed benchmarks: latency across runtimes, V2 guidelines, training throughput",
+        description="Measure actual speed (FLOPs are not speed: ShuffleNet V2 section 2).",
+    )
+    bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
+    lat = bench_sub.add_parser(
+        "latency",
+        help="models x input sizes x threads x runtimes, each cell in its own process",
+        description="Median and p90 latency of each model at each input size and thread count on each "
+        "runtime: eager, eager channels_last, torch.compile, ONNX Runtime, OpenVINO and ours (the deploy "
+        "graph on OpenVINO). Each cell runs in a fresh subprocess after warm-up. Prints a Markdown table "
+        "with the papers' ARM figures beside and the acceptance ratios; --output also writes "
+        "latency.md/.csv/.json and latency.png (latency vs MFLOPs).",
+    )
+    lat.add_argument(
+        "--models",
+        nargs="+",
+        default=list(DEFAULT_LATENCY_MODELS),
+        metavar="MODEL",
+        help="model specs: NAME, NAME[key=value,...] or torchvision:NAME (default: the acceptance set)",
+    )
+    lat.add_argument(
+        "--sizes",
+        nargs="+",
+        default=["224x224"],
+        metavar="HxW",
+        help="input sizes (Table 8 uses 224x224 480x640 720x1280; default: 224x224)",
+    )
+    lat.add_argument(
+        "--threads", nargs="+", default=["1"], metavar="N", help="thread counts; 'all' = every core"
+    )
+    lat.add_argument(
+        "--runtimes",
+        nargs="+",
+        default=list(_runtimes()),
+        metavar="RUNTIME",
+        help="subset of: " + ", ".join(_runtimes()),
+    )
+    lat.add_argument("--batch", type=int, default=1)
+    lat.add_argument(
+        "--repeats", type=int, default=50, help="timed runs per cell after warm-up (default: 50)"
+    )
+    lat.add_argument("--output", help="folder for latency.md/.csv/.json/.png")
+    lat.add_argument("--no-progress", action="store_true")
+    lat.set_defaults(handler=cmd_bench_latency)
+
+    gl = bench_sub.add_parser(
+        "guidelines",
+        help="ShuffleNet V2 guideline experiments G1-G4 (V2 paper Tables 1-4)",
+        description="The four guideline experiments of ShuffleNet V2 section 2 (56x56 input, 10 stacked "
+        "blocks, the paper's channel and group settings) on CPU (batch 1) and on CUDA when present "
+        "(batch 8), printed beside the paper's figures with a verdict on whether each ordering holds here.",
+    )
+    gl.add_argument(
+        "--experiments", nargs="+", default=["G1", "G2", "G3", "G4"], choices=["G1", "G2", "G3", "G4"]
+    )
+    gl.add_argument("--multipliers", nargs="+", type=int, default=[1, 2, 4], help="channel multipliers")
+    gl.add_argument("--threads", type=int, default=1, help="CPU threads (default: 1, like the paper's ARM)")
+    gl.add_argument("--repeats", type=int, default=20, help="timed runs per cell (default: 20)")
+    gl.add_argument("--cpu-only", action="store_true", help="skip CUDA even when present")
+    gl.add_argument("--output", help="folder for guidelines.md/.csv/.json")
+    gl.add_argument("--no-progress", action="store_true")
+    gl.set_defaults(handler=cmd_bench_guidelines)
+
+    bt = bench_sub.add_parser(
+        "train",
+        help="training throughput (images/s, peak memory) on synthetic batches",
+        description="Images/s and peak memory of SGD training steps on random data, eager vs "
+        "torch.compile; bf16 autocast and channels_last apply on CUDA.",
+    )
+    bt.add_argument(
+        "--models",
+        nargs="+",
+        default=["shufflenet_v2_x1_0", "shufflenet_v1_g3_x1_0", "mobilenet_v2_x1_0"],
+        metavar="MODEL",
+    )
+    bt.add_argument("--batch-size", type=int, default=64)
+    bt.add_argument("--image-size", type=int, default=224)
+    bt.add_argument("--steps", type=int, default=10, help="timed steps after warm-up (default: 10)")
+    bt.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    bt.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
+    bt.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
+    bt.add_argument("--channels-last", action="store_true")
+    bt.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    bt.add_argument("--output", help="folder for train_throughput.md/.csv/.json")
+    bt.set_defaults(handler=cmd_bench_train)
     return parser
+
+
+DEFAULT_LATENCY_MODELS = (
+    "shufflenet_v2_x1_0[layout=torchvision]",
+    "torchvision:shufflenet_v2_x1_0",
+    "shufflenet_v1_g3_x1_0",
+    "shufflenet_v1_g3_x1_0[shuffle=false]",
+    "shufflenet_v1_g3_x0_5",
+    "torchvision:alexnet",
+    "mobilenet_v2_x1_0",
+    "torchvision:mobilenet_v2",
+)
+
+
+def _runtimes() -> tuple[str, ...]:
+    from shufflenet.deploy.runtimes import RUNTIMES
+
+    return RUNTIMES
 
 
 def _add_set_option(parser: argparse.ArgumentParser, help_text: str) -> None:
@@ -325,7 +655,9 @@ def _recipe_names() -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.command_line = ["shufflenet", *argv]  # recorded beside benchmark results
     if args.command is None:
         parser.print_help()
         return 2

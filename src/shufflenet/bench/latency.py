@@ -1,0 +1,340 @@
+"""Actual speed, side by side (ShuffleNet V1 Table 8; ShuffleNet V2 section 2: FLOPs are not speed).
+
+Every (model, input size, threads, runtime) cell runs in its own Python subprocess, so one runtime's
+thread pools, caches and allocator never touch another's measurement. Each cell warms up, then reports the
+median and 90th percentile of single-batch latency.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from shufflenet._table import markdown_table
+from shufflenet.deploy.runtimes import RUNTIMES, build_runner, median_seconds
+from shufflenet.profile import profile
+from shufflenet.registry import create_model
+
+ANCHOR_PREFIX = "torchvision:"
+ANCHORS = ("torchvision:alexnet", "torchvision:shufflenet_v2_x1_0", "torchvision:mobilenet_v2")
+SIZES = ((224, 224), (480, 640), (720, 1280))  # ShuffleNet V1 Table 8
+
+# ShuffleNet V1 Table 8: Snapdragon 820, 1 thread, ms at 224x224 / 480x640 / 720x1280.
+PAPER_ARM_MS = {
+    "shufflenet_v1_g3_x0_5": (15.2, 87.4, 260.1),
+    "shufflenet_v1_g3_x1_0": (37.8, 222.2, 684.5),
+    "shufflenet_v1_g3_x2_0": (108.8, 617.0, 1857.6),
+    "torchvision:alexnet": (184.0, 1156.7, 3633.9),
+    "mobilenet_v1_x1_0": (110.0, 612.0, 1879.2),
+}
+# ShuffleNet V2 Table 8: Snapdragon 810, 1 thread, images/s at 224x224 (ms = 1000 / images/s).
+PAPER_ARM_224_IMAGES_PER_S = {
+    "shufflenet_v2_x0_5": 57.0,
+    "shufflenet_v1_g3_x0_5": 56.8,
+    "shufflenet_v2_x1_0": 24.4,
+    "torchvision:shufflenet_v2_x1_0": 24.4,
+    "shufflenet_v1_g3_x1_0": 21.8,
+    "mobilenet_v2_x1_0": 8.9,
+    "torchvision:mobilenet_v2": 8.9,
+    "shufflenet_v2_x1_5": 11.8,
+    "shufflenet_v2_x2_0": 6.7,
+    "shufflenet_v1_g3_x2_0": 6.4,
+    "mobilenet_v1_x1_0": 6.5,
+}
+
+
+def paper_arm_ms(model: str, size: tuple[int, int]) -> float | None:
+    """The paper's single-thread ARM latency for this model and input size, where one was published."""
+    name = model.split("[")[0]
+    if name in PAPER_ARM_MS and size in SIZES:
+        return PAPER_ARM_MS[name][SIZES.index(size)]
+    if size == (224, 224) and name in PAPER_ARM_224_IMAGES_PER_S:
+        return 1000 / PAPER_ARM_224_IMAGES_PER_S[name]
+    return None
+
+
+@dataclass
+class LatencyCell:
+    """One measurement: a model spec (``name`` or ``name[key=value,...]`` or ``torchvision:name``)."""
+
+    model: str
+    height: int
+    width: int
+    threads: int
+    runtime: str
+    batch: int = 1
+    warmup: int = 10
+    repeats: int = 50
+    median_ms: float | None = None
+    p90_ms: float | None = None
+    mflops: float | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"shufflenet_v1_g3_x1_0[shuffle=false]"`` -> (name, {"shuffle": False})."""
+    if "[" not in spec:
+        return spec, {}
+    name, _, rest = spec.partition("[")
+    if not rest.endswith("]"):
+        raise ValueError(f"model spec {spec!r}: expected name[key=value,...]")
+    args: dict[str, Any] = {}
+    for item in filter(None, rest[:-1].split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"model spec {spec!r}: {item!r} is not key=value")
+        lowered = value.lower()
+        if lowered in ("true", "false"):
+            args[key] = lowered == "true"
+        else:
+            try:
+                args[key] = json.loads(value)
+            except json.JSONDecodeError:
+                args[key] = value
+    return name, args
+
+
+def build_benchmark_model(spec: str) -> torch.nn.Module:
+    """A randomly initialised model in eval mode: one of ours, or a torchvision anchor."""
+    if spec.startswith(ANCHOR_PREFIX):
+        import torchvision
+
+        name = spec[len(ANCHOR_PREFIX) :]
+        if not hasattr(torchvision.models, name):
+            raise ValueError(f"torchvision has no model {name!r}")
+        return getattr(torchvision.models, name)().eval()
+    name, args = parse_model_spec(spec)
+    return create_model(name, **args).eval()
+
+
+def measure_cell(cell: LatencyCell) -> LatencyCell:
+    """Run one cell in this process (the subprocess body)."""
+    torch.manual_seed(0)
+    model = build_benchmark_model(cell.model)
+    example = torch.randn(cell.batch, 3, cell.height, cell.width)
+    cell.mflops = profile(model, input_size=(cell.height, cell.width)).mflops
+    with tempfile.TemporaryDirectory() as folder:
+        run = build_runner(cell.runtime, model, example, threads=cell.threads, workdir=Path(folder))
+        batch = example.numpy()
+        median, p90 = median_seconds(lambda: run(batch), warmup=cell.warmup, repeats=cell.repeats)
+    cell.median_ms, cell.p90_ms = 1000 * median, 1000 * p90
+    return cell
+
+
+def run_cell_subprocess(cell: LatencyCell, timeout: float = 900) -> LatencyCell:
+    """Measure ``cell`` in a fresh interpreter; failures come back as ``cell.error``."""
+    command = [sys.executable, "-m", "shufflenet.bench.latency", json.dumps(asdict(cell))]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        cell.error = f"timed out after {timeout:.0f} s"
+        return cell
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        cell.error = last[:300]
+        return cell
+    return LatencyCell(**json.loads(lines[-1]))
+
+
+def skip_reason(model: str, runtime: str) -> str | None:
+    """Cells that do not apply: our deploy path only rewrites our own models."""
+    if runtime == "ours" and model.startswith(ANCHOR_PREFIX):
+        return "the deploy path rewrites our models only"
+    return None
+
+
+def latency_benchmark(
+    models: Sequence[str],
+    *,
+    sizes: Iterable[tuple[int, int]] = ((224, 224),),
+    threads: Iterable[int] = (1,),
+    runtimes: Sequence[str] = RUNTIMES,
+    batch: int = 1,
+    warmup: int = 10,
+    repeats: int = 50,
+    progress: bool = True,
+) -> list[LatencyCell]:
+    """Measure every (model, size, threads, runtime) cell, each in its own subprocess."""
+    unknown = [runtime for runtime in runtimes if runtime not in RUNTIMES]
+    if unknown:
+        raise ValueError(f"unknown runtime {unknown[0]!r}; choose from {', '.join(RUNTIMES)}")
+    cells = [
+        LatencyCell(model, height, width, thread_count, runtime, batch, warmup, repeats)
+        for model in models
+        for height, width in sizes
+        for thread_count in threads
+        for runtime in runtimes
+        if skip_reason(model, runtime) is None
+    ]
+    results = []
+    bar = tqdm(cells, desc="latency", unit="cell", disable=not progress)
+    for cell in bar:
+        bar.set_postfix_str(f"{cell.model} {cell.height}x{cell.width} t{cell.threads} {cell.runtime}")
+        results.append(run_cell_subprocess(cell))
+    return results
+
+
+def _lookup(cells: Sequence[LatencyCell], model: str, runtime: str, size=(224, 224), threads: int = 1):
+    for cell in cells:
+        if (cell.model, cell.runtime, (cell.height, cell.width), cell.threads) == (
+            model,
+            runtime,
+            size,
+            threads,
+        ):
+            return cell.median_ms
+    return None
+
+
+def headline_ratios(cells: Sequence[LatencyCell]) -> list[tuple[str, float | None, str]]:
+    """The issue's acceptance ratios that the measured cells allow: (what, ratio, target)."""
+    rows = []
+
+    def fastest(model: str, runtimes: Sequence[str]) -> float | None:
+        found = [_lookup(cells, model, runtime) for runtime in runtimes]
+        found = [value for value in found if value is not None]
+        return min(found) if found else None
+
+    def ratio(numerator, denominator):
+        return numerator / denominator if numerator and denominator else None
+
+    v2 = "shufflenet_v2_x1_0[layout=torchvision]"
+    rows.append(
+        (
+            "V2 1x: ours / faster of ORT, OpenVINO on torchvision's shufflenet_v2_x1_0 (224, 1 thread)",
+            ratio(_lookup(cells, v2, "ours"), fastest("torchvision:shufflenet_v2_x1_0", ("ort", "openvino"))),
+            "<= 0.9 (target 0.8)",
+        )
+    )
+    v1 = "shufflenet_v1_g3_x1_0"
+    rows.append(
+        (
+            "V1 g3 1x: ours / faster of ORT, OpenVINO on its plain export",
+            ratio(_lookup(cells, v1, "ours"), fastest(v1, ("ort", "openvino"))),
+            "<= 0.9 (target 0.8)",
+        )
+    )
+    rows.append(
+        (
+            "V1 g3 1x, ours: with shuffle / shuffle=False (shuffle cost)",
+            ratio(_lookup(cells, v1, "ours"), _lookup(cells, "shufflenet_v1_g3_x1_0[shuffle=false]", "ours")),
+            "<= 1.05",
+        )
+    )
+    for runtime in ("openvino", "ort", "eager"):
+        rows.append(
+            (
+                f"AlexNet / V1 0.5x g3, both on {runtime} (speedup)",
+                ratio(
+                    _lookup(cells, "torchvision:alexnet", runtime),
+                    _lookup(cells, "shufflenet_v1_g3_x0_5", runtime),
+                ),
+                ">= 13 (paper ~13x on ARM)",
+            )
+        )
+    rows.append(
+        (
+            "AlexNet (fastest runtime) / V1 0.5x g3 on ours (speedup)",
+            ratio(fastest("torchvision:alexnet", RUNTIMES), _lookup(cells, "shufflenet_v1_g3_x0_5", "ours")),
+            ">= 13",
+        )
+    )
+    rows.append(
+        (
+            "torchvision eager / our eager (channels_last) V2 1x, same weights (speedup)",
+            ratio(_lookup(cells, "torchvision:shufflenet_v2_x1_0", "eager"), _lookup(cells, v2, "eager_cl")),
+            ">= 1.5",
+        )
+    )
+    return [row for row in rows if row[1] is not None]
+
+
+def latency_table(cells: Sequence[LatencyCell]) -> str:
+    """Markdown: one row per (model, size, threads), one column per runtime (median ms), plus MFLOPs and
+    the paper's ARM figure where published."""
+    runtimes = [runtime for runtime in RUNTIMES if any(cell.runtime == runtime for cell in cells)]
+    keys = list(dict.fromkeys((cell.model, cell.height, cell.width, cell.threads) for cell in cells))
+    rows = []
+    for model, height, width, thread_count in keys:
+        group = {
+            c.runtime: c
+            for c in cells
+            if (c.model, c.height, c.width, c.threads) == (model, height, width, thread_count)
+        }
+        mflops = next((c.mflops for c in group.values() if c.mflops), None)
+        row = [model, f"{height}x{width}", str(thread_count), "" if mflops is None else f"{mflops:.0f}"]
+        for runtime in runtimes:
+            cell = group.get(runtime)
+            if cell is None:
+                row.append("")
+            elif cell.error:
+                row.append("error")
+            else:
+                row.append(f"{cell.median_ms:.2f} ({cell.p90_ms:.2f})")
+        arm = paper_arm_ms(model, (height, width))
+        row.append("" if arm is None else f"{arm:.1f}")
+        rows.append(row)
+    headers = ["model", "input", "threads", "MFLOPs", *[f"{r} ms" for r in runtimes], "paper ARM ms"]
+    return markdown_table(headers, rows)
+
+
+def latency_plot(
+    cells: Sequence[LatencyCell], path: str | Path, *, size=(224, 224), threads: int = 1
+) -> Path:
+    """PNG: latency against MFLOPs per runtime at one size and thread count, the paper's ARM figures in a
+    second panel (FLOPs are not speed: the points do not fall on one line)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chosen = [c for c in cells if (c.height, c.width) == size and c.threads == threads and c.median_ms]
+    figure, (ours_axis, paper_axis) = plt.subplots(1, 2, figsize=(13, 5.5))
+    for runtime in RUNTIMES:
+        points = [c for c in chosen if c.runtime == runtime]
+        if points:
+            ours_axis.scatter([c.mflops for c in points], [c.median_ms for c in points], label=runtime, s=28)
+    for c in chosen:
+        if c.runtime == "openvino":
+            ours_axis.annotate(c.model.replace(ANCHOR_PREFIX, "tv:"), (c.mflops, c.median_ms), fontsize=7)
+    ours_axis.set(xscale="log", yscale="log", xlabel="MFLOPs (multiply-adds)", ylabel="median latency (ms)")
+    ours_axis.set_title(f"this machine, {size[0]}x{size[1]}, batch 1, {threads} thread(s)")
+    ours_axis.legend(fontsize=8)
+    ours_axis.grid(True, which="both", alpha=0.3)
+    for model in dict.fromkeys(c.model for c in chosen):
+        arm = paper_arm_ms(model, size)
+        mflops = next((c.mflops for c in chosen if c.model == model), None)
+        if arm and mflops:
+            paper_axis.scatter(mflops, arm, color="tab:gray")
+            paper_axis.annotate(model.replace(ANCHOR_PREFIX, "tv:"), (mflops, arm), fontsize=7)
+    paper_axis.set(xscale="log", yscale="log", xlabel="MFLOPs", ylabel="latency (ms)")
+    paper_axis.set_title("papers' ARM figures (V1 Table 8; V2 Table 8), 1 thread")
+    paper_axis.grid(True, which="both", alpha=0.3)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Subprocess entry point: measure one JSON-encoded cell, print it back as JSON."""
+    argv = sys.argv[1:] if argv is None else argv
+    cell = LatencyCell(**json.loads(argv[0]))
+    print(json.dumps(asdict(measure_cell(cell))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,94 @@
+"""Benchmark records: every result file carries the command, date, hardware and library versions."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import json
+import os
+import platform
+import shlex
+from collections.abc import Sequence
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from shufflenet.train.checkpoint import atomic_write
+
+VERSIONED_PACKAGES = ("torch", "torchvision", "onnxruntime", "openvino", "onnx", "numpy")
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def environment(command: Sequence[str]) -> dict[str, Any]:
+    """Command line, UTC date, hardware and the versions of the libraries that affect the numbers."""
+    import torch
+
+    versions = {"python": platform.python_version()}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {
+        "command": " ".join(shlex.quote(part) for part in command),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "gpu": gpu,
+        "versions": versions,
+    }
+
+
+def environment_markdown(env: dict[str, Any]) -> str:
+    versions = ", ".join(f"{name} {version}" for name, version in env["versions"].items())
+    lines = [
+        f"- command: `{env['command']}`",
+        f"- date: {env['date']}",
+        f"- hardware: {env['cpu']}, {env['cpu_cores']} cores" + (f"; GPU {env['gpu']}" if env["gpu"] else ""),
+        f"- versions: {versions}",
+    ]
+    return "\n".join(lines)
+
+
+def write_record(
+    folder: Path, stem: str, title: str, body: str, rows: Sequence[dict], env: dict
+) -> dict[str, Path]:
+    """Write ``stem``.md (title, environment, body), ``stem``.csv (rows) and ``stem``.json (environment
+    and rows) into ``folder``, each atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    markdown = f"# {title}\n\n{environment_markdown(env)}\n\n{body.rstrip()}\n"
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    document = json.dumps({**env, "rows": list(rows)}, indent=2, default=str) + "\n"
+    paths = {"md": folder / f"{stem}.md", "csv": folder / f"{stem}.csv", "json": folder / f"{stem}.json"}
+    for key, text in (("md", markdown), ("csv", buffer.getvalue()), ("json", document)):
+        atomic_write(paths[key], lambda handle, text=text: handle.write(text.encode("utf-8")))
+    return paths
+
+
+def write_latency_results(
+    cells: Sequence, table: str, ratios: Sequence[tuple[str, float | None, str]], folder: Path, *, command
+) -> dict[str, Path]:
+    """The latency benchmark's record: the table, the acceptance ratios, every cell."""
+    ratio_lines = "\n".join(f"- {what}: **{value:.2f}** (target {target})" for what, value, target in ratios)
+    body = f"median ms (p90 ms), batch 1 unless stated\n\n{table}\n\n## Ratios\n\n{ratio_lines}\n"
+    rows = [{key: value for key, value in asdict(cell).items() if key != "extra"} for cell in cells]
+    return write_record(
+        folder, "latency", "Latency: ours beside the usual runtimes", body, rows, environment(command)
+    )

@@ -1,0 +1,315 @@
+"""The deploy graph: ``optimize(model)`` returns an inference-only copy with identical outputs and fewer,
+cheaper operations.
+
+- Every BN is folded into the convolution before it.
+- ShuffleNet V2 (paper section 3, Fig. 3): no channel shuffle runs at all. Each unit's output is kept in a
+  physical channel order of our choosing; the shuffle only says which logical channel lives where, and
+  that bookkeeping is folded into the weights (input columns of the next 1x1 conv, rows of the last one).
+  Outputs are assembled so that the next unit's transformed half is one contiguous slice (a free view).
+- ShuffleNet V1 (section 3.1): the shuffle commutes with the depthwise conv and its BN (per-channel
+  operations), so it moves past them, to where the tensor is smallest (after the stride), and then
+  either runs there explicitly or is folded into the second 1x1 group conv, which becomes a dense conv
+  with permuted block-sparse weights. Which is faster depends on the machine and the runtime, so
+  ``v1_shuffle="auto"`` times both per stage with the timer the caller runs the model with.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from shufflenet.blocks import ShuffleV1Unit, ShuffleV2Unit
+from shufflenet.deploy.fold import fold_batchnorm, fold_conv_bn
+from shufflenet.models import ShuffleNetV1, ShuffleNetV2
+from shufflenet.ops import channel_shuffle
+
+V1ShuffleForm = Literal["auto", "fold", "explicit"]
+Timer = Callable[[nn.Module, torch.Tensor], float]
+
+
+def shuffle_source(channels: int, groups: int) -> list[int]:
+    """``src`` with ``channel_shuffle(x, groups)[:, k] == x[:, src[k]]``."""
+    per_group = channels // groups
+    return [(k % groups) * per_group + k // groups for k in range(channels)]
+
+
+def inverse(permutation: Sequence[int]) -> list[int]:
+    result = [0] * len(permutation)
+    for position, value in enumerate(permutation):
+        result[value] = position
+    return result
+
+
+def contiguous_runs(positions: Sequence[int]) -> list[tuple[int, int]]:
+    """Ascending positions grouped into ``(start, stop)`` runs of consecutive values."""
+    runs: list[list[int]] = []
+    for position in positions:
+        if runs and runs[-1][1] == position:
+            runs[-1][1] += 1
+        else:
+            runs.append([position, position + 1])
+    return [(start, stop) for start, stop in runs]
+
+
+def _convs(sequence: nn.Sequential) -> list[nn.Conv2d]:
+    return [module for module in sequence if isinstance(module, nn.Conv2d)]
+
+
+@torch.no_grad()
+def _permute_inputs(sequence: nn.Sequential, order: Sequence[int]) -> None:
+    """Make ``sequence`` read input channel ``order[j]`` at position ``j`` (a permuted input): a leading
+    depthwise conv has its filters reordered (and passes the order on); a dense/grouped-1 conv has its
+    input columns reordered."""
+    index = torch.as_tensor(order)
+    convs = _convs(sequence)
+    first = convs[0]
+    if first.groups == first.in_channels == first.out_channels and first.groups > 1:
+        first.weight.copy_(first.weight[index])
+        if first.bias is not None:
+            first.bias.copy_(first.bias[index])
+        first = convs[1]
+    if first.groups != 1:
+        raise ValueError("a permuted input needs an ungrouped (or depthwise) first conv")
+    first.weight.copy_(first.weight[:, index])
+
+
+@torch.no_grad()
+def _permute_outputs(sequence: nn.Sequential, order: Sequence[int]) -> None:
+    """Make ``sequence`` emit its output channel ``order[j]`` at position ``j`` (the last conv's rows;
+    only per-channel ops may follow it)."""
+    last = _convs(sequence)[-1]
+    if last.groups != 1:
+        raise ValueError("a permuted output needs an ungrouped last conv")
+    index = torch.as_tensor(order)
+    last.weight.copy_(last.weight[index])
+    if last.bias is not None:
+        last.bias.copy_(last.bias[index])
+
+
+class DeployShuffleV2Unit(nn.Module):
+    """A ShuffleNet V2 unit with no shuffle and no split op: the transformed half is one slice of the input
+    (``transformed``), the output one concat of input slices and branch outputs in a planned order."""
+
+    def __init__(
+        self,
+        branch1: nn.Sequential | None,
+        branch2: nn.Sequential,
+        transformed: tuple[int, int] | None,
+        pieces_before: Sequence[tuple[int, int]],
+        pieces_after: Sequence[tuple[int, int]],
+    ) -> None:
+        super().__init__()
+        self.branch1 = branch1
+        self.branch2 = branch2
+        self.transformed = transformed
+        self.pieces_before = list(pieces_before)
+        self.pieces_after = list(pieces_after)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.branch1 is not None:  # stride 2: both branches read the whole input
+            return torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        start, stop = self.transformed
+        parts = [x[:, a:b] for a, b in self.pieces_before]
+        parts.append(self.branch2(x[:, start:stop]))
+        parts += [x[:, a:b] for a, b in self.pieces_after]
+        return torch.cat(parts, dim=1)
+
+
+def _lo_first(logical: Sequence[int], half: int, *, reverse: bool = False) -> list[int]:
+    """Rows ordered so that those landing in the next unit's kept half (logical < half) come first
+    (or last with ``reverse``), each group in ascending order."""
+    rows = range(len(logical))
+    lo = [row for row in rows if logical[row] < half]
+    hi = [row for row in rows if logical[row] >= half]
+    return hi + lo if reverse else lo + hi
+
+
+def _deploy_v2_stage(
+    units: Sequence[ShuffleV2Unit], physical: list[int]
+) -> tuple[list[DeployShuffleV2Unit], list[int]]:
+    """Rewrite one stage. ``physical[j]`` is the logical channel (the original net's) that physical channel
+    j holds on entry; returns the units and the same map on exit."""
+    deployed = []
+    for unit in units:
+        out_channels = _convs(unit.branch2)[-1].out_channels + (
+            _convs(unit.branch1)[-1].out_channels if unit.stride == 2 else len(physical) // 2
+        )
+        half = out_channels // 2
+        after_shuffle = (
+            inverse(shuffle_source(out_channels, 2)) if unit.shuffle else list(range(out_channels))
+        )
+        branch2 = fold_batchnorm(copy.deepcopy(unit.branch2))
+        if unit.stride == 2:
+            branch1 = fold_batchnorm(copy.deepcopy(unit.branch1))
+            _permute_inputs(branch1, physical)
+            _permute_inputs(branch2, physical)
+            width1 = _convs(branch1)[-1].out_channels
+            logical1 = after_shuffle[:width1]
+            logical2 = after_shuffle[width1:]
+            # [b1 lo rows, b1 hi rows, b2 hi rows, b2 lo rows]: the next transformed half is contiguous.
+            rows1 = _lo_first(logical1, half)
+            rows2 = _lo_first(logical2, half, reverse=True)
+            _permute_outputs(branch1, rows1)
+            _permute_outputs(branch2, rows2)
+            deployed.append(DeployShuffleV2Unit(branch1, branch2, None, [], []))
+            physical = [logical1[row] for row in rows1] + [logical2[row] for row in rows2]
+            continue
+        transformed = [j for j, logical in enumerate(physical) if logical >= half]
+        runs = contiguous_runs(transformed)
+        if len(runs) != 1:
+            raise AssertionError(f"planned layout broke: transformed half in {len(runs)} runs")
+        _permute_inputs(branch2, [physical[j] - half for j in transformed])
+        kept = [j for j, logical in enumerate(physical) if logical < half]
+        kept_after = {j: after_shuffle[physical[j]] for j in kept}
+        before = [j for j in kept if kept_after[j] < half]
+        after = [j for j in kept if kept_after[j] >= half]
+        logical_b = after_shuffle[half:]
+        rows = _lo_first(logical_b, half)
+        _permute_outputs(branch2, rows)
+        deployed.append(
+            DeployShuffleV2Unit(None, branch2, runs[0], contiguous_runs(before), contiguous_runs(after))
+        )
+        physical = (
+            [kept_after[j] for j in before]
+            + [logical_b[row] for row in rows]
+            + [kept_after[j] for j in after]
+        )
+    return deployed, physical
+
+
+def _optimize_shufflenet_v2(model: ShuffleNetV2) -> None:
+    physical = list(range(_convs(model.conv1)[-1].out_channels))
+    for piece in model.pieces[2:]:
+        units, physical = _deploy_v2_stage(list(model.get_submodule(piece.name)), physical)
+        setattr(model, piece.name, nn.Sequential(*units))
+    fold_batchnorm(model.conv5)
+    _permute_inputs(model.conv5, physical)
+
+
+class DeployShuffleV1Unit(nn.Module):
+    """A ShuffleNet V1 unit with BN folded and the shuffle moved past the depthwise conv: run there
+    (``form="explicit"``, on the strided, smaller map) or folded into a dense second 1x1 (``"fold"``)."""
+
+    def __init__(self, unit: ShuffleV1Unit, form: Literal["fold", "explicit"]) -> None:
+        super().__init__()
+        self.stride = unit.stride
+        self.form = form
+        groups = getattr(unit.shuffle, "groups", 1)  # nn.Identity where the unit does not shuffle
+        self.shuffle_groups = groups if form == "explicit" else 1
+        self.pointwise1 = fold_conv_bn(unit.pointwise1, unit.bn1)
+        depthwise = fold_conv_bn(unit.depthwise, unit.bn2)
+        pointwise2 = fold_conv_bn(unit.pointwise2, unit.bn3)
+        if groups > 1:
+            # dw on shuffled channels == shuffle after a dw whose filter for channel c is the one that
+            # channel c meets after the shuffle.
+            order = torch.as_tensor(inverse(shuffle_source(depthwise.out_channels, groups)))
+            with torch.no_grad():
+                depthwise.weight.copy_(depthwise.weight[order])
+                depthwise.bias.copy_(depthwise.bias[order])
+            if form == "fold":
+                pointwise2 = _dense_with_permuted_inputs(pointwise2, order)
+        self.depthwise = depthwise
+        self.pointwise2 = pointwise2
+        self.se = copy.deepcopy(unit.se)
+        self.shortcut = copy.deepcopy(unit.shortcut)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch = self.depthwise(torch.relu(self.pointwise1(x)))
+        if self.shuffle_groups > 1:
+            branch = channel_shuffle(branch, self.shuffle_groups)
+        branch = self.se(self.pointwise2(branch))
+        if self.stride == 2:
+            return torch.relu(torch.cat((self.shortcut(x), branch), dim=1))
+        return torch.relu(x + branch)
+
+
+@torch.no_grad()
+def _dense_with_permuted_inputs(conv: nn.Conv2d, order: torch.Tensor) -> nn.Conv2d:
+    """The grouped 1x1 ``conv`` applied to ``x[:, src]`` as one dense 1x1 conv on ``x``: the block-diagonal
+    weight with column ``c`` taken from position ``order[c]`` (``order`` = inverse of ``src``)."""
+    out_channels, in_per_group = conv.out_channels, conv.in_channels // conv.groups
+    out_per_group = out_channels // conv.groups
+    full = torch.zeros(
+        out_channels, conv.in_channels, 1, 1, dtype=conv.weight.dtype, device=conv.weight.device
+    )
+    for group in range(conv.groups):
+        rows = slice(group * out_per_group, (group + 1) * out_per_group)
+        cols = slice(group * in_per_group, (group + 1) * in_per_group)
+        full[rows, cols] = conv.weight[rows]
+    dense = nn.Conv2d(conv.in_channels, out_channels, 1, bias=True).to(conv.weight.device, conv.weight.dtype)
+    dense.weight.copy_(full[:, order])
+    dense.bias.copy_(conv.bias)
+    return dense
+
+
+def eager_timer(module: nn.Module, example: torch.Tensor, *, repeats: int = 20) -> float:
+    """Median seconds of ``module(example)`` in eager PyTorch after two warm-up calls."""
+    times = []
+    with torch.inference_mode():
+        for index in range(repeats + 2):
+            start = time.perf_counter()
+            module(example)
+            if index >= 2:
+                times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def _optimize_shufflenet_v1(
+    model: ShuffleNetV1, form: V1ShuffleForm, example: torch.Tensor | None, timer: Timer
+) -> dict[str, str]:
+    """Replace every unit; with ``form="auto"`` pick, per stage, the faster of the two forms as measured by
+    ``timer`` on the stage's real input. Returns the choice made per stage."""
+    choices = {}
+    x = example
+    with torch.inference_mode():
+        if x is not None:
+            x = model.maxpool(model.conv1(x))
+    for piece in model.pieces[2:]:
+        stage = model.get_submodule(piece.name)
+        candidates = {
+            name: nn.Sequential(*(DeployShuffleV1Unit(unit, name) for unit in stage))
+            for name in (("fold", "explicit") if form == "auto" else (form,))
+        }
+        if len(candidates) > 1:
+            if x is None:
+                raise ValueError("v1_shuffle='auto' measures each form; pass example_input")
+            timings = {name: timer(candidate, x) for name, candidate in candidates.items()}
+            chosen = min(timings, key=timings.get)
+        else:
+            chosen = next(iter(candidates))
+        choices[piece.name] = chosen
+        setattr(model, piece.name, candidates[chosen])
+        if x is not None:
+            with torch.inference_mode():
+                x = stage(x)
+    return choices
+
+
+def optimize(
+    model: nn.Module,
+    *,
+    v1_shuffle: V1ShuffleForm = "fold",
+    example_input: torch.Tensor | None = None,
+    timer: Timer = eager_timer,
+) -> nn.Module:
+    """An inference-only copy of ``model`` with identical outputs (up to float rounding): BN folded, and
+    for ShuffleNet V2/V1 the shuffle folded away as described in this module's docstring.
+
+    ``v1_shuffle``: ``"fold"`` (dense second 1x1, no shuffle op), ``"explicit"`` (grouped conv, shuffle
+    after the depthwise conv), or ``"auto"`` (time both per stage on ``example_input`` with ``timer``;
+    the choices are kept in ``deployed.v1_shuffle_choices``).
+    """
+    deployed = copy.deepcopy(model).eval()
+    if isinstance(deployed, ShuffleNetV2):
+        _optimize_shufflenet_v2(deployed)
+    elif isinstance(deployed, ShuffleNetV1):
+        deployed.v1_shuffle_choices = _optimize_shufflenet_v1(deployed, v1_shuffle, example_input, timer)
+    fold_batchnorm(deployed)
+    for parameter in deployed.parameters():
+        parameter.requires_grad_(False)
+    return deployed

@@ -1,0 +1,166 @@
+"""The runtimes a user would pick to run a network on a CPU (or GPU), behind one interface: build from a
+PyTorch module, then call with a NumPy batch. Used by export verification and the latency benchmark.
+
+``eager``/``eager_cl``: PyTorch eager (NCHW / channels_last); ``compile``: torch.compile (inductor, with
+freezing for inference); ``ort``: ONNX Runtime on the plain ONNX export; ``openvino``: OpenVINO on the
+same export; ``ours``: our deploy graph (:func:`shufflenet.deploy.optimize`) compiled by OpenVINO, with the
+ShuffleNet V1 shuffle form chosen by timing OpenVINO itself.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+RUNTIMES = ("eager", "eager_cl", "compile", "ort", "openvino", "ours")
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+class RuntimeUnavailable(RuntimeError):
+    """The runtime's package is missing (the message names what to install)."""
+
+
+def _require(module: str, package: str):
+    try:
+        return __import__(module)
+    except ImportError as error:
+        raise RuntimeUnavailable(
+            f"{module} is not installed; pip install {package} (or pip install 'shufflenet[deploy]')"
+        ) from error
+
+
+def export_onnx(
+    model: nn.Module, path: str | Path, example: torch.Tensor, *, dynamic_batch: bool = True
+) -> Path:
+    """Write ``model`` as ONNX (opset 17, input ``input``, output ``output``) through the TorchScript
+    exporter, which keeps the graph op for op (no decompositions), so shuffles and slices stay visible."""
+    _require("onnx", "onnx")
+    path = Path(path)
+    axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
+    with torch.no_grad(), warnings.catch_warnings():
+        # Shape checks in forward() are Python branches the tracer can only freeze; it warns about each.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model.eval(),
+            (example,),
+            str(path),
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
+    return path
+
+
+def ort_session(onnx_path: str | Path, threads: int):
+    """An ONNX Runtime CPU session with every graph optimization and ``threads`` intra-op threads."""
+    ort = _require("onnxruntime", "onnxruntime")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+def openvino_compiled(model_path: str | Path, threads: int, device: str = "CPU"):
+    """An OpenVINO compiled model: latency hint, fp32 inference precision, ``threads`` threads."""
+    ov = _require("openvino", "openvino")
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    if device == "CPU":
+        config["INFERENCE_NUM_THREADS"] = threads
+    return ov.Core().compile_model(str(model_path), device, config)
+
+
+def _ort_runner(onnx_path: Path, threads: int) -> Runner:
+    session = ort_session(onnx_path, threads)
+    name = session.get_inputs()[0].name
+    return lambda batch: session.run(None, {name: batch})[0]
+
+
+def _openvino_runner(model_path: Path, threads: int) -> Runner:
+    request = openvino_compiled(model_path, threads).create_infer_request()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return request.infer({0: batch})[0]
+
+    return run
+
+
+def _torch_runner(module: nn.Module, channels_last: bool) -> Runner:
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    module = module.eval().to(memory_format=memory_format)
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).contiguous(memory_format=memory_format)
+            return module(x).numpy()
+
+    return run
+
+
+def openvino_timer(threads: int = 1, repeats: int = 30) -> Callable[[nn.Module, torch.Tensor], float]:
+    """A timer for :func:`shufflenet.deploy.optimize`'s ``v1_shuffle="auto"``: median seconds of the
+    module exported to ONNX and run by OpenVINO."""
+
+    def measure(module: nn.Module, example: torch.Tensor) -> float:
+        with tempfile.TemporaryDirectory() as folder:
+            path = export_onnx(module, Path(folder) / "piece.onnx", example, dynamic_batch=False)
+            run = _openvino_runner(path, threads)
+            return median_seconds(lambda: run(example.numpy()), warmup=5, repeats=repeats)[0]
+
+    return measure
+
+
+def median_seconds(call: Callable[[], object], *, warmup: int, repeats: int) -> tuple[float, float]:
+    """(median, 90th percentile) seconds of ``call`` over ``repeats`` runs after ``warmup`` runs."""
+    import time
+
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), float(np.percentile(times, 90))
+
+
+def build_runner(
+    runtime: str, model: nn.Module, example: torch.Tensor, *, threads: int, workdir: Path
+) -> Runner:
+    """Prepare ``model`` for ``runtime`` (export, compile) and return a NumPy-in, NumPy-out callable.
+    ``threads`` applies to every runtime (torch.set_num_threads for the PyTorch ones)."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+    torch.set_num_threads(threads)
+    model = model.eval()
+    if runtime in ("eager", "eager_cl"):
+        return _torch_runner(model, channels_last=runtime == "eager_cl")
+    if runtime == "compile":
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True  # constant-fold the weights: the inference setting
+        return _torch_runner(torch.compile(model), channels_last=True)
+    if runtime == "ours":
+        from shufflenet.deploy.optimize import optimize
+
+        model = optimize(model, v1_shuffle="auto", example_input=example, timer=openvino_timer(threads))
+        path = export_onnx(model, workdir / "ours.onnx", example)
+        return _openvino_runner(path, threads)
+    path = export_onnx(model, workdir / "plain.onnx", example)
+    return _ort_runner(path, threads) if runtime == "ort" else _openvino_runner(path, threads)
+
+
+def default_threads() -> int:
+    """All cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -1,0 +1,96 @@
+import json
+
+import pytest
+
+from shufflenet.bench.latency import (
+    LatencyCell,
+    headline_ratios,
+    latency_benchmark,
+    latency_plot,
+    latency_table,
+    paper_arm_ms,
+    parse_model_spec,
+)
+from shufflenet.cli import main
+
+
+def test_parse_model_spec():
+    assert parse_model_spec("shufflenet_v2_x1_0") == ("shufflenet_v2_x1_0", {})
+    assert parse_model_spec("shufflenet_v1_g3_x1_0[shuffle=false,scale=0.5]") == (
+        "shufflenet_v1_g3_x1_0",
+        {"shuffle": False, "scale": 0.5},
+    )
+    assert parse_model_spec("x[layout=torchvision]")[1] == {"layout": "torchvision"}
+    with pytest.raises(ValueError, match="key=value"):
+        parse_model_spec("x[shuffle]")
+
+
+def test_paper_arm_figures():
+    assert paper_arm_ms("shufflenet_v1_g3_x1_0", (480, 640)) == 222.2
+    assert paper_arm_ms("torchvision:alexnet", (224, 224)) == 184.0
+    assert paper_arm_ms("shufflenet_v2_x1_0[layout=torchvision]", (224, 224)) == pytest.approx(1000 / 24.4)
+    assert paper_arm_ms("mobilenet_v2_x1_0", (480, 640)) is None
+
+
+def _cell(model, runtime, ms, threads=1):
+    return LatencyCell(model, 224, 224, threads, runtime, median_ms=ms, p90_ms=ms * 1.1, mflops=100.0)
+
+
+def test_headline_ratios_use_the_faster_runtime_and_the_right_rows():
+    cells = [
+        _cell("torchvision:shufflenet_v2_x1_0", "ort", 5.0),
+        _cell("torchvision:shufflenet_v2_x1_0", "openvino", 4.0),
+        _cell("torchvision:shufflenet_v2_x1_0", "eager", 15.0),
+        _cell("shufflenet_v2_x1_0[layout=torchvision]", "ours", 3.0),
+        _cell("shufflenet_v2_x1_0[layout=torchvision]", "eager_cl", 9.0),
+        _cell("shufflenet_v2_x1_0[layout=torchvision]", "ours", 99.0, threads=2),  # other thread count
+    ]
+    ratios = {what: value for what, value, _ in headline_ratios(cells)}
+    v2 = next(value for what, value in ratios.items() if what.startswith("V2 1x"))
+    assert v2 == pytest.approx(3.0 / 4.0)
+    eager = next(value for what, value in ratios.items() if what.startswith("torchvision eager"))
+    assert eager == pytest.approx(15.0 / 9.0)
+    assert not any(what.startswith("V1 g3 1x: ours") for what in ratios)  # rows not measured are left out
+
+
+def test_one_real_cell_in_a_subprocess_and_an_error_cell():
+    cells = latency_benchmark(
+        ["shufflenet_v2_x0_5", "no_such_model"],
+        sizes=[(64, 64)],
+        runtimes=["eager", "ort"],
+        warmup=1,
+        repeats=3,
+        progress=False,
+    )
+    good = [c for c in cells if c.model == "shufflenet_v2_x0_5"]
+    assert len(good) == 2
+    assert all(c.error is None and c.median_ms > 0 and c.p90_ms >= c.median_ms for c in good)
+    assert all(c.mflops == pytest.approx(good[0].mflops) for c in good) and good[0].mflops > 0
+    bad = [c for c in cells if c.model == "no_such_model"]
+    assert bad and all("unknown model" in c.error for c in bad)
+    table = latency_table(cells)
+    assert "eager ms" in table and "error" in table
+
+
+def test_plot_and_cli_output_files(tmp_path, capsys):
+    cells = [_cell("shufflenet_v1_g3_x1_0", "openvino", 4.0), _cell("torchvision:alexnet", "openvino", 30.0)]
+    png = latency_plot(cells, tmp_path / "latency.png")
+    assert png.stat().st_size > 10_000
+    code = main(
+        [
+            "bench", "latency", "--models", "shufflenet_v2_x0_5", "--sizes", "64x64", "--runtimes", "eager",
+            "--repeats", "2", "--no-progress", "--output", str(tmp_path / "out"),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| shufflenet_v2_x0_5 | 64x64 |" in out
+    record = json.loads((tmp_path / "out" / "latency.json").read_text())
+    assert record["cpu"] and record["versions"]["torch"] and record["rows"][0]["median_ms"] > 0
+    assert "bench latency" in (tmp_path / "out" / "latency.md").read_text()
+    assert (tmp_path / "out" / "latency.png").exists()
+
+
+def test_bench_latency_rejects_bad_sizes(capsys):
+    assert main(["bench", "latency", "--sizes", "224", "--no-progress"]) == 2
+    assert "HxW" in capsys.readouterr().err

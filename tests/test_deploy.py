@@ -1,0 +1,174 @@
+import importlib
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import randomize_batchnorm
+from shufflenet import create_model, list_models
+from shufflenet.deploy import fold_conv_bn, optimize
+from shufflenet.deploy.export import ExportError, export_model
+from shufflenet.deploy.optimize import DeployShuffleV1Unit, DeployShuffleV2Unit
+
+optimize_module = importlib.import_module("shufflenet.deploy.optimize")
+
+
+def _trained_looking(model: nn.Module) -> nn.Module:
+    """Random BN statistics and a classifier with O(1) logits, so output differences are meaningful."""
+    randomize_batchnorm(model)
+    with torch.no_grad():
+        model.get_classifier().weight.normal_(0, 0.5)
+    return model.eval()
+
+
+def _max_diff(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
+    with torch.inference_mode():
+        return (a(x) - b(x)).abs().max().item()
+
+
+def test_fold_conv_bn_equals_conv_then_bn():
+    conv = nn.Conv2d(6, 8, 3, padding=1, groups=2, bias=True)
+    bn = randomize_batchnorm(nn.Sequential(nn.BatchNorm2d(8)))[0].eval()
+    x = torch.randn(2, 6, 9, 9)
+    fused = fold_conv_bn(conv, bn)
+    assert torch.allclose(fused(x), bn(conv(x)), atol=1e-5)
+
+
+CASES = [
+    ("shufflenet_v2_x0_5", {}),
+    ("shufflenet_v2_x1_0", {"layout": "torchvision"}),
+    ("shufflenet_v2_x0_5", {"shuffle": False}),
+    ("shufflenet_v1_g3_x0_5", {}),
+    ("shufflenet_v1_g8_x0_25", {}),
+    ("shufflenet_v1_g3_x0_5", {"shuffle": False}),
+    ("shufflenet_v1_g3_x0_5_shallow", {"se": True}),
+    ("mobilenet_v2_x1_0", {}),
+    ("mobilenet_v1_x0_25", {}),
+]
+
+
+@pytest.mark.parametrize("form", ["fold", "explicit"])
+@pytest.mark.parametrize(("name", "args"), CASES)
+def test_optimize_keeps_outputs_and_removes_batchnorm(name, args, form):
+    model = _trained_looking(create_model(name, num_classes=10, **args))
+    deployed = optimize(model, v1_shuffle=form)
+    x = torch.randn(2, 3, 64, 64)
+    assert _max_diff(model, deployed, x) < 1e-4
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in deployed.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules()), "the original must be untouched"
+    assert not any(p.requires_grad for p in deployed.parameters())
+
+
+def test_v2_deploy_runs_no_shuffle_and_reads_contiguous_slices(monkeypatch):
+    model = _trained_looking(create_model("shufflenet_v2_x1_0", num_classes=10))
+    deployed = optimize(model)
+
+    def forbidden(*_args, **_kwargs):
+        raise AssertionError("the deploy graph must not shuffle")
+
+    monkeypatch.setattr("shufflenet.blocks.shufflenet_v2.channel_shuffle", forbidden)
+    monkeypatch.setattr(optimize_module, "channel_shuffle", forbidden)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        expected = deployed(x)
+    units = [m for m in deployed.modules() if isinstance(m, DeployShuffleV2Unit)]
+    assert len(units) == 16
+    stride_one = [unit for unit in units if unit.branch1 is None]
+    assert len(stride_one) == 13 and all(unit.transformed is not None for unit in stride_one)
+    # Each transformed half is one (start, stop) slice of half the channels.
+    assert all(
+        stop - start == 2 * unit.branch2[0].in_channels // 2
+        for unit in stride_one
+        for start, stop in [unit.transformed]
+    )
+    monkeypatch.undo()
+    with torch.inference_mode():
+        assert (model(x) - expected).abs().max() < 1e-4
+
+
+def test_v1_fold_has_no_shuffle_and_explicit_shuffles_after_the_stride():
+    model = _trained_looking(create_model("shufflenet_v1_g3_x0_5", num_classes=10))
+    folded = optimize(model, v1_shuffle="fold")
+    units = [m for m in folded.modules() if isinstance(m, DeployShuffleV1Unit)]
+    assert all(unit.shuffle_groups == 1 for unit in units)
+    assert all(unit.pointwise2.groups == 1 for unit in units[1:])  # dense: the shuffle is in its weights
+    explicit = optimize(model, v1_shuffle="explicit")
+    units = [m for m in explicit.modules() if isinstance(m, DeployShuffleV1Unit)]
+    assert units[0].shuffle_groups == 1  # the first unit's first 1x1 is ungrouped: nothing to shuffle
+    assert all(unit.shuffle_groups == 3 and unit.pointwise2.groups == 3 for unit in units[1:])
+
+
+def test_v1_auto_picks_the_faster_form_per_stage():
+    model = _trained_looking(create_model("shufflenet_v1_g3_x0_5", num_classes=10))
+    calls = []
+
+    def timer(module, example):
+        form = module[0].form
+        calls.append((form, tuple(example.shape)))
+        return 1.0 if form == "fold" else 2.0  # pretend the dense form is faster
+
+    deployed = optimize(model, v1_shuffle="auto", example_input=torch.randn(1, 3, 64, 64), timer=timer)
+    assert deployed.v1_shuffle_choices == {"stage2": "fold", "stage3": "fold", "stage4": "fold"}
+    assert [shape[1] for _, shape in calls[::2]] == [12, 120, 240]  # each stage timed on its real input
+    with pytest.raises(ValueError, match="example_input"):
+        optimize(model, v1_shuffle="auto")
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino", "pt2"])
+def test_export_writes_and_verifies_each_format(tmp_path, fmt):
+    model = _trained_looking(create_model("shufflenet_v2_x0_5", num_classes=10, in_chans=1, small_input=True))
+    real = torch.rand(3, 1, 28, 28)
+    report = export_model(model, tmp_path / "net", fmt, input_size=(28, 28), real_inputs=real)
+    assert report.path.exists() and report.passed
+    assert report.max_abs_diff_random < 1e-4 and report.max_abs_diff_real < 1e-4
+    assert report.latency_ms > 0 and report.eager_latency_ms > 0
+    if fmt == "openvino":
+        assert report.path.with_suffix(".bin").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial files left
+
+
+class _NotExportable(nn.Module):
+    def forward(self, x):
+        return torch.fft.rfft2(x).abs()  # no ONNX counterpart in the TorchScript exporter
+
+
+def test_export_failure_says_why_and_writes_nothing(tmp_path):
+    with pytest.raises(ExportError, match="could not be exported to onnx"):
+        export_model(_NotExportable(), tmp_path / "bad.onnx", "onnx", input_size=(8, 8), optimize_graph=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_int8_export_reports_accuracy(tmp_path):
+    model = _trained_looking(create_model("shufflenet_v2_x0_5", num_classes=10, in_chans=1, small_input=True))
+    images = torch.rand(20, 1, 28, 28)
+    with torch.inference_mode():
+        labels = model(images).argmax(1)  # the fp32 model is right on every sample by construction
+    data = torch.utils.data.TensorDataset(images, labels)
+    calibration = [images[i : i + 1].numpy() for i in range(8)]
+    report = export_model(
+        model,
+        tmp_path / "q",
+        "onnx",
+        input_size=(28, 28),
+        int8=True,
+        calibration=calibration,
+        accuracy_data=data,
+    )
+    assert report.path.name == "q.onnx" and report.path.exists()
+    assert report.accuracy["eager top-1"] == 100.0
+    assert 0.0 <= report.accuracy["exported top-1"] <= 100.0
+    assert report.tolerance is None
+    with pytest.raises(ValueError, match="calibration"):
+        export_model(model, tmp_path / "q2", "onnx", int8=True)
+
+
+def test_every_registered_model_exports_to_onnx_verified(tmp_path):
+    failures = []
+    for name in list_models():
+        model = create_model(name, num_classes=10).eval()
+        report = export_model(model, tmp_path / name, "onnx", input_size=(64, 64), latency_repeats=1)
+        if not report.passed:
+            failures.append((name, report.max_abs_diff_random))
+        Path(report.path).unlink()
+    assert failures == []
