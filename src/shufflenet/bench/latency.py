@@ -127,6 +127,8 @@ def measure_cell(cell: LatencyCell) -> LatencyCell:
         run = build_runner(cell.runtime, model, example, threads=cell.threads, workdir=Path(folder))
         batch = example.numpy()
         median, p90 = median_seconds(lambda: run(batch), warmup=cell.warmup, repeats=cell.repeats)
+        if hasattr(run, "backend"):
+            cell.extra["backend"] = run.backend
     cell.median_ms, cell.p90_ms = 1000 * median, 1000 * p90
     return cell
 
@@ -281,7 +283,8 @@ def latency_table(cells: Sequence[LatencyCell]) -> str:
             elif cell.error:
                 row.append("error")
             else:
-                row.append(f"{cell.median_ms:.2f} ({cell.p90_ms:.2f})")
+                backend = cell.extra.get("backend")
+                row.append(f"{cell.median_ms:.2f} ({cell.p90_ms:.2f})" + (f" [{backend}]" if backend else ""))
         arm = paper_arm_ms(model, (height, width))
         row.append("" if arm is None else f"{arm:.1f}")
         rows.append(row)
