@@ -48,7 +48,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("form", ["fold", "explicit"])
+@pytest.mark.parametrize("form", ["fold", "explicit", "gather"])
 @pytest.mark.parametrize(("name", "args"), CASES)
 def test_optimize_keeps_outputs_and_removes_batchnorm(name, args, form):
     model = _trained_looking(create_model(name, num_classes=10, **args))
@@ -97,6 +97,9 @@ def test_v1_fold_has_no_shuffle_and_explicit_shuffles_after_the_stride():
     units = [m for m in explicit.modules() if isinstance(m, DeployShuffleV1Unit)]
     assert units[0].shuffle_groups == 1  # the first unit's first 1x1 is ungrouped: nothing to shuffle
     assert all(unit.shuffle_groups == 3 and unit.pointwise2.groups == 3 for unit in units[1:])
+    gather = optimize(model, v1_shuffle="gather")
+    units = [m for m in gather.modules() if isinstance(m, DeployShuffleV1Unit)]
+    assert all(unit.shuffle_index is not None and unit.pointwise2.groups == 3 for unit in units[1:])
 
 
 def test_v1_auto_picks_the_faster_form_per_stage():
@@ -106,11 +109,12 @@ def test_v1_auto_picks_the_faster_form_per_stage():
     def timer(module, example):
         form = module[0].form
         calls.append((form, tuple(example.shape)))
-        return 1.0 if form == "fold" else 2.0  # pretend the dense form is faster
+        return {"fold": 2.0, "explicit": 3.0, "gather": 1.0}[form]  # pretend the gather is fastest
 
     deployed = optimize(model, v1_shuffle="auto", example_input=torch.randn(1, 3, 64, 64), timer=timer)
-    assert deployed.v1_shuffle_choices == {"stage2": "fold", "stage3": "fold", "stage4": "fold"}
-    assert [shape[1] for _, shape in calls[::2]] == [12, 120, 240]  # each stage timed on its real input
+    assert deployed.v1_shuffle_choices == {"stage2": "gather", "stage3": "gather", "stage4": "gather"}
+    assert [shape[1] for _, shape in calls[::3]] == [12, 120, 240]  # each stage timed on its real input
+    assert {form for form, _ in calls} == {"fold", "explicit", "gather"}
     with pytest.raises(ValueError, match="example_input"):
         optimize(model, v1_shuffle="auto")
 

@@ -31,6 +31,20 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def vector_extensions() -> str:
+    """The SIMD extensions that decide CPU kernel speed (AVX2, AVX-512, VNNI, AMX), from /proc/cpuinfo."""
+    try:
+        flags = next(
+            line.split(":", 1)[1].split()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("flags")
+        )
+    except (OSError, StopIteration):
+        return "unknown"
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile")
+    return " ".join(flag for flag in wanted if flag in flags) or "none of AVX2/AVX-512"
+
+
 def environment(command: Sequence[str]) -> dict[str, Any]:
     """Command line, UTC date, hardware and the versions of the libraries that affect the numbers."""
     import torch
@@ -46,6 +60,7 @@ def environment(command: Sequence[str]) -> dict[str, Any]:
         "command": " ".join(shlex.quote(part) for part in command),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpu": cpu_model(),
+        "cpu_flags": vector_extensions(),
         "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "gpu": gpu,
         "versions": versions,
@@ -57,7 +72,8 @@ def environment_markdown(env: dict[str, Any]) -> str:
     lines = [
         f"- command: `{env['command']}`",
         f"- date: {env['date']}",
-        f"- hardware: {env['cpu']}, {env['cpu_cores']} cores" + (f"; GPU {env['gpu']}" if env["gpu"] else ""),
+        f"- hardware: {env['cpu']} ({env.get('cpu_flags', '')}), {env['cpu_cores']} cores"
+        + (f"; GPU {env['gpu']}" if env["gpu"] else ""),
         f"- versions: {versions}",
     ]
     return "\n".join(lines)

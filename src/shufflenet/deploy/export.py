@@ -72,7 +72,15 @@ class ExportReport:
             lines.append(
                 "accuracy: " + ", ".join(f"{key} {value:.2f}%" for key, value in self.accuracy.items())
             )
-        lines.append("verified" if self.passed else "NOT verified: the exported model disagrees with eager")
+        if self.tolerance is None and self.accuracy:
+            change = self.accuracy["exported top-1"] - self.accuracy["eager top-1"]
+            lines.append(f"int8: judged by accuracy, change {change:+.2f} points")
+        elif self.tolerance is None:
+            lines.append("int8: no labelled data given (--calib), so only the differences above")
+        else:
+            lines.append(
+                "verified" if self.passed else "NOT verified: the exported model disagrees with eager"
+            )
         return "\n".join(lines)
 
 

@@ -10,7 +10,7 @@ cheaper operations.
   operations), so it moves past them, to where the tensor is smallest (after the stride), and then
   either runs there explicitly or is folded into the second 1x1 group conv, which becomes a dense conv
   with permuted block-sparse weights. Which is faster depends on the machine and the runtime, so
-  ``v1_shuffle="auto"`` times both per stage with the timer the caller runs the model with.
+  ``v1_shuffle="auto"`` times each per stage with the timer the caller runs the model with.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from shufflenet.deploy.fold import fold_batchnorm, fold_conv_bn
 from shufflenet.models import ShuffleNetV1, ShuffleNetV2
 from shufflenet.ops import channel_shuffle
 
-V1ShuffleForm = Literal["auto", "fold", "explicit"]
+V1ShuffleForm = Literal["auto", "fold", "explicit", "gather"]
+V1_FORMS = ("fold", "explicit", "gather")
 Timer = Callable[[nn.Module, torch.Tensor], float]
 
 
@@ -193,14 +194,17 @@ def _optimize_shufflenet_v2(model: ShuffleNetV2) -> None:
 
 class DeployShuffleV1Unit(nn.Module):
     """A ShuffleNet V1 unit with BN folded and the shuffle moved past the depthwise conv: run there
-    (``form="explicit"``, on the strided, smaller map) or folded into a dense second 1x1 (``"fold"``)."""
+    (on the strided, smaller map) as reshape-transpose (``form="explicit"``) or as one channel gather with
+    constant indices (``"gather"``: no shape arithmetic in an exported graph), or folded into a dense second
+    1x1 (``"fold"``)."""
 
-    def __init__(self, unit: ShuffleV1Unit, form: Literal["fold", "explicit"]) -> None:
+    def __init__(self, unit: ShuffleV1Unit, form: Literal["fold", "explicit", "gather"]) -> None:
         super().__init__()
         self.stride = unit.stride
         self.form = form
         groups = getattr(unit.shuffle, "groups", 1)  # nn.Identity where the unit does not shuffle
         self.shuffle_groups = groups if form == "explicit" else 1
+        self.register_buffer("shuffle_index", None, persistent=False)
         self.pointwise1 = fold_conv_bn(unit.pointwise1, unit.bn1)
         depthwise = fold_conv_bn(unit.depthwise, unit.bn2)
         pointwise2 = fold_conv_bn(unit.pointwise2, unit.bn3)
@@ -213,6 +217,8 @@ class DeployShuffleV1Unit(nn.Module):
                 depthwise.bias.copy_(depthwise.bias[order])
             if form == "fold":
                 pointwise2 = _dense_with_permuted_inputs(pointwise2, order)
+            elif form == "gather":
+                self.shuffle_index = torch.as_tensor(shuffle_source(depthwise.out_channels, groups))
         self.depthwise = depthwise
         self.pointwise2 = pointwise2
         self.se = copy.deepcopy(unit.se)
@@ -222,6 +228,8 @@ class DeployShuffleV1Unit(nn.Module):
         branch = self.depthwise(torch.relu(self.pointwise1(x)))
         if self.shuffle_groups > 1:
             branch = channel_shuffle(branch, self.shuffle_groups)
+        elif self.shuffle_index is not None:
+            branch = branch.index_select(1, self.shuffle_index)
         branch = self.se(self.pointwise2(branch))
         if self.stride == 2:
             return torch.relu(torch.cat((self.shortcut(x), branch), dim=1))
@@ -262,7 +270,7 @@ def eager_timer(module: nn.Module, example: torch.Tensor, *, repeats: int = 20) 
 def _optimize_shufflenet_v1(
     model: ShuffleNetV1, form: V1ShuffleForm, example: torch.Tensor | None, timer: Timer
 ) -> dict[str, str]:
-    """Replace every unit; with ``form="auto"`` pick, per stage, the faster of the two forms as measured by
+    """Replace every unit; with ``form="auto"`` pick, per stage, the fastest form as measured by
     ``timer`` on the stage's real input. Returns the choice made per stage."""
     choices = {}
     x = example
@@ -273,7 +281,7 @@ def _optimize_shufflenet_v1(
         stage = model.get_submodule(piece.name)
         candidates = {
             name: nn.Sequential(*(DeployShuffleV1Unit(unit, name) for unit in stage))
-            for name in (("fold", "explicit") if form == "auto" else (form,))
+            for name in (V1_FORMS if form == "auto" else (form,))
         }
         if len(candidates) > 1:
             if x is None:
@@ -301,8 +309,9 @@ def optimize(
     for ShuffleNet V2/V1 the shuffle folded away as described in this module's docstring.
 
     ``v1_shuffle``: ``"fold"`` (dense second 1x1, no shuffle op), ``"explicit"`` (grouped conv, shuffle
-    after the depthwise conv), or ``"auto"`` (time both per stage on ``example_input`` with ``timer``;
-    the choices are kept in ``deployed.v1_shuffle_choices``).
+    after the depthwise conv), ``"gather"`` (the same shuffle as one constant-index gather), or ``"auto"``
+    (time each per stage on ``example_input`` with ``timer``; the choices are kept in
+    ``deployed.v1_shuffle_choices``).
     """
     deployed = copy.deepcopy(model).eval()
     if isinstance(deployed, ShuffleNetV2):
