@@ -176,3 +176,20 @@ def test_every_registered_model_exports_to_onnx_verified(tmp_path):
             failures.append((name, report.max_abs_diff_random))
         Path(report.path).unlink()
     assert failures == []
+
+
+def test_export_that_disagrees_is_refused_and_keeps_the_old_file(tmp_path, monkeypatch):
+    model = _trained_looking(create_model("shufflenet_v2_x0_5", num_classes=10, in_chans=1, small_input=True))
+    target = tmp_path / "net.onnx"
+    target.write_bytes(b"previous good export")
+    export_module = importlib.import_module("shufflenet.deploy.export")
+    real_runner = export_module._load_runner
+
+    def off_by_one(*args):
+        run = real_runner(*args)
+        return lambda batch: run(batch) + 1.0
+
+    monkeypatch.setattr(export_module, "_load_runner", off_by_one)
+    with pytest.raises(ExportError, match=r"differs from the eager model by 1\.00e"):
+        export_model(model, target, "onnx", input_size=(28, 28))
+    assert target.read_bytes() == b"previous good export"

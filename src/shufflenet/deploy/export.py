@@ -173,7 +173,8 @@ def export_model(
     inputs and on ``real_inputs`` when given. fp32 exports must agree within ``tolerance``; ``int8``
     (ONNX/OpenVINO; ONNX Runtime static quantization on ``calibration`` batches) is reported, not bound
     by it; ``accuracy_data`` (a labelled dataset) adds the top-1 accuracy of eager and exported models.
-    Files appear only once written completely (staged in a temporary folder, then renamed)."""
+    Files appear only once written completely and verified (staged in a temporary folder, then renamed); a
+    failed verification raises :class:`ExportError` and leaves any existing file untouched."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     if int8 and fmt == "pt2":
@@ -225,6 +226,13 @@ def export_model(
                 ),
                 "exported top-1": top1_accuracy(run, accuracy_data),
             }
+        worst = max(max_random, max_real or 0.0)
+        if not int8 and worst > tolerance:
+            # An export that disagrees with its model must not replace a good file of the same name.
+            raise ExportError(
+                f"the {fmt} export differs from the eager model by {worst:.2e} (tolerance {tolerance:g}); "
+                f"nothing written to {output}"
+            )
         targets = [output] + [output.with_suffix(extra.suffix) for extra in files[1:]]
         for source, target in zip(files, targets, strict=True):
             _atomic_move(source, target)
