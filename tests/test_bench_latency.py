@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -94,3 +95,21 @@ def test_plot_and_cli_output_files(tmp_path, capsys):
 def test_bench_latency_rejects_bad_sizes(capsys):
     assert main(["bench", "latency", "--sizes", "224", "--no-progress"]) == 2
     assert "HxW" in capsys.readouterr().err
+
+
+def test_rounds_take_the_median_of_each_cells_runs(monkeypatch):
+    import shufflenet.bench.latency as latency
+
+    timings = iter([5.0, 1.0, 3.0, 9.0, 7.0, 8.0])  # round 1: a, b; then b, a or a, b; ...
+
+    def fake(cell, timeout=900):
+        value = next(timings)
+        return dataclasses.replace(cell, median_ms=value, p90_ms=value + 1, mflops=1.0)
+
+    monkeypatch.setattr(latency, "run_cell_subprocess", fake)
+    cells = latency_benchmark(["a", "b"], runtimes=["eager"], rounds=3, progress=False)
+    assert len(cells) == 2
+    assert sorted(len(c.extra["rounds"]) for c in cells) == [3, 3]
+    for cell in cells:
+        assert cell.median_ms == sorted(cell.extra["rounds"])[1]
+        assert cell.p90_ms == cell.median_ms + 1

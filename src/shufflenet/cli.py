@@ -306,6 +306,7 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
         runtimes=args.runtimes,
         batch=args.batch,
         repeats=args.repeats,
+        rounds=args.rounds,
         progress=not args.no_progress,
     )
     table = latency_table(cells)
@@ -577,6 +578,13 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument("--batch", type=int, default=1)
     lat.add_argument(
         "--repeats", type=int, default=50, help="timed runs per cell after warm-up (default: 50)"
+    )
+    lat.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every cell this many times, in a new order each round, and report the median "
+        "(evens out load drift on shared machines; default: 1)",
     )
     lat.add_argument("--output", help="folder for latency.md/.csv/.json/.png")
     lat.add_argument("--no-progress", action="store_true")

@@ -7,7 +7,10 @@ median and 90th percentile of single-batch latency.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -165,9 +168,14 @@ def latency_benchmark(
     batch: int = 1,
     warmup: int = 10,
     repeats: int = 50,
+    rounds: int = 1,
     progress: bool = True,
 ) -> list[LatencyCell]:
-    """Measure every (model, size, threads, runtime) cell, each in its own subprocess."""
+    """Measure every (model, size, threads, runtime) cell, each in its own subprocess.
+
+    With ``rounds > 1`` the whole list is measured that many times, in a different order each round, and
+    each cell reports the median over rounds of its median (p90 likewise): drift in the machine's load
+    then spreads over all cells instead of favouring whichever ran in a quiet moment."""
     unknown = [runtime for runtime in runtimes if runtime not in RUNTIMES]
     if unknown:
         raise ValueError(f"unknown runtime {unknown[0]!r}; choose from {', '.join(RUNTIMES)}")
@@ -179,12 +187,33 @@ def latency_benchmark(
         for runtime in runtimes
         if skip_reason(model, runtime) is None
     ]
-    results = []
-    bar = tqdm(cells, desc="latency", unit="cell", disable=not progress)
-    for cell in bar:
-        bar.set_postfix_str(f"{cell.model} {cell.height}x{cell.width} t{cell.threads} {cell.runtime}")
-        results.append(run_cell_subprocess(cell))
-    return results
+    order = random.Random(0)
+    measured: list[list[LatencyCell]] = [[] for _ in cells]
+    bar = tqdm(total=len(cells) * rounds, desc="latency", unit="cell", disable=not progress)
+    for round_index in range(rounds):
+        positions = list(range(len(cells)))
+        if round_index:
+            order.shuffle(positions)
+        for position in positions:
+            cell = cells[position]
+            bar.set_postfix_str(f"{cell.model} {cell.height}x{cell.width} t{cell.threads} {cell.runtime}")
+            measured[position].append(run_cell_subprocess(dataclasses.replace(cell, extra={})))
+            bar.update(1)
+    bar.close()
+    return [_combine(runs) for runs in measured]
+
+
+def _combine(runs: list[LatencyCell]) -> LatencyCell:
+    """One cell from its rounds: the median of the medians (and of the p90s); an error if any round failed."""
+    failed = [run for run in runs if run.error]
+    if failed:
+        return failed[0]
+    result = dataclasses.replace(runs[0])
+    result.median_ms = statistics.median(run.median_ms for run in runs)
+    result.p90_ms = statistics.median(run.p90_ms for run in runs)
+    if len(runs) > 1:
+        result.extra = {**result.extra, "rounds": [round(run.median_ms, 3) for run in runs]}
+    return result
 
 
 def _lookup(cells: Sequence[LatencyCell], model: str, runtime: str, size=(224, 224), threads: int = 1):
