@@ -185,7 +185,21 @@ def export_model(
     if output.suffix != SUFFIX[fmt]:
         output = output.with_suffix(SUFFIX[fmt])
     model = model.eval()
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:
+        return _export_and_verify(
+            model, output, fmt, input_size, real_inputs, optimize_graph, int8, calibration, accuracy_data,
+            threads, latency_repeats, tolerance,
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _export_and_verify(
+    model, output, fmt, input_size, real_inputs, optimize_graph, int8, calibration, accuracy_data, threads,
+    latency_repeats, tolerance,
+) -> ExportReport:  # fmt: skip
     in_chans = getattr(model, "in_chans", 3)
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(1, in_chans, *input_size, generator=generator)

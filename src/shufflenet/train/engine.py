@@ -240,7 +240,11 @@ class Trainer:
         }
 
     def save(self) -> None:
-        """Write the full training state (rank 0 only), atomically."""
+        """Write the full training state (rank 0 only), atomically; never weights that overflowed."""
+        # A step can overflow the weights while its own loss was still finite: check before overwriting
+        # the last good checkpoint (every rank holds the same weights, so every rank stops together).
+        finite = torch.stack([parameter.isfinite().all() for parameter in self.model.parameters()]).all()
+        self._check_finite(0.0 if bool(finite) else math.inf, "a weight")
         if self.ctx.is_main:
             save_checkpoint(self.checkpoint_path, self._state())
 
@@ -271,7 +275,7 @@ class Trainer:
 
     # --- the loop ----------------------------------------------------------------------------------------
 
-    def _check_finite(self, loss_value: float) -> None:
+    def _check_finite(self, loss_value: float, what: str = "loss") -> None:
         if not math.isfinite(loss_value):
             where = f"epoch {self.position.epoch + 1}, step {self.position.step}"
             kept = (
@@ -280,7 +284,7 @@ class Trainer:
                 else "no checkpoint was written"
             )
             raise TrainingDiverged(
-                f"loss became {loss_value} at {where}; stopped and {kept}; "
+                f"{what} became {loss_value} at {where}; stopped and {kept}; "
                 "lower the learning rate (--set lr=...) or add warm-up (--set warmup_epochs=1)"
             )
 
