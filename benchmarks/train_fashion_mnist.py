@@ -21,21 +21,12 @@ import torch
 import torchvision
 
 from shufflenet._table import markdown_table
+from shufflenet.bench.report import cpu_model
 from shufflenet.train.config import load_config, parse_overrides
 from shufflenet.train.engine import train
 from shufflenet.train.metrics import format_duration
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
