@@ -22,23 +22,11 @@ from tqdm import tqdm
 
 from shufflenet import create_model, list_models
 from shufflenet._table import markdown_table
+from shufflenet._testing import randomize_batchnorm
 from shufflenet.bench.report import environment, write_record
 from shufflenet.deploy.export import FORMATS, ExportError, adapt_images, export_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def randomize_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
-    """BN statistics and affine parameters away from the identity, so folding errors would show."""
-    generator = torch.Generator().manual_seed(1)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            n = module.num_features
-            module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
-            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
-            module.bias.data.copy_(torch.randn(n, generator=generator) * 0.1)
-    return model
 
 
 def real_images(size: tuple[int, int]) -> torch.Tensor | None:

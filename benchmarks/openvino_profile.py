@@ -21,7 +21,7 @@ from shufflenet import create_model, load_torchvision_weights
 from shufflenet._table import markdown_table
 from shufflenet.bench.report import environment, write_record
 from shufflenet.deploy import optimize
-from shufflenet.deploy.runtimes import export_onnx
+from shufflenet.deploy.runtimes import export_onnx, openvino_compiled
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = 50
@@ -29,14 +29,7 @@ RUNS = 50
 
 def node_profile(onnx_path: Path, batch: np.ndarray) -> dict[tuple[str, str], float]:
     """Mean ms per (node type, kernel) over RUNS inferences after warm-up."""
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(
-        str(onnx_path),
-        "CPU",
-        {"INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
-         "PERF_COUNT": True},
-    )  # fmt: skip
+    compiled = openvino_compiled(onnx_path, 1, extra_config={"PERF_COUNT": True})
     request = compiled.create_infer_request()
     for _ in range(20):
         request.infer({0: batch})

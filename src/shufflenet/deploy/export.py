@@ -18,11 +18,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from shufflenet.deploy.optimize import optimize
 from shufflenet.deploy.runtimes import (
-    _openvino_runner,
-    _ort_runner,
-    _require,
     export_onnx,
     median_seconds,
+    openvino_runner,
+    ort_runner,
+    require_package,
+    torch_threads,
 )
 
 FORMATS = ("onnx", "openvino", "pt2")
@@ -93,9 +94,9 @@ def _atomic_move(source: Path, target: Path) -> None:
 
 def _load_runner(path: Path, fmt: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
     if fmt == "onnx":
-        return _ort_runner(path, threads)
+        return ort_runner(path, threads)
     if fmt == "openvino":
-        return _openvino_runner(path, threads)
+        return openvino_runner(path, threads)
     program = torch.export.load(str(path)).module()
 
     def run(batch: np.ndarray) -> np.ndarray:
@@ -118,7 +119,7 @@ def _write(graph: nn.Module, example: torch.Tensor, fmt: str, folder: Path) -> l
     onnx_path = export_onnx(graph, folder / "model.onnx", example)
     if fmt == "onnx":
         return [onnx_path]
-    ov = _require("openvino", "openvino")
+    ov = require_package("openvino", "openvino")
     xml = folder / "model.xml"
     ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=False)
     return [xml, xml.with_suffix(".bin")]
@@ -126,7 +127,7 @@ def _write(graph: nn.Module, example: torch.Tensor, fmt: str, folder: Path) -> l
 
 def _quantize_int8(onnx_path: Path, calibration: Sequence[np.ndarray], folder: Path) -> Path:
     """ONNX Runtime static quantization (QDQ, per-channel weights, int8) calibrated on ``calibration``."""
-    _require("onnxruntime", "onnxruntime")
+    require_package("onnxruntime", "onnxruntime")
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -185,83 +186,73 @@ def export_model(
     if output.suffix != SUFFIX[fmt]:
         output = output.with_suffix(SUFFIX[fmt])
     model = model.eval()
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        return _export_and_verify(
-            model, output, fmt, input_size, real_inputs, optimize_graph, int8, calibration, accuracy_data,
-            threads, latency_repeats, tolerance,
-        )  # fmt: skip
-    finally:
-        torch.set_num_threads(previous_threads)
-
-
-def _export_and_verify(
-    model, output, fmt, input_size, real_inputs, optimize_graph, int8, calibration, accuracy_data, threads,
-    latency_repeats, tolerance,
-) -> ExportReport:  # fmt: skip
-    in_chans = getattr(model, "in_chans", 3)
-    generator = torch.Generator().manual_seed(0)
-    example = torch.randn(1, in_chans, *input_size, generator=generator)
-    graph = optimize(model) if optimize_graph else model
-    with tempfile.TemporaryDirectory() as workdir:
-        folder = Path(workdir)
-        try:
-            files = _write(graph, example, "onnx" if int8 else fmt, folder)
-            if int8:
-                files = [_quantize_int8(files[0], calibration, folder)]
-                if fmt == "openvino":
-                    ov = _require("openvino", "openvino")
-                    xml = folder / "model.int8.xml"
-                    ov.save_model(ov.convert_model(str(files[0])), str(xml), compress_to_fp16=False)
-                    files = [xml, xml.with_suffix(".bin")]
-        except ExportError:
-            raise
-        except Exception as error:  # the exporters raise many types; the user needs the reason in one line
-            raise ExportError(f"{type(model).__name__} could not be exported to {fmt}: {error}") from error
-        random_batch = torch.randn(4, in_chans, *input_size, generator=generator)
-        try:
-            run = _load_runner(files[0], fmt, threads)
-            max_random = _max_diff(model, run, random_batch)
-            max_real = _max_diff(model, run, real_inputs) if real_inputs is not None else None
-        except Exception as error:
-            raise ExportError(
-                f"the {fmt} file was written but could not be run for verification: {error}"
-            ) from error
-        one = example.numpy()
-        latency = median_seconds(lambda: run(one), warmup=5, repeats=latency_repeats)[0]
-        with torch.inference_mode():
-            eager = median_seconds(lambda: model(example), warmup=3, repeats=latency_repeats)[0]
-        accuracy = None
-        if accuracy_data is not None:
-            accuracy = {
-                "eager top-1": top1_accuracy(
-                    lambda batch: model(torch.from_numpy(batch)).numpy(), accuracy_data
-                ),
-                "exported top-1": top1_accuracy(run, accuracy_data),
-            }
-        worst = max(max_random, max_real or 0.0)
-        if not int8 and worst > tolerance:
-            # An export that disagrees with its model must not replace a good file of the same name.
-            raise ExportError(
-                f"the {fmt} export differs from the eager model by {worst:.2e} (tolerance {tolerance:g}); "
-                f"nothing written to {output}"
-            )
-        targets = [output] + [output.with_suffix(extra.suffix) for extra in files[1:]]
-        for source, target in zip(files, targets, strict=True):
-            _atomic_move(source, target)
-    return ExportReport(
-        path=output,
-        format=fmt,
-        int8=int8,
-        max_abs_diff_random=max_random,
-        max_abs_diff_real=max_real,
-        latency_ms=1000 * latency,
-        eager_latency_ms=1000 * eager,
-        tolerance=None if int8 else tolerance,
-        extra_files=targets[1:],
-        accuracy=accuracy,
-    )
+    with torch_threads(threads):  # the caller's thread count comes back afterwards
+        in_chans = getattr(model, "in_chans", 3)
+        generator = torch.Generator().manual_seed(0)
+        example = torch.randn(1, in_chans, *input_size, generator=generator)
+        graph = optimize(model) if optimize_graph else model
+        with tempfile.TemporaryDirectory() as workdir:
+            folder = Path(workdir)
+            try:
+                files = _write(graph, example, "onnx" if int8 else fmt, folder)
+                if int8:
+                    files = [_quantize_int8(files[0], calibration, folder)]
+                    if fmt == "openvino":
+                        ov = require_package("openvino", "openvino")
+                        xml = folder / "model.int8.xml"
+                        ov.save_model(ov.convert_model(str(files[0])), str(xml), compress_to_fp16=False)
+                        files = [xml, xml.with_suffix(".bin")]
+            except ExportError:
+                raise
+            except (
+                Exception
+            ) as error:  # the exporters raise many types; the user needs the reason in one line
+                raise ExportError(
+                    f"{type(model).__name__} could not be exported to {fmt}: {error}"
+                ) from error
+            random_batch = torch.randn(4, in_chans, *input_size, generator=generator)
+            try:
+                run = _load_runner(files[0], fmt, threads)
+                max_random = _max_diff(model, run, random_batch)
+                max_real = _max_diff(model, run, real_inputs) if real_inputs is not None else None
+            except Exception as error:
+                raise ExportError(
+                    f"the {fmt} file was written but could not be run for verification: {error}"
+                ) from error
+            one = example.numpy()
+            latency = median_seconds(lambda: run(one), warmup=5, repeats=latency_repeats)[0]
+            with torch.inference_mode():
+                eager = median_seconds(lambda: model(example), warmup=3, repeats=latency_repeats)[0]
+            accuracy = None
+            if accuracy_data is not None:
+                accuracy = {
+                    "eager top-1": top1_accuracy(
+                        lambda batch: model(torch.from_numpy(batch)).numpy(), accuracy_data
+                    ),
+                    "exported top-1": top1_accuracy(run, accuracy_data),
+                }
+            worst = max(max_random, max_real or 0.0)
+            if not int8 and worst > tolerance:
+                # An export that disagrees with its model must not replace a good file of the same name.
+                raise ExportError(
+                    f"the {fmt} export differs from the eager model by {worst:.2e} "
+                    f"(tolerance {tolerance:g}); nothing written to {output}"
+                )
+            targets = [output] + [output.with_suffix(extra.suffix) for extra in files[1:]]
+            for source, target in zip(files, targets, strict=True):
+                _atomic_move(source, target)
+        return ExportReport(
+            path=output,
+            format=fmt,
+            int8=int8,
+            max_abs_diff_random=max_random,
+            max_abs_diff_real=max_real,
+            latency_ms=1000 * latency,
+            eager_latency_ms=1000 * eager,
+            tolerance=None if int8 else tolerance,
+            extra_files=targets[1:],
+            accuracy=accuracy,
+        )
 
 
 def top1_accuracy(run: Callable[[np.ndarray], np.ndarray], dataset: Dataset, batch_size: int = 100) -> float:

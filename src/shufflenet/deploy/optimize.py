@@ -16,7 +16,6 @@ cheaper operations.
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -257,14 +256,10 @@ def _dense_with_permuted_inputs(conv: nn.Conv2d, order: torch.Tensor) -> nn.Conv
 
 def eager_timer(module: nn.Module, example: torch.Tensor, *, repeats: int = 20) -> float:
     """Median seconds of ``module(example)`` in eager PyTorch after two warm-up calls."""
-    times = []
+    from shufflenet.deploy.runtimes import median_seconds  # runtimes builds on this module
+
     with torch.inference_mode():
-        for index in range(repeats + 2):
-            start = time.perf_counter()
-            module(example)
-            if index >= 2:
-                times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+        return median_seconds(lambda: module(example), warmup=2, repeats=repeats)[0]
 
 
 def _optimize_shufflenet_v1(

@@ -9,10 +9,12 @@ ONNX Runtime, with the ShuffleNet V1 shuffle form chosen by timing that backend 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,7 @@ class RuntimeUnavailable(RuntimeError):
     """The runtime's package is missing (the message names what to install)."""
 
 
-def _require(module: str, package: str):
+def require_package(module: str, package: str):
     try:
         return __import__(module)
     except ImportError as error:
@@ -41,7 +43,7 @@ def export_onnx(
 ) -> Path:
     """Write ``model`` as ONNX (opset 17, input ``input``, output ``output``) through the TorchScript
     exporter, which keeps the graph op for op (no decompositions), so shuffles and slices stay visible."""
-    _require("onnx", "onnx")
+    require_package("onnx", "onnx")
     path = Path(path)
     axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
     with torch.no_grad(), warnings.catch_warnings():
@@ -63,7 +65,7 @@ def export_onnx(
 
 def ort_session(onnx_path: str | Path, threads: int):
     """An ONNX Runtime CPU session with every graph optimization and ``threads`` intra-op threads."""
-    ort = _require("onnxruntime", "onnxruntime")
+    ort = require_package("onnxruntime", "onnxruntime")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -72,22 +74,25 @@ def ort_session(onnx_path: str | Path, threads: int):
     return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
 
-def openvino_compiled(model_path: str | Path, threads: int, device: str = "CPU"):
-    """An OpenVINO compiled model: latency hint, fp32 inference precision, ``threads`` threads."""
-    ov = _require("openvino", "openvino")
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+def openvino_compiled(
+    model_path: str | Path, threads: int, device: str = "CPU", extra_config: dict | None = None
+):
+    """An OpenVINO compiled model: latency hint, fp32 inference precision, ``threads`` threads, plus any
+    ``extra_config`` (e.g. ``{"PERF_COUNT": True}`` for per-node profiles)."""
+    ov = require_package("openvino", "openvino")
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", **(extra_config or {})}
     if device == "CPU":
         config["INFERENCE_NUM_THREADS"] = threads
     return ov.Core().compile_model(str(model_path), device, config)
 
 
-def _ort_runner(onnx_path: Path, threads: int) -> Runner:
+def ort_runner(onnx_path: Path, threads: int) -> Runner:
     session = ort_session(onnx_path, threads)
     name = session.get_inputs()[0].name
     return lambda batch: session.run(None, {name: batch})[0]
 
 
-def _openvino_runner(model_path: Path, threads: int) -> Runner:
+def openvino_runner(model_path: Path, threads: int) -> Runner:
     request = openvino_compiled(model_path, threads).create_infer_request()
 
     def run(batch: np.ndarray) -> np.ndarray:
@@ -108,7 +113,7 @@ def _torch_runner(module: nn.Module, channels_last: bool) -> Runner:
     return run
 
 
-ONNX_BACKENDS = {"openvino": _openvino_runner, "ort": _ort_runner}
+ONNX_BACKENDS = {"openvino": openvino_runner, "ort": ort_runner}
 
 
 def onnx_timer(backend: str = "openvino", threads: int = 1, repeats: int = 30):
@@ -143,8 +148,6 @@ def _deploy_runner(model: nn.Module, example: torch.Tensor, threads: int, workdi
 
 def median_seconds(call: Callable[[], object], *, warmup: int, repeats: int) -> tuple[float, float]:
     """(median, 90th percentile) seconds of ``call`` over ``repeats`` runs after ``warmup`` runs."""
-    import time
-
     for _ in range(warmup):
         call()
     times = []
@@ -153,6 +156,17 @@ def median_seconds(call: Callable[[], object], *, warmup: int, repeats: int) -> 
         call()
         times.append(time.perf_counter() - start)
     return float(np.median(times)), float(np.percentile(times, 90))
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """PyTorch's intra-op thread count set to ``threads`` inside the block, the caller's restored after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def build_runner(
@@ -174,7 +188,7 @@ def build_runner(
     if runtime == "ours":
         return _deploy_runner(model, example, threads, workdir)
     path = export_onnx(model, workdir / "plain.onnx", example)
-    return _ort_runner(path, threads) if runtime == "ort" else _openvino_runner(path, threads)
+    return ort_runner(path, threads) if runtime == "ort" else openvino_runner(path, threads)
 
 
 def default_threads() -> int:
