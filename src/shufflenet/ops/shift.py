@@ -1,0 +1,330 @@
+"""Shift operations: the grouped shift of ShiftNet and the Sparse Shift Layer (SSL) of seed 004
+("All You Need is a Few Shifts", Chen et al., 2019), in plain PyTorch on CPU and GPU.
+
+Convention: shifting a channel by ``(dy, dx)`` moves its content ``dy`` rows down and ``dx`` columns
+right, ``out[i, j] = x[i - dy, j - dx]``, with zeros where nothing moves in (``torch.roll`` with the
+wrapped part zeroed). The SSL's learnable displacement per channel is ``(alpha, beta)``: ``alpha`` along
+the width (dx), ``beta`` along the height (dy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SHIFT_INITS = ("grouped", "zero")
+PENALTY_NORMS = ("l1", "l2")
+
+
+def integer_shift(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """Shift every channel of an NCHW tensor by its own integer ``(dy[c], dx[c])``, zero fill.
+
+    One zero-pad and one gather over the flattened maps, so any mix of displacements costs the same; the
+    gradient with respect to ``x`` is the inverse shift (gather's backward scatters back).
+    """
+    if x.dim() != 4:
+        raise ValueError(f"integer_shift expects an NCHW tensor, got {x.dim()} dimensions")
+    batch, channels, height, width = x.shape
+    if dy.shape != (channels,) or dx.shape != (channels,):
+        raise ValueError(
+            f"integer_shift needs one displacement per channel ({channels}), "
+            f"got dy {tuple(dy.shape)} and dx {tuple(dx.shape)}"
+        )
+    # A shift by the whole map or more leaves only zeros, so clamping keeps the padding bounded.
+    dy = dy.to(x.device, torch.long).clamp(-height, height)
+    dx = dx.to(x.device, torch.long).clamp(-width, width)
+    pad_y, pad_x = int(dy.abs().max()), int(dx.abs().max())
+    if pad_y == 0 and pad_x == 0:
+        return x.clone()
+    padded = F.pad(x, (pad_x, pad_x, pad_y, pad_y))
+    padded_width = width + 2 * pad_x
+    rows = torch.arange(height, device=x.device) + pad_y - dy[:, None]
+    cols = torch.arange(width, device=x.device) + pad_x - dx[:, None]
+    index = (rows[:, :, None] * padded_width + cols[:, None, :]).reshape(1, channels, height * width)
+    out = padded.reshape(batch, channels, -1).gather(2, index.expand(batch, -1, -1))
+    return out.view(batch, channels, height, width)
+
+
+def _per_channel(values: torch.Tensor) -> torch.Tensor:
+    return values.view(1, -1, 1, 1)
+
+
+def bilinear_shift(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """The relaxed shift: each channel moved by a real ``(beta, alpha)`` with bilinear interpolation, i.e.
+    the four integer shifts around the displacement weighted by their distance (Active Shift Layer).
+
+    Differentiable in ``alpha`` and ``beta`` through the weights; the reference the SSL's
+    quantization-aware gradient is defined from (seed 004, section 3.3), and its tests' oracle.
+    """
+    alpha_low, beta_low = torch.floor(alpha), torch.floor(beta)
+    ta, tb = _per_channel(alpha - alpha_low), _per_channel(beta - beta_low)
+    a0, b0 = alpha_low.long(), beta_low.long()
+    return (
+        (1 - tb) * (1 - ta) * integer_shift(x, b0, a0)
+        + (1 - tb) * ta * integer_shift(x, b0, a0 + 1)
+        + tb * (1 - ta) * integer_shift(x, b0 + 1, a0)
+        + tb * ta * integer_shift(x, b0 + 1, a0 + 1)
+    )
+
+
+class _QuantizedShift(torch.autograd.Function):
+    """Forward: the integer shift by the rounded displacement. Backward: the inverse shift for the input;
+    for ``alpha``/``beta`` the gradient of :func:`bilinear_shift` at the unrounded displacement (a
+    straight-through estimator: seed 004's quantization-aware shift learning)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, alpha, beta)
+        return integer_shift(x, torch.round(beta), torch.round(alpha))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, alpha, beta = ctx.saved_tensors
+        grad_x = grad_alpha = grad_beta = None
+        if ctx.needs_input_grad[0]:
+            grad_x = integer_shift(grad, -torch.round(beta), -torch.round(alpha))
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            alpha_low, beta_low = torch.floor(alpha), torch.floor(beta)
+            ta, tb = alpha - alpha_low, beta - beta_low
+            a0, b0 = alpha_low.long(), beta_low.long()
+
+            # <grad, shift(x)> per channel for the four integer neighbours; one shifted copy at a time.
+            def inner(dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+                return (grad * integer_shift(x, dy, dx)).sum((0, 2, 3))
+
+            d00, d01 = inner(b0, a0), inner(b0, a0 + 1)
+            d10, d11 = inner(b0 + 1, a0), inner(b0 + 1, a0 + 1)
+            grad_alpha = ((1 - tb) * (d01 - d00) + tb * (d11 - d10)).to(alpha.dtype)
+            grad_beta = ((1 - ta) * (d10 - d00) + ta * (d11 - d01)).to(beta.dtype)
+        return grad_x, grad_alpha, grad_beta
+
+
+def quantized_shift(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """The SSL's shift (seed 004 section 3.3): integer shift by ``round(beta), round(alpha)`` forward,
+    bilinear-interpolation gradients for ``alpha`` and ``beta`` backward."""
+    return _QuantizedShift.apply(x, alpha, beta)
+
+
+def grouped_offsets(channels: int, kernel_size: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k x k window's offsets spread over equal channel groups (ShiftNet; the SSL's initialisation).
+
+    Channel group ``g`` of ``channels // k^2`` channels takes the offset ``(g // k - k // 2, g % k - k // 2)``
+    as ``(dy, dx)``; the remainder channels stay unshifted. Returns ``(dy, dx)`` as integer tensors.
+    """
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}")
+    positions = kernel_size * kernel_size
+    group_size = channels // positions
+    dy = torch.zeros(channels, dtype=torch.long)
+    dx = torch.zeros(channels, dtype=torch.long)
+    if group_size:
+        group = torch.arange(group_size * positions) // group_size
+        dy[: len(group)] = group // kernel_size - kernel_size // 2
+        dx[: len(group)] = group % kernel_size - kernel_size // 2
+    return dy, dx
+
+
+class GroupedShift(nn.Module):
+    """ShiftNet's shift (Wu et al., 2018; seed 004 Table 1 "GroupedShift"): fixed directions of a
+    ``kernel_size`` x ``kernel_size`` window, one per channel group, no parameters."""
+
+    def __init__(self, channels: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.channels, self.kernel_size = channels, kernel_size
+        dy, dx = grouped_offsets(channels, kernel_size)
+        self.register_buffer("dy", dy, persistent=False)
+        self.register_buffer("dx", dx, persistent=False)
+
+    def displacement(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integer ``(dy, dx)`` per channel."""
+        return self.dy, self.dx
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return integer_shift(x, self.dy, self.dx)
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, kernel_size={self.kernel_size}"
+
+
+class SparseShift(nn.Module):
+    """Sparse Shift Layer (seed 004 section 3): a learnable displacement ``(alpha, beta)`` per channel.
+
+    Forward moves each channel by the rounded displacement (no interpolation); backward trains ``alpha``
+    and ``beta`` with the bilinear gradient at the unrounded position. ``init="grouped"`` starts from the
+    3x3 window's nine offsets spread over channel groups (the authors' initialisation), ``"zero"`` from no
+    shift. Sparsity comes from :func:`shift_penalty` added to the loss (eq. 4).
+    """
+
+    def __init__(self, channels: int, *, init: str = "grouped") -> None:
+        super().__init__()
+        if init not in SHIFT_INITS:
+            raise ValueError(f"init must be one of {', '.join(SHIFT_INITS)}, got {init!r}")
+        self.channels = channels
+        if init == "grouped":
+            dy, dx = grouped_offsets(channels)
+        else:
+            dy, dx = torch.zeros(channels), torch.zeros(channels)
+        self.alpha = nn.Parameter(dx.float())
+        self.beta = nn.Parameter(dy.float())
+
+    def displacement(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integer ``(dy, dx)`` per channel: the displacement the forward pass applies."""
+        return torch.round(self.beta.detach()).long(), torch.round(self.alpha.detach()).long()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return quantized_shift(x, self.alpha, self.beta)
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}"
+
+
+SHIFT_LAYERS = (SparseShift, GroupedShift)
+
+
+@dataclass(frozen=True)
+class ShiftSegment:
+    """Channels ``start:stop`` all moved by ``(dy, dx)``."""
+
+    start: int
+    stop: int
+    dy: int
+    dx: int
+
+
+def shift_segments(dy: torch.Tensor, dx: torch.Tensor) -> tuple[torch.Tensor, list[ShiftSegment]]:
+    """Group channels by displacement: a channel order (unshifted channels first, then one run per
+    displacement) and the runs it makes, ``(order, segments)``; ``x[:, order]`` has contiguous runs."""
+    keys = [(int(a), int(b)) for a, b in zip(dy.tolist(), dx.tolist(), strict=True)]
+    # Unshifted first, then by displacement; the sort is stable so channels keep their relative order.
+    order = sorted(range(len(keys)), key=lambda c: (keys[c] != (0, 0), keys[c]))
+    segments: list[ShiftSegment] = []
+    for position, channel in enumerate(order):
+        shift = keys[channel]
+        if segments and (segments[-1].dy, segments[-1].dx) == shift:
+            last = segments[-1]
+            segments[-1] = ShiftSegment(last.start, position + 1, last.dy, last.dx)
+        else:
+            segments.append(ShiftSegment(position, position + 1, *shift))
+    return torch.tensor(order, dtype=torch.long), segments
+
+
+def shift_slab(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Shift all channels of ``x`` by the same integer ``(dy, dx)`` with zero fill: one slice and one pad
+    (ONNX Slice + Pad)."""
+    height, width = x.shape[-2:]
+    if abs(dy) >= height or abs(dx) >= width:
+        return torch.zeros_like(x)
+    kept = x[..., max(-dy, 0) : height - max(dy, 0), max(-dx, 0) : width - max(dx, 0)]
+    return F.pad(kept, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)))
+
+
+class SegmentShift(nn.Module):
+    """The inference form of a shift layer: integer displacements fixed, channels grouped in runs that
+    share one, and only the shifted runs moved (seed 004 Fig. 2e: unshifted maps cost nothing).
+
+    ``order`` (optional) gathers the channels into runs first and scatters them back after; graph
+    rewrites fold it into the neighbouring 1x1 convolutions instead. With ``in_place=True`` the shifted
+    runs are written over the input (which must not be needed elsewhere) so unshifted channels are not
+    even copied; exports always take the out-of-place form (Slice, Pad, Concat).
+    """
+
+    def __init__(
+        self, segments: Sequence[ShiftSegment], order: torch.Tensor | None = None, *, in_place: bool = False
+    ) -> None:
+        super().__init__()
+        self.segments = tuple(segments)
+        self.in_place = in_place
+        if order is not None and torch.equal(order, torch.arange(len(order))):
+            order = None
+        self.register_buffer("order", order, persistent=False)
+        self.register_buffer(
+            "inverse", None if order is None else torch.argsort(order), persistent=False
+        )
+
+    @classmethod
+    def from_layer(cls, layer: nn.Module, *, in_place: bool = False) -> SegmentShift:
+        """The inference form of a :class:`SparseShift` or :class:`GroupedShift`, equal to it exactly."""
+        order, segments = shift_segments(*layer.displacement())
+        return cls(segments, order, in_place=in_place)
+
+    def shifted_channels(self) -> int:
+        return sum(s.stop - s.start for s in self.segments if (s.dy, s.dx) != (0, 0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.order is not None:
+            x = x.index_select(1, self.order)
+        exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        if self.in_place and self.order is None and not exporting:
+            for s in self.segments:
+                if (s.dy, s.dx) != (0, 0):
+                    x[:, s.start : s.stop] = shift_slab(x[:, s.start : s.stop], s.dy, s.dx)
+            return x
+        pieces = [shift_slab(x[:, s.start : s.stop], s.dy, s.dx) for s in self.segments]
+        out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, 1)
+        return out if self.inverse is None else out.index_select(1, self.inverse)
+
+    def extra_repr(self) -> str:
+        return f"segments={len(self.segments)}, shifted={self.shifted_channels()}, in_place={self.in_place}"
+
+
+def shift_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``(name, layer)`` for every shift layer of ``model`` (SSL or grouped), in forward order."""
+    for name, module in model.named_modules():
+        if isinstance(module, SHIFT_LAYERS):
+            yield name, module
+
+
+def shift_penalty(model: nn.Module, norm: str = "l1") -> torch.Tensor:
+    """Seed 004 eq. 4: ``|alpha|_1 + |beta|_1`` summed over every SSL of ``model`` (``norm="l2"``: the
+    squared L2 norms, which section 4.1 found slightly better on CIFAR). Multiply by lambda yourself."""
+    if norm not in PENALTY_NORMS:
+        raise ValueError(f"norm must be one of {', '.join(PENALTY_NORMS)}, got {norm!r}")
+    terms = []
+    for _, layer in shift_layers(model):
+        if isinstance(layer, SparseShift):
+            both = torch.cat([layer.alpha, layer.beta])
+            terms.append(both.abs().sum() if norm == "l1" else both.square().sum())
+    if not terms:
+        return torch.zeros(())
+    return torch.stack(terms).sum()
+
+
+def shift_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The SSL displacements of ``model`` (trained with their own schedule: frozen at a chosen epoch)."""
+    return [p for _, layer in shift_layers(model) if isinstance(layer, SparseShift) for p in layer.parameters()]
+
+
+@dataclass(frozen=True)
+class ShiftSparsityRow:
+    """One line of seed 004 Table 2: a shift layer's unshifted and total channels."""
+
+    layer: str
+    unshifted: int
+    channels: int
+
+    @property
+    def sparsity(self) -> float:
+        return self.unshifted / self.channels if self.channels else 1.0
+
+
+def shift_sparsity(model: nn.Module) -> list[ShiftSparsityRow]:
+    """Per shift layer, the channels the rounded displacement leaves in place (seed 004 Table 2)."""
+    rows = []
+    for name, layer in shift_layers(model):
+        dy, dx = layer.displacement()
+        rows.append(ShiftSparsityRow(name, int(((dy == 0) & (dx == 0)).sum()), len(dy)))
+    return rows
+
+
+def sparsity_table(rows: Sequence[ShiftSparsityRow]) -> str:
+    """Seed 004 Table 2 as Markdown: layer, unshifts / channels, shift sparsity, and the total."""
+    lines = ["| layer | unshifts / channels | shift sparsity |", "|---|---:|---:|"]
+    for row in rows:
+        lines.append(f"| {row.layer} | {row.unshifted} / {row.channels} | {100 * row.sparsity:.1f}% |")
+    total = ShiftSparsityRow("total", sum(r.unshifted for r in rows), sum(r.channels for r in rows))
+    lines.append(f"| **total** | {total.unshifted} / {total.channels} | {100 * total.sparsity:.1f}% |")
+    return "\n".join(lines)
