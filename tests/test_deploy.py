@@ -7,9 +7,11 @@ from torch import nn
 
 from conftest import randomize_batchnorm
 from shufflenet import create_model, list_models
+from shufflenet._testing import trained_looking
 from shufflenet.deploy import fold_conv_bn, optimize
 from shufflenet.deploy.export import ExportError, export_model
 from shufflenet.deploy.optimize import DeployShuffleV1Unit, DeployShuffleV2Unit
+from shufflenet.ops import SegmentShift, SparseShift
 
 optimize_module = importlib.import_module("shufflenet.deploy.optimize")
 
@@ -170,7 +172,7 @@ def test_int8_export_reports_accuracy(tmp_path):
 def test_every_registered_model_exports_to_onnx_verified(tmp_path):
     failures = []
     for name in list_models():
-        model = create_model(name, num_classes=10).eval()
+        model = trained_looking(create_model(name, num_classes=10), (64, 64))
         report = export_model(model, tmp_path / name, "onnx", input_size=(64, 64), latency_repeats=1)
         if not report.passed:
             failures.append((name, report.max_abs_diff_random))
@@ -193,3 +195,25 @@ def test_export_that_disagrees_is_refused_and_keeps_the_old_file(tmp_path, monke
     with pytest.raises(ExportError, match=r"differs from the eager model by 1\.00e"):
         export_model(model, target, "onnx", input_size=(28, 28))
     assert target.read_bytes() == b"previous good export"
+
+
+@pytest.mark.parametrize("name", ["shiftresnet20_ssl", "fenet_x1_0"])
+def test_shift_nets_deploy_with_regrouped_channels_and_export(name, tmp_path):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, in_chans=1, small_input=True)
+    with torch.no_grad():  # learned-looking displacements: many distinct, some channels unshifted
+        for layer in model.modules():
+            if isinstance(layer, SparseShift):
+                layer.alpha.copy_(torch.randn_like(layer.alpha) * 1.2)
+                layer.beta.copy_(torch.randn_like(layer.beta) * 1.2)
+    trained_looking(model, (28, 28))
+    deployed = optimize(model)
+    segments = [m for m in deployed.modules() if isinstance(m, SegmentShift)]
+    assert len(segments) == sum(isinstance(m, SparseShift) for m in model.modules())
+    # The grouping permutation lives in the neighbouring convs: no gather runs, runs are moved in place.
+    assert all(m.order is None and m.in_place for m in segments)
+    assert not any(isinstance(m, (SparseShift, nn.BatchNorm2d)) for m in deployed.modules())
+    x = torch.randn(4, 1, 28, 28)
+    assert _max_diff(model, deployed, x) <= 1e-4
+    report = export_model(model, tmp_path / name, "onnx", input_size=(28, 28), latency_repeats=1)
+    assert report.passed and report.max_abs_diff_random <= 1e-4

@@ -148,7 +148,7 @@ def test_segments_group_channels_unshifted_first():
 
 def test_in_place_inference_moves_only_shifted_channels():
     layer = GroupedShift(18)
-    order, segments = shift_segments(*layer.displacement())
+    _, segments = shift_segments(*layer.displacement())
     contiguous = SegmentShift(segments, in_place=True)
     x = torch.randn(1, 18, 4, 4)
     before = x.clone()

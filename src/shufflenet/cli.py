@@ -28,6 +28,8 @@ examples:
   shufflenet bench latency                          ours beside eager, compile, ONNX Runtime, OpenVINO
   shufflenet bench guidelines                       ShuffleNet V2 guideline experiments G1-G4
   shufflenet bench train                            training throughput on synthetic batches
+  shufflenet shift sweep --lambdas 0 1e-4 5e-4      sparse shift: accuracy and sparsity per lambda
+  shufflenet shift remove --counts 0 4 8 9          retrain without the least important shift layers
 """
 
 
@@ -388,6 +390,106 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shift_config(args: argparse.Namespace):
+    from shufflenet.train.config import load_config
+
+    overrides = parse_overrides(args.set)
+    for key in ("model", "data_dir", "epochs", "device"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides[key] = value
+    if args.no_progress:
+        overrides["progress"] = False
+    return load_config(args.recipe, overrides)
+
+
+def cmd_shift_sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from shufflenet.train import shift_experiments as experiments
+
+    config = _shift_config(args)
+    runs = experiments.lambda_sweep(config, args.lambdas, Path(args.output))
+    paper = experiments.PAPER_TABLE1_SHIFTRESNET20 if config.model.startswith("shiftresnet20") else None
+    text = (
+        f"# Shift-loss sweep (seed 004 Table 1): {config.model}, {config.dataset}, {config.epochs} epochs, "
+        f"{config.shift_norm} shift loss, shifts frozen at epoch {config.freeze_shifts_epoch}\n\n"
+        f"Command: `{' '.join(args.command_line)}`\n\n{experiments.sweep_table(runs, paper)}\n"
+    )
+    for run in runs:
+        text += f"\n## Per-layer sparsity, lambda {run.shift_lambda:g} (Table 2 format)\n\n"
+        text += experiments.layer_table(run) + "\n"
+    experiments.write_report(Path(args.output), "shift_sweep", text, runs)
+    print(text)
+    return 0
+
+
+def cmd_shift_remove(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from shufflenet.ops import ShiftSparsityRow
+    from shufflenet.train import shift_experiments as experiments
+
+    config = _shift_config(args)
+    output = Path(args.output)
+    if args.ranking:
+        summary_path = Path(args.ranking) / "summary.json"
+        if not summary_path.is_file():
+            raise CliError(f"{summary_path} not found; --ranking takes the directory of a finished run")
+        rows = json.loads(summary_path.read_text()).get("shift_sparsity")
+        if not rows:
+            raise CliError(
+                f"{summary_path} has no shift sparsity; rank with a run of a model with SSL layers"
+            )
+        ranking = [ShiftSparsityRow(**row) for row in rows]
+    else:
+        ranking_run = experiments.lambda_sweep(config, [args.ranking_lambda], output / "ranking")[0]
+        ranking = list(ranking_run.sparsity)
+    runs = experiments.removal_study(config, ranking, args.counts, output)
+    paper = experiments.PAPER_TABLE3_SHIFTRESNET20 if config.model.startswith("shiftresnet20") else None
+    from shufflenet.ops import sparsity_table
+
+    text = (
+        f"# Removing the least important shift layers (seed 004 Tables 2-3): {config.model}, "
+        f"{config.dataset}, {config.epochs} epochs, lambda {config.shift_lambda:g}\n\n"
+        f"Command: `{' '.join(args.command_line)}`\n\n"
+        f"## Ranking (Table 2 format)\n\n{sparsity_table(ranking)}\n\n"
+        f"## Accuracy after removal (Table 3 format)\n\n{experiments.removal_table(runs, paper)}\n"
+    )
+    experiments.write_report(output, "shift_removal", text, runs)
+    print(text)
+    return 0
+
+
+def cmd_shift_sparsity(args: argparse.Namespace) -> int:
+    from shufflenet.ops import shift_sparsity, sparsity_table
+    from shufflenet.train.evaluate import load_for_evaluation
+
+    model, name, _ = load_for_evaluation(args.checkpoint)
+    rows = shift_sparsity(model)
+    if not rows:
+        raise CliError(f"{name} has no shift layers; this report is for SSL / grouped-shift models")
+    print(sparsity_table(rows))
+    return 0
+
+
+def _add_shift_run_options(parser: argparse.ArgumentParser, output: str) -> None:
+    parser.add_argument(
+        "--recipe", default="fashion-mnist-shift", help="recipe name or YAML (default: fashion-mnist-shift)"
+    )
+    parser.add_argument(
+        "--model", help="a model with shift layers (default: the recipe's, shiftresnet20_ssl)"
+    )
+    parser.add_argument("--data-dir", help="dataset folder")
+    parser.add_argument("--epochs", type=int, help="epochs per run (default: the recipe's)")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--output", default=output, help=f"folder for the runs and tables (default: {output})"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_set_option(parser, "override any training setting, e.g. --set shift_norm=l1")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shufflenet",
@@ -630,6 +732,49 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     bt.add_argument("--output", help="folder for train_throughput.md/.csv/.json")
     bt.set_defaults(handler=cmd_bench_train)
+
+    shift = sub.add_parser(
+        "shift",
+        help="the sparse-shift ablations: lambda sweep, shift-layer removal, sparsity report",
+        description="Seed 004's ablations of the Sparse Shift Layer as training runs on any dataset the "
+        "pipeline reads (default recipe: ShiftResNet-20 SSL on Fashion-MNIST, a few epochs).",
+    )
+    shift_sub = shift.add_subparsers(dest="shift_command", metavar="SHIFT", required=True)
+    sweep = shift_sub.add_parser(
+        "sweep",
+        help="Table 1: accuracy and shift sparsity for several shift-loss weights lambda",
+        description="Train once per lambda (seed 004 eq. 4) and write shift_sweep.md/json with accuracy, "
+        "shift sparsity and the per-layer sparsity of every run.",
+    )
+    sweep.add_argument(
+        "--lambdas",
+        type=float,
+        nargs="+",
+        default=[0.0, 1e-4, 4e-4, 5e-4],
+        help="shift-loss weights (default: the paper's 0 1e-4 4e-4 5e-4)",
+    )
+    _add_shift_run_options(sweep, "runs/shift-sweep")
+    sweep.set_defaults(handler=cmd_shift_sweep)
+    remove = shift_sub.add_parser(
+        "remove",
+        help="Tables 2-3: remove the least important shift layers and retrain",
+        description="Rank shift layers by sparsity in a run trained with the shift loss (--ranking RUN_DIR, "
+        "or a new run at --ranking-lambda), then train with the N least important ones replaced by "
+        "identities for each N in --counts. Writes shift_removal.md/json.",
+    )
+    remove.add_argument("--counts", type=int, nargs="+", default=[0, 4, 6, 8, 9], help="layers to remove")
+    remove.add_argument("--ranking", metavar="RUN_DIR", help="a finished run whose sparsity ranks the layers")
+    remove.add_argument(
+        "--ranking-lambda", type=float, default=5e-4, help="lambda of the ranking run (default: 5e-4)"
+    )
+    _add_shift_run_options(remove, "runs/shift-removal")
+    remove.set_defaults(handler=cmd_shift_remove)
+    sparsity = shift_sub.add_parser(
+        "sparsity",
+        help="Table 2 of a trained model: unshifted / total channels per shift layer",
+    )
+    sparsity.add_argument("checkpoint", help="model.safetensors or checkpoint.pt of a run")
+    sparsity.set_defaults(handler=cmd_shift_sparsity)
     return parser
 
 

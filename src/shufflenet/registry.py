@@ -15,14 +15,17 @@ import torch
 import yaml
 
 from shufflenet._validation import state_dict_mismatch
-from shufflenet.models import mobilenet_v1, mobilenet_v2, shufflenet_v1, shufflenet_v2
+from shufflenet.models import fenet, mobilenet_v1, mobilenet_v2, shiftresnet, shufflenet_v1, shufflenet_v2
 from shufflenet.models._base import ClassifierNet, FeatureExtractor
+from shufflenet.ops import remove_shifts
 
 _BUILDERS: dict[str, Callable[..., ClassifierNet]] = {
     **shufflenet_v1.MODEL_BUILDERS,
     **shufflenet_v2.MODEL_BUILDERS,
     **mobilenet_v1.MODEL_BUILDERS,
     **mobilenet_v2.MODEL_BUILDERS,
+    **shiftresnet.MODEL_BUILDERS,
+    **fenet.MODEL_BUILDERS,
 }
 
 
@@ -49,11 +52,13 @@ def create_model(
     """Build a registered model, e.g. ``create_model("shufflenet_v1_g3_x1_0", num_classes=10)``.
 
     ``overrides`` change the builder's arguments (``groups``, ``scale``, ``shuffle``, ``layout``,
-    ``small_input``, ``drop_rate``, ...). ``features_only=True`` returns a :class:`FeatureExtractor`
-    giving the maps at ``out_indices`` (default: all, one per resolution).
+    ``small_input``, ``drop_rate``, ...). ``remove_shifts=[layer names]`` replaces those shift layers by
+    identities (seed 004 Table 3), for any model that has them. ``features_only=True`` returns a
+    :class:`FeatureExtractor` giving the maps at ``out_indices`` (default: all, one per resolution).
     """
     if name not in _BUILDERS:
         raise _unknown_name_error(name)
+    removed_shifts = overrides.pop("remove_shifts", None) or ()
     builder = _BUILDERS[name]
     accepted = inspect.signature(builder.func).parameters
     unknown = sorted(set(overrides) - set(accepted))
@@ -61,6 +66,7 @@ def create_model(
         valid = ", ".join(p for p in accepted if p not in ("num_classes", "in_chans"))
         raise ValueError(f"{name} takes no argument {', '.join(unknown)}; valid overrides: {valid}")
     model = builder(num_classes=num_classes, in_chans=in_chans, **overrides)
+    remove_shifts(model, removed_shifts)
     if features_only:
         return FeatureExtractor(model, out_indices)
     if out_indices is not None:
@@ -70,12 +76,15 @@ def create_model(
 
 @dataclass(frozen=True)
 class ModelCard:
-    """A registered model's figures: ours (params; MFLOPs at 224x224, 1000 classes) beside the paper's."""
+    """A registered model's figures: ours (params and MFLOPs, counted at ``input_size`` squared with
+    ``num_classes`` classes: 224 and 1000 except for CIFAR-native models) beside the paper's."""
 
     name: str
     family: str
     params: int
     mflops: float
+    input_size: int = 224
+    num_classes: int = 1000
     paper_mflops: float | None = None
     paper_params_m: float | None = None
     paper_top1_err: float | None = None

@@ -11,6 +11,9 @@ cheaper operations.
   either runs there explicitly or is folded into the second 1x1 group conv, which becomes a dense conv
   with permuted block-sparse weights. Which is faster depends on the machine and the runtime, so
   ``v1_shuffle="auto"`` times each per stage with the timer the caller runs the model with.
+- Shift units (ShiftResNet, FE-Net; seed 004): each shift layer becomes its inference form, channels
+  grouped by displacement with only the shifted groups moved (in place in eager PyTorch; Slice + Pad +
+  Concat in exports). The grouping permutation is folded into the 1x1 convs on either side of the shift.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from torch import nn
 from shufflenet.blocks import ShuffleV1Unit, ShuffleV2Unit
 from shufflenet.deploy.fold import fold_batchnorm, fold_conv_bn
 from shufflenet.models import ShuffleNetV1, ShuffleNetV2
-from shufflenet.ops import channel_shuffle
+from shufflenet.ops import SHIFT_LAYERS, SegmentShift, channel_shuffle, shift_segments
 
 V1ShuffleForm = Literal["auto", "fold", "explicit", "gather"]
 V1_FORMS = ("fold", "explicit", "gather")
@@ -293,6 +296,22 @@ def _optimize_shufflenet_v1(
     return choices
 
 
+def _deploy_shifts(model: nn.Module) -> None:
+    """Replace every shift layer of a unit declaring ``shift_path = (producer, shift, consumer)`` (a 1x1
+    conv sequence, the shift, a 1x1 conv sequence) by a :class:`SegmentShift` on contiguous channel runs:
+    the producer emits the channels already grouped by displacement and the consumer reads them so."""
+    for unit in list(model.modules()):
+        path = getattr(unit, "shift_path", None)
+        if path is None or not isinstance(getattr(unit, path[1]), SHIFT_LAYERS):
+            continue
+        producer, shift, consumer = (getattr(unit, name) for name in path)
+        order, segments = shift_segments(*shift.displacement())
+        _permute_outputs(producer, order.tolist())
+        _permute_inputs(consumer, order.tolist())
+        # The producer's output feeds only the shift (ReLU made it a fresh tensor): safe to write over.
+        setattr(unit, path[1], SegmentShift(segments, in_place=True))
+
+
 def optimize(
     model: nn.Module,
     *,
@@ -314,6 +333,7 @@ def optimize(
     elif isinstance(deployed, ShuffleNetV1):
         deployed.v1_shuffle_choices = _optimize_shufflenet_v1(deployed, v1_shuffle, example_input, timer)
     fold_batchnorm(deployed)
+    _deploy_shifts(deployed)  # after the BN fold: the permuted producer must end in its conv
     for parameter in deployed.parameters():
         parameter.requires_grad_(False)
     return deployed

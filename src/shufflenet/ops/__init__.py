@@ -1,6 +1,7 @@
 """Tensor operators the papers introduce."""
 
 from shufflenet.ops.shift import (
+    SHIFT_LAYERS,
     GroupedShift,
     SegmentShift,
     ShiftSegment,
@@ -10,6 +11,7 @@ from shufflenet.ops.shift import (
     grouped_offsets,
     integer_shift,
     quantized_shift,
+    remove_shifts,
     shift_layers,
     shift_parameters,
     shift_penalty,
@@ -17,10 +19,12 @@ from shufflenet.ops.shift import (
     shift_slab,
     shift_sparsity,
     sparsity_table,
+    total_sparsity,
 )
 from shufflenet.ops.shuffle import ChannelShuffle, channel_shuffle
 
 __all__ = [
+    "SHIFT_LAYERS",
     "ChannelShuffle",
     "GroupedShift",
     "SegmentShift",
@@ -32,6 +36,7 @@ __all__ = [
     "grouped_offsets",
     "integer_shift",
     "quantized_shift",
+    "remove_shifts",
     "shift_layers",
     "shift_parameters",
     "shift_penalty",
@@ -39,4 +44,5 @@ __all__ = [
     "shift_slab",
     "shift_sparsity",
     "sparsity_table",
+    "total_sparsity",
 ]

@@ -241,9 +241,7 @@ class SegmentShift(nn.Module):
         if order is not None and torch.equal(order, torch.arange(len(order))):
             order = None
         self.register_buffer("order", order, persistent=False)
-        self.register_buffer(
-            "inverse", None if order is None else torch.argsort(order), persistent=False
-        )
+        self.register_buffer("inverse", None if order is None else torch.argsort(order), persistent=False)
 
     @classmethod
     def from_layer(cls, layer: nn.Module, *, in_place: bool = False) -> SegmentShift:
@@ -278,6 +276,19 @@ def shift_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, module
 
 
+def remove_shifts(model: nn.Module, names: Sequence[str]) -> nn.Module:
+    """Replace the named shift layers by identities, in place (seed 004 Table 3: the network without its
+    least important shift layers); returns ``model``."""
+    known = dict(shift_layers(model))
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"no shift layer named {', '.join(unknown)}; this model's: {', '.join(known)}")
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        model.get_submodule(parent_name)._modules[child] = nn.Identity()
+    return model
+
+
 def shift_penalty(model: nn.Module, norm: str = "l1") -> torch.Tensor:
     """Seed 004 eq. 4: ``|alpha|_1 + |beta|_1`` summed over every SSL of ``model`` (``norm="l2"``: the
     squared L2 norms, which section 4.1 found slightly better on CIFAR). Multiply by lambda yourself."""
@@ -295,7 +306,8 @@ def shift_penalty(model: nn.Module, norm: str = "l1") -> torch.Tensor:
 
 def shift_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The SSL displacements of ``model`` (trained with their own schedule: frozen at a chosen epoch)."""
-    return [p for _, layer in shift_layers(model) if isinstance(layer, SparseShift) for p in layer.parameters()]
+    layers = [layer for _, layer in shift_layers(model) if isinstance(layer, SparseShift)]
+    return [parameter for layer in layers for parameter in layer.parameters()]
 
 
 @dataclass(frozen=True)
@@ -320,11 +332,16 @@ def shift_sparsity(model: nn.Module) -> list[ShiftSparsityRow]:
     return rows
 
 
+def total_sparsity(rows: Sequence[ShiftSparsityRow]) -> ShiftSparsityRow:
+    """The whole network's line of Table 2: unshifted and total channels over every shift layer."""
+    return ShiftSparsityRow("total", sum(r.unshifted for r in rows), sum(r.channels for r in rows))
+
+
 def sparsity_table(rows: Sequence[ShiftSparsityRow]) -> str:
     """Seed 004 Table 2 as Markdown: layer, unshifts / channels, shift sparsity, and the total."""
     lines = ["| layer | unshifts / channels | shift sparsity |", "|---|---:|---:|"]
     for row in rows:
         lines.append(f"| {row.layer} | {row.unshifted} / {row.channels} | {100 * row.sparsity:.1f}% |")
-    total = ShiftSparsityRow("total", sum(r.unshifted for r in rows), sum(r.channels for r in rows))
+    total = total_sparsity(rows)
     lines.append(f"| **total** | {total.unshifted} / {total.channels} | {100 * total.sparsity:.1f}% |")
     return "\n".join(lines)

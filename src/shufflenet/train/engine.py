@@ -35,6 +35,7 @@ from shufflenet.data import (
     dataset_info,
     steps_per_epoch,
 )
+from shufflenet.ops import shift_parameters, shift_penalty, shift_sparsity, sparsity_table, total_sparsity
 from shufflenet.profile import profile
 from shufflenet.registry import create_model
 from shufflenet.train.checkpoint import (
@@ -93,12 +94,21 @@ def lr_factor(config: TrainConfig, step: int, total_steps: int, steps_in_epoch: 
 
 def parameter_groups(model: nn.Module, weight_decay: float, decay_bn_and_bias: bool) -> list[dict]:
     """Weight decay on conv and FC weights; on BN parameters and biases too only if asked (the authors'
-    release leaves them out)."""
-    decay, no_decay = [], []
+    release leaves them out). SSL displacements, if any, form a third group without weight decay: their
+    regulariser is the shift penalty, and they can be frozen on their own (seed 004 section 4.1)."""
+    shifts = {id(p) for p in shift_parameters(model)}
+    decay, no_decay, shift = [], [], []
     for parameter in model.parameters():
-        if parameter.requires_grad:
+        if not parameter.requires_grad:
+            continue
+        if id(parameter) in shifts:
+            shift.append(parameter)
+        else:
             (decay if parameter.ndim > 1 or decay_bn_and_bias else no_decay).append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if shift:
+        groups.append({"params": shift, "weight_decay": 0.0})
+    return groups
 
 
 @dataclass
@@ -199,9 +209,20 @@ class Trainer:
             )
         else:
             self.optimizer = torch.optim.AdamW(groups, lr=lr)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(config, step, self.total_steps, self.steps_in_epoch)
-        )
+
+        def factor(step: int) -> float:
+            return lr_factor(config, step, self.total_steps, self.steps_in_epoch)
+
+        def shift_factor(step: int) -> float:
+            # A zero learning rate freezes the displacements without touching requires_grad, which DDP
+            # and resumed runs would not see the same way.
+            frozen = config.freeze_shifts_epoch is not None and (
+                step >= config.freeze_shifts_epoch * self.steps_in_epoch
+            )
+            return 0.0 if frozen else factor(step)
+
+        lambdas = [factor, factor, shift_factor][: len(groups)]
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambdas)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
         self.ema = None
         if config.ema_decay:
@@ -308,6 +329,8 @@ class Trainer:
         with autocast_for(ctx.device, self.amp):
             logits = self.runnable(images)
             loss = nn.functional.cross_entropy(logits, targets, label_smoothing=config.label_smoothing)
+            if config.shift_lambda:
+                loss = loss + config.shift_lambda * shift_penalty(self.model, config.shift_norm)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -420,6 +443,9 @@ class Trainer:
             if self.ema is not None:
                 ema_result = self._evaluate(self.ema.module)
                 row.update(ema_val_top1_err=ema_result.top1_err, ema_val_top5_err=ema_result.top5_err)
+        sparsity = shift_sparsity(self.model)
+        if sparsity:  # seed 004 Table 1's last column: the share of channels no shift moves
+            row["shift_sparsity"] = 100 * total_sparsity(sparsity).sparsity
         row.update(
             images_per_s=images_per_s, elapsed_s=self.position.elapsed + time.monotonic() - self.started
         )
@@ -489,7 +515,15 @@ class Trainer:
             "run_dir": str(self.run_dir),
             "skipped_images": sorted({p for d in self.image_sources for p in getattr(d, "bad_images", [])}),
         }
+        sparsity = shift_sparsity(final_model)
+        if sparsity:
+            summary["shift_sparsity"] = [
+                {"layer": r.layer, "unshifted": r.unshifted, "channels": r.channels} for r in sparsity
+            ]
         if self.ctx.is_main:
+            if sparsity:
+                table = sparsity_table(sparsity) + "\n"
+                atomic_write(self.run_dir / "shift_sparsity.md", lambda f: f.write(table.encode()))
             export_weights(
                 final_model,
                 self.run_dir / "model.safetensors",

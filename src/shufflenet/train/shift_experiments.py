@@ -1,0 +1,156 @@
+"""Seed 004's shift ablations as functions: the lambda sweep (Table 1) and the removal of the least important
+shift layers (Tables 2 and 3), on any dataset the training pipeline reads. Each run is an ordinary training
+run in its own directory; the tables are written as Markdown and JSON beside them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shufflenet._table import markdown_table
+from shufflenet.ops import ShiftSparsityRow, sparsity_table, total_sparsity
+from shufflenet.train.checkpoint import atomic_write
+from shufflenet.train.config import TrainConfig
+from shufflenet.train.engine import train
+
+# Seed 004 Table 1, ShiftResNet-20 (SSL, expansion 6, L2 shift loss): lambda -> CIFAR-10 accuracy and
+# shift sparsity, printed beside ours for orientation (different data, far shorter runs).
+PAPER_TABLE1_SHIFTRESNET20 = {0.0: (91.7, 12.1), 1e-4: (91.1, 66.6), 4e-4: (90.4, 91.7), 5e-4: (89.8, 93.5)}
+# Seed 004 Table 3: removed shift layers -> CIFAR-10 accuracy (ShiftResNet-20 SSL, lambda 0).
+PAPER_TABLE3_SHIFTRESNET20 = {0: 91.7, 4: 91.5, 6: 91.4, 8: 89.4, 9: 81.5}
+
+Trainer = Callable[[TrainConfig], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ShiftRun:
+    """One run of an ablation: its settings, accuracy and per-layer sparsity."""
+
+    shift_lambda: float
+    removed: tuple[str, ...]
+    top1_acc: float
+    sparsity: tuple[ShiftSparsityRow, ...]
+    params: int
+    mflops: float
+    time_s: float
+    run_dir: str
+
+    @property
+    def total_sparsity(self) -> float:
+        return 100 * total_sparsity(self.sparsity).sparsity if self.sparsity else 100.0
+
+
+def _run(config: TrainConfig, trainer: Trainer, **changes: Any) -> ShiftRun:
+    config = dataclasses.replace(config, **changes)
+    summary = trainer(config)
+    rows = tuple(ShiftSparsityRow(**row) for row in summary.get("shift_sparsity", []))
+    return ShiftRun(
+        shift_lambda=config.shift_lambda,
+        removed=tuple(config.model_args.get("remove_shifts", ())),
+        top1_acc=100 - summary["top1_err"],
+        sparsity=rows,
+        params=summary["params"],
+        mflops=summary["mflops"],
+        time_s=summary["time_s"],
+        run_dir=summary["run_dir"],
+    )
+
+
+def lambda_sweep(
+    config: TrainConfig, lambdas: Sequence[float], output: Path, *, trainer: Trainer = train
+) -> list[ShiftRun]:
+    """Train ``config`` once per shift-loss weight lambda (seed 004 eq. 4 and Table 1), each run in
+    ``output/lambda-<value>``; returns the runs in the order given."""
+    if not lambdas:
+        raise ValueError("give at least one lambda, e.g. 0 1e-4 4e-4 5e-4")
+    return [
+        _run(config, trainer, shift_lambda=value, output=str(Path(output) / f"lambda-{value:g}"))
+        for value in lambdas
+    ]
+
+
+def least_important_shift_layers(rows: Sequence[ShiftSparsityRow], count: int) -> list[str]:
+    """The ``count`` shift layers that shift the fewest channels (highest sparsity) in a run trained with
+    the shift loss: the order in which seed 004 section 4.3 removes them (ties keep network order)."""
+    if not 0 <= count <= len(rows):
+        raise ValueError(f"can remove 0 to {len(rows)} shift layers, not {count}")
+    ranked = sorted(range(len(rows)), key=lambda i: -rows[i].sparsity)
+    return [rows[i].layer for i in sorted(ranked[:count])]
+
+
+def removal_study(
+    config: TrainConfig,
+    ranking: Sequence[ShiftSparsityRow],
+    counts: Sequence[int],
+    output: Path,
+    *,
+    trainer: Trainer = train,
+) -> list[ShiftRun]:
+    """Seed 004 Table 3: for each count, train ``config`` with that many of the least important shift
+    layers (by ``ranking``, a Table 2 from a run with the shift loss) replaced by identities."""
+    runs = []
+    for count in counts:
+        removed = least_important_shift_layers(ranking, count)
+        model_args = {**config.model_args, "remove_shifts": removed}
+        runs.append(
+            _run(config, trainer, model_args=model_args, output=str(Path(output) / f"removed-{count}"))
+        )
+    return runs
+
+
+def sweep_table(runs: Sequence[ShiftRun], paper: dict[float, tuple[float, float]] | None = None) -> str:
+    """Table 1 as Markdown: lambda, top-1 accuracy, shift sparsity (and the paper's, when given)."""
+    headers = ["lambda", "top-1 acc %", "shift sparsity %", "params", "MFLOPs", "time (s)"]
+    if paper:
+        headers += ["paper acc %", "paper sparsity %"]
+    body = []
+    for run in runs:
+        row = [
+            f"{run.shift_lambda:g}",
+            f"{run.top1_acc:.2f}",
+            f"{run.total_sparsity:.1f}",
+            f"{run.params:,}",
+            f"{run.mflops:.2f}",
+            f"{run.time_s:.0f}",
+        ]
+        if paper:
+            reference = paper.get(run.shift_lambda)
+            row += [f"{reference[0]}", f"{reference[1]}"] if reference else ["", ""]
+        body.append(row)
+    return markdown_table(headers, body)
+
+
+def removal_table(runs: Sequence[ShiftRun], paper: dict[int, float] | None = None) -> str:
+    """Table 3 as Markdown: removed shift layers, which ones, top-1 accuracy (and the paper's)."""
+    headers = ["removed", "layers removed", "top-1 acc %", "shift sparsity %"]
+    if paper:
+        headers.append("paper acc %")
+    body = []
+    for run in runs:
+        row = [str(len(run.removed)), ", ".join(run.removed) or "-", f"{run.top1_acc:.2f}"]
+        row.append(f"{run.total_sparsity:.1f}")
+        if paper:
+            row.append(str(paper.get(len(run.removed), "")))
+        body.append(row)
+    return markdown_table(headers, body)
+
+
+def write_report(output: Path, name: str, markdown: str, runs: Sequence[ShiftRun]) -> None:
+    """``output/name.md`` and ``output/name.json`` (every run with its per-layer sparsity), atomically."""
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write(output / f"{name}.md", lambda f: f.write(markdown.encode()))
+    records = [
+        {**dataclasses.asdict(run), "total_sparsity": run.total_sparsity, "removed": list(run.removed)}
+        for run in runs
+    ]
+    text = json.dumps(records, indent=2) + "\n"
+    atomic_write(output / f"{name}.json", lambda f: f.write(text.encode()))
+
+
+def layer_table(run: ShiftRun) -> str:
+    """Table 2 for one run: per shift layer, unshifted / total channels and sparsity."""
+    return sparsity_table(run.sparsity)
