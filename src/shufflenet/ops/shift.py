@@ -24,29 +24,42 @@ def integer_shift(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.
     """Shift every channel of an NCHW tensor by its own integer ``(dy[c], dx[c])``, zero fill.
 
     One zero-pad and one gather over the flattened maps, so any mix of displacements costs the same; the
-    gradient with respect to ``x`` is the inverse shift (gather's backward scatters back).
+    gradient with respect to ``x`` is the inverse shift (gather's backward scatters back). A channels_last
+    input gives a channels_last output.
     """
     if x.dim() != 4:
         raise ValueError(f"integer_shift expects an NCHW tensor, got {x.dim()} dimensions")
-    batch, channels, height, width = x.shape
+    channels = x.shape[1]
     if dy.shape != (channels,) or dx.shape != (channels,):
         raise ValueError(
             f"integer_shift needs one displacement per channel ({channels}), "
             f"got dy {tuple(dy.shape)} and dx {tuple(dx.shape)}"
         )
-    # A shift by the whole map or more leaves only zeros, so clamping keeps the padding bounded.
-    dy = dy.to(x.device, torch.long).clamp(-height, height)
-    dx = dx.to(x.device, torch.long).clamp(-width, width)
-    pad_y, pad_x = int(dy.abs().max()), int(dx.abs().max())
-    if pad_y == 0 and pad_x == 0:
-        return x.clone()
-    padded = F.pad(x, (pad_x, pad_x, pad_y, pad_y))
-    padded_width = width + 2 * pad_x
-    rows = torch.arange(height, device=x.device) + pad_y - dy[:, None]
-    cols = torch.arange(width, device=x.device) + pad_x - dx[:, None]
-    index = (rows[:, :, None] * padded_width + cols[:, None, :]).reshape(1, channels, height * width)
-    out = padded.reshape(batch, channels, -1).gather(2, index.expand(batch, -1, -1))
-    return out.view(batch, channels, height, width)
+    return _shifted_window(x, dy, dx, margin=0)
+
+
+def _shifted_window(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, margin: int) -> torch.Tensor:
+    """:func:`integer_shift` computed on a window ``margin`` pixels larger on every side:
+    ``out[i, j] = x[i - margin - dy, j - margin - dx]``, zero where that is outside ``x``."""
+    batch, channels, height, width = x.shape
+    out_height, out_width = height + 2 * margin, width + 2 * margin
+    rows = torch.arange(out_height, device=x.device) - margin - dy.to(x.device, torch.long)[:, None]
+    cols = torch.arange(out_width, device=x.device) - margin - dx.to(x.device, torch.long)[:, None]
+    inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
+    # Gather from the unpadded map (outside positions read a clamped neighbour) and zero them after: one
+    # pass over the data fewer than padding first.
+    source = rows.clamp(0, height - 1)[:, :, None] * width + cols.clamp(0, width - 1)[:, None, :]
+    outside = ~inside
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        # Gather in NHWC order so a channels_last input stays channels_last, with no layout copies.
+        index = source.reshape(channels, -1).t().reshape(1, -1, channels)
+        out = x.permute(0, 2, 3, 1).reshape(batch, -1, channels).gather(1, index.expand(batch, -1, -1))
+        out = out.masked_fill_(outside.reshape(channels, -1).t(), 0)
+        return out.view(batch, out_height, out_width, channels).permute(0, 3, 1, 2)
+    index = source.reshape(1, channels, -1)
+    out = x.reshape(batch, channels, -1).gather(2, index.expand(batch, -1, -1))
+    out = out.masked_fill_(outside.reshape(1, channels, -1), 0)
+    return out.view(batch, channels, out_height, out_width)
 
 
 def _per_channel(values: torch.Tensor) -> torch.Tensor:
@@ -71,6 +84,23 @@ def bilinear_shift(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> 
     )
 
 
+def _neighbour_products(
+    grad: torch.Tensor, x: torch.Tensor, b0: torch.Tensor, a0: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """Per channel ``<grad, shift(x, (b0 + i, a0 + j))>`` for ``i, j`` in ``{0, 1}``: the four integer
+    neighbours the bilinear gradient needs, summed over batch and positions.
+
+    ``x`` shifted by ``(b0, a0)`` on a window one pixel wider than the map puts every neighbour within one
+    pixel, where all nine offsets' products are a depthwise 3x3 conv's weight gradient (an optimised
+    kernel): ``products[c, 0, u, v] = <grad, shift(x, (b0 + 1 - u, a0 + 1 - v))>``."""
+    channels = x.shape[1]
+    window = _shifted_window(x, b0, a0, margin=1)
+    products = torch.nn.grad.conv2d_weight(window, (channels, 1, 3, 3), grad, groups=channels)
+    flat = products.reshape(channels, 9)
+    # (i, j) = (0, 0), (0, 1), (1, 0), (1, 1) sit at (u, v) = (1, 1), (1, 0), (0, 1), (0, 0).
+    return flat[:, 4], flat[:, 3], flat[:, 1], flat[:, 0]
+
+
 class _QuantizedShift(torch.autograd.Function):
     """Forward: the integer shift by the rounded displacement. Backward: the inverse shift for the input;
     for ``alpha``/``beta`` the gradient of :func:`bilinear_shift` at the unrounded displacement (a
@@ -92,12 +122,7 @@ class _QuantizedShift(torch.autograd.Function):
             ta, tb = alpha - alpha_low, beta - beta_low
             a0, b0 = alpha_low.long(), beta_low.long()
 
-            # <grad, shift(x)> per channel for the four integer neighbours; one shifted copy at a time.
-            def inner(dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
-                return (grad * integer_shift(x, dy, dx)).sum((0, 2, 3))
-
-            d00, d01 = inner(b0, a0), inner(b0, a0 + 1)
-            d10, d11 = inner(b0 + 1, a0), inner(b0 + 1, a0 + 1)
+            d00, d01, d10, d11 = _neighbour_products(grad, x, b0, a0)
             grad_alpha = ((1 - tb) * (d01 - d00) + tb * (d11 - d10)).to(alpha.dtype)
             grad_beta = ((1 - ta) * (d10 - d00) + ta * (d11 - d01)).to(beta.dtype)
         return grad_x, grad_alpha, grad_beta
