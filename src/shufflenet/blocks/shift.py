@@ -156,6 +156,34 @@ def _expansion_base(in_channels: int, out_channels: int, expand_from: str) -> in
     raise ValueError(f"expand_from must be 'out' or 'in', got {expand_from!r}")
 
 
+def transition_unit(
+    in_channels: int,
+    out_channels: int,
+    *,
+    stride: int,
+    expansion: int,
+    spatial: str = "ssl",
+    pool: str = "after",
+    expand_from: str = "out",
+    ssl_init: str = "grouped",
+) -> nn.Module:
+    """FE-Net's unit that may change the width: IB-Pool for ``stride=2`` (Fig. 4c), else IB-SSL (Fig. 4a;
+    IB-DW with ``spatial="dw"``). The last unit of every FE-Block and the two units after the stem."""
+    _require_stride(stride)
+    if stride == 2:
+        return PoolBottleneck(
+            in_channels, out_channels, expansion=expansion, pool=pool, expand_from=expand_from
+        )
+    return InvertedBottleneck(
+        in_channels,
+        out_channels,
+        expansion=expansion,
+        spatial=spatial,
+        expand_from=expand_from,
+        ssl_init=ssl_init,
+    )
+
+
 def fe_block_split(channels: int, units: int) -> list[int]:
     """Channel parts of an FE-Block's input (seed 004 Fig. 3): ``G = C / 2^(n-1)`` and the parts
     ``[2^(n-2) G, ..., 2G, G, G]``; unit ``l`` (``l < n``) transforms the last ``2^(l-1) G`` channels."""
@@ -211,20 +239,18 @@ class FEBlock(nn.Module):
             )
             for k in range(units - 1)
         ]
-        if stride == 2:
-            last: nn.Module = PoolBottleneck(
-                in_channels, out_channels, expansion=expansion, pool=pool, expand_from=expand_from
-            )
-        else:
-            last = InvertedBottleneck(
+        layers.append(
+            transition_unit(
                 in_channels,
                 out_channels,
+                stride=stride,
                 expansion=expansion,
                 spatial=spatial,
+                pool=pool,
                 expand_from=expand_from,
                 ssl_init=ssl_init,
             )
-        layers.append(last)
+        )
         self.units = nn.ModuleList(layers)
         self.stride = stride
 

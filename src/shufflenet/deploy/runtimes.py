@@ -3,8 +3,8 @@ PyTorch module, then call with a NumPy batch. Used by export verification and th
 
 ``eager``/``eager_cl``: PyTorch eager (NCHW / channels_last); ``compile``: torch.compile (inductor, with
 freezing for inference); ``ort``: ONNX Runtime on the plain ONNX export; ``openvino``: OpenVINO on the
-same export; ``ours``: our deploy graph (:func:`shufflenet.deploy.optimize`) on the faster of OpenVINO and
-ONNX Runtime, with the ShuffleNet V1 shuffle form chosen by timing that backend itself.
+same export; ``ours``: our deploy graph (:func:`shufflenet.deploy.optimize`) on the fastest of OpenVINO,
+ONNX Runtime and PyTorch, with the ShuffleNet V1 shuffle form chosen by timing that backend itself.
 """
 
 from __future__ import annotations
@@ -130,15 +130,24 @@ def onnx_timer(backend: str = "openvino", threads: int = 1, repeats: int = 30):
 
 
 def _deploy_runner(model: nn.Module, example: torch.Tensor, threads: int, workdir: Path) -> Runner:
-    """Our deploy path: the optimized graph on whichever of OpenVINO and ONNX Runtime runs it faster here
-    (each with the V1 shuffle form timed on that backend); ``runner.backend`` names the one kept."""
-    from shufflenet.deploy.optimize import optimize
+    """Our deploy path: the optimized graph on whichever of OpenVINO, ONNX Runtime and PyTorch (eager,
+    channels_last) runs it fastest here, each with the V1 shuffle form timed on that backend;
+    ``runner.backend`` names the one kept. PyTorch is a candidate for the shift nets: only it runs their
+    shifts in place, moving just the shifted channels, where an exported graph must concatenate."""
+    from shufflenet.deploy.optimize import eager_timer, optimize
 
     best: tuple[float, Runner] | None = None
     batch = example.numpy()
-    for backend, make in ONNX_BACKENDS.items():
-        graph = optimize(model, v1_shuffle="auto", example_input=example, timer=onnx_timer(backend, threads))
-        run = make(export_onnx(graph, workdir / f"ours-{backend}.onnx", example), threads)
+    for backend in (*ONNX_BACKENDS, "torch"):
+        if backend == "torch":
+            graph = optimize(model, v1_shuffle="auto", example_input=example, timer=eager_timer)
+            run = _torch_runner(graph, channels_last=True)
+        else:
+            timer = onnx_timer(backend, threads)
+            graph = optimize(model, v1_shuffle="auto", example_input=example, timer=timer)
+            run = ONNX_BACKENDS[backend](
+                export_onnx(graph, workdir / f"ours-{backend}.onnx", example), threads
+            )
         seconds = median_seconds(lambda run=run: run(batch), warmup=5, repeats=30)[0]
         run.backend = backend
         if best is None or seconds < best[0]:

@@ -39,8 +39,8 @@ from functools import partial
 from torch import nn
 
 from shufflenet._validation import require_positive
-from shufflenet.blocks import ConvBNAct, FEBlock, InvertedBottleneck, PoolBottleneck, make_divisible
-from shufflenet.blocks.shift import POOL_POSITIONS, SPATIAL_OPS
+from shufflenet.blocks import ConvBNAct, FEBlock, make_divisible
+from shufflenet.blocks.shift import POOL_POSITIONS, SPATIAL_OPS, transition_unit
 from shufflenet.models._base import ClassifierNet, TrunkPiece
 
 # Seed 004 Table 4 at 1.0x: a 3x3 stride-2 conv with 16 filters (+ BN, no ReLU), then units as
@@ -112,33 +112,14 @@ class FENet(ClassifierNet):
         ]
         pieces = [TrunkPiece("features.0", base, stem_stride)]
         in_channels = base
+        reading = {"spatial": spatial, "pool": pool, "expand_from": expand_from, "ssl_init": ssl_init}
         for kind, expansion, units, channels, stride in UNITS:
             out_channels = channels // STEM_CHANNELS * base
-            if kind == "ib_ssl":
-                layer: nn.Module = InvertedBottleneck(
-                    in_channels,
-                    out_channels,
-                    expansion=expansion,
-                    spatial=spatial,
-                    expand_from=expand_from,
-                    ssl_init=ssl_init,
-                )
-            elif kind == "ib_pool":
-                layer = PoolBottleneck(
-                    in_channels, out_channels, expansion=expansion, pool=pool, expand_from=expand_from
-                )
+            shape = {"stride": stride, "expansion": expansion, **reading}
+            if kind in ("ib_ssl", "ib_pool"):
+                layer: nn.Module = transition_unit(in_channels, out_channels, **shape)
             else:
-                layer = FEBlock(
-                    in_channels,
-                    out_channels,
-                    units=units,
-                    expansion=expansion,
-                    stride=stride,
-                    spatial=spatial,
-                    pool=pool,
-                    expand_from=expand_from,
-                    ssl_init=ssl_init,
-                )
+                layer = FEBlock(in_channels, out_channels, units=units, **shape)
             layers.append(layer)
             pieces.append(TrunkPiece(f"features.{len(layers) - 1}", out_channels, stride))
             in_channels = out_channels
