@@ -288,6 +288,18 @@ def headline_ratios(cells: Sequence[LatencyCell]) -> list[tuple[str, float | Non
             ">= 1.5",
         )
     )
+    for width in ("x1_0", "x1_375"):
+        for runtime in ("ours", "eager_cl", "openvino"):
+            rows.append(
+                (
+                    f"FE-Net {width} (DW) / FE-Net {width} (SSL), both on {runtime} (SSL speedup, Table 6)",
+                    ratio(
+                        _lookup(cells, f"fenet_dw_{width}", runtime),
+                        _lookup(cells, f"fenet_{width}", runtime),
+                    ),
+                    ">= 1.3 (paper 1.35-1.4)",
+                )
+            )
     return [row for row in rows if row[1] is not None]
 
 

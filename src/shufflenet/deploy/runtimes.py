@@ -148,7 +148,7 @@ def _deploy_runner(model: nn.Module, example: torch.Tensor, threads: int, workdi
             run = ONNX_BACKENDS[backend](
                 export_onnx(graph, workdir / f"ours-{backend}.onnx", example), threads
             )
-        seconds = median_seconds(lambda run=run: run(batch), warmup=5, repeats=30)[0]
+        seconds = median_seconds(lambda run=run: run(batch), warmup=3, repeats=15)[0]
         run.backend = backend
         if best is None or seconds < best[0]:
             best = (seconds, run)
