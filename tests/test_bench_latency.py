@@ -54,6 +54,20 @@ def test_headline_ratios_use_the_faster_runtime_and_the_right_rows():
     assert not any(what.startswith("V1 g3 1x: ours") for what in ratios)  # rows not measured are left out
 
 
+def test_headline_ratios_compare_fenet_with_its_depthwise_twin():
+    cells = [
+        _cell("fenet_dw_x1_0", "ours", 14.0),
+        _cell("fenet_x1_0", "ours", 10.0),
+        _cell("fenet_x1_0[ssl_init=zero]", "ours", 7.0),
+        _cell("fenet_x1_0", "openvino", 12.0),  # no DW cell on openvino: no row
+    ]
+    ratios = {what: value for what, value, _ in headline_ratios(cells)}
+    assert ratios == {
+        "FE-Net x1_0 (DW) / FE-Net x1_0 (SSL, grouped init), both on ours (Table 6)": pytest.approx(1.4),
+        "FE-Net x1_0 (DW) / FE-Net x1_0 (SSL, no shifts), both on ours (Table 6)": pytest.approx(2.0),
+    }
+
+
 def test_one_real_cell_in_a_subprocess_and_an_error_cell():
     cells = latency_benchmark(
         ["shufflenet_v2_x0_5", "no_such_model"],
