@@ -92,28 +92,6 @@ def lr_factor(config: TrainConfig, step: int, total_steps: int, steps_in_epoch: 
     return 1.0
 
 
-def shift_lr_factor(config: TrainConfig, step: int, total_steps: int, steps_in_epoch: int) -> float:
-    """The learning-rate multiplier of the SSL displacements: the schedule's until ``freeze_shifts_epoch``,
-    then 0 (seed 004 section 4.1 stops shift learning part-way to fix the learned pattern)."""
-    if config.freeze_shifts_epoch is not None and step >= config.freeze_shifts_epoch * steps_in_epoch:
-        return 0.0
-    return lr_factor(config, step, total_steps, steps_in_epoch)
-
-
-def base_lr(config: TrainConfig) -> float:
-    """The peak learning rate: ``lr``, scaled linearly with the batch when ``lr_base_batch`` is set."""
-    return config.lr * (config.batch_size / config.lr_base_batch if config.lr_base_batch else 1.0)
-
-
-def shift_lr_sum(config: TrainConfig, total_steps: int, steps_in_epoch: int) -> float:
-    """The displacements' learning rate summed over the run. The L2 shift loss alone shrinks a displacement
-    by about exp(-2 lambda sum), the L1 loss by lambda sum, so lambda times this sum is what makes shift
-    losses of runs of different length comparable."""
-    return base_lr(config) * sum(
-        shift_lr_factor(config, step, total_steps, steps_in_epoch) for step in range(total_steps)
-    )
-
-
 def parameter_groups(model: nn.Module, weight_decay: float, decay_bn_and_bias: bool) -> list[dict]:
     """Weight decay on conv and FC weights; on BN parameters and biases too only if asked (the authors'
     release leaves them out). SSL displacements, if any, form a third group without weight decay: their
@@ -223,7 +201,7 @@ class Trainer:
         if config.sync_bn:
             model = sync_batchnorm(model, ctx)
         self.model = model  # the plain module: what checkpoints and exports hold
-        lr = base_lr(config)
+        lr = config.lr * (config.batch_size / config.lr_base_batch if config.lr_base_batch else 1.0)
         groups = parameter_groups(model, config.weight_decay, config.decay_bn_and_bias)
         if config.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(
@@ -238,7 +216,10 @@ class Trainer:
         def shift_factor(step: int) -> float:
             # A zero learning rate freezes the displacements without touching requires_grad, which DDP
             # and resumed runs would not see the same way.
-            return shift_lr_factor(config, step, self.total_steps, self.steps_in_epoch)
+            frozen = config.freeze_shifts_epoch is not None and (
+                step >= config.freeze_shifts_epoch * self.steps_in_epoch
+            )
+            return 0.0 if frozen else factor(step)
 
         lambdas = [factor, factor, shift_factor][: len(groups)]
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambdas)
@@ -526,7 +507,6 @@ class Trainer:
             "recipe": self.config.recipe,
             "epochs": self.epochs,
             "steps": self.position.step,
-            "steps_per_epoch": self.steps_in_epoch,
             "world_size": self.ctx.world_size,
             "device": str(self.ctx.device),
             "per_class_accuracy": dict(

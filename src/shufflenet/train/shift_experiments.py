@@ -15,17 +15,13 @@ from shufflenet._table import markdown_table
 from shufflenet.ops import ShiftSparsityRow, sparsity_table, total_sparsity
 from shufflenet.train.checkpoint import atomic_write, load_checkpoint
 from shufflenet.train.config import TrainConfig
-from shufflenet.train.engine import CHECKPOINT_NAME, shift_lr_sum, train
+from shufflenet.train.engine import CHECKPOINT_NAME, train
 
 # Seed 004 Table 1, ShiftResNet-20 (SSL, expansion 6, L2 shift loss): lambda -> CIFAR-10 accuracy and
 # shift sparsity, printed beside ours for orientation (different data, far shorter runs).
 PAPER_TABLE1_SHIFTRESNET20 = {0.0: (91.7, 12.1), 1e-4: (91.1, 66.6), 4e-4: (90.4, 91.7), 5e-4: (89.8, 93.5)}
 # Seed 004 Table 3: removed shift layers -> CIFAR-10 accuracy (ShiftResNet-20 SSL, lambda 0).
 PAPER_TABLE3_SHIFTRESNET20 = {0: 91.7, 4: 91.5, 6: 91.4, 8: 89.4, 9: 81.5}
-
-# Seed 004 section 4.1 (ShiftResNet on CIFAR): lr 0.1, divided by 10 at 32k and 48k iterations, shift
-# learning stopped at 48k. The displacements' summed learning rate, to which a run's shift loss is compared.
-PAPER_SHIFT_LR_SUM = 32_000 * 0.1 + 16_000 * 0.01
 
 # Settings that change how a run reports, not what it learns: a finished run differing only here is reused.
 REPORTING_ONLY = ("progress", "log_every", "checkpoint_every")
@@ -45,17 +41,10 @@ class ShiftRun:
     mflops: float
     time_s: float
     run_dir: str
-    shift_lr_sum: float = 0.0
 
     @property
     def total_sparsity(self) -> float:
         return 100 * total_sparsity(self.sparsity).sparsity if self.sparsity else 100.0
-
-    @property
-    def paper_equivalent_lambda(self) -> float:
-        """The lambda that pulls the displacements as hard over seed 004's 64k-iteration CIFAR schedule
-        as ``shift_lambda`` does over this run (equal lambda times summed learning rate)."""
-        return self.shift_lambda * self.shift_lr_sum / PAPER_SHIFT_LR_SUM
 
 
 def finished_summary(config: TrainConfig) -> dict[str, Any] | None:
@@ -80,8 +69,6 @@ def _run(config: TrainConfig, trainer: Trainer, **changes: Any) -> ShiftRun:
     else:
         print(f"{config.run_dir()}: finished with these settings before, reusing it")
     rows = tuple(ShiftSparsityRow(**row) for row in summary.get("shift_sparsity", []))
-    steps = summary.get("steps", 0)
-    steps_per_epoch = summary.get("steps_per_epoch") or max(1, steps // max(1, summary.get("epochs", 1)))
     return ShiftRun(
         shift_lambda=config.shift_lambda,
         removed=tuple(config.model_args.get("remove_shifts", ())),
@@ -91,7 +78,6 @@ def _run(config: TrainConfig, trainer: Trainer, **changes: Any) -> ShiftRun:
         mflops=summary["mflops"],
         time_s=summary["time_s"],
         run_dir=summary["run_dir"],
-        shift_lr_sum=shift_lr_sum(config, steps, steps_per_epoch),
     )
 
 
@@ -138,24 +124,14 @@ def removal_study(
 
 
 def sweep_table(runs: Sequence[ShiftRun], paper: dict[float, tuple[float, float]] | None = None) -> str:
-    """Table 1 as Markdown: lambda, the paper-equivalent lambda, top-1 accuracy, shift sparsity (and the
-    paper's, when given)."""
-    headers = [
-        "lambda",
-        "paper-equivalent",
-        "top-1 acc %",
-        "shift sparsity %",
-        "params",
-        "MFLOPs",
-        "time (s)",
-    ]
+    """Table 1 as Markdown: lambda, top-1 accuracy, shift sparsity (and the paper's, when given)."""
+    headers = ["lambda", "top-1 acc %", "shift sparsity %", "params", "MFLOPs", "time (s)"]
     if paper:
         headers += ["paper acc %", "paper sparsity %"]
     body = []
     for run in runs:
         row = [
             f"{run.shift_lambda:g}",
-            f"{run.paper_equivalent_lambda:.2g}",
             f"{run.top1_acc:.2f}",
             f"{run.total_sparsity:.1f}",
             f"{run.params:,}",
