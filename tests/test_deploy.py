@@ -217,3 +217,13 @@ def test_shift_nets_deploy_with_regrouped_channels_and_export(name, tmp_path):
     assert _max_diff(model, deployed, x) <= 1e-4
     report = export_model(model, tmp_path / name, "onnx", input_size=(28, 28), latency_repeats=1)
     assert report.passed and report.max_abs_diff_random <= 1e-4
+    # The plain model exports too: its shift layers trace as their inference form.
+    plain = export_model(
+        model,
+        tmp_path / f"{name}-plain",
+        "onnx",
+        input_size=(28, 28),
+        optimize_graph=False,
+        latency_repeats=1,
+    )
+    assert plain.passed and plain.max_abs_diff_random <= 1e-4

@@ -136,7 +136,7 @@ def test_shift_sweep_command_writes_the_table(fashion_dir, tmp_path, capsys):
     argv += ["--data-dir", str(fashion_dir), "--no-progress"]
     argv += [f"--set={pair}" for pair in [*TINY_SHIFT[1:5], "download=false", "shift_norm=l1"]]
     assert main(argv) == 0
-    records = json.loads((output / "shift_sweep.json").read_text())
+    records = json.loads((output / "shift_sweep.json").read_text())["runs"]
     assert [r["shift_lambda"] for r in records] == [0.0, 2.0]
     assert records[1]["total_sparsity"] > records[0]["total_sparsity"]
     markdown = (output / "shift_sweep.md").read_text()
@@ -150,8 +150,18 @@ def test_shift_sweep_command_writes_the_table(fashion_dir, tmp_path, capsys):
     assert weights.stat().st_mtime_ns == before
     out = capsys.readouterr().out
     assert out.count("reusing it") == 2 and (output / "lambda-0.5" / "summary.json").is_file()
-    records = json.loads((output / "shift_sweep.json").read_text())
+    records = json.loads((output / "shift_sweep.json").read_text())["runs"]
     assert [r["shift_lambda"] for r in records] == [0.0, 0.5, 2.0]
+    # Table 3 from the sparsest run's ranking: one run per count, the report names what was removed.
+    removal = tmp_path / "removal"
+    argv = ["shift", "remove", "--ranking", str(output / "lambda-2"), "--counts", "0", "1", "--epochs", "1"]
+    argv += ["--output", str(removal), "--data-dir", str(fashion_dir), "--no-progress"]
+    assert main([*argv, *[f"--set={pair}" for pair in [*TINY_SHIFT[1:5], "download=false"]]]) == 0
+    report = json.loads((removal / "shift_removal.json").read_text())
+    assert [len(run["removed"]) for run in report["runs"]] == [0, 1] and report["command"].startswith(
+        "shufflenet"
+    )
+    assert "Accuracy after removal (Table 3 format)" in (removal / "shift_removal.md").read_text()
 
 
 def test_shift_commands_reject_models_without_shifts(tmp_path, capsys):

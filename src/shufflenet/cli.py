@@ -28,7 +28,7 @@ examples:
   shufflenet bench latency                          ours beside eager, compile, ONNX Runtime, OpenVINO
   shufflenet bench guidelines                       ShuffleNet V2 guideline experiments G1-G4
   shufflenet bench train                            training throughput on synthetic batches
-  shufflenet shift sweep --lambdas 0 1e-4 5e-4      sparse shift: accuracy and sparsity per lambda
+  shufflenet shift sweep --lambdas 0 0.005 0.02     sparse shift: accuracy and sparsity per lambda
   shufflenet shift remove --counts 0 4 8 9          retrain without the least important shift layers
 """
 
@@ -409,20 +409,22 @@ def _shift_config(args: argparse.Namespace):
 def cmd_shift_sweep(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from shufflenet.bench.report import environment, environment_markdown
     from shufflenet.train import shift_experiments as experiments
 
     config = _shift_config(args)
     runs = experiments.lambda_sweep(config, args.lambdas, Path(args.output))
+    env = environment(args.command_line)
     paper = experiments.PAPER_TABLE1_SHIFTRESNET20 if config.model.startswith("shiftresnet20") else None
     text = (
         f"# Shift-loss sweep (seed 004 Table 1): {config.model}, {config.dataset}, {config.epochs} epochs, "
         f"{config.shift_norm} shift loss, shifts frozen at epoch {config.freeze_shifts_epoch}\n\n"
-        f"Command: `{' '.join(args.command_line)}`\n\n{experiments.sweep_table(runs, paper)}\n"
+        f"{environment_markdown(env)}\n\n{experiments.sweep_table(runs, paper)}\n"
     )
     for run in runs:
         text += f"\n## Per-layer sparsity, lambda {run.shift_lambda:g} (Table 2 format)\n\n"
         text += experiments.layer_table(run) + "\n"
-    experiments.write_report(Path(args.output), "shift_sweep", text, runs)
+    experiments.write_report(Path(args.output), "shift_sweep", text, runs, env)
     print(text)
     return 0
 
@@ -430,7 +432,8 @@ def cmd_shift_sweep(args: argparse.Namespace) -> int:
 def cmd_shift_remove(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from shufflenet.ops import ShiftSparsityRow
+    from shufflenet.bench.report import environment, environment_markdown
+    from shufflenet.ops import ShiftSparsityRow, sparsity_table
     from shufflenet.train import shift_experiments as experiments
 
     config = _shift_config(args)
@@ -449,17 +452,16 @@ def cmd_shift_remove(args: argparse.Namespace) -> int:
         ranking_run = experiments.lambda_sweep(config, [args.ranking_lambda], output / "ranking")[0]
         ranking = list(ranking_run.sparsity)
     runs = experiments.removal_study(config, ranking, args.counts, output)
+    env = environment(args.command_line)
     paper = experiments.PAPER_TABLE3_SHIFTRESNET20 if config.model.startswith("shiftresnet20") else None
-    from shufflenet.ops import sparsity_table
-
     text = (
         f"# Removing the least important shift layers (seed 004 Tables 2-3): {config.model}, "
         f"{config.dataset}, {config.epochs} epochs, lambda {config.shift_lambda:g}\n\n"
-        f"Command: `{' '.join(args.command_line)}`\n\n"
+        f"{environment_markdown(env)}\n\n"
         f"## Ranking (Table 2 format)\n\n{sparsity_table(ranking)}\n\n"
         f"## Accuracy after removal (Table 3 format)\n\n{experiments.removal_table(runs, paper)}\n"
     )
-    experiments.write_report(output, "shift_removal", text, runs)
+    experiments.write_report(output, "shift_removal", text, runs, env)
     print(text)
     return 0
 

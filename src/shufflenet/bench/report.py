@@ -103,7 +103,8 @@ def write_latency_results(
 ) -> dict[str, Path]:
     """The latency benchmark's record: the table, the acceptance ratios, every cell."""
     ratio_lines = "\n".join(f"- {what}: **{value:.2f}** (target {target})" for what, value, target in ratios)
-    body = f"median ms (p90 ms), batch 1 unless stated\n\n{table}\n\n## Ratios\n\n{ratio_lines}\n"
+    batches = ", ".join(str(size) for size in sorted({cell.batch for cell in cells}))
+    body = f"median ms (p90 ms) per batch of {batches}\n\n{table}\n\n## Ratios\n\n{ratio_lines}\n"
     rows = [{key: value for key, value in asdict(cell).items() if key != "extra"} for cell in cells]
     return write_record(
         folder, "latency", "Latency: ours beside the usual runtimes", body, rows, environment(command)

@@ -160,15 +160,18 @@ def removal_table(runs: Sequence[ShiftRun], paper: dict[int, float] | None = Non
     return markdown_table(headers, body)
 
 
-def write_report(output: Path, name: str, markdown: str, runs: Sequence[ShiftRun]) -> None:
-    """``output/name.md`` and ``output/name.json`` (every run with its per-layer sparsity), atomically."""
+def write_report(
+    output: Path, name: str, markdown: str, runs: Sequence[ShiftRun], context: dict[str, Any] | None = None
+) -> None:
+    """``output/name.md`` and ``output/name.json`` (``context``, e.g. command, date and hardware, and every
+    run with its per-layer sparsity under "runs"), atomically."""
     output.mkdir(parents=True, exist_ok=True)
     atomic_write(output / f"{name}.md", lambda f: f.write(markdown.encode()))
     records = [
         {**dataclasses.asdict(run), "total_sparsity": run.total_sparsity, "removed": list(run.removed)}
         for run in runs
     ]
-    text = json.dumps(records, indent=2) + "\n"
+    text = json.dumps({**(context or {}), "runs": records}, indent=2) + "\n"
     atomic_write(output / f"{name}.json", lambda f: f.write(text.encode()))
 
 
