@@ -410,6 +410,7 @@ def cmd_shift_sweep(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from shufflenet.bench.report import environment, environment_markdown
+    from shufflenet.ops import sparsity_table
     from shufflenet.train import shift_experiments as experiments
 
     config = _shift_config(args)
@@ -423,7 +424,7 @@ def cmd_shift_sweep(args: argparse.Namespace) -> int:
     )
     for run in runs:
         text += f"\n## Per-layer sparsity, lambda {run.shift_lambda:g} (Table 2 format)\n\n"
-        text += experiments.layer_table(run) + "\n"
+        text += sparsity_table(run.sparsity) + "\n"
     experiments.write_report(Path(args.output), "shift_sweep", text, runs, env)
     print(text)
     return 0

@@ -306,8 +306,9 @@ def _deploy_shifts(model: nn.Module) -> None:
             continue
         producer, shift, consumer = (getattr(unit, name) for name in path)
         order, segments = shift_segments(*shift.displacement())
-        _permute_outputs(producer, order.tolist())
-        _permute_inputs(consumer, order.tolist())
+        permutation = order.tolist()
+        _permute_outputs(producer, permutation)
+        _permute_inputs(consumer, permutation)
         # The producer's output feeds only the shift (ReLU made it a fresh tensor): safe to write over.
         setattr(unit, path[1], SegmentShift(segments, in_place=True))
 

@@ -139,12 +139,11 @@ def _deploy_runner(model: nn.Module, example: torch.Tensor, threads: int, workdi
     best: tuple[float, Runner] | None = None
     batch = example.numpy()
     for backend in (*ONNX_BACKENDS, "torch"):
+        timer = eager_timer if backend == "torch" else onnx_timer(backend, threads)
+        graph = optimize(model, v1_shuffle="auto", example_input=example, timer=timer)
         if backend == "torch":
-            graph = optimize(model, v1_shuffle="auto", example_input=example, timer=eager_timer)
             run = _torch_runner(graph, channels_last=True)
         else:
-            timer = onnx_timer(backend, threads)
-            graph = optimize(model, v1_shuffle="auto", example_input=example, timer=timer)
             run = ONNX_BACKENDS[backend](
                 export_onnx(graph, workdir / f"ours-{backend}.onnx", example), threads
             )

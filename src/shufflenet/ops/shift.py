@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shufflenet._table import markdown_table
+
 SHIFT_INITS = ("grouped", "zero")
 PENALTY_NORMS = ("l1", "l2")
 
@@ -388,9 +390,9 @@ def total_sparsity(rows: Sequence[ShiftSparsityRow]) -> ShiftSparsityRow:
 
 def sparsity_table(rows: Sequence[ShiftSparsityRow]) -> str:
     """Seed 004 Table 2 as Markdown: layer, unshifts / channels, shift sparsity, and the total."""
-    lines = ["| layer | unshifts / channels | shift sparsity |", "|---|---:|---:|"]
-    for row in rows:
-        lines.append(f"| {row.layer} | {row.unshifted} / {row.channels} | {100 * row.sparsity:.1f}% |")
     total = total_sparsity(rows)
-    lines.append(f"| **total** | {total.unshifted} / {total.channels} | {100 * total.sparsity:.1f}% |")
-    return "\n".join(lines)
+    body = [
+        [name, f"{row.unshifted} / {row.channels}", f"{100 * row.sparsity:.1f}%"]
+        for name, row in [*((row.layer, row) for row in rows), ("**total**", total)]
+    ]
+    return markdown_table(["layer", "unshifts / channels", "shift sparsity"], body)

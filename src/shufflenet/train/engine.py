@@ -13,7 +13,7 @@ import math
 import random
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -517,9 +517,7 @@ class Trainer:
         }
         sparsity = shift_sparsity(final_model)
         if sparsity:
-            summary["shift_sparsity"] = [
-                {"layer": r.layer, "unshifted": r.unshifted, "channels": r.channels} for r in sparsity
-            ]
+            summary["shift_sparsity"] = [asdict(row) for row in sparsity]
         if self.ctx.is_main:
             if sparsity:
                 table = sparsity_table(sparsity) + "\n"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from shufflenet._table import markdown_table
-from shufflenet.ops import ShiftSparsityRow, sparsity_table, total_sparsity
+from shufflenet.ops import ShiftSparsityRow, total_sparsity
 from shufflenet.train.checkpoint import atomic_write, load_checkpoint
 from shufflenet.train.config import TrainConfig
 from shufflenet.train.engine import CHECKPOINT_NAME, train
@@ -167,14 +167,6 @@ def write_report(
     run with its per-layer sparsity under "runs"), atomically."""
     output.mkdir(parents=True, exist_ok=True)
     atomic_write(output / f"{name}.md", lambda f: f.write(markdown.encode()))
-    records = [
-        {**dataclasses.asdict(run), "total_sparsity": run.total_sparsity, "removed": list(run.removed)}
-        for run in runs
-    ]
+    records = [{**dataclasses.asdict(run), "total_sparsity": run.total_sparsity} for run in runs]
     text = json.dumps({**(context or {}), "runs": records}, indent=2) + "\n"
     atomic_write(output / f"{name}.json", lambda f: f.write(text.encode()))
-
-
-def layer_table(run: ShiftRun) -> str:
-    """Table 2 for one run: per shift layer, unshifted / total channels and sparsity."""
-    return sparsity_table(run.sparsity)
