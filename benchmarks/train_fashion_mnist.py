@@ -1,9 +1,11 @@
 """Train a recipe on Fashion-MNIST and record the result with the command, date, hardware and versions.
 
     python benchmarks/train_fashion_mnist.py --recipe fashion-mnist-quick
-    python benchmarks/train_fashion_mnist.py --recipe fashion-mnist-full --set device=cuda
+    python benchmarks/train_fashion_mnist.py --recipe fashion-mnist-full --set device=cuda --set amp=bf16
+    python benchmarks/train_fashion_mnist.py --recipe fashion-mnist-full --name NAME --resume  # continue
 
-Writes benchmarks/results/<recipe>.md and .json (the run itself goes to runs/bench-<recipe>).
+Writes benchmarks/results/<name>.md and .json (name defaults to the recipe; the run itself goes to
+runs/bench-<name>, so an interrupted run continues with --resume).
 """
 
 from __future__ import annotations
@@ -35,11 +37,14 @@ def main() -> None:
     )
     parser.add_argument("--recipe", default="fashion-mnist-quick")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--name", help="results and run name (default: the recipe's)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in runs/bench-<name>")
     args = parser.parse_args()
-    overrides = {"output": f"runs/bench-{args.recipe}", "progress": False, **parse_overrides(args.set)}
+    name = args.name or args.recipe
+    overrides = {"output": f"runs/bench-{name}", "progress": False, **parse_overrides(args.set)}
     config = load_config(args.recipe, overrides)
     started = datetime.datetime.now(datetime.timezone.utc)
-    summary = train(config)
+    summary = train(config, resume=args.resume)
     device = summary["device"]
     hardware = torch.cuda.get_device_name() if device.startswith("cuda") else cpu_model()
     record = {
@@ -55,7 +60,7 @@ def main() -> None:
         "summary": summary,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.recipe}.json").write_text(json.dumps(record, indent=2) + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
     rows = json.loads((config.run_dir() / "metrics.json").read_text())
     curve = markdown_table(
         ["epoch", "train loss", "train top-1 err %", "val top-1 err %", "images/s", "elapsed"],
@@ -72,7 +77,7 @@ def main() -> None:
         ],
     )
     accuracy = 100 - summary["top1_err"]
-    text = f"""# {args.recipe}: {summary["model"]} on Fashion-MNIST
+    text = f"""# {name}: {summary["model"]} on Fashion-MNIST
 
 - command: `{record["command"]}`
 - date: {record["date"]}
@@ -105,7 +110,7 @@ Per epoch:
 
 {curve}
 """
-    (RESULTS / f"{args.recipe}.md").write_text(text)
+    (RESULTS / f"{name}.md").write_text(text)
     print(text)
 
 

@@ -234,15 +234,45 @@ def test_batched_augmentation_equals_torchvision_per_sample():
     )
     batch = augment_batch(images, params, padding=3, mean=(0.5,), std=(0.25,))
     for i in range(6):
-        dy, dx, flip = params[i].tolist()
+        dy, dx, flip = params[i, :3].tolist()
         expected = F.pad(images[i].float() / 255, [3])[:, dy : dy + 28, dx : dx + 28]
         expected = F.horizontal_flip(expected) if flip else expected
         torch.testing.assert_close(batch[i], F.normalize(expected, [0.5], [0.25]))
     assert params[:, 2].sum() not in (0, 6), "flips should vary between samples"
+    assert not params[:, 3:].any(), "nothing erased unless asked"
     assert torch.equal(torch.stack([dataset[(2, i)][2] for i in range(6)]), params), "same draws again"
     no_flip = SmallImageDataset(base, padding=0, flip=False)
-    assert all(no_flip[(2, i)][2].tolist() == [0, 0, 0] for i in range(6))
+    assert all(no_flip[(2, i)][2].tolist()[:3] == [0, 0, 0] for i in range(6))
     assert torch.equal(
         augment_batch(images[:1], torch.tensor([[0, 0, 0]]), padding=0, mean=(0.0,), std=(1.0,)),
         images[:1].float() / 255,
     )
+
+
+def test_random_erasing_matches_torchvision_erase_with_the_drawn_rectangles():
+    from torchvision.transforms.v2 import functional as F
+
+    from shufflenet.data import SmallImageDataset, augment_batch
+
+    base = TensorDataset(torch.zeros(1))
+    base.data = torch.randint(1, 256, (400, 28, 28), dtype=torch.uint8)
+    base.targets = torch.zeros(400, dtype=torch.long)
+    dataset = SmallImageDataset(base, padding=2, erase=True, seed=3)
+    items = [dataset[(1, i)] for i in range(400)]
+    images = torch.stack([image for image, _, _ in items])
+    params = torch.stack([p for _, _, p in items])
+    top, left, bottom, right = params[:, 3:].T
+    erased = bottom > top
+    assert 0.4 < erased.float().mean() < 0.6, "erasing should happen with probability 1/2"
+    areas = ((bottom - top) * (right - left))[erased].float() / (28 * 28)
+    assert areas.min() >= 0.01 and areas.max() <= 0.45, "erased area should stay within 2-40% (rounded)"
+    assert (bottom <= 28).all() and (right <= 28).all() and (top >= 0).all() and (left >= 0).all()
+    batch = augment_batch(images[:32], params[:32], padding=2, mean=(0.5,), std=(0.25,))
+    plain = augment_batch(images[:32], params[:32, :3], padding=2, mean=(0.5,), std=(0.25,))
+    for i in range(32):
+        top_i, left_i, bottom_i, right_i = params[i, 3:].tolist()
+        height, width = bottom_i - top_i, right_i - left_i
+        expected = F.erase(plain[i], top_i, left_i, height, width, torch.tensor(0.0)) if height else plain[i]
+        torch.testing.assert_close(batch[i], expected)
+    assert torch.equal(torch.stack([dataset[(1, i)][2] for i in range(400)]), params), "same draws again"
+    assert not torch.equal(torch.stack([dataset[(2, i)][2] for i in range(400)]), params), "new each epoch"

@@ -24,7 +24,7 @@ class TrainConfig:
     download: bool = True
     skip_bad_images: bool = False
     image_size: int | None = None  # None: the dataset's native size
-    augment: str = "crop-flip"  # small-image datasets: crop-flip | flip | none
+    augment: str = "crop-flip"  # small-image datasets: crop-flip | crop-flip-erase | flip | none
     train_subset: int | None = None  # first N training samples only (quick experiments, tests)
     val_subset: int | None = None
     epochs: int = 10
@@ -77,7 +77,7 @@ CHOICES = {
     "schedule": ("linear", "cosine", "step", "exponential", "constant"),
     "amp": ("none", "bf16", "fp16"),
     "precision": ("float32", "float64"),
-    "augment": ("crop-flip", "flip", "none"),
+    "augment": ("crop-flip", "crop-flip-erase", "flip", "none"),
     "shift_norm": ("l1", "l2"),
 }
 

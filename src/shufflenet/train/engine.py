@@ -170,8 +170,9 @@ class Trainer:
             # Fashion-MNIST and CIFAR at their own size: batched augmentation (see data.small_images).
             self.train_set = SmallImageDataset(
                 train_base,
-                padding=size // 8 if config.augment == "crop-flip" else 0,
+                padding=size // 8 if config.augment.startswith("crop-flip") else 0,
                 flip=config.augment != "none",
+                erase=config.augment == "crop-flip-erase",
                 seed=config.seed,
                 limit=config.train_subset,
             )
@@ -340,9 +341,10 @@ class Trainer:
             self.ema.update_parameters(self.model)
         with torch.no_grad():
             correct = (logits.argmax(1) == targets).sum()
-            self.accumulators += torch.stack(
-                [loss.detach().double() * targets.numel(), correct.double(), torch.tensor(targets.numel())]
-            ).to(self.accumulators)
+            seen = targets.numel()
+            self.accumulators[0] += loss.detach().double() * seen
+            self.accumulators[1] += correct.double()
+            self.accumulators[2] += seen
         return loss.detach()
 
     def _run_epoch(self, epoch: int) -> float:
