@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from shufflenet.ops import ChannelShuffle, channel_shuffle
+from shufflenet.ops import ChannelShuffle, channel_shuffle, concat_shuffle
 
 
 @pytest.mark.parametrize("groups", [1, 2, 3, 4, 8])
@@ -50,3 +50,28 @@ def test_channel_shuffle_module():
     x = torch.randn(1, 8, 3, 3)
     assert torch.equal(module(x), F.channel_shuffle(x, 4))
     assert "groups=4" in repr(module)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_concat_shuffle_equals_cat_then_shuffle_values_layout_and_gradients(channels_last):
+    x = torch.randn(2, 16, 5, 6)
+    computed = torch.randn(2, 8, 5, 6)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        computed = computed.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    computed.requires_grad_(True)
+    kept = x.chunk(2, dim=1)[0]  # a channel slice, as in a stride-1 ShuffleNet V2 unit
+    out = concat_shuffle(kept, computed)
+    reference = channel_shuffle(torch.cat((kept, computed), dim=1), 2)
+    assert torch.equal(out, reference)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    weights = torch.randn_like(reference)
+    grads = torch.autograd.grad((out * weights).sum(), (x, computed))
+    expected = torch.autograd.grad((reference * weights).sum(), (x, computed))
+    assert all(torch.equal(got, want) for got, want in zip(grads, expected, strict=True))
+
+
+def test_concat_shuffle_rejects_mismatched_halves():
+    with pytest.raises(ValueError, match="two NCHW tensors of one shape"):
+        concat_shuffle(torch.randn(1, 4, 2, 2), torch.randn(1, 6, 2, 2))

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from shufflenet._validation import require_divisible
-from shufflenet.ops import channel_shuffle
+from shufflenet.ops import channel_shuffle, concat_shuffle
 
 Layout = Literal["paper", "torchvision"]
 
@@ -90,7 +90,10 @@ class ShuffleV2Unit(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride == 1:
             kept, transformed = x.chunk(2, dim=1)
-            out = torch.cat((kept, self.branch2(transformed)), dim=1)
+            first, second = kept, self.branch2(transformed)
         else:
-            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+            first, second = self.branch1(x), self.branch2(x)
+        if self.shuffle and first.shape == second.shape:
+            return concat_shuffle(first, second)
+        out = torch.cat((first, second), dim=1)
         return channel_shuffle(out, 2) if self.shuffle else out

@@ -20,7 +20,7 @@ from shufflenet.ops.shift import (
     sparsity_table,
     total_sparsity,
 )
-from shufflenet.ops.shuffle import ChannelShuffle, channel_shuffle
+from shufflenet.ops.shuffle import ChannelShuffle, channel_shuffle, concat_shuffle
 
 __all__ = [
     "SHIFT_LAYERS",
@@ -32,6 +32,7 @@ __all__ = [
     "SparseShift",
     "bilinear_shift",
     "channel_shuffle",
+    "concat_shuffle",
     "grouped_offsets",
     "integer_shift",
     "quantized_shift",

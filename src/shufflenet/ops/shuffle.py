@@ -31,6 +31,27 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     return shuffled.reshape(batch, channels, height, width)
 
 
+def concat_shuffle(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """``channel_shuffle(torch.cat((first, second), 1), 2)`` in one copy instead of two (ShuffleNet V2 Fig. 3:
+    the concat and shuffle that end every unit).
+
+    With two groups the shuffle interleaves the halves, channel ``2k`` from ``first[:, k]`` and ``2k + 1``
+    from ``second[:, k]``, which is a stack along a new innermost channel axis. The stack is written in
+    ``second``'s layout (``first`` is often a channel slice, contiguous in neither), so channels_last stays
+    channels_last; autograd splits the gradient back with views.
+    """
+    if first.shape != second.shape or first.dim() != 4:
+        raise ValueError(
+            f"concat_shuffle expects two NCHW tensors of one shape, got {tuple(first.shape)} and "
+            f"{tuple(second.shape)}"
+        )
+    batch, channels, height, width = first.shape
+    if second.is_contiguous(memory_format=torch.channels_last) and not second.is_contiguous():
+        nhwc = torch.stack((first.permute(0, 2, 3, 1), second.permute(0, 2, 3, 1)), dim=4)
+        return nhwc.reshape(batch, height, width, 2 * channels).permute(0, 3, 1, 2)
+    return torch.stack((first, second), dim=2).reshape(batch, 2 * channels, height, width)
+
+
 class ChannelShuffle(nn.Module):
     """Module form of :func:`channel_shuffle`, so profilers and graph rewrites can see it."""
 
