@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shufflenet._table import markdown_table
+from shufflenet.ops._layout import is_channels_last
 
 SHIFT_INITS = ("grouped", "zero")
 PENALTY_NORMS = ("l1", "l2")
@@ -52,7 +53,7 @@ def _shifted_window(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, margin:
     # pass over the data fewer than padding first.
     source = rows.clamp(0, height - 1)[:, :, None] * width + cols.clamp(0, width - 1)[:, None, :]
     outside = ~inside
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+    if is_channels_last(x):
         # Gather in NHWC order so a channels_last input stays channels_last, with no layout copies.
         index = source.reshape(channels, -1).t().reshape(1, -1, channels)
         out = x.permute(0, 2, 3, 1).reshape(batch, -1, channels).gather(1, index.expand(batch, -1, -1))

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from shufflenet._validation import require_divisible
+from shufflenet.ops._layout import is_channels_last
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -23,7 +24,7 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     if groups == 1:
         return x
     per_group = channels // groups
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+    if is_channels_last(x):
         nhwc = x.permute(0, 2, 3, 1)
         shuffled = nhwc.reshape(batch, height, width, groups, per_group).transpose(3, 4)
         return shuffled.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
@@ -46,7 +47,7 @@ def concat_shuffle(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
             f"{tuple(second.shape)}"
         )
     batch, channels, height, width = first.shape
-    if second.is_contiguous(memory_format=torch.channels_last) and not second.is_contiguous():
+    if is_channels_last(second):
         nhwc = torch.stack((first.permute(0, 2, 3, 1), second.permute(0, 2, 3, 1)), dim=4)
         return nhwc.reshape(batch, height, width, 2 * channels).permute(0, 3, 1, 2)
     return torch.stack((first, second), dim=2).reshape(batch, 2 * channels, height, width)
