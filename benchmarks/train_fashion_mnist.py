@@ -50,7 +50,10 @@ def main() -> None:
     record = {
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "date": started.isoformat(timespec="seconds"),
-        "hardware": f"{hardware}; {os.cpu_count()} CPU cores; torch threads {torch.get_num_threads()}",
+        "hardware": (
+            f"{hardware}; {os.cpu_count()} CPU cores; {summary['world_size']} process(es) x "
+            f"{summary.get('threads_per_process', torch.get_num_threads())} torch thread(s)"
+        ),
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,

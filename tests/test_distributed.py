@@ -1,5 +1,9 @@
 import os
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +21,8 @@ from shufflenet.train.distributed import (
     cleanup_distributed,
     convert_sync_batchnorm,
     init_distributed,
+    local_process_count,
+    run_local_processes,
     sync_batchnorm,
 )
 
@@ -229,3 +235,93 @@ def test_cross_rank_batchnorm_matches_global_batchnorm(tmp_path):
         assert helpers["mean"] == 0.5
         assert torch.equal(helpers["sum"], torch.tensor([3, 20]))
         assert helpers["broadcast"] == {"from": 0}, rank
+
+
+def _rank_report(tag: str) -> dict:
+    ctx = init_distributed("cpu")
+    try:
+        total = all_reduce_sum(torch.tensor([ctx.rank + 1.0]), ctx)
+        return {"tag": tag, "rank": ctx.rank, "world": ctx.world_size, "sum": total.item(),
+                "threads": torch.get_num_threads()}  # fmt: skip
+    finally:
+        cleanup_distributed(ctx)
+
+
+def _fail_on_rank_one() -> str:
+    if os.environ["RANK"] == "1":
+        raise ValueError("rank one failed")
+    return "rank zero"
+
+
+def _die_on_rank_one() -> str:
+    if os.environ["RANK"] == "1":
+        os._exit(3)
+    return "rank zero"
+
+
+def test_local_processes_form_a_group_and_return_rank_zeros_result(no_torchrun_env):
+    report = run_local_processes(_rank_report, ("x",), 2)
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert report == {"tag": "x", "rank": 0, "world": 2, "sum": 3.0, "threads": threads}
+
+
+def test_local_processes_reraise_a_failure_or_a_silent_death(no_torchrun_env):
+    with pytest.raises(ValueError, match="rank one failed"):
+        run_local_processes(_fail_on_rank_one, (), 2)
+    with pytest.raises(RuntimeError, match=r"died without reporting .*\{1: 3\}"):
+        run_local_processes(_die_on_rank_one, (), 2)
+
+
+def test_local_process_count(no_torchrun_env, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert local_process_count(1, "cpu", 128) == 1
+    assert local_process_count(2, "cpu", 128) == 2
+    assert local_process_count(8, "cpu", 128) == 4, "at most one process per core"
+    assert local_process_count(4, "cpu", 6) == 3, "a count that splits the batch evenly"
+    assert local_process_count(2, "cpu", 5) == 1
+    with pytest.raises(ValueError, match="cpu_processes must be 1 or more"):
+        local_process_count(0, "cpu", 128)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert local_process_count(2, "cpu", 128) == 1, "under torchrun the processes already exist"
+
+
+DRIVER = """
+import os, sys, time
+from pathlib import Path
+from shufflenet.train.distributed import run_local_processes
+
+def sleeper(folder):
+    Path(folder, f"{os.environ['RANK']}.pid").write_text(str(os.getpid()))
+    time.sleep(120)
+
+if __name__ == "__main__":
+    run_local_processes(sleeper, (sys.argv[1],), 2)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux only")
+def test_local_processes_die_with_a_killed_parent(tmp_path, no_torchrun_env):
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    parent = subprocess.Popen([sys.executable, str(driver), str(tmp_path)])
+    pid_files = [tmp_path / "0.pid", tmp_path / "1.pid"]
+    deadline = time.monotonic() + 60
+    while not all(f.exists() and f.read_text() for f in pid_files) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    children = [int(f.read_text()) for f in pid_files]
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in children), "workers outlived their killed parent"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it is dead for our purpose.
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "zombie" not in status.read_text()

@@ -70,6 +70,13 @@ def test_concat_shuffle_equals_cat_then_shuffle_values_layout_and_gradients(chan
     grads = torch.autograd.grad((out * weights).sum(), (x, computed))
     expected = torch.autograd.grad((reference * weights).sum(), (x, computed))
     assert all(torch.equal(got, want) for got, want in zip(grads, expected, strict=True))
+    # The branch's gradient is dense in its layout, not a stride-2 view (what makes its backward fast).
+    seen = []
+    branch = computed * 1.0
+    branch.register_hook(seen.append)
+    torch.autograd.grad((concat_shuffle(kept, branch) * weights).sum(), (x, computed))
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert seen[0].is_contiguous(memory_format=layout)
 
 
 def test_concat_shuffle_rejects_mismatched_halves():

@@ -32,6 +32,7 @@ TINY = [
     "progress=false",
     "download=false",
     "deterministic=true",
+    "cpu_processes=1",  # one process unless a test asks for more (the quick recipe uses 2)
     "eval_every=1",
     "augment=crop-flip",
 ]
@@ -198,7 +199,7 @@ def test_ctrl_c_saves_a_checkpoint_first(fashion_dir, tmp_path):
     assert load_checkpoint(run / "checkpoint.pt")["step"] == 12
 
 
-def test_torchrun_two_processes_match_one(fashion_dir, tmp_path):
+def test_torchrun_and_local_processes_match_one(fashion_dir, tmp_path):
     # float64: a freshly initialised net on random pixels is so ill-conditioned that a rounding difference
     # grows about 1e7-fold over these 12 steps, so float32's different summation order (2 x 8 samples
     # against 16) ends 0.1 apart while float64's 1e-16 ends near 1e-8: the same computation either way.
@@ -219,13 +220,19 @@ def test_torchrun_two_processes_match_one(fashion_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(torchrun, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    expected, got = load_file(single / "model.safetensors"), load_file(double / "model.safetensors")
-    for key in expected:
-        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-5, msg=key)
-    one, two = metrics_without_timing(single), metrics_without_timing(double)
-    for row_one, row_two in zip(one, two, strict=True):
-        for key in ("train_loss", "val_loss", "val_top1_err"):
-            assert row_two[key] == pytest.approx(row_one[key], abs=1e-4)
+    # The same two processes started by the engine itself (cpu_processes) instead of torchrun.
+    local = tmp_path / "local"
+    cli(*train_args(fashion_dir, local, *args, "cpu_processes=2"))
+    assert json.loads((local / "summary.json").read_text())["world_size"] == 2
+    expected = load_file(single / "model.safetensors")
+    for run in (double, local):
+        got = load_file(run / "model.safetensors")
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-5, msg=f"{run.name}: {key}")
+        one, two = metrics_without_timing(single), metrics_without_timing(run)
+        for row_one, row_two in zip(one, two, strict=True):
+            for key in ("train_loss", "val_loss", "val_top1_err"):
+                assert row_two[key] == pytest.approx(row_one[key], abs=1e-4)
 
 
 class Payload:

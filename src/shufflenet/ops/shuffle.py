@@ -46,11 +46,37 @@ def concat_shuffle(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
             f"concat_shuffle expects two NCHW tensors of one shape, got {tuple(first.shape)} and "
             f"{tuple(second.shape)}"
         )
+    if torch.is_grad_enabled() and (first.requires_grad or second.requires_grad):
+        return _ConcatShuffle.apply(first, second)
+    return _interleave(first, second)
+
+
+def _interleave(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     batch, channels, height, width = first.shape
     if is_channels_last(second):
         nhwc = torch.stack((first.permute(0, 2, 3, 1), second.permute(0, 2, 3, 1)), dim=4)
         return nhwc.reshape(batch, height, width, 2 * channels).permute(0, 3, 1, 2)
     return torch.stack((first, second), dim=2).reshape(batch, 2 * channels, height, width)
+
+
+class _ConcatShuffle(torch.autograd.Function):
+    """:func:`concat_shuffle` whose backward hands each input a dense gradient. Autograd's own backward of
+    the stack gives stride-2 views of the output's gradient, and every operator after them (the branch's
+    last ReLU, the split's concat) then runs its slow strided path: de-interleaving once, densely, made a
+    ShuffleNet V2 0.5x training step (batch 64, 28x28, channels_last, 1 CPU thread) ~8% faster."""
+
+    @staticmethod
+    def forward(ctx, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        return _interleave(first, second)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, channels, height, width = grad.shape
+        if is_channels_last(grad):
+            pairs = grad.permute(0, 2, 3, 1).reshape(batch, height, width, channels // 2, 2)
+            return tuple(pairs[..., k].contiguous().permute(0, 3, 1, 2) for k in (0, 1))
+        pairs = grad.reshape(batch, channels // 2, 2, height, width)
+        return tuple(pairs[:, :, k].contiguous() for k in (0, 1))
 
 
 class ChannelShuffle(nn.Module):

@@ -55,6 +55,7 @@ class TrainConfig:
     sync_bn: bool = False
     deterministic: bool = False
     device: str | None = None
+    cpu_processes: int = 1  # on CPU (outside torchrun): data-parallel single-threaded local processes
     num_workers: int = 0
     seed: int = 0
     eval_every: int = 1  # epochs

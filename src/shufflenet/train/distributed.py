@@ -3,7 +3,15 @@ ranks that also works on gloo (CPU), where torch's own ``nn.SyncBatchNorm`` refu
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
+import multiprocessing
 import os
+import queue
+import signal
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -103,6 +111,106 @@ def cleanup_distributed(ctx: DistributedContext) -> None:
     """Destroy the process group created by :func:`init_distributed`, if any."""
     if ctx.backend is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def local_process_count(requested: int, device: str | None, global_batch: int) -> int:
+    """How many local processes to train in: ``requested``, but at most one per CPU core and a count that
+    divides ``global_batch``; 1 when the job already runs under torchrun or trains on CUDA, where one
+    process per GPU is the rule."""
+    if requested < 1:
+        raise ValueError(f"cpu_processes must be 1 or more, got {requested}")
+    if _env_int("WORLD_SIZE", 1) > 1 or _resolve_device(device, 0).type != "cpu":
+        return 1
+    processes = max(1, min(requested, os.cpu_count() or 1))
+    while global_batch % processes:
+        processes -= 1
+    return processes
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    # A parent killed outright (SIGKILL) must not leave its workers training on, and writing checkpoints,
+    # behind it: Linux ends them with it (prctl PR_SET_PDEATHSIG). Other systems have no such call; there
+    # the workers run to the end of the job.
+    with contextlib.suppress(AttributeError, OSError):
+        ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).prctl(1, signal.SIGKILL)
+
+
+def _local_worker(rank: int, world_size: int, port: int, threads: int, fn: Callable, args: tuple, results):
+    _die_with_parent()
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+    )
+    torch.set_num_threads(threads)
+    try:
+        results.put((rank, True, fn(*args)))
+    except BaseException as error:  # KeyboardInterrupt too: the parent re-raises it
+        results.put((rank, False, error))
+
+
+def run_local_processes(fn: Callable[..., T], args: tuple, processes: int) -> T:
+    """Run ``fn(*args)`` in ``processes`` local processes that form a gloo process group, as torchrun would,
+    each with an equal share of the CPU threads; return rank 0's result or re-raise the first failure.
+
+    For small networks on a few CPU cores, data parallelism over single-threaded processes outruns one
+    process whose every small operator is split across threads (ShuffleNet V2 0.5x on Fashion-MNIST, 2
+    cores: ~27% more images/s). ``fn`` must be importable (the processes are spawned, not forked).
+    """
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    port, threads = _free_port(), max(1, (os.cpu_count() or 1) // processes)
+    workers = [
+        context.Process(target=_local_worker, args=(rank, processes, port, threads, fn, args, results))
+        for rank in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    outcomes: dict[int, tuple[bool, Any]] = {}
+    try:
+        while len(outcomes) < processes:
+            try:
+                rank, ok, value = results.get(timeout=0.5)
+                outcomes[rank] = (ok, value)
+            except queue.Empty:
+                pass
+            except KeyboardInterrupt:
+                continue  # Ctrl-C reached the workers too: wait for them to save and report
+            dead = [w for rank, w in enumerate(workers) if rank not in outcomes and w.exitcode is not None]
+            failed = any(not ok for ok, _ in outcomes.values())
+            if dead or failed:
+                # The others would wait forever in their next collective: give them a moment, then stop them.
+                for worker in workers:
+                    worker.join(timeout=5)
+                    if worker.is_alive():
+                        worker.terminate()
+                while True:
+                    try:
+                        rank, ok, value = results.get_nowait()
+                        outcomes[rank] = (ok, value)
+                    except queue.Empty:
+                        break
+                break
+    finally:
+        for worker in workers:
+            worker.join(timeout=30)
+            if worker.is_alive():
+                worker.kill()
+    failures = sorted((rank, value) for rank, (ok, value) in outcomes.items() if not ok)
+    if failures:
+        raise failures[0][1]
+    missing = {rank: worker.exitcode for rank, worker in enumerate(workers) if rank not in outcomes}
+    if missing:
+        raise RuntimeError(f"a local training process died without reporting (exit code by rank: {missing})")
+    return outcomes[0][1]
 
 
 # --- metric reductions ---------------------------------------------------------------------------------

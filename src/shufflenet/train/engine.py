@@ -52,6 +52,8 @@ from shufflenet.train.distributed import (
     all_reduce_sum,
     cleanup_distributed,
     init_distributed,
+    local_process_count,
+    run_local_processes,
     sync_batchnorm,
 )
 from shufflenet.train.evaluate import EvalResult, autocast_for, evaluate_model
@@ -510,6 +512,7 @@ class Trainer:
             "epochs": self.epochs,
             "steps": self.position.step,
             "world_size": self.ctx.world_size,
+            "threads_per_process": torch.get_num_threads(),
             "device": str(self.ctx.device),
             "per_class_accuracy": dict(
                 zip(self.class_names or range(self.num_classes), result.per_class_accuracy(), strict=False)
@@ -567,7 +570,17 @@ class Trainer:
 
 def train(config: TrainConfig, *, resume: str | Path | bool = False) -> dict[str, Any]:
     """Run ``config`` to the end (or continue the run in its directory with ``resume=True``, or from a
-    checkpoint path) and return the summary: params, MFLOPs, top-1/top-5 error, time, images/s."""
+    checkpoint path) and return the summary: params, MFLOPs, top-1/top-5 error, time, images/s.
+
+    On CPU, ``config.cpu_processes > 1`` trains data-parallel in that many local processes (see
+    :func:`run_local_processes`); the global batch and the result are those of torchrun with as many."""
+    processes = local_process_count(config.cpu_processes, config.device, config.batch_size)
+    if processes > 1:
+        return run_local_processes(_train_in_this_process, (config, resume), processes)
+    return _train_in_this_process(config, resume)
+
+
+def _train_in_this_process(config: TrainConfig, resume: str | Path | bool) -> dict[str, Any]:
     ctx = init_distributed(config.device)
     try:
         return Trainer(config, ctx, resume).run()
