@@ -1,5 +1,4 @@
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -7,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch import nn
 
 from conftest import randomize_batchnorm
@@ -177,16 +175,9 @@ def _step(net: nn.Sequential, x: torch.Tensor, loss_weights: torch.Tensor) -> di
     return result
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(WORLD_SIZE),
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
+def _worker(out_dir: str) -> None:
     ctx = init_distributed("cpu")
+    rank = ctx.rank
     try:
         x, loss_weights = _data()
         results = {}
@@ -204,14 +195,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         cleanup_distributed(ctx)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_cross_rank_batchnorm_matches_global_batchnorm(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+    run_local_processes(_worker, (str(tmp_path),), WORLD_SIZE)
     ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in range(WORLD_SIZE)]
 
     x, loss_weights = _data()
