@@ -52,7 +52,7 @@ def main() -> None:
         "date": started.isoformat(timespec="seconds"),
         "hardware": (
             f"{hardware}; {os.cpu_count()} CPU cores; {summary['world_size']} process(es) x "
-            f"{summary.get('threads_per_process', torch.get_num_threads())} torch thread(s)"
+            f"{summary['threads_per_process']} torch thread(s)"
         ),
         "versions": {
             "python": platform.python_version(),

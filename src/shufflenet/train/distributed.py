@@ -175,13 +175,16 @@ def run_local_processes(fn: Callable[..., T], args: tuple, processes: int) -> T:
     for worker in workers:
         worker.start()
     outcomes: dict[int, tuple[bool, Any]] = {}
+    stopped = False  # every worker has ended; what is still queued is read, then the loop ends
     try:
         while len(outcomes) < processes:
             try:
                 rank, ok, value = results.get(timeout=0.5)
                 outcomes[rank] = (ok, value)
+                continue
             except queue.Empty:
-                pass
+                if stopped:
+                    break
             except KeyboardInterrupt:
                 continue  # Ctrl-C reached the workers too: wait for them to save and report
             dead = [w for rank, w in enumerate(workers) if rank not in outcomes and w.exitcode is not None]
@@ -196,13 +199,7 @@ def run_local_processes(fn: Callable[..., T], args: tuple, processes: int) -> T:
                     worker.join(timeout=grace)
                     if worker.is_alive():
                         worker.terminate()
-                while True:
-                    try:
-                        rank, ok, value = results.get_nowait()
-                        outcomes[rank] = (ok, value)
-                    except queue.Empty:
-                        break
-                break
+                stopped = True
     finally:
         for worker in workers:
             worker.join(timeout=30)
