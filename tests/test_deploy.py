@@ -1,4 +1,6 @@
+import copy
 import importlib
+import itertools
 from pathlib import Path
 
 import pytest
@@ -8,9 +10,10 @@ from torch import nn
 from conftest import randomize_batchnorm
 from shufflenet import create_model, list_models
 from shufflenet._testing import trained_looking
+from shufflenet.blocks import ShuffleV2Unit
 from shufflenet.deploy import fold_conv_bn, optimize
 from shufflenet.deploy.export import ExportError, export_model
-from shufflenet.deploy.optimize import DeployShuffleV1Unit, DeployShuffleV2Unit
+from shufflenet.deploy.optimize import ZERO, DeployShuffleV1Unit, DeployShuffleV2Unit
 from shufflenet.ops import SegmentShift, SparseShift
 
 optimize_module = importlib.import_module("shufflenet.deploy.optimize")
@@ -87,6 +90,64 @@ def test_v2_deploy_runs_no_shuffle_and_reads_contiguous_slices(monkeypatch):
     monkeypatch.undo()
     with torch.inference_mode():
         assert (model(x) - expected).abs().max() < 1e-4
+
+
+def _trunk_convs(model: nn.Module) -> list[nn.Conv2d]:
+    """Every conv after the stem (whose input is the image)."""
+    modules = model.named_modules()
+    return [m for name, m in modules if isinstance(m, nn.Conv2d) and not name.startswith("conv1")]
+
+
+# Half widths 58/116 (x1_0) and 122/244 (x2_0) are not multiples of 4 or 8; x0_5's are.
+PADDED_CASES = [
+    ("shufflenet_v2_x1_0", {}),
+    ("shufflenet_v2_x1_0", {"layout": "torchvision"}),
+    ("shufflenet_v2_x1_0", {"shuffle": False}),
+    ("shufflenet_v2_x2_0", {}),
+    ("shufflenet_v2_x0_5", {}),
+]
+
+
+@pytest.mark.parametrize(("name", "args"), PADDED_CASES)
+def test_v2_channel_padding_aligns_every_conv_and_keeps_outputs(name, args):
+    model = _trained_looking(create_model(name, num_classes=10, **args))
+    deployed = optimize(model, channel_multiple=4)
+    assert _max_diff(model, deployed, torch.randn(2, 3, 64, 64)) < 1e-4
+    # ONNX Runtime's NCHWc kernels need input widths that are multiples of 4 (depthwise: padded to 8).
+    for conv in _trunk_convs(deployed):
+        assert conv.in_channels % (8 if conv.groups > 1 else 4) == 0, conv
+    units = [m for m in deployed.modules() if isinstance(m, DeployShuffleV2Unit)]
+    originals = [m for m in model.modules() if isinstance(m, ShuffleV2Unit)]
+    for unit, original in zip(units, originals, strict=True):
+        if unit.branch1 is not None:
+            continue
+        # One transformed slice, disjoint from the kept ones and with them covering the input (ONNX
+        # Runtime fuses them into one Split); the kept ones hold just the real half: no zero channels.
+        start, stop = unit.transformed
+        assert stop - start == unit.branch2[0].in_channels
+        pieces = sorted([*unit.pieces_before, unit.transformed, *unit.pieces_after])
+        assert pieces[0][0] == 0 and all(a[1] == b[0] for a, b in itertools.pairwise(pieces))
+        kept = sum(b - a for a, b in [*unit.pieces_before, *unit.pieces_after])
+        assert kept == original.branch2[0].in_channels
+    unpadded = optimize(model, channel_multiple=1)
+    shapes = [conv.weight.shape for conv in _trunk_convs(unpadded)]
+    assert shapes == [conv.weight.shape for conv in _trunk_convs(model)]  # 1: today's graph, unpadded
+
+
+def test_permuted_inputs_and_outputs_widen_for_zero_channels():
+    order = [2, ZERO, 0, 4, 1, 3, ZERO, ZERO]  # ZERO: an all-zero channel, read with zero weights
+    x = torch.randn(2, 5, 6, 6)
+    padded = torch.cat((x, torch.zeros(2, 1, 6, 6)), 1)[:, [c if c != ZERO else 5 for c in order]]
+    for first in (nn.Conv2d(5, 5, 3, padding=1, groups=5), nn.Conv2d(5, 5, 1)):
+        sequence = nn.Sequential(first, nn.ReLU(), nn.Conv2d(5, 3, 1)).eval()
+        permuted = copy.deepcopy(sequence)
+        optimize_module._permute_inputs(permuted, order)
+        assert permuted[0].in_channels == 8
+        assert torch.allclose(permuted(padded), sequence(x), atol=1e-6)
+        optimize_module._permute_outputs(permuted, [1, ZERO, 0, 2])
+        out = permuted(padded)
+        assert torch.equal(out[:, 1], torch.zeros_like(out[:, 1]))
+        assert torch.allclose(out[:, [0, 2, 3]], sequence(x)[:, [1, 0, 2]], atol=1e-6)
 
 
 def test_v1_fold_has_no_shuffle_and_explicit_shuffles_after_the_stride():
