@@ -3,8 +3,9 @@ PyTorch module, then call with a NumPy batch. Used by export verification and th
 
 ``eager``/``eager_cl``: PyTorch eager (NCHW / channels_last); ``compile``: torch.compile (inductor, with
 freezing for inference); ``ort``: ONNX Runtime on the plain ONNX export; ``openvino``: OpenVINO on the
-same export; ``ours``: our deploy graph (:func:`shufflenet.deploy.optimize`) on the fastest of OpenVINO,
-ONNX Runtime and PyTorch, with the ShuffleNet V1 shuffle form chosen by timing that backend itself.
+same export; ``ours``: our deploy path, the fastest here of our C engine (:mod:`shufflenet.deploy.engine`,
+ShuffleNet V1/V2 on one thread) and our deploy graph (:func:`shufflenet.deploy.optimize`) on OpenVINO,
+ONNX Runtime or PyTorch, with the ShuffleNet V1 shuffle form chosen by timing that backend itself.
 """
 
 from __future__ import annotations
@@ -130,28 +131,47 @@ def onnx_timer(backend: str = "openvino", threads: int = 1, repeats: int = 30):
 
 
 def _deploy_runner(model: nn.Module, example: torch.Tensor, threads: int, workdir: Path) -> Runner:
-    """Our deploy path: the optimized graph on whichever of OpenVINO, ONNX Runtime and PyTorch (eager,
-    channels_last) runs it fastest here, each with the V1 shuffle form timed on that backend;
-    ``runner.backend`` names the one kept. PyTorch is a candidate for the shift nets: only it runs their
-    shifts in place, moving just the shifted channels, where an exported graph must concatenate."""
+    """Our deploy path: our C engine (ShuffleNet V1/V2, one thread, AVX2) or the optimized graph on
+    whichever of OpenVINO, ONNX Runtime and PyTorch (eager, channels_last) runs it fastest here, each with
+    the V1 shuffle form timed on that backend; ``runner.backend`` names the one kept. PyTorch is a
+    candidate for the shift nets: only it runs their shifts in place, moving just the shifted channels,
+    where an exported graph must concatenate."""
     from shufflenet.deploy.optimize import eager_timer, optimize
 
+    candidates: dict[str, Callable[[], Runner]] = {}
+    if threads == 1:
+        candidates["engine"] = lambda: _engine_runner(model, example)
+    for backend in ONNX_BACKENDS:
+        candidates[backend] = lambda backend=backend: ONNX_BACKENDS[backend](
+            export_onnx(
+                optimize(model, v1_shuffle="auto", example_input=example, timer=onnx_timer(backend, threads)),
+                workdir / f"ours-{backend}.onnx",
+                example,
+            ),
+            threads,
+        )
+    candidates["torch"] = lambda: _torch_runner(
+        optimize(model, v1_shuffle="auto", example_input=example, timer=eager_timer), channels_last=True
+    )
     best: tuple[float, Runner] | None = None
     batch = example.numpy()
-    for backend in (*ONNX_BACKENDS, "torch"):
-        timer = eager_timer if backend == "torch" else onnx_timer(backend, threads)
-        graph = optimize(model, v1_shuffle="auto", example_input=example, timer=timer)
-        if backend == "torch":
-            run = _torch_runner(graph, channels_last=True)
-        else:
-            run = ONNX_BACKENDS[backend](
-                export_onnx(graph, workdir / f"ours-{backend}.onnx", example), threads
-            )
+    for backend, build in candidates.items():
+        try:
+            run = build()
+        except RuntimeUnavailable:  # the engine: another CPU, no compiler, or a network it does not run
+            continue
         seconds = median_seconds(lambda run=run: run(batch), warmup=3, repeats=15)[0]
         run.backend = backend
         if best is None or seconds < best[0]:
             best = (seconds, run)
     return best[1]
+
+
+def _engine_runner(model: nn.Module, example: torch.Tensor) -> Runner:
+    from shufflenet.deploy.engine import build_engine  # the engine builds on optimize and this module
+
+    engine = build_engine(model, tuple(example.shape[-2:]))
+    return lambda batch: engine(batch)
 
 
 def median_seconds(call: Callable[[], object], *, warmup: int, repeats: int) -> tuple[float, float]:

@@ -1,0 +1,232 @@
+"""The C inference engine (shufflenet.deploy.engine) against PyTorch: same logits for every ShuffleNet
+variant and awkward input size, no state between calls, clear refusals, and a cached compiled library."""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from shufflenet import create_model
+from shufflenet._testing import trained_looking
+from shufflenet.deploy import engine
+from shufflenet.deploy.engine import EngineUnavailable, build_engine, load_library
+from shufflenet.deploy.runtimes import RuntimeUnavailable
+
+try:
+    load_library()
+except EngineUnavailable as error:  # no AVX2/FMA or no C compiler: the engine is optional, so is this file
+    pytest.skip(f"the C engine cannot run on this machine: {error}", allow_module_level=True)
+
+# float32 with a different summation order (folded BN, FMA, tiled GEMM) than PyTorch: the observed
+# difference is ~3e-5 of the largest logit, so 1e-4 of it (at least 1e-4 absolute) leaves headroom while
+# any wrong tap, channel or border value (an O(0.1) activation error) is far outside it.
+TOLERANCE = 1e-4
+
+
+def _model(name: str, size: tuple[int, int], **kwargs) -> nn.Module:
+    """A model with measured BN statistics, random affine BN and O(1) logits, in eval mode.
+    ``trained_looking`` calls ``randomize_batchnorm``, so folding is exercised away from the identity."""
+    kwargs.setdefault("num_classes", 10)
+    return trained_looking(create_model(name, **kwargs), size)
+
+
+def _batch(model: nn.Module, size: tuple[int, int], n: int = 2, seed: int = 0) -> np.ndarray:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(n, model.in_chans, *size, generator=generator).numpy()
+
+
+def _reference(model: nn.Module, batch: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(batch)).float().numpy()
+
+
+def _assert_matches(out: np.ndarray, reference: np.ndarray) -> None:
+    scale = max(1.0, float(np.abs(reference).max()))
+    np.testing.assert_allclose(out, reference, rtol=0, atol=TOLERANCE * scale)
+
+
+CASES = [
+    # ShuffleNet V2: both layouts (paper: unequal stride-2 branches), no shuffle, and x2.0 whose widths
+    # (122, 244, 488, ...) are not multiples of 8 or 16. 3, 5, 7 or 13 classes here and below give the
+    # classifier's GEMM panels odd remainders, which ShuffleNet widths rarely do (partial stores).
+    pytest.param("shufflenet_v2_x0_5", {"num_classes": 13}, (64, 64), id="v2_x0_5-paper-13cls"),
+    pytest.param("shufflenet_v2_x0_5", {"layout": "torchvision"}, (64, 64), id="v2_x0_5-torchvision"),
+    pytest.param("shufflenet_v2_x1_0", {}, (64, 64), id="v2_x1_0-paper"),
+    pytest.param(
+        "shufflenet_v2_x1_0", {"layout": "torchvision", "num_classes": 3}, (64, 64), id="v2_x1_0-tv-3cls"
+    ),
+    pytest.param("shufflenet_v2_x0_5", {"shuffle": False}, (64, 64), id="v2_x0_5-noshuffle"),
+    pytest.param("shufflenet_v2_x2_0", {"num_classes": 5}, (64, 64), id="v2_x2_0-paper-5cls"),
+    pytest.param("shufflenet_v2_x2_0", {"layout": "torchvision"}, (64, 64), id="v2_x2_0-torchvision"),
+    # ShuffleNet V1: every group count of Table 1 (g1 has no shuffle at all), and the Table 3 ablation.
+    *[pytest.param(f"shufflenet_v1_g{g}_x0_5", {}, (64, 64), id=f"v1_g{g}_x0_5") for g in (1, 2, 3, 4, 8)],
+    pytest.param("shufflenet_v1_g3_x1_0", {"num_classes": 7}, (64, 64), id="v1_g3_x1_0-7cls"),
+    pytest.param("shufflenet_v1_g3_x0_5", {"shuffle": False}, (64, 64), id="v1_g3_x0_5-noshuffle"),
+    # Stride-1 stem without max pool, one input channel (Fashion-MNIST style).
+    pytest.param("shufflenet_v2_x0_5", {"small_input": True, "in_chans": 1}, (28, 28), id="v2-small-28"),
+    pytest.param("shufflenet_v1_g3_x0_5", {"small_input": True, "in_chans": 1}, (28, 28), id="v1-small-28"),
+    # Odd sizes: pixel counts not multiples of the 6-row GEMM tile, maps narrower than the depthwise
+    # conv's 4-pixel interior step, odd borders for the stride-2 convs and pools, down to 1-pixel-wide maps.
+    pytest.param("shufflenet_v2_x0_5", {}, (47, 65), id="v2_x0_5-47x65"),
+    pytest.param("shufflenet_v2_x2_0", {"layout": "torchvision"}, (65, 47), id="v2_x2_0-65x47"),
+    pytest.param("shufflenet_v1_g3_x0_5", {}, (65, 47), id="v1_g3-65x47"),
+    pytest.param("shufflenet_v1_g8_x0_5", {}, (47, 65), id="v1_g8-47x65"),
+    pytest.param("shufflenet_v2_x0_5", {"small_input": True}, (33, 31), id="v2-small-33x31"),
+    pytest.param("shufflenet_v1_g2_x0_5", {}, (33, 32), id="v1_g2-33x32"),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs", "size"), CASES)
+def test_engine_matches_pytorch(name, kwargs, size):
+    model = _model(name, size, **kwargs)
+    batch = _batch(model, size)
+    reference = _reference(model, batch)
+    # Logits must be far from zero, else the absolute tolerance would hide a broken network.
+    assert np.abs(reference).max() > 0.3
+    out = build_engine(model, size)(batch)
+    assert out.shape == reference.shape and out.dtype == np.float32
+    _assert_matches(out, reference)
+
+
+@pytest.mark.parametrize("name", ["shufflenet_v1_g3_x0_5", "shufflenet_v2_x0_5"])
+def test_batch_rows_equal_single_calls_and_calls_do_not_leak_state(name):
+    """Every sample runs the same ops on the same buffers (V1 adds its residual in place, V2 gathers its
+    kept half), so a batch, single calls and repeated calls must agree bit for bit."""
+    size = (35, 41)
+    model = _model(name, size)
+    batch = _batch(model, size, n=3)
+    other = _batch(model, size, n=1, seed=1)
+    kept = batch.copy()
+    run = build_engine(model, size)
+    first = run(batch)
+    singles = np.concatenate([run(batch[i : i + 1]) for i in range(3)])
+    run(other)
+    again = run(batch)
+    np.testing.assert_array_equal(singles, first)
+    np.testing.assert_array_equal(again, first)
+    np.testing.assert_array_equal(batch, kept)  # the input is read, never written
+    assert not np.array_equal(first[0], first[1])  # distinct samples, distinct rows
+    _assert_matches(first, _reference(model, batch))
+
+
+def test_engine_accepts_float64_and_non_contiguous_batches():
+    """The batch is converted to contiguous float32 before its pointer goes to C."""
+    size = (32, 32)
+    model = _model("shufflenet_v2_x0_5", size)
+    batch = _batch(model, size)
+    run = build_engine(model, size)
+    expected = run(batch)
+    strided = np.repeat(batch, 2, axis=3)[..., ::2]  # the same values, every other float in memory
+    assert not strided.flags.c_contiguous
+    np.testing.assert_array_equal(run(strided), expected)
+    np.testing.assert_array_equal(run(batch.astype(np.float64)), expected)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        pytest.param(lambda: create_model("mobilenet_v2_x0_5"), "MobileNetV2", id="mobilenet_v2"),
+        pytest.param(lambda: create_model("shufflenet_v2_x0_5", num_classes=0), "num_classes", id="no-head"),
+        pytest.param(
+            lambda: create_model("shufflenet_v1_g3_x0_5", se=True), "squeeze-excite", id="v1-squeeze-excite"
+        ),
+    ],
+)
+def test_unsupported_models_are_refused_with_the_reason(build, message):
+    with pytest.raises(EngineUnavailable, match=message):
+        build_engine(build().eval(), (64, 64))
+
+
+def test_training_mode_and_too_small_inputs_are_refused():
+    """BN is folded from running statistics (eval semantics), and the model's own input check applies."""
+    model = create_model("shufflenet_v1_g3_x0_5", num_classes=10)
+    with pytest.raises(ValueError, match="eval"):
+        build_engine(model.train(), (64, 64))
+    with pytest.raises(ValueError, match="smaller than the network's total stride"):
+        build_engine(model.eval(), (16, 16))
+
+
+def test_profile_names_every_operation_and_times_it():
+    model = _model("shufflenet_v2_x0_5", (64, 64))
+    planned = build_engine(model, (64, 64))
+    rows = planned.profile(_batch(model, (64, 64), n=1), repeats=2)
+    assert len(rows) == planned.operations
+    kinds = {name.split()[0] for name, _ in rows}
+    assert {"pad", "pointwise", "depthwise", "max", "copy", "global"} <= kinds
+    assert all(seconds > 0 for _, seconds in rows)
+
+
+def test_engine_unavailable_is_a_runtime_unavailable():
+    """Callers that fall back on RuntimeUnavailable (the benchmark, export verification) catch it too."""
+    assert issubclass(EngineUnavailable, RuntimeUnavailable)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(2, 3, 32, 33), (2, 3, 33, 32), (2, 1, 32, 32), (3, 32, 32), (1, 2, 3, 32, 32)],
+    ids=["width", "height", "channels", "no-batch-axis", "5d"],
+)
+def test_wrong_batch_shape_raises_value_error_naming_the_plan(shape):
+    run = build_engine(_model("shufflenet_v2_x0_5", (32, 32)), (32, 32))
+    with pytest.raises(ValueError, match=re.escape("(3, 32, 32)")):
+        run(np.zeros(shape, np.float32))
+
+
+def test_library_is_compiled_once_into_the_cache(tmp_path, monkeypatch):
+    """Compiling takes seconds, so a fresh process must reuse the file: one ``engine-*.so`` in the cache
+    (built in a temporary folder beside it, which must be gone), loaded again without a compile."""
+    monkeypatch.setenv("SHUFFLENET_CACHE", str(tmp_path))
+    monkeypatch.setattr(engine, "_LIBRARY", None)
+    library = load_library()
+    built = list(tmp_path.glob("engine-*.so"))
+    assert len(built) == 1 and re.fullmatch(r"engine-[0-9a-f]+\.so", built[0].name), built
+    assert not [path for path in tmp_path.iterdir() if path.is_dir()]
+    assert load_library() is library  # the module keeps it
+    mtime = built[0].stat().st_mtime_ns
+
+    real_run = engine.subprocess.run
+
+    def no_compile(command, *args, **kwargs):
+        assert str(engine.SOURCE) not in map(str, command), "the cached library was compiled again"
+        return real_run(command, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "_LIBRARY", None)  # as in a new process
+    monkeypatch.setattr(engine.subprocess, "run", no_compile)
+    load_library()
+    assert list(tmp_path.glob("engine-*.so")) == built and built[0].stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        pytest.param(lambda mp: mp.setattr(engine, "_cpu_flags", lambda: {"sse2"}), "AVX2", id="no-avx2"),
+        pytest.param(lambda mp: mp.setenv("CC", "no-such-compiler-xyz"), "C compiler", id="no-compiler"),
+        pytest.param(lambda mp: mp.setenv("CC", "false"), "compiling engine.c failed", id="compile-fails"),
+    ],
+)
+def test_load_library_says_why_it_cannot_run(setup, message, tmp_path, monkeypatch):
+    monkeypatch.setenv("SHUFFLENET_CACHE", str(tmp_path))
+    monkeypatch.setattr(engine, "_LIBRARY", None)
+    setup(monkeypatch)
+    with pytest.raises(EngineUnavailable, match=message):
+        load_library()
+    assert not list(tmp_path.glob("**/*.so"))  # a failed build leaves nothing to be loaded later
+
+
+@pytest.mark.parametrize("name", ["shufflenet_v1_g3_x0_5", "shufflenet_v2_x0_5"])
+def test_shuffle_is_addressing_not_dropped(name):
+    """The engine turns each shuffle into read order; with the same weights, shuffling and not shuffling
+    must give different logits, each equal to its own PyTorch model."""
+    size = (64, 64)
+    shuffled = _model(name, size)
+    plain = create_model(name, num_classes=10, shuffle=False)
+    plain.load_state_dict(shuffled.state_dict())  # a shuffle has no parameters: the same weights
+    plain.eval()
+    batch = _batch(shuffled, size)
+    out_shuffled = build_engine(shuffled, size)(batch)
+    out_plain = build_engine(plain, size)(batch)
+    _assert_matches(out_shuffled, _reference(shuffled, batch))
+    _assert_matches(out_plain, _reference(plain, batch))
+    assert np.abs(out_shuffled - out_plain).max() > 100 * TOLERANCE
