@@ -11,6 +11,7 @@ from shufflenet.bench.latency import (
     latency_table,
     paper_arm_ms,
     parse_model_spec,
+    skip_reason,
 )
 from shufflenet.cli import main
 
@@ -52,6 +53,24 @@ def test_headline_ratios_use_the_faster_runtime_and_the_right_rows():
     eager = next(value for what, value in ratios.items() if what.startswith("torchvision eager"))
     assert eager == pytest.approx(15.0 / 9.0)
     assert not any(what.startswith("V1 g3 1x: ours") for what in ratios)  # rows not measured are left out
+
+
+def test_engine_cells_only_for_our_shufflenets_on_one_thread():
+    assert skip_reason("shufflenet_v1_g3_x1_0", "engine") is None
+    assert skip_reason("shufflenet_v2_x1_0[layout=torchvision]", "engine") is None
+    assert "one thread" in skip_reason("shufflenet_v1_g3_x1_0", "engine", threads=2)
+    assert skip_reason("mobilenet_v2_x1_0", "engine") and skip_reason("torchvision:alexnet", "engine")
+    assert skip_reason("torchvision:alexnet", "ours") and skip_reason("torchvision:alexnet", "ort") is None
+
+
+def test_headline_shuffle_cost_per_backend():
+    cells = [
+        _cell("shufflenet_v1_g3_x1_0", "engine", 10.2),
+        _cell("shufflenet_v1_g3_x1_0[shuffle=false]", "engine", 10.0),
+        _cell("shufflenet_v1_g3_x1_0", "ours", 9.0),  # no shuffle=False cell on ours: no row
+    ]
+    ratios = {what: value for what, value, _ in headline_ratios(cells)}
+    assert ratios == {"V1 g3 1x, engine: with shuffle / shuffle=False (shuffle cost)": pytest.approx(1.02)}
 
 
 def test_headline_ratios_compare_fenet_with_its_depthwise_twin():

@@ -3,7 +3,8 @@ PyTorch module, then call with a NumPy batch. Used by export verification and th
 
 ``eager``/``eager_cl``: PyTorch eager (NCHW / channels_last); ``compile``: torch.compile (inductor, with
 freezing for inference); ``ort``: ONNX Runtime on the plain ONNX export; ``openvino``: OpenVINO on the
-same export; ``ours``: our deploy path, the fastest here of our C engine (:mod:`shufflenet.deploy.engine`,
+same export; ``engine``: our C engine alone (:mod:`shufflenet.deploy.engine`: ShuffleNet V1/V2, one
+thread); ``ours``: our deploy path, the fastest here of our C engine (:mod:`shufflenet.deploy.engine`,
 ShuffleNet V1/V2 on one thread) and our deploy graph (:func:`shufflenet.deploy.optimize`) on OpenVINO,
 ONNX Runtime or PyTorch, with the ShuffleNet V1 shuffle form chosen by timing that backend itself.
 """
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-RUNTIMES = ("eager", "eager_cl", "compile", "ort", "openvino", "ours")
+RUNTIMES = ("eager", "eager_cl", "compile", "ort", "openvino", "engine", "ours")
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
@@ -215,6 +216,8 @@ def build_runner(
         return _torch_runner(torch.compile(model), channels_last=True)
     if runtime == "ours":
         return _deploy_runner(model, example, threads, workdir)
+    if runtime == "engine":
+        return _engine_runner(model, example)
     path = export_onnx(model, workdir / "plain.onnx", example)
     return ort_runner(path, threads) if runtime == "ort" else openvino_runner(path, threads)
 
