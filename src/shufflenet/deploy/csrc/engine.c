@@ -310,7 +310,7 @@ static void depthwise(const float* in, int H, int W, int in_stride, int C, int s
 
 /* One pooled vector with bounds checks (the map's border). */
 static inline __m256 pool_border(int average, const float* in, int H, int W, int in_stride, int c0, int iy0,
-                                 int ix0, int lanes) {
+                                 int ix0) {
     __m256 acc = average ? _mm256_setzero_ps() : _mm256_set1_ps(-__builtin_inff());
     for (int ky = 0; ky < 3; ky++) {
         const int iy = iy0 + ky;
@@ -318,7 +318,7 @@ static inline __m256 pool_border(int average, const float* in, int H, int W, int
         for (int kx = 0; kx < 3; kx++) {
             const int ix = ix0 + kx;
             if (ix < 0 || ix >= W) continue;
-            const __m256 x = load_lanes(in + ((size_t)iy * W + ix) * in_stride + c0, lanes);
+            const __m256 x = _mm256_loadu_ps(in + ((size_t)iy * W + ix) * in_stride + c0);
             acc = average ? _mm256_add_ps(acc, x) : _mm256_max_ps(acc, x);
         }
     }
@@ -326,7 +326,9 @@ static inline __m256 pool_border(int average, const float* in, int H, int W, int
 }
 
 /* 3x3 stride-2 pooling with padding 1: max, or the mean over all 9 taps (zero padding counted, as
-   AvgPool2d's count_include_pad). Interior windows skip the bounds checks and reduce as a tree. */
+   AvgPool2d's count_include_pad). Interior windows skip the bounds checks and reduce as a tree. Loads are
+   whole 8-lane vectors (AVX2's masked load is slow on AMD Zen): lanes past the last channel read the next
+   pixel or the buffer's 16-float slack and are dropped by the exact store. */
 static void pool(int average, const float* in, int H, int W, int in_stride, int C, float* out, int Ho, int Wo,
                  int out_stride, int out_offset) {
     const __m256 ninth = _mm256_set1_ps(1.0f / 9.0f);
@@ -346,7 +348,7 @@ static void pool(int average, const float* in, int H, int W, int in_stride, int 
                     __m256 t[9];
                     for (int ky = 0; ky < 3; ky++)
                         for (int kx = 0; kx < 3; kx++)
-                            t[ky * 3 + kx] = load_lanes(p + ky * row + (size_t)kx * in_stride, lanes);
+                            t[ky * 3 + kx] = _mm256_loadu_ps(p + ky * row + (size_t)kx * in_stride);
                     if (average) {
                         acc = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(t[0], t[1]), _mm256_add_ps(t[2], t[3])),
                                             _mm256_add_ps(_mm256_add_ps(t[4], t[5]), _mm256_add_ps(t[6], t[7])));
@@ -357,7 +359,7 @@ static void pool(int average, const float* in, int H, int W, int in_stride, int 
                         acc = _mm256_max_ps(acc, t[8]);
                     }
                 } else {
-                    acc = pool_border(average, in, H, W, in_stride, c0, iy0, ix0, lanes);
+                    acc = pool_border(average, in, H, W, in_stride, c0, iy0, ix0);
                 }
                 if (average) acc = _mm256_mul_ps(acc, ninth);
                 store_lanes(o + c0, acc, lanes);
