@@ -30,17 +30,10 @@ from shufflenet.bench.latency import (
     skip_reason,
 )
 from shufflenet.bench.report import write_latency_results
+from shufflenet.cli import LATENCY_ACCEPTANCE_MODELS
 from shufflenet.deploy.runtimes import build_runner
 from shufflenet.profile import profile
 
-MODELS = (
-    "shufflenet_v2_x1_0[layout=torchvision]",
-    "torchvision:shufflenet_v2_x1_0",
-    "shufflenet_v1_g3_x1_0",
-    "shufflenet_v1_g3_x1_0[shuffle=false]",
-    "shufflenet_v1_g3_x0_5",
-    "torchvision:alexnet",
-)
 RUNTIMES = ("eager", "eager_cl", "ort", "openvino", "engine", "ours")
 
 
@@ -55,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     runners, cells = [], []
     with tempfile.TemporaryDirectory() as folder:
-        for spec in tqdm(MODELS, desc="building", unit="model"):
+        for spec in tqdm(LATENCY_ACCEPTANCE_MODELS, desc="building", unit="model"):
             mflops = profile(build_benchmark_model(spec), input_size=(224, 224)).mflops
             for runtime in RUNTIMES:
                 if skip_reason(spec, runtime) is not None:

@@ -42,33 +42,6 @@ static inline __m256 load_lanes(const float* p, int count) {
 }
 
 /* Partial stores in 4/2/1-float pieces: AVX2's masked store (vmaskmovps) is microcoded on AMD Zen. */
-static inline void store_lanes(float* p, __m256 v, int count) {
-    if (count >= 8) {
-        _mm256_storeu_ps(p, v);
-        return;
-    }
-    __m128 part = _mm256_castps256_ps128(v);
-    if (count >= 4) {
-        _mm_storeu_ps(p, part);
-        part = _mm256_extractf128_ps(v, 1);
-        p += 4;
-        count -= 4;
-    }
-    if (count >= 2) {
-        _mm_storel_pi((__m64*)p, part);
-        part = _mm_movehl_ps(part, part);
-        p += 2;
-        count -= 2;
-    }
-    if (count) _mm_store_ss(p, part);
-}
-
-static inline __m128 load_quarter(const float* p, int count) {
-    if (count >= 4) return _mm_loadu_ps(p);
-    const __m128i lanes = _mm_setr_epi32(0, 1, 2, 3);
-    return _mm_maskload_ps(p, _mm_cmpgt_epi32(_mm_set1_epi32(count), lanes));
-}
-
 static inline void store_quarter(float* p, __m128 v, int count) {
     if (count >= 4) {
         _mm_storeu_ps(p, v);
@@ -81,6 +54,23 @@ static inline void store_quarter(float* p, __m128 v, int count) {
         count -= 2;
     }
     if (count) _mm_store_ss(p, v);
+}
+
+static inline void store_lanes(float* p, __m256 v, int count) {
+    if (count >= 8) {
+        _mm256_storeu_ps(p, v);
+    } else if (count > 4) {
+        _mm_storeu_ps(p, _mm256_castps256_ps128(v));
+        store_quarter(p + 4, _mm256_extractf128_ps(v, 1), count - 4);
+    } else {
+        store_quarter(p, _mm256_castps256_ps128(v), count);
+    }
+}
+
+static inline __m128 load_quarter(const float* p, int count) {
+    if (count >= 4) return _mm_loadu_ps(p);
+    const __m128i lanes = _mm_setr_epi32(0, 1, 2, 3);
+    return _mm_maskload_ps(p, _mm_cmpgt_epi32(_mm_set1_epi32(count), lanes));
 }
 
 static inline __attribute__((always_inline)) void finish(float* out, const float* res, __m256 y, int lanes,
@@ -231,19 +221,27 @@ static inline __m256 load_masked(const float* p, int full, __m256i mask) {
     return full ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mask);
 }
 
-/* One output pixel of the depthwise conv with bounds checks (the map's border). */
+/* The taps of the 3x3 window at (iy0, ix0) that fall inside an H x W map (the map's border): tap index
+   ky * 3 + kx and pixel index iy * W + ix of each; returns how many. */
+static inline int window_taps(int H, int W, int iy0, int ix0, int* tap, int* pixel) {
+    int count = 0;
+    for (int ky = 0; ky < 3; ky++)
+        for (int kx = 0; kx < 3; kx++) {
+            const int iy = iy0 + ky, ix = ix0 + kx;
+            if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+            tap[count] = ky * 3 + kx;
+            pixel[count++] = iy * W + ix;
+        }
+    return count;
+}
+
+/* One output pixel of the depthwise conv on the map's border. */
 static inline __m256 depthwise_border(const float* in, int H, int W, int in_stride, int c0, int iy0, int ix0,
                                       const __m256* k, __m256 acc, int full, __m256i mask) {
-    for (int ky = 0; ky < 3; ky++) {
-        const int iy = iy0 + ky;
-        if (iy < 0 || iy >= H) continue;
-        for (int kx = 0; kx < 3; kx++) {
-            const int ix = ix0 + kx;
-            if (ix < 0 || ix >= W) continue;
-            acc = _mm256_fmadd_ps(load_masked(in + ((size_t)iy * W + ix) * in_stride + c0, full, mask),
-                                  k[ky * 3 + kx], acc);
-        }
-    }
+    int tap[9], pixel[9];
+    const int count = window_taps(H, W, iy0, ix0, tap, pixel);
+    for (int i = 0; i < count; i++)
+        acc = _mm256_fmadd_ps(load_masked(in + (size_t)pixel[i] * in_stride + c0, full, mask), k[tap[i]], acc);
     return acc;
 }
 
@@ -308,19 +306,15 @@ static void depthwise(const float* in, int H, int W, int in_stride, int C, int s
     }
 }
 
-/* One pooled vector with bounds checks (the map's border). */
+/* One pooled vector on the map's border. */
 static inline __m256 pool_border(int average, const float* in, int H, int W, int in_stride, int c0, int iy0,
                                  int ix0) {
     __m256 acc = average ? _mm256_setzero_ps() : _mm256_set1_ps(-__builtin_inff());
-    for (int ky = 0; ky < 3; ky++) {
-        const int iy = iy0 + ky;
-        if (iy < 0 || iy >= H) continue;
-        for (int kx = 0; kx < 3; kx++) {
-            const int ix = ix0 + kx;
-            if (ix < 0 || ix >= W) continue;
-            const __m256 x = _mm256_loadu_ps(in + ((size_t)iy * W + ix) * in_stride + c0);
-            acc = average ? _mm256_add_ps(acc, x) : _mm256_max_ps(acc, x);
-        }
+    int tap[9], pixel[9];
+    const int count = window_taps(H, W, iy0, ix0, tap, pixel);
+    for (int i = 0; i < count; i++) {
+        const __m256 x = _mm256_loadu_ps(in + (size_t)pixel[i] * in_stride + c0);
+        acc = average ? _mm256_add_ps(acc, x) : _mm256_max_ps(acc, x);
     }
     return acc;
 }
