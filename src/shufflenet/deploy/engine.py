@@ -36,7 +36,7 @@ from torch import nn
 
 from shufflenet.blocks import ShuffleV1Unit, ShuffleV2Unit
 from shufflenet.deploy.fold import fold_conv_bn
-from shufflenet.deploy.optimize import shuffle_source
+from shufflenet.deploy.optimize import is_depthwise, shuffle_source
 from shufflenet.deploy.runtimes import RuntimeUnavailable
 from shufflenet.models import ShuffleNetV1, ShuffleNetV2
 
@@ -284,9 +284,7 @@ class _Planner:
             source.height,
             source.width,
             source.stride,
-            # Whole 8-channel blocks: the lanes past the last channel read the next pixel's (finite)
-            # values or the buffer's slack, meet zero filters and land in the output's padding.
-            c_pad,
+            c_pad,  # whole 8-channel blocks (see engine.c)
             stride,
             self.add_floats(taps),
             self.add_floats(shifted_bias),
@@ -295,7 +293,6 @@ class _Planner:
             width,
             out_stride,
             0,
-            c_pad,
             int(relu),
         )
         return _Feature(buffer, height, width, out_stride, list(source.positions))
@@ -411,8 +408,7 @@ def _stem(planner: _Planner, model: nn.Module, channels: int, height: int, width
     weight, bias = _folded(conv, bn)
     stride = conv.stride[0]
     padded = planner.buffer("padded", channels * (height + 2) * (width + 2))
-    image = _Feature(planner.buffer("input", 0), height, width, channels, list(range(channels)))
-    planner.op(OP_PAD_INPUT, image.buffer, channels, height, width, padded)
+    planner.op(OP_PAD_INPUT, planner.buffer("input", 0), channels, height, width, padded)
     out_h, out_w = (height - 1) // stride + 1, (width - 1) // stride + 1
     row = width + 2
     line_starts = [stride * oy * row for oy in range(out_h)]
@@ -472,7 +468,7 @@ def _branch(planner: _Planner, branch: nn.Sequential, x: _Feature, target: tuple
         weight, bias = _folded(conv, bn)
         last = index == len(pairs) - 1
         role = f"mid{index % 2}"
-        if conv.groups == conv.in_channels == conv.out_channels and conv.kernel_size == (3, 3):
+        if is_depthwise(conv) and conv.kernel_size == (3, 3):
             x = planner.depthwise(x, weight, bias, stride=conv.stride[0], relu=relu, role=role)
             if last:
                 raise EngineUnavailable("a branch ending in a depthwise conv")

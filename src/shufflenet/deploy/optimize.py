@@ -79,7 +79,8 @@ def _convs(modules: Iterable[nn.Module]) -> list[nn.Conv2d]:
     return [module for module in modules if isinstance(module, nn.Conv2d)]
 
 
-def _is_depthwise(conv: nn.Conv2d) -> bool:
+def is_depthwise(conv: nn.Conv2d) -> bool:
+    """A depthwise conv: one group per channel, as many outputs as inputs."""
     return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
 
 
@@ -93,7 +94,7 @@ def _take(tensor: torch.Tensor, order: Sequence[int], dim: int) -> torch.Tensor:
 @torch.no_grad()
 def _set_parameters(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
     """Give ``conv`` a new weight (and bias, if given), resizing it to match: the order may add channels."""
-    depthwise = _is_depthwise(conv)
+    depthwise = is_depthwise(conv)
     conv.weight = nn.Parameter(weight)
     if bias is not None:
         conv.bias = nn.Parameter(bias)
@@ -109,7 +110,7 @@ def _permute_inputs(sequence: Iterable[nn.Module], order: Sequence[int]) -> None
     passes the order on); a dense/grouped-1 conv has its input columns reordered."""
     convs = _convs(sequence)
     first = convs[0]
-    if _is_depthwise(first):
+    if is_depthwise(first):
         bias = None if first.bias is None else _take(first.bias, order, 0)
         _set_parameters(first, _take(first.weight, order, 0), bias)
         first = convs[1]

@@ -4,9 +4,9 @@ PyTorch module, then call with a NumPy batch. Used by export verification and th
 ``eager``/``eager_cl``: PyTorch eager (NCHW / channels_last); ``compile``: torch.compile (inductor, with
 freezing for inference); ``ort``: ONNX Runtime on the plain ONNX export; ``openvino``: OpenVINO on the
 same export; ``engine``: our C engine alone (:mod:`shufflenet.deploy.engine`: ShuffleNet V1/V2, one
-thread); ``ours``: our deploy path, the fastest here of our C engine (:mod:`shufflenet.deploy.engine`,
-ShuffleNet V1/V2 on one thread) and our deploy graph (:func:`shufflenet.deploy.optimize`) on OpenVINO,
-ONNX Runtime or PyTorch, with the ShuffleNet V1 shuffle form chosen by timing that backend itself.
+thread); ``ours``: our deploy path, the fastest here of that engine and our deploy graph
+(:func:`shufflenet.deploy.optimize`) on OpenVINO, ONNX Runtime or PyTorch, with the ShuffleNet V1 shuffle
+form chosen by timing that backend itself.
 """
 
 from __future__ import annotations
@@ -171,8 +171,7 @@ def _deploy_runner(model: nn.Module, example: torch.Tensor, threads: int, workdi
 def _engine_runner(model: nn.Module, example: torch.Tensor) -> Runner:
     from shufflenet.deploy.engine import build_engine  # the engine builds on optimize and this module
 
-    engine = build_engine(model, tuple(example.shape[-2:]))
-    return lambda batch: engine(batch)
+    return build_engine(model, tuple(example.shape[-2:]))
 
 
 def median_seconds(call: Callable[[], object], *, warmup: int, repeats: int) -> tuple[float, float]:

@@ -217,10 +217,6 @@ static void pointwise(const float* in, const int32_t* line_base, int lines, int 
     }
 }
 
-static inline __m256 load_masked(const float* p, int full, __m256i mask) {
-    return full ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mask);
-}
-
 /* The taps of the 3x3 window at (iy0, ix0) that fall inside an H x W map (the map's border): tap index
    ky * 3 + kx and pixel index iy * W + ix of each; returns how many. */
 static inline int window_taps(int H, int W, int iy0, int ix0, int* tap, int* pixel) {
@@ -235,24 +231,28 @@ static inline int window_taps(int H, int W, int iy0, int ix0, int* tap, int* pix
     return count;
 }
 
-/* One output pixel of the depthwise conv on the map's border. */
+/* One output vector of the depthwise conv on the map's border. */
 static inline __m256 depthwise_border(const float* in, int H, int W, int in_stride, int c0, int iy0, int ix0,
-                                      const __m256* k, __m256 acc, int full, __m256i mask) {
+                                      const __m256* k, __m256 acc) {
     int tap[9], pixel[9];
     const int count = window_taps(H, W, iy0, ix0, tap, pixel);
     for (int i = 0; i < count; i++)
-        acc = _mm256_fmadd_ps(load_masked(in + (size_t)pixel[i] * in_stride + c0, full, mask), k[tap[i]], acc);
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(in + (size_t)pixel[i] * in_stride + c0), k[tap[i]], acc);
     return acc;
 }
 
-/* 3x3 depthwise conv, padding 1. Weights: 9 rows (taps) of c_pad floats, zero beyond C. Interior pixels
-   go four at a time: four independent FMA chains hide the FMA latency a single 9-tap chain would expose. */
+static inline void store_activated(float* out, __m256 y, int relu) {
+    _mm256_storeu_ps(out, relu ? _mm256_max_ps(y, _mm256_setzero_ps()) : y);
+}
+
+/* 3x3 depthwise conv, padding 1, over C channels in whole 8-lane blocks (C a multiple of 8; the planner
+   pads it: lanes past a map's channels read the next pixel or the buffer's slack, meet zero filters and
+   land in the output's padding). Weights: 9 rows (taps) of C floats. Interior pixels go four at a time:
+   four independent FMA chains hide the FMA latency a single 9-tap chain would expose. */
 static void depthwise(const float* in, int H, int W, int in_stride, int C, int stride, const float* w,
-                      const float* bias, float* out, int Ho, int Wo, int out_stride, int out_offset, int c_pad,
-                      int relu) {
-    const __m256 zero = _mm256_setzero_ps();
-    /* Output columns whose 3 input columns are all inside the map. */
-    const int ox_first = 1, ox_end = (W - 2) / stride + 1 < Wo ? (W - 2) / stride + 1 : Wo;
+                      const float* bias, float* out, int Ho, int Wo, int out_stride, int out_offset, int relu) {
+    /* Output columns whose 3 input columns are all inside the map: [1, ox_end). */
+    const int ox_end = (W - 2) / stride + 1 < Wo ? (W - 2) / stride + 1 : Wo;
     /* Rows outermost: the three input rows a row of outputs needs stay in cache across channel blocks
        (the stride-2 maps of the first stages exceed L2, so a channel-block-outer sweep would re-stream
        them from L3 once per block). */
@@ -260,20 +260,12 @@ static void depthwise(const float* in, int H, int W, int in_stride, int C, int s
         const int iy0 = oy * stride - 1;
         const int inside = iy0 >= 0 && iy0 + 2 < H;
         for (int c0 = 0; c0 < C; c0 += 8) {
-            const int lanes = C - c0, full = lanes >= 8;
-            const __m256i mask = tail_mask(full ? 8 : lanes);
             __m256 k[9];
-            for (int t = 0; t < 9; t++) k[t] = _mm256_loadu_ps(w + t * c_pad + c0);
+            for (int t = 0; t < 9; t++) k[t] = _mm256_loadu_ps(w + t * C + c0);
             const __m256 b = _mm256_loadu_ps(bias + c0);
             float* row_out = out + (size_t)oy * Wo * out_stride + out_offset + c0;
-            int ox = 0;
-            if (inside) {
-                for (; ox < ox_first && ox < Wo; ox++) {
-                    __m256 acc = depthwise_border(in, H, W, in_stride, c0, iy0, ox * stride - 1, k, b, full, mask);
-                    if (relu) acc = _mm256_max_ps(acc, zero);
-                    store_lanes(row_out + (size_t)ox * out_stride, acc, lanes);
-                }
-                for (; ox + 4 <= ox_end; ox += 4) {
+            for (int ox = 0; ox < Wo;) {
+                if (inside && ox >= 1 && ox + 4 <= ox_end) {
                     const float* p = in + ((size_t)iy0 * W + ox * stride - 1) * in_stride + c0;
                     const size_t step = (size_t)stride * in_stride;
                     __m256 a0 = b, a1 = b, a2 = b, a3 = b;
@@ -281,26 +273,22 @@ static void depthwise(const float* in, int H, int W, int in_stride, int C, int s
                         for (int kx = 0; kx < 3; kx++) {
                             const float* q = p + ((size_t)ky * W + kx) * in_stride;
                             const __m256 tap = k[ky * 3 + kx];
-                            a0 = _mm256_fmadd_ps(load_masked(q, full, mask), tap, a0);
-                            a1 = _mm256_fmadd_ps(load_masked(q + step, full, mask), tap, a1);
-                            a2 = _mm256_fmadd_ps(load_masked(q + 2 * step, full, mask), tap, a2);
-                            a3 = _mm256_fmadd_ps(load_masked(q + 3 * step, full, mask), tap, a3);
+                            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q), tap, a0);
+                            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + step), tap, a1);
+                            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(q + 2 * step), tap, a2);
+                            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(q + 3 * step), tap, a3);
                         }
-                    if (relu) {
-                        a0 = _mm256_max_ps(a0, zero), a1 = _mm256_max_ps(a1, zero);
-                        a2 = _mm256_max_ps(a2, zero), a3 = _mm256_max_ps(a3, zero);
-                    }
                     float* o = row_out + (size_t)ox * out_stride;
-                    store_lanes(o, a0, lanes);
-                    store_lanes(o + out_stride, a1, lanes);
-                    store_lanes(o + 2 * out_stride, a2, lanes);
-                    store_lanes(o + 3 * out_stride, a3, lanes);
+                    store_activated(o, a0, relu);
+                    store_activated(o + out_stride, a1, relu);
+                    store_activated(o + 2 * out_stride, a2, relu);
+                    store_activated(o + 3 * out_stride, a3, relu);
+                    ox += 4;
+                } else {
+                    const __m256 acc = depthwise_border(in, H, W, in_stride, c0, iy0, ox * stride - 1, k, b);
+                    store_activated(row_out + (size_t)ox * out_stride, acc, relu);
+                    ox += 1;
                 }
-            }
-            for (; ox < Wo; ox++) {
-                __m256 acc = depthwise_border(in, H, W, in_stride, c0, iy0, ox * stride - 1, k, b, full, mask);
-                if (relu) acc = _mm256_max_ps(acc, zero);
-                store_lanes(row_out + (size_t)ox * out_stride, acc, lanes);
             }
         }
     }
@@ -417,8 +405,7 @@ void shufflenet_engine_run(int n_ops, const int64_t* ops, float* const* buffers,
             break;
         case OP_DEPTHWISE:
             depthwise(buffers[f[1]], (int)f[2], (int)f[3], (int)f[4], (int)f[5], (int)f[6], floats + f[7],
-                      floats + f[8], buffers[f[9]], (int)f[10], (int)f[11], (int)f[12], (int)f[13], (int)f[14],
-                      (int)f[15]);
+                      floats + f[8], buffers[f[9]], (int)f[10], (int)f[11], (int)f[12], (int)f[13], (int)f[14]);
             break;
         case OP_MAXPOOL:
         case OP_AVGPOOL:
