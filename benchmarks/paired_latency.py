@@ -34,7 +34,7 @@ from shufflenet.cli import LATENCY_ACCEPTANCE_MODELS
 from shufflenet.deploy.runtimes import build_runner
 from shufflenet.profile import profile
 
-RUNTIMES = ("eager", "eager_cl", "ort", "openvino", "engine", "ours")
+RUNTIMES = ("eager", "eager_cl", "eager_deploy", "ort", "openvino", "engine", "ours")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from shufflenet.blocks import ShuffleV1Unit, ShuffleV2Unit
+from shufflenet.deploy.eager import nhwc_rows, plain_eager, row_steps, run_on_rows, use_eager_kernels
 from shufflenet.deploy.fold import fold_batchnorm, fold_conv_bn
 from shufflenet.models import ShuffleNetV1, ShuffleNetV2
 from shufflenet.ops import SHIFT_LAYERS, SegmentShift, channel_shuffle, shift_segments
@@ -161,8 +162,12 @@ class DeployShuffleV2Unit(nn.Module):
         self.transformed = transformed
         self.pieces_before = list(pieces_before)
         self.pieces_after = list(pieces_after)
+        self._row_steps: list | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = nhwc_rows(x) if plain_eager(x) else None
+        if rows is not None:
+            return self._forward_rows(rows, x.shape)
         if self.branch1 is not None:  # stride 2: both branches read the whole input
             return torch.cat((self.branch1(x), self.branch2(x)), dim=1)
         start, stop = self.transformed
@@ -170,6 +175,28 @@ class DeployShuffleV2Unit(nn.Module):
         parts.append(self.branch2(x[:, start:stop]))
         parts += [x[:, a:b] for a, b in self.pieces_after]
         return torch.cat(parts, dim=1)
+
+    def _forward_rows(self, rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """The eager CPU path on NHWC pixel rows (:mod:`shufflenet.deploy.eager`): the transformed half is
+        a strided slice of the rows, the 1x1 convs matrix products."""
+        if self._row_steps is None:
+            self._row_steps = [row_steps(branch) for branch in (self.branch1, self.branch2) if branch]
+        batch, _, height, width = shape
+        if self.branch1 is not None:
+            first, size = run_on_rows(self._row_steps[0], rows, (batch, height, width))
+            second, _ = run_on_rows(self._row_steps[1], rows, (batch, height, width))
+            parts = [first, second]
+        else:
+            start, stop = self.transformed
+            second, size = run_on_rows(self._row_steps[0], rows[:, start:stop], (batch, height, width))
+            parts = [rows[:, a:b] for a, b in self.pieces_before]
+            parts.append(second)
+            parts += [rows[:, a:b] for a, b in self.pieces_after]
+        return torch.cat(parts, dim=1).view(*size, -1).permute(0, 3, 1, 2)
+
+    def _apply(self, fn, recurse=True):
+        self._row_steps = None  # they hold views of the parameters that .to() and friends replace
+        return super()._apply(fn, recurse)
 
 
 def _lo_first(logical: Sequence[int], half: int, *, zeros: int = 0, reverse: bool = False) -> list[int]:
@@ -404,6 +431,7 @@ def optimize(
         deployed.v1_shuffle_choices = _optimize_shufflenet_v1(deployed, v1_shuffle, example_input, timer)
     fold_batchnorm(deployed)
     _deploy_shifts(deployed)  # after the BN fold: the permuted producer must end in its conv
+    use_eager_kernels(deployed)
     for parameter in deployed.parameters():
         parameter.requires_grad_(False)
     return deployed
