@@ -12,7 +12,7 @@ built (ShuffleNet V1 section 3.1, V2 section 3):
   where the branches write; only V2's kept half is copied (a few contiguous runs per pixel);
 - BN is folded into the conv before it; the residual add and ReLU are the pointwise conv's epilogue.
 
-The 1x1 convs run as a register-tiled GEMM (6 pixels x 16 channels); the depthwise convs and pools are
+The 1x1 convs run as a register-tiled GEMM (6 pixels x 16 channels, or 4 x 20/24); the depthwise convs and pools are
 vectorised over channels. ``build_engine(model, (H, W))`` plans a network for one input size.
 """
 
@@ -130,6 +130,18 @@ class _Feature:
         return len(self.positions)
 
 
+def _panels(channels: int) -> list[tuple[int, int]]:
+    """(start, stop) of each weight panel, as engine.c's panel_width cuts ``channels`` output channels:
+    16 at a time, except 20 or 24 remaining make one panel; a last panel under 16 is padded to 16."""
+    panels, start = [], 0
+    while start < channels:
+        remaining = channels - start
+        width = remaining if remaining in (20, 24) or remaining < 16 else 16
+        panels.append((start, start + max(width, 16)))
+        start += width
+    return panels
+
+
 def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[np.ndarray, np.ndarray]:
     """(weight, bias) as NumPy float32, BN folded in."""
     if bn is not None:
@@ -220,15 +232,18 @@ class _Planner:
         pixels = height * width
         k_per_group = weight.shape[1] * weight.shape[2] * weight.shape[3]
         n_per_group = out_channels // groups
-        n_pad = _round_up(n_per_group, 16)
-        # Per group, panels of 16 output channels, each K rows of 16 floats (the C kernel's read order).
+        panels = _panels(n_per_group)
+        n_pad = panels[-1][1]
         dense = np.zeros((groups, k_per_group, n_pad), np.float32)
         packed_bias = np.zeros((groups, n_pad), np.float32)
         for group in range(groups):
             rows = slice(group * n_per_group, (group + 1) * n_per_group)
             dense[group, :, :n_per_group] = weight[rows].reshape(n_per_group, k_per_group).T
             packed_bias[group, :n_per_group] = bias[rows]
-        packed = dense.reshape(groups, k_per_group, n_pad // 16, 16).transpose(0, 2, 1, 3)
+        # Per group, panels of output channels, each K rows of the panel's width (the C kernel's order).
+        packed = np.concatenate(
+            [dense[:, :, start:stop].reshape(groups, -1) for start, stop in panels], axis=1
+        )
         if target is None:
             stride = _round_up(out_channels)
             target = (self.buffer(role, pixels * stride), stride, 0)

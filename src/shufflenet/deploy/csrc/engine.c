@@ -32,17 +32,17 @@ enum { FIELDS = 24 };
 #define CHUNK_WEIGHT_BYTES 262144
 #endif
 
-static inline __m256i tail_mask(int count) {
+static inline __attribute__((always_inline)) __m256i tail_mask(int count) {
     const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(count), lanes);
 }
 
-static inline __m256 load_lanes(const float* p, int count) {
+static inline __attribute__((always_inline)) __m256 load_lanes(const float* p, int count) {
     return count >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, tail_mask(count));
 }
 
 /* Partial stores in 4/2/1-float pieces: AVX2's masked store (vmaskmovps) is microcoded on AMD Zen. */
-static inline void store_quarter(float* p, __m128 v, int count) {
+static inline __attribute__((always_inline)) void store_quarter(float* p, __m128 v, int count) {
     if (count >= 4) {
         _mm_storeu_ps(p, v);
         return;
@@ -56,7 +56,7 @@ static inline void store_quarter(float* p, __m128 v, int count) {
     if (count) _mm_store_ss(p, v);
 }
 
-static inline void store_lanes(float* p, __m256 v, int count) {
+static inline __attribute__((always_inline)) void store_lanes(float* p, __m256 v, int count) {
     if (count >= 8) {
         _mm256_storeu_ps(p, v);
     } else if (count > 4) {
@@ -67,7 +67,7 @@ static inline void store_lanes(float* p, __m256 v, int count) {
     }
 }
 
-static inline __m128 load_quarter(const float* p, int count) {
+static inline __attribute__((always_inline)) __m128 load_quarter(const float* p, int count) {
     if (count >= 4) return _mm_loadu_ps(p);
     const __m128i lanes = _mm_setr_epi32(0, 1, 2, 3);
     return _mm_maskload_ps(p, _mm_cmpgt_epi32(_mm_set1_epi32(count), lanes));
@@ -91,14 +91,15 @@ static inline __attribute__((always_inline)) void finish_quarter(float* out, con
    named registers (GCC keeps an array of vectors on the stack). The 4-wide part serves panel remainders:
    on AMD Zen 1 a 128-bit FMA costs half a 256-bit one, so it wastes nothing. Pixel r's input starts at
    a + r * step (a fixed step: two base registers cover six rows, where six row pointers would spill);
-   idx[k] is the offset of input channel k within it. */
-#define ROW_INIT(r) __m256 c##r##0 = b0, c##r##1 = b1; __m128 q##r = bq;
+   idx[k] is the offset of input channel k within it. The tile's weights are K rows of its panel's width. */
+#define ROW_INIT(r) __m256 c##r##0 = b0, c##r##1 = b1, c##r##2 = b2; __m128 q##r = bq;
 #define ROW_FMA(r)                                                                  \
     if (ROWS > r) {                                                                 \
         if (VECS > 0) {                                                             \
             const __m256 x = _mm256_broadcast_ss(p + r * step);                     \
             c##r##0 = _mm256_fmadd_ps(x, w0, c##r##0);                              \
             if (VECS > 1) c##r##1 = _mm256_fmadd_ps(x, w1, c##r##1);                \
+            if (VECS > 2) c##r##2 = _mm256_fmadd_ps(x, w2, c##r##2);                \
             if (QUARTER) q##r = _mm_fmadd_ps(_mm256_castps256_ps128(x), wq, q##r);  \
         } else {                                                                    \
             q##r = _mm_fmadd_ps(_mm_broadcast_ss(p + r * step), wq, q##r);          \
@@ -110,6 +111,7 @@ static inline __attribute__((always_inline)) void finish_quarter(float* out, con
         const float* rr = res ? res + (size_t)r * res_stride : 0;                                      \
         if (VECS > 0) finish(o, rr, c##r##0, valid, relu);                                             \
         if (VECS > 1) finish(o + 8, rr ? rr + 8 : 0, c##r##1, valid - 8, relu);                        \
+        if (VECS > 2) finish(o + 16, rr ? rr + 16 : 0, c##r##2, valid - 16, relu);                     \
         if (QUARTER) finish_quarter(o + 8 * VECS, rr ? rr + 8 * VECS : 0, q##r, valid - 8 * VECS, relu); \
     }
 
@@ -119,14 +121,17 @@ static inline __attribute__((always_inline)) void pointwise_tile(
     int valid, int relu) {
     const __m256 b0 = VECS > 0 ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
     const __m256 b1 = VECS > 1 ? _mm256_loadu_ps(bias + 8) : b0;
+    const __m256 b2 = VECS > 2 ? _mm256_loadu_ps(bias + 16) : b0;
     const __m128 bq = QUARTER ? _mm_loadu_ps(bias + 8 * VECS) : _mm_setzero_ps();
     ROW_INIT(0) ROW_INIT(1) ROW_INIT(2) ROW_INIT(3) ROW_INIT(4) ROW_INIT(5)
     ROW_INIT(6) ROW_INIT(7) ROW_INIT(8) ROW_INIT(9) ROW_INIT(10) ROW_INIT(11)
+    const int width = VECS * 8 + QUARTER * 4, panel = width > 16 ? width : 16;
     for (int k = 0; k < K; k++) {
         const float* p = a + idx[k];
-        const float* wk = w + (size_t)k * 16;
+        const float* wk = w + (size_t)k * panel;
         const __m256 w0 = VECS > 0 ? _mm256_loadu_ps(wk) : b0;
         const __m256 w1 = VECS > 1 ? _mm256_loadu_ps(wk + 8) : w0;
+        const __m256 w2 = VECS > 2 ? _mm256_loadu_ps(wk + 16) : w0;
         const __m128 wq = QUARTER ? _mm_loadu_ps(wk + 8 * VECS) : bq;
         ROW_FMA(0) ROW_FMA(1) ROW_FMA(2) ROW_FMA(3) ROW_FMA(4) ROW_FMA(5)
         ROW_FMA(6) ROW_FMA(7) ROW_FMA(8) ROW_FMA(9) ROW_FMA(10) ROW_FMA(11)
@@ -140,8 +145,18 @@ typedef struct {
     int rows, vecs, quarter;
 } Shape;
 
-/* The tile for an output panel of ``valid`` channels (at most 16): the narrowest that covers it. */
+/* Output channels are cut into panels of 16, except that 20 or 24 remaining channels make one panel
+   (a 4 x 20 or 4 x 24 tile beats 16 plus a narrow remainder tile: fewer broadcasts per FMA); a last
+   panel under 16 is padded to 16 (rows stay 64-byte aligned). engine.py packs the weights by the same
+   rule. */
+static int panel_width(int remaining) {
+    return remaining == 20 || remaining == 24 || remaining < 16 ? remaining : 16;
+}
+
+/* The tile for a panel of ``valid`` channels: the narrowest that covers it. */
 static Shape panel_shape(int valid) {
+    if (valid > 20) return (Shape){4, 3, 0};
+    if (valid > 16) return (Shape){4, 2, 1};
     if (valid > 12) return (Shape){6, 2, 0};
     if (valid > 8) return (Shape){6, 1, 1};
     if (valid > 4) return (Shape){8, 1, 0};
@@ -155,13 +170,20 @@ static Shape panel_shape(int valid) {
     case 6: TILE(6, V, Q); break; case 5: TILE(5, V, Q); break; case 4: TILE(4, V, Q); break;            \
     case 3: TILE(3, V, Q); break; case 2: TILE(2, V, Q); break; default: TILE(1, V, Q); break;
 #define ROWS_UP_TO_8(V, Q) case 8: TILE(8, V, Q); break; case 7: TILE(7, V, Q); break; ROWS_UP_TO_6(V, Q)
+#define ROWS_UP_TO_4(V, Q)                                                                               \
+    case 4: TILE(4, V, Q); break; case 3: TILE(3, V, Q); break; case 2: TILE(2, V, Q); break;            \
+    default: TILE(1, V, Q); break;
 
 /* Dispatch to a tile specialised for its shape (constants after inlining). */
 static void pointwise_rows(Shape shape, int rows, const float* a, size_t step, const int32_t* idx, int K,
                            const float* w, const float* bias, float* out, size_t out_stride, const float* res,
                            size_t res_stride, int valid, int relu) {
-    if (shape.vecs == 2) {
+    if (shape.vecs == 2 && !shape.quarter) {
         switch (rows) { ROWS_UP_TO_6(2, 0) }
+    } else if (shape.vecs == 3) {
+        switch (rows) { ROWS_UP_TO_4(3, 0) }
+    } else if (shape.vecs == 2) {
+        switch (rows) { ROWS_UP_TO_4(2, 1) }
     } else if (shape.vecs == 1 && shape.quarter) {
         switch (rows) { ROWS_UP_TO_6(1, 1) }
     } else if (shape.vecs == 1) {
@@ -175,9 +197,9 @@ static void pointwise_rows(Shape shape, int rows, const float* a, size_t step, c
    The pixels come in lines of line_len; pixel j of line l starts at in + line_base[l] + j * step (a 1x1
    conv: one line, step = the input's channel stride; the stem conv: one line per output row, reading its
    3x3 windows from a zero-bordered NCHW image through idx). Output and residual pixels are consecutive.
-   Weights are packed per group in panels of 16 output channels, each panel K rows of 16 floats (zero
-   beyond N), so a panel is one contiguous stream; biases as n_pad floats per group (n_pad = N rounded up
-   to 16). */
+   Weights are packed per group in panels of output channels (widths by panel_width), each panel K rows
+   of its width (a last partial panel padded with zeros to 16), so a panel is one contiguous stream;
+   biases as n_pad floats per group (n_pad: the panels' widths summed). */
 static void pointwise(const float* in, const int32_t* line_base, int lines, int line_len, int step,
                       const int32_t* idx, int groups, int K, int N, int n_pad, const float* w, const float* bias,
                       float* out, int out_stride, int out_offset, const float* res, int res_stride,
@@ -197,8 +219,8 @@ static void pointwise(const float* in, const int32_t* line_base, int lines, int 
             const size_t first = (size_t)line * line_len;
             for (int c0 = 0; c0 < line_len; c0 += chunk) {
                 const int c1 = c0 + chunk < line_len ? c0 + chunk : line_len;
-                for (int n0 = 0; n0 < N; n0 += 16) {
-                    const int valid = N - n0 < 16 ? N - n0 : 16;
+                for (int n0 = 0, valid; n0 < N; n0 += valid) {
+                    valid = panel_width(N - n0);
                     const Shape shape = panel_shape(valid);
                     const size_t channel = (size_t)out_offset + (size_t)g * N + n0;
                     for (int p0 = c0; p0 < c1; p0 += shape.rows) {
