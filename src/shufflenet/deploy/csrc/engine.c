@@ -239,42 +239,78 @@ static void pointwise(const float* in, const int32_t* line_base, int lines, int 
     }
 }
 
-/* The taps of the 3x3 window at (iy0, ix0) that fall inside an H x W map (the map's border): tap index
-   ky * 3 + kx and pixel index iy * W + ix of each; returns how many. */
-static inline int window_taps(int H, int W, int iy0, int ix0, int* tap, int* pixel) {
-    int count = 0;
-    for (int ky = 0; ky < 3; ky++)
-        for (int kx = 0; kx < 3; kx++) {
-            const int iy = iy0 + ky, ix = ix0 + kx;
-            if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
-            tap[count] = ky * 3 + kx;
-            pixel[count++] = iy * W + ix;
-        }
-    return count;
+/* The rows [ky0, ky1) and columns [kx0, kx1) of the 3x3 window at (iy0, ix0) that lie inside an H x W
+   map. */
+static inline void window_range(int H, int W, int iy0, int ix0, int* ky0, int* ky1, int* kx0, int* kx1) {
+    *ky0 = iy0 < 0 ? -iy0 : 0;
+    *ky1 = iy0 + 3 > H ? H - iy0 : 3;
+    *kx0 = ix0 < 0 ? -ix0 : 0;
+    *kx1 = ix0 + 3 > W ? W - ix0 : 3;
 }
 
-/* One output vector of the depthwise conv on the map's border. */
-static inline __m256 depthwise_border(const float* in, int H, int W, int in_stride, int c0, int iy0, int ix0,
-                                      const __m256* k, __m256 acc) {
-    int tap[9], pixel[9];
-    const int count = window_taps(H, W, iy0, ix0, tap, pixel);
-    for (int i = 0; i < count; i++)
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(in + (size_t)pixel[i] * in_stride + c0), k[tap[i]], acc);
-    return acc;
+/* One output vector of the depthwise conv at a pixel the 4-pixel path does not cover (the map's border,
+   or the last interior columns): the taps inside the map, one FMA chain per window row so the FMA
+   latency overlaps. */
+static inline __m256 depthwise_pixel(const float* in, int H, int W, int in_stride, int c0, int iy0, int ix0,
+                                     const __m256* k, __m256 acc) {
+    int ky0, ky1, kx0, kx1;
+    window_range(H, W, iy0, ix0, &ky0, &ky1, &kx0, &kx1);
+    __m256 rows[3] = {acc, _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int ky = ky0; ky < ky1; ky++) {
+        const float* p = in + ((size_t)(iy0 + ky) * W + ix0) * in_stride + c0;
+        for (int kx = kx0; kx < kx1; kx++)
+            rows[ky] = _mm256_fmadd_ps(_mm256_loadu_ps(p + (size_t)kx * in_stride), k[ky * 3 + kx], rows[ky]);
+    }
+    return _mm256_add_ps(_mm256_add_ps(rows[0], rows[1]), rows[2]);
 }
 
 static inline void store_activated(float* out, __m256 y, int relu) {
     _mm256_storeu_ps(out, relu ? _mm256_max_ps(y, _mm256_setzero_ps()) : y);
 }
 
+/* ``blocks`` runs of four neighbouring interior outputs of one 8-channel block, the 9 taps held in named
+   registers (with the four accumulators, the bias and a load: 15 of AVX2's 16; a tap array would live on
+   the stack and cost a second load per FMA). Four independent FMA chains hide the FMA latency. ``p``:
+   the first window's top-left input; neighbours are ``step`` apart, window rows ``row``, columns ``col``. */
+static inline __attribute__((always_inline)) void depthwise_span(const float* p, size_t step, size_t row,
+                                                                 size_t col, const float* w, size_t C,
+                                                                 __m256 b, float* o, size_t out_stride,
+                                                                 int blocks, int relu) {
+    const __m256 k0 = _mm256_loadu_ps(w), k1 = _mm256_loadu_ps(w + C), k2 = _mm256_loadu_ps(w + 2 * C);
+    const __m256 k3 = _mm256_loadu_ps(w + 3 * C), k4 = _mm256_loadu_ps(w + 4 * C);
+    const __m256 k5 = _mm256_loadu_ps(w + 5 * C), k6 = _mm256_loadu_ps(w + 6 * C);
+    const __m256 k7 = _mm256_loadu_ps(w + 7 * C), k8 = _mm256_loadu_ps(w + 8 * C);
+    for (int i = 0; i < blocks; i++, p += 4 * step, o += 4 * out_stride) {
+        __m256 a0 = b, a1 = b, a2 = b, a3 = b;
+#define TAP(k, offset)                                                   \
+    {                                                                    \
+        const float* q = p + (offset);                                   \
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q), k, a0);                 \
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + step), k, a1);          \
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(q + 2 * step), k, a2);      \
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(q + 3 * step), k, a3);      \
+    }
+        TAP(k0, 0) TAP(k1, col) TAP(k2, 2 * col)
+        TAP(k3, row) TAP(k4, row + col) TAP(k5, row + 2 * col)
+        TAP(k6, 2 * row) TAP(k7, 2 * row + col) TAP(k8, 2 * row + 2 * col)
+#undef TAP
+        store_activated(o, a0, relu);
+        store_activated(o + out_stride, a1, relu);
+        store_activated(o + 2 * out_stride, a2, relu);
+        store_activated(o + 3 * out_stride, a3, relu);
+    }
+}
+
 /* 3x3 depthwise conv, padding 1, over C channels in whole 8-lane blocks (C a multiple of 8; the planner
    pads it: lanes past a map's channels read the next pixel or the buffer's slack, meet zero filters and
-   land in the output's padding). Weights: 9 rows (taps) of C floats. Interior pixels go four at a time:
-   four independent FMA chains hide the FMA latency a single 9-tap chain would expose. */
+   land in the output's padding). Weights: 9 rows (taps) of C floats. Interior pixels go four at a time
+   (depthwise_span), the rest one at a time. */
 static void depthwise(const float* in, int H, int W, int in_stride, int C, int stride, const float* w,
                       const float* bias, float* out, int Ho, int Wo, int out_stride, int out_offset, int relu) {
     /* Output columns whose 3 input columns are all inside the map: [1, ox_end). */
     const int ox_end = (W - 2) / stride + 1 < Wo ? (W - 2) / stride + 1 : Wo;
+    const int blocks = ox_end > 1 ? (ox_end - 1) / 4 : 0;
+    const size_t row = (size_t)W * in_stride, step = (size_t)stride * in_stride;
     /* Rows outermost: the three input rows a row of outputs needs stay in cache across channel blocks
        (the stride-2 maps of the first stages exceed L2, so a channel-block-outer sweep would re-stream
        them from L3 once per block). */
@@ -286,31 +322,18 @@ static void depthwise(const float* in, int H, int W, int in_stride, int C, int s
             for (int t = 0; t < 9; t++) k[t] = _mm256_loadu_ps(w + t * C + c0);
             const __m256 b = _mm256_loadu_ps(bias + c0);
             float* row_out = out + (size_t)oy * Wo * out_stride + out_offset + c0;
-            for (int ox = 0; ox < Wo;) {
-                if (inside && ox >= 1 && ox + 4 <= ox_end) {
-                    const float* p = in + ((size_t)iy0 * W + ox * stride - 1) * in_stride + c0;
-                    const size_t step = (size_t)stride * in_stride;
-                    __m256 a0 = b, a1 = b, a2 = b, a3 = b;
-                    for (int ky = 0; ky < 3; ky++)
-                        for (int kx = 0; kx < 3; kx++) {
-                            const float* q = p + ((size_t)ky * W + kx) * in_stride;
-                            const __m256 tap = k[ky * 3 + kx];
-                            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q), tap, a0);
-                            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + step), tap, a1);
-                            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(q + 2 * step), tap, a2);
-                            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(q + 3 * step), tap, a3);
-                        }
-                    float* o = row_out + (size_t)ox * out_stride;
-                    store_activated(o, a0, relu);
-                    store_activated(o + out_stride, a1, relu);
-                    store_activated(o + 2 * out_stride, a2, relu);
-                    store_activated(o + 3 * out_stride, a3, relu);
-                    ox += 4;
-                } else {
-                    const __m256 acc = depthwise_border(in, H, W, in_stride, c0, iy0, ox * stride - 1, k, b);
-                    store_activated(row_out + (size_t)ox * out_stride, acc, relu);
-                    ox += 1;
-                }
+            int ox = 0;
+            if (inside && blocks) {
+                const __m256 left = depthwise_pixel(in, H, W, in_stride, c0, iy0, -1, k, b);
+                store_activated(row_out, left, relu);
+                const float* p = in + ((size_t)iy0 * W + stride - 1) * in_stride + c0;
+                depthwise_span(p, step, row, in_stride, w + c0, C, b, row_out + out_stride, out_stride, blocks,
+                               relu);
+                ox = 1 + 4 * blocks;
+            }
+            for (; ox < Wo; ox++) {
+                const __m256 acc = depthwise_pixel(in, H, W, in_stride, c0, iy0, ox * stride - 1, k, b);
+                store_activated(row_out + (size_t)ox * out_stride, acc, relu);
             }
         }
     }
@@ -320,12 +343,13 @@ static void depthwise(const float* in, int H, int W, int in_stride, int C, int s
 static inline __m256 pool_border(int average, const float* in, int H, int W, int in_stride, int c0, int iy0,
                                  int ix0) {
     __m256 acc = average ? _mm256_setzero_ps() : _mm256_set1_ps(-__builtin_inff());
-    int tap[9], pixel[9];
-    const int count = window_taps(H, W, iy0, ix0, tap, pixel);
-    for (int i = 0; i < count; i++) {
-        const __m256 x = _mm256_loadu_ps(in + (size_t)pixel[i] * in_stride + c0);
-        acc = average ? _mm256_add_ps(acc, x) : _mm256_max_ps(acc, x);
-    }
+    int ky0, ky1, kx0, kx1;
+    window_range(H, W, iy0, ix0, &ky0, &ky1, &kx0, &kx1);
+    for (int ky = ky0; ky < ky1; ky++)
+        for (int kx = kx0; kx < kx1; kx++) {
+            const __m256 x = _mm256_loadu_ps(in + ((size_t)(iy0 + ky) * W + ix0 + kx) * in_stride + c0);
+            acc = average ? _mm256_add_ps(acc, x) : _mm256_max_ps(acc, x);
+        }
     return acc;
 }
 
