@@ -45,13 +45,15 @@ def test_headline_ratios_use_the_faster_runtime_and_the_right_rows():
         _cell("torchvision:shufflenet_v2_x1_0", "eager", 15.0),
         _cell("shufflenet_v2_x1_0[layout=torchvision]", "ours", 3.0),
         _cell("shufflenet_v2_x1_0[layout=torchvision]", "eager_cl", 9.0),
+        _cell("shufflenet_v2_x1_0[layout=torchvision]", "eager_deploy", 6.0),
         _cell("shufflenet_v2_x1_0[layout=torchvision]", "ours", 99.0, threads=2),  # other thread count
     ]
     ratios = {what: value for what, value, _ in headline_ratios(cells)}
     v2 = next(value for what, value in ratios.items() if what.startswith("V2 1x"))
     assert v2 == pytest.approx(3.0 / 4.0)
-    eager = next(value for what, value in ratios.items() if what.startswith("torchvision eager"))
-    assert eager == pytest.approx(15.0 / 9.0)
+    deploy = next(value for what, value in ratios.items() if "deploy graph in eager" in what)
+    trainable = next(value for what, value in ratios.items() if "trainable model in eager" in what)
+    assert deploy == pytest.approx(15.0 / 6.0) and trainable == pytest.approx(15.0 / 9.0)
     assert not any(what.startswith("V1 g3 1x: ours") for what in ratios)  # rows not measured are left out
 
 
@@ -61,6 +63,8 @@ def test_engine_cells_only_for_our_shufflenets_on_one_thread():
     assert "one thread" in skip_reason("shufflenet_v1_g3_x1_0", "engine", threads=2)
     assert skip_reason("mobilenet_v2_x1_0", "engine") and skip_reason("torchvision:alexnet", "engine")
     assert skip_reason("torchvision:alexnet", "ours") and skip_reason("torchvision:alexnet", "ort") is None
+    assert skip_reason("torchvision:shufflenet_v2_x1_0", "eager_deploy")
+    assert skip_reason("shufflenet_v2_x0_5", "eager_deploy") is None
 
 
 def test_headline_shuffle_cost_per_backend():

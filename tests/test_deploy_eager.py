@@ -138,3 +138,17 @@ def test_deploy_graph_eager_path_follows_dtype_changes() -> None:
         assert out.dtype == torch.float64
         # the fold ran in float32; stale float32 steps would fail on the float64 input outright
         torch.testing.assert_close(out, model.double()(x.double()), rtol=1e-5, atol=1e-6)
+
+
+def test_eager_deploy_runtime_runs_the_deploy_graph_channels_last(tmp_path) -> None:
+    from shufflenet.deploy.runtimes import build_runner
+
+    model = _v2_with_statistics()
+    example = torch.randn(1, 3, 64, 64)
+    run = build_runner("eager_deploy", model, example, threads=1, workdir=tmp_path)
+    batch = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(batch).numpy()
+    torch.testing.assert_close(
+        torch.from_numpy(run(batch.numpy())), torch.from_numpy(expected), rtol=1e-4, atol=1e-4
+    )

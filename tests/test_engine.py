@@ -78,6 +78,17 @@ CASES = [
 ]
 
 
+def test_weight_panels_follow_the_kernels_cutting_rule():
+    """16-channel panels; 20 or 24 remaining channels make one (4x20 / 4x24 tile); a last panel under 16 is
+    padded to 16. engine.c's panel_width walks the same cuts over the packed weights."""
+    assert engine._panels(16) == [(0, 16)]
+    assert engine._panels(20) == [(0, 20)] and engine._panels(24) == [(0, 24)]
+    assert engine._panels(40) == [(0, 16), (16, 40)]
+    assert engine._panels(58) == [(0, 16), (16, 32), (32, 48), (48, 64)]
+    assert engine._panels(116)[-2:] == [(80, 96), (96, 116)]
+    assert engine._panels(10) == [(0, 16)]
+
+
 @pytest.mark.parametrize(("name", "kwargs", "size"), CASES)
 def test_engine_matches_pytorch(name, kwargs, size):
     model = _model(name, size, **kwargs)

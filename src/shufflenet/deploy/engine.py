@@ -12,8 +12,8 @@ built (ShuffleNet V1 section 3.1, V2 section 3):
   where the branches write; only V2's kept half is copied (a few contiguous runs per pixel);
 - BN is folded into the conv before it; the residual add and ReLU are the pointwise conv's epilogue.
 
-The 1x1 convs run as a register-tiled GEMM (6 pixels x 16 channels, or 4 x 20/24); the depthwise convs and pools are
-vectorised over channels. ``build_engine(model, (H, W))`` plans a network for one input size.
+The 1x1 convs run as a register-tiled GEMM (6 pixels x 16 channels, or 4 x 20/24); the depthwise convs
+and pools are vectorised over channels. ``build_engine(model, (H, W))`` plans a network for one input size.
 """
 
 from __future__ import annotations
