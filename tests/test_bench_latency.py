@@ -1,6 +1,8 @@
 import dataclasses
 import json
+import time
 
+import numpy as np
 import pytest
 
 from shufflenet.bench.latency import (
@@ -150,3 +152,21 @@ def test_rounds_take_the_median_of_each_cells_runs(monkeypatch):
     for cell in cells:
         assert cell.median_ms == sorted(cell.extra["rounds"])[1]
         assert cell.p90_ms == cell.median_ms + 1
+
+
+def test_deploy_path_picks_the_fastest_backend_in_interleaved_passes():
+    from shufflenet.deploy.runtimes import fastest
+
+    calls = {"slow": 0, "quick": 0}
+
+    def runner(name, seconds):
+        def run(batch):
+            calls[name] += 1
+            time.sleep(seconds)
+
+        return run
+
+    runners = {"slow": runner("slow", 0.004), "quick": runner("quick", 0.0005)}
+    assert fastest(runners, np.zeros(1), passes=5) == "quick"
+    assert calls == {"slow": 8, "quick": 8}  # 3 warm-up calls each, then one call per pass each
+    assert fastest({"only": runner("slow", 0.0)}, np.zeros(1)) == "only"

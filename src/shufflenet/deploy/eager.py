@@ -52,10 +52,18 @@ def _is_pointwise(conv: nn.Conv2d) -> bool:
     )
 
 
+def _weight_matrix(conv: nn.Conv2d) -> torch.Tensor:
+    """A 1x1 conv's weight as the (in, out) matrix that multiplies pixel rows (a view, no copy)."""
+    return conv.weight.view(conv.out_channels, conv.in_channels).t()
+
+
+def _affine(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return rows @ weight if bias is None else torch.addmm(bias, rows, weight)
+
+
 def pointwise_rows(rows: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """A 1x1 conv on NHWC pixel rows (any row stride): one matrix product plus bias."""
-    weight = conv.weight.view(conv.out_channels, conv.in_channels).t()
-    return rows @ weight if conv.bias is None else torch.addmm(conv.bias, rows, weight)
+    return _affine(rows, _weight_matrix(conv), conv.bias)
 
 
 # One conv of a branch, prepared for :func:`run_on_rows`: (weight, bias, conv arguments, relu after).
@@ -72,8 +80,7 @@ def row_steps(sequence: Iterable[nn.Module]) -> list[RowStep]:
         if isinstance(module, nn.ReLU) and steps and not steps[-1][3]:
             steps[-1] = (*steps[-1][:3], True)
         elif isinstance(module, nn.Conv2d) and _is_pointwise(module):
-            weight = module.weight.view(module.out_channels, module.in_channels).t()
-            steps.append((weight, module.bias, None, False))
+            steps.append((_weight_matrix(module), module.bias, None, False))
         elif isinstance(module, nn.Conv2d) and module.padding_mode == "zeros":
             arguments = (module.stride, module.padding, module.dilation, module.groups)
             steps.append((module.weight, module.bias, arguments, False))
@@ -91,7 +98,7 @@ def run_on_rows(
     batch, height, width = shape
     for weight, bias, arguments, relu in steps:
         if arguments is None:
-            rows = rows @ weight if bias is None else torch.addmm(bias, rows, weight)
+            rows = _affine(rows, weight, bias)
         else:
             out = F.conv2d(rows.view(batch, height, width, -1).permute(0, 3, 1, 2), weight, bias, *arguments)
             height, width = out.shape[-2:]
@@ -117,6 +124,10 @@ class PointwiseConv2d(nn.Conv2d):
     def covers(cls, conv: nn.Module) -> bool:
         """Whether ``conv`` is a plain 1x1 convolution this class can stand in for."""
         return type(conv) is nn.Conv2d and _is_pointwise(conv)
+
+
+def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    return tuple(value) if isinstance(value, tuple | list) else (value, value)
 
 
 class StridedMaxPool2d(nn.MaxPool2d):
@@ -146,10 +157,10 @@ class StridedMaxPool2d(nn.MaxPool2d):
         """Whether ``pool`` is the plain 3x3/2 max-pool with padding 1 this class computes."""
         return (
             type(pool) is nn.MaxPool2d
-            and F._pair(pool.kernel_size) == (3, 3)
-            and F._pair(pool.stride) == (2, 2)
-            and F._pair(pool.padding) == (1, 1)
-            and F._pair(pool.dilation) == (1, 1)
+            and _pair(pool.kernel_size) == (3, 3)
+            and _pair(pool.stride) == (2, 2)
+            and _pair(pool.padding) == (1, 1)
+            and _pair(pool.dilation) == (1, 1)
             and not pool.ceil_mode
             and not pool.return_indices
         )

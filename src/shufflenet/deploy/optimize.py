@@ -23,6 +23,11 @@ cheaper operations.
   either runs there explicitly or is folded into the second 1x1 group conv, which becomes a dense conv
   with permuted block-sparse weights. Which is faster depends on the machine and the runtime, so
   ``v1_shuffle="auto"`` times each per stage with the timer the caller runs the model with.
+- Eager PyTorch (:mod:`shufflenet.deploy.eager`): the same graph also runs fast eagerly on CPU with
+  channels_last inputs: 1x1 convs are matrix products on the NHWC pixel rows (a V2 unit's transformed
+  half is a strided slice of them, no copy), V2 branches run as cached steps without module calls, the
+  stem's max-pool is four strided maxima. Traced, compiled or exported, every module keeps its plain
+  Conv/MaxPool graph. ``channel_multiple=1`` suits eager (the padding only helps ONNX Runtime).
 - Shift units (ShiftResNet, FE-Net; seed 004): each shift layer becomes its inference form, channels
   grouped by displacement with only the shifted groups moved (in place in eager PyTorch; Slice + Pad +
   Concat in exports). The grouping permutation is folded into the 1x1 convs on either side of the shift.
