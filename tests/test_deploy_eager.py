@@ -152,3 +152,12 @@ def test_eager_deploy_runtime_runs_the_deploy_graph_channels_last(tmp_path) -> N
     torch.testing.assert_close(
         torch.from_numpy(run(batch.numpy())), torch.from_numpy(expected), rtol=1e-4, atol=1e-4
     )
+
+
+def test_deploy_graph_built_in_inference_mode_runs_eagerly() -> None:
+    model = _v2_with_statistics()
+    x = torch.randn(1, 3, 64, 64).contiguous(memory_format=CHANNELS_LAST)
+    with torch.inference_mode():  # parameters created here are inference tensors (no version counter)
+        deployed = optimize(model, channel_multiple=1)
+        torch.testing.assert_close(deployed(x), model(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(deployed(x), model(x), rtol=1e-4, atol=1e-4)
