@@ -12,10 +12,8 @@ Same models, runtimes and ratios as `shufflenet bench latency` with the acceptan
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +29,7 @@ from shufflenet.bench.latency import (
 )
 from shufflenet.bench.report import write_latency_results
 from shufflenet.cli import LATENCY_ACCEPTANCE_MODELS
-from shufflenet.deploy.runtimes import build_runner
+from shufflenet.deploy.runtimes import build_runner, interleaved_seconds
 from shufflenet.profile import profile
 
 RUNTIMES = ("eager", "eager_cl", "eager_deploy", "ort", "openvino", "engine", "ours")
@@ -68,19 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                     cell.extra["backend"] = run.backend
                 runners.append((run, example.numpy()))
                 cells.append(cell)
-        for run, batch in runners:
-            for _ in range(args.warmup):
-                run(batch)
-        times = [[] for _ in runners]
-        order = list(range(len(runners)))
-        shuffler = random.Random(0)
-        for _ in tqdm(range(args.passes), desc="passes", unit="pass"):
-            shuffler.shuffle(order)
-            for index in order:
-                run, batch = runners[index]
-                start = time.perf_counter()
-                run(batch)
-                times[index].append(time.perf_counter() - start)
+        calls = [lambda run=run, batch=batch: run(batch) for run, batch in runners]
+        times = interleaved_seconds(calls, passes=args.passes, warmup=args.warmup, progress=True)
     for cell, samples in zip(cells, times, strict=True):
         cell.median_ms = 1000 * float(np.median(samples))
         cell.p90_ms = 1000 * float(np.percentile(samples, 90))

@@ -654,7 +654,8 @@ def build_parser() -> argparse.ArgumentParser:
         "latency",
         help="models x input sizes x threads x runtimes, each cell in its own process",
         description="Median and p90 latency of each model at each input size and thread count on each "
-        "runtime: eager, eager channels_last, torch.compile, ONNX Runtime, OpenVINO, engine (our C engine: "
+        "runtime: eager, eager channels_last, eager_deploy (our deploy graph in eager, channels_last), "
+        "torch.compile, ONNX Runtime, OpenVINO, engine (our C engine: "
         "ShuffleNet V1/V2, one thread, AVX2) and ours (the fastest of the engine and the deploy graph on "
         "OpenVINO, ONNX Runtime or PyTorch). Each cell runs in a fresh subprocess "
         "after warm-up. Prints a Markdown table "

@@ -32,9 +32,10 @@ def plain_eager(x: torch.Tensor) -> bool:
 
 
 def nhwc_rows(x: torch.Tensor) -> torch.Tensor | None:
-    """``x`` (N, C, H, W) as an (N*H*W, C) matrix view when its memory is NHWC with unit channel stride (a
-    channels_last tensor or a channel slice of one); None when that needs a copy."""
-    if x.dim() != 4 or x.stride(1) != 1:
+    """``x`` (N, C, H, W) as an (N*H*W, C) matrix view when it runs eagerly on CPU (:func:`plain_eager`)
+    and its memory is NHWC with unit channel stride (a channels_last tensor or a channel slice of one);
+    None otherwise: the caller then takes the plain module path."""
+    if not plain_eager(x) or x.dim() != 4 or x.stride(1) != 1:
         return None
     try:
         return x.permute(0, 2, 3, 1).view(-1, x.shape[1])
@@ -113,7 +114,7 @@ class PointwiseConv2d(nn.Conv2d):
     (output channels_last); otherwise exactly ``nn.Conv2d``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = nhwc_rows(x) if plain_eager(x) else None
+        rows = nhwc_rows(x)
         if rows is None:
             return super().forward(x)
         out = pointwise_rows(rows, self)

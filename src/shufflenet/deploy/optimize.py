@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from shufflenet.blocks import ShuffleV1Unit, ShuffleV2Unit
-from shufflenet.deploy.eager import nhwc_rows, plain_eager, row_steps, run_on_rows, use_eager_kernels
+from shufflenet.deploy.eager import nhwc_rows, row_steps, run_on_rows, use_eager_kernels
 from shufflenet.deploy.fold import fold_batchnorm, fold_conv_bn
 from shufflenet.models import ShuffleNetV1, ShuffleNetV2
 from shufflenet.ops import SHIFT_LAYERS, SegmentShift, channel_shuffle, shift_segments
@@ -170,7 +170,7 @@ class DeployShuffleV2Unit(nn.Module):
         self._row_steps: list | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = nhwc_rows(x) if plain_eager(x) else None
+        rows = nhwc_rows(x)
         if rows is not None:
             return self._forward_rows(rows, x.shape)
         if self.branch1 is not None:  # stride 2: both branches read the whole input

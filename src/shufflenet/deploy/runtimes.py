@@ -19,7 +19,7 @@ import random
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -168,24 +168,41 @@ def _deploy_runner(model: nn.Module, example: torch.Tensor, threads: int, workdi
 
 
 def fastest(runners: dict[str, Runner], batch: np.ndarray, *, passes: int = 30) -> str:
-    """The name of the runner with the lowest median time on ``batch``, timed in interleaved passes (each
-    pass calls every runner once, in a fresh random order) so that the machine's drift during the
-    measurement lands on all of them alike rather than deciding the choice."""
+    """The name of the runner with the lowest median time on ``batch``, timed in interleaved passes
+    (:func:`interleaved_seconds`) so that the machine's drift lands on all of them alike rather than
+    deciding the choice."""
     if len(runners) == 1:
         return next(iter(runners))
-    for run in runners.values():
-        for _ in range(3):
-            run(batch)
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    order = list(runners)
+    names = list(runners)
+    times = interleaved_seconds(
+        [lambda run=runners[name]: run(batch) for name in names], passes=passes, warmup=3
+    )
+    return min(zip(names, times, strict=True), key=lambda pair: float(np.median(pair[1])))[0]
+
+
+def interleaved_seconds(
+    calls: Sequence[Callable[[], object]], *, passes: int, warmup: int, progress: bool = False
+) -> list[list[float]]:
+    """Seconds of each call in each of ``passes`` passes, after ``warmup`` calls of each. Every pass calls
+    every one once, in a fresh random order (seeded), so drift in the machine's speed lands on all alike."""
+    for call in calls:
+        for _ in range(warmup):
+            call()
+    times: list[list[float]] = [[] for _ in calls]
+    order = list(range(len(calls)))
     shuffler = random.Random(0)
-    for _ in range(passes):
+    rounds = range(passes)
+    if progress:
+        from tqdm import tqdm
+
+        rounds = tqdm(rounds, desc="passes", unit="pass")
+    for _ in rounds:
         shuffler.shuffle(order)
-        for name in order:
+        for index in order:
             start = time.perf_counter()
-            runners[name](batch)
-            times[name].append(time.perf_counter() - start)
-    return min(times, key=lambda name: float(np.median(times[name])))
+            calls[index]()
+            times[index].append(time.perf_counter() - start)
+    return times
 
 
 def _eager_deploy_runner(model: nn.Module, example: torch.Tensor) -> Runner:
