@@ -19,6 +19,9 @@ try:
 except EngineUnavailable as error:  # no AVX2/FMA or no C compiler: the engine is optional, so is this file
     pytest.skip(f"the C engine cannot run on this machine: {error}", allow_module_level=True)
 
+# The instruction sets the engine compiles for that this CPU runs (its default, the widest, first).
+ISAS_HERE = [isa for isa, (_, needs) in engine.ISAS.items() if needs <= engine._cpu_flags()]
+
 # float32 with a different summation order (folded BN, FMA, tiled GEMM) than PyTorch: the observed
 # difference is ~3e-5 of the largest logit, so 1e-4 of it (at least 1e-4 absolute) leaves headroom while
 # any wrong tap, channel or border value (an O(0.1) activation error) is far outside it.
@@ -79,24 +82,33 @@ CASES = [
 
 
 def test_weight_panels_follow_the_kernels_cutting_rule():
-    """16-channel panels; 20 or 24 remaining channels make one (4x20 / 4x24 tile); a last panel under 16 is
-    padded to 16. engine.c's panel_width walks the same cuts over the packed weights."""
-    assert engine._panels(16) == [(0, 16)]
-    assert engine._panels(20) == [(0, 20)] and engine._panels(24) == [(0, 24)]
-    assert engine._panels(40) == [(0, 16), (16, 40)]
-    assert engine._panels(58) == [(0, 16), (16, 32), (32, 48), (48, 64)]
-    assert engine._panels(116)[-2:] == [(80, 96), (96, 116)]
-    assert engine._panels(10) == [(0, 16)]
+    """Panels of two vectors; 2.5 or 3 vectors' worth remaining make one (AVX2: a 4x20 / 4x24 tile); a
+    last narrower panel is padded to a half vector, at least 16 floats. engine.c's panel_width and
+    panel_stride walk the same cuts over the packed weights."""
+    avx2, avx512 = 8, 16
+    assert engine._panels(16, avx2) == [(0, 16)]
+    assert engine._panels(20, avx2) == [(0, 20)] and engine._panels(24, avx2) == [(0, 24)]
+    assert engine._panels(40, avx2) == [(0, 16), (16, 40)]
+    assert engine._panels(58, avx2) == [(0, 16), (16, 32), (32, 48), (48, 64)]
+    assert engine._panels(116, avx2)[-2:] == [(80, 96), (96, 116)]
+    assert engine._panels(10, avx2) == [(0, 16)]
+    assert engine._panels(32, avx512) == [(0, 32)]
+    assert engine._panels(40, avx512) == [(0, 40)] and engine._panels(48, avx512) == [(0, 48)]
+    assert engine._panels(58, avx512) == [(0, 32), (32, 64)]  # 26 left: a 32-wide tile
+    assert engine._panels(116, avx512) == [(0, 32), (32, 64), (64, 96), (96, 120)]  # 20 left: 24 wide
+    assert engine._panels(10, avx512) == [(0, 16)] and engine._panels(80, avx512) == [(0, 32), (32, 80)]
 
 
+@pytest.mark.parametrize("isa", ISAS_HERE)
 @pytest.mark.parametrize(("name", "kwargs", "size"), CASES)
-def test_engine_matches_pytorch(name, kwargs, size):
+def test_engine_matches_pytorch(name, kwargs, size, isa):
+    """Every instruction set this CPU runs (AVX-512 tiles are wider, with masked tails), same logits."""
     model = _model(name, size, **kwargs)
     batch = _batch(model, size)
     reference = _reference(model, batch)
     # Logits must be far from zero, else the absolute tolerance would hide a broken network.
     assert np.abs(reference).max() > 0.3
-    out = build_engine(model, size)(batch)
+    out = build_engine(model, size, isa=isa)(batch)
     assert out.shape == reference.shape and out.dtype == np.float32
     _assert_matches(out, reference)
 
@@ -189,10 +201,10 @@ def test_library_is_compiled_once_into_the_cache(tmp_path, monkeypatch):
     """Compiling takes seconds, so a fresh process must reuse the file: one ``engine-*.so`` in the cache
     (built in a temporary folder beside it, which must be gone), loaded again without a compile."""
     monkeypatch.setenv("SHUFFLENET_CACHE", str(tmp_path))
-    monkeypatch.setattr(engine, "_LIBRARY", None)
+    monkeypatch.setattr(engine, "_LIBRARIES", {})
     library = load_library()
     built = list(tmp_path.glob("engine-*.so"))
-    assert len(built) == 1 and re.fullmatch(r"engine-[0-9a-f]+\.so", built[0].name), built
+    assert len(built) == 1 and re.fullmatch(r"engine-avx(2|512)-[0-9a-f]+\.so", built[0].name), built
     assert not [path for path in tmp_path.iterdir() if path.is_dir()]
     assert load_library() is library  # the module keeps it
     mtime = built[0].stat().st_mtime_ns
@@ -203,7 +215,7 @@ def test_library_is_compiled_once_into_the_cache(tmp_path, monkeypatch):
         assert str(engine.SOURCE) not in map(str, command), "the cached library was compiled again"
         return real_run(command, *args, **kwargs)
 
-    monkeypatch.setattr(engine, "_LIBRARY", None)  # as in a new process
+    monkeypatch.setattr(engine, "_LIBRARIES", {})  # as in a new process
     monkeypatch.setattr(engine.subprocess, "run", no_compile)
     load_library()
     assert list(tmp_path.glob("engine-*.so")) == built and built[0].stat().st_mtime_ns == mtime
@@ -219,7 +231,7 @@ def test_library_is_compiled_once_into_the_cache(tmp_path, monkeypatch):
 )
 def test_load_library_says_why_it_cannot_run(setup, message, tmp_path, monkeypatch):
     monkeypatch.setenv("SHUFFLENET_CACHE", str(tmp_path))
-    monkeypatch.setattr(engine, "_LIBRARY", None)
+    monkeypatch.setattr(engine, "_LIBRARIES", {})
     setup(monkeypatch)
     with pytest.raises(EngineUnavailable, match=message):
         load_library()

@@ -1,5 +1,6 @@
 """Our own inference engine for ShuffleNet V1 and V2 (batch-1 CPU latency): the whole network as one C call
-on NHWC float32 buffers (``csrc/engine.c``, compiled on first use for AVX2 + FMA).
+on NHWC float32 buffers (``csrc/engine.c``, compiled on first use for AVX-512 or AVX2 + FMA, whichever
+is the widest the CPU has).
 
 Why it is faster than running the deploy graph in ONNX Runtime or OpenVINO: in those runtimes every channel
 shuffle, split and concatenation is a data-movement op, and an op that their blocked (NCHWc) kernels do not
@@ -12,8 +13,9 @@ built (ShuffleNet V1 section 3.1, V2 section 3):
   where the branches write; only V2's kept half is copied (a few contiguous runs per pixel);
 - BN is folded into the conv before it; the residual add and ReLU are the pointwise conv's epilogue.
 
-The 1x1 convs run as a register-tiled GEMM (6 pixels x 16 channels, or 4 x 20/24); the depthwise convs
-and pools are vectorised over channels. ``build_engine(model, (H, W))`` plans a network for one input size.
+The 1x1 convs run as a register-tiled GEMM (AVX2: 6 pixels x 16 channels, or 4 x 20/24; AVX-512: 12 x 32
+or 8 x 40/48); the depthwise convs and pools are vectorised over channels. ``build_engine(model, (H, W))``
+plans a network for one input size.
 """
 
 from __future__ import annotations
@@ -41,7 +43,12 @@ from shufflenet.deploy.runtimes import RuntimeUnavailable
 from shufflenet.models import ShuffleNetV1, ShuffleNetV2
 
 SOURCE = Path(__file__).with_name("csrc") / "engine.c"
-COMPILE_FLAGS = ("-O3", "-mavx2", "-mfma", "-shared", "-fPIC", "-std=gnu11")
+# Instruction sets the engine compiles for, widest first: (compiler flags, CPU flags they need).
+ISAS = {
+    "avx512": (("-mavx512f", "-mavx512vl", "-mavx2", "-mfma"), {"avx512f", "avx512vl", "avx2", "fma"}),
+    "avx2": (("-mavx2", "-mfma"), {"avx2", "fma"}),
+}
+COMPILE_FLAGS = ("-O3", "-shared", "-fPIC", "-std=gnu11")
 FIELDS = 24  # int64 fields per operation row, as in engine.c
 OP_PAD_INPUT, OP_POINTWISE, OP_DEPTHWISE, OP_MAXPOOL, OP_AVGPOOL, OP_COPY, OP_GLOBAL_AVG = range(7)
 
@@ -61,48 +68,66 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-_LIBRARY: ctypes.CDLL | None = None
-
-
-def load_library() -> ctypes.CDLL:
-    """The compiled engine, built on first use into ``$SHUFFLENET_CACHE`` (default ~/.cache/shufflenet) and
-    reused while the source is unchanged. Raises :class:`EngineUnavailable` without an x86-64 CPU with
-    AVX2 + FMA or without a C compiler (``$CC``, default ``cc``)."""
-    global _LIBRARY
-    if _LIBRARY is not None:
-        return _LIBRARY
+def engine_isa() -> str:
+    """The instruction set the engine is built for here: ``$SHUFFLENET_ENGINE_ISA`` (``avx512`` or
+    ``avx2``) if set, else the widest this CPU supports. Raises :class:`EngineUnavailable` where none
+    runs."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         raise EngineUnavailable("the shufflenet engine needs an x86-64 CPU with AVX2 and FMA")
     flags = _cpu_flags()
     if not flags:
         raise EngineUnavailable("could not confirm AVX2 and FMA support: /proc/cpuinfo (Linux) is unreadable")
-    if not {"avx2", "fma"} <= flags:
-        raise EngineUnavailable("the shufflenet engine needs an x86-64 CPU with AVX2 and FMA")
+    chosen = os.environ.get("SHUFFLENET_ENGINE_ISA")
+    if chosen is not None and chosen not in ISAS:
+        raise EngineUnavailable(f"SHUFFLENET_ENGINE_ISA={chosen!r}: use one of {', '.join(ISAS)} or unset it")
+    if chosen is not None:
+        missing = " ".join(sorted(ISAS[chosen][1] - flags))
+        if missing:
+            raise EngineUnavailable(f"SHUFFLENET_ENGINE_ISA={chosen}: this CPU lacks {missing}; unset it")
+        return chosen
+    for isa, (_, needs) in ISAS.items():
+        if needs <= flags:
+            return isa
+    raise EngineUnavailable("the shufflenet engine needs an x86-64 CPU with AVX2 and FMA")
+
+
+_LIBRARIES: dict[str, ctypes.CDLL] = {}
+
+
+def load_library(isa: str | None = None) -> ctypes.CDLL:
+    """The engine compiled for ``isa`` (default :func:`engine_isa`), built on first use into
+    ``$SHUFFLENET_CACHE`` (default ~/.cache/shufflenet) and reused while the source is unchanged. Raises
+    :class:`EngineUnavailable` without a suitable x86-64 CPU or a C compiler (``$CC``, default ``cc``)."""
+    isa = isa or engine_isa()
+    if isa in _LIBRARIES:
+        return _LIBRARIES[isa]
     compiler = shutil.which(os.environ.get("CC", "cc"))
     if compiler is None:
         raise EngineUnavailable("the shufflenet engine is compiled on first use; install a C compiler (cc)")
+    flags = (*COMPILE_FLAGS, *ISAS[isa][0])
     identity = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    key = SOURCE.read_bytes() + " ".join((compiler, identity, *COMPILE_FLAGS)).encode()
+    key = SOURCE.read_bytes() + " ".join((compiler, identity, *flags)).encode()
     cache = Path(os.environ.get("SHUFFLENET_CACHE", Path.home() / ".cache" / "shufflenet"))
-    target = cache / f"engine-{hashlib.sha256(key).hexdigest()[:16]}.so"
+    target = cache / f"engine-{isa}-{hashlib.sha256(key).hexdigest()[:16]}.so"
     if not target.exists():
         cache.mkdir(parents=True, exist_ok=True)
         # Compile beside the target, then rename: a concurrent or interrupted build never leaves half a file.
         with tempfile.TemporaryDirectory(dir=cache) as folder:
             built = Path(folder) / target.name
             result = subprocess.run(
-                [compiler, *COMPILE_FLAGS, str(SOURCE), "-o", str(built)], capture_output=True, text=True
+                [compiler, *flags, str(SOURCE), "-o", str(built)], capture_output=True, text=True
             )
             if result.returncode != 0:
                 raise EngineUnavailable(f"compiling {SOURCE.name} failed: {result.stderr.strip()[:500]}")
             os.replace(built, target)
-        for stale in cache.glob("engine-*.so"):  # builds of older sources or other compilers
+        for stale in cache.glob(f"engine-{isa}-*.so"):  # builds of older sources or other compilers
             if stale != target:
                 stale.unlink(missing_ok=True)
     library = ctypes.CDLL(str(target))
     library.shufflenet_engine_run.restype = None
     library.shufflenet_engine_run.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 5
-    _LIBRARY = library
+    library.shufflenet_engine_lanes.restype = ctypes.c_int
+    _LIBRARIES[isa] = library
     return library
 
 
@@ -130,14 +155,16 @@ class _Feature:
         return len(self.positions)
 
 
-def _panels(channels: int) -> list[tuple[int, int]]:
-    """(start, stop) of each weight panel, as engine.c's panel_width cuts ``channels`` output channels:
-    16 at a time, except 20 or 24 remaining make one panel; a last panel under 16 is padded to 16."""
+def _panels(channels: int, lanes: int) -> list[tuple[int, int]]:
+    """(start, stop) of each weight panel, as engine.c's panel_width and panel_stride cut ``channels``
+    output channels for vectors of ``lanes`` floats: two vectors at a time, except that 2.5 or 3 vectors'
+    worth remaining make one panel; a last narrower panel is padded to a half vector, at least 16."""
     panels, start = [], 0
     while start < channels:
         remaining = channels - start
-        width = remaining if remaining in (20, 24) or remaining < 16 else 16
-        panels.append((start, start + max(width, 16)))
+        wide = remaining in (5 * lanes // 2, 3 * lanes) or remaining < 2 * lanes
+        width = remaining if wide else 2 * lanes
+        panels.append((start, start + max(_round_up(width, lanes // 2), 16)))
         start += width
     return panels
 
@@ -168,9 +195,10 @@ def _conv_bn_pairs(sequence: nn.Sequential) -> list[tuple[nn.Conv2d, nn.BatchNor
 
 
 class _Planner:
-    """Collects operations, buffers and the two arenas of a plan."""
+    """Collects operations, buffers and the two arenas of a plan, for vectors of ``lanes`` floats."""
 
-    def __init__(self) -> None:
+    def __init__(self, lanes: int) -> None:
+        self.lanes = lanes
         self.ops: list[list[int]] = []
         self.buffer_sizes: dict[str, int] = {}
         self.buffer_ids: dict[str, int] = {}
@@ -190,8 +218,8 @@ class _Planner:
         offset = self.float_size
         flat = np.ascontiguousarray(values, dtype=np.float32).ravel()
         self.floats.append(flat)
-        # Keep every block 32-byte aligned and readable 8 floats past its end.
-        padded = _round_up(flat.size + 8)
+        # Keep every block 64-byte aligned and readable 16 floats past its end (whole-vector loads).
+        padded = _round_up(flat.size + 16, 16)
         self.floats.append(np.zeros(padded - flat.size, np.float32))
         self.float_size += padded
         return offset
@@ -232,7 +260,7 @@ class _Planner:
         pixels = height * width
         k_per_group = weight.shape[1] * weight.shape[2] * weight.shape[3]
         n_per_group = out_channels // groups
-        panels = _panels(n_per_group)
+        panels = _panels(n_per_group, self.lanes)
         n_pad = panels[-1][1]
         dense = np.zeros((groups, k_per_group, n_pad), np.float32)
         packed_bias = np.zeros((groups, n_pad), np.float32)
@@ -359,8 +387,15 @@ class Engine:
     """A planned network: call it with an NCHW float32 batch (any batch size, the planned H x W) to get
     the logits as NumPy."""
 
-    def __init__(self, planner: _Planner, input_buffer: int, output: _Feature, input_shape: tuple[int, ...]):
-        self._library = load_library()
+    def __init__(
+        self,
+        library: ctypes.CDLL,
+        planner: _Planner,
+        input_buffer: int,
+        output: _Feature,
+        input_shape: tuple[int, ...],
+    ):
+        self._library = library
         self.input_shape = input_shape
         self._ops = np.ascontiguousarray(np.array(planner.ops, dtype=np.int64))
         self._floats = np.concatenate(planner.floats) if planner.floats else np.zeros(8, np.float32)
@@ -519,8 +554,9 @@ def _v2_unit(planner: _Planner, unit: ShuffleV2Unit, x: _Feature, parity: int) -
     return _Feature(buffer, height, width, channels, [concatenated[k] for k in order]), parity
 
 
-def build_engine(model: nn.Module, input_size: tuple[int, int]) -> Engine:
-    """Plan ``model`` (a ShuffleNet V1 or V2 in eval mode, 3x3 stem) for ``input_size`` = (H, W) inputs.
+def build_engine(model: nn.Module, input_size: tuple[int, int], *, isa: str | None = None) -> Engine:
+    """Plan ``model`` (a ShuffleNet V1 or V2 in eval mode, 3x3 stem) for ``input_size`` = (H, W) inputs,
+    run by the engine compiled for ``isa`` (default: the widest this CPU has, see :func:`engine_isa`).
     Raises :class:`EngineUnavailable` for other networks or layers the engine does not run, ValueError for
     a model in training mode or an input size the model refuses. The engine keeps its own copy of the
     weights: later changes to ``model`` need a new plan. One call runs at a time (a lock guards the
@@ -536,7 +572,8 @@ def build_engine(model: nn.Module, input_size: tuple[int, int]) -> Engine:
         )
     height, width = input_size
     model.check_input(torch.empty(1, model.in_chans, height, width))
-    planner = _Planner()
+    library = load_library(isa)
+    planner = _Planner(library.shufflenet_engine_lanes())
     with torch.no_grad():
         x = _stem(planner, model, model.in_chans, height, width)
         parity = 0
@@ -558,4 +595,4 @@ def build_engine(model: nn.Module, input_size: tuple[int, int]) -> Engine:
         weight = classifier.weight.detach().float().numpy()[:, :, None, None]
         bias = classifier.bias.detach().float().numpy()
         logits = planner.pointwise(features, weight, bias, groups=1, relu=False, role="logits")
-    return Engine(planner, planner.buffer_ids["input"], logits, (model.in_chans, height, width))
+    return Engine(library, planner, planner.buffer_ids["input"], logits, (model.in_chans, height, width))

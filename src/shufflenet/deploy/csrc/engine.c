@@ -6,7 +6,8 @@
    through an index table (any order, any subset) and writes its outputs at any channel offset of any
    buffer, so the planner turns every data-movement op of the papers' units into addressing.
 
-   Compiled for AVX2 + FMA (x86-64): cc -O3 -mavx2 -mfma -shared -fPIC. */
+   Compiled for AVX2 + FMA (cc -O3 -mavx2 -mfma -shared -fPIC) or AVX-512 (-mavx512f -mavx512vl -mfma):
+   engine.py picks the widest the CPU has. */
 
 #include <immintrin.h>
 #include <stdint.h>
@@ -32,17 +33,77 @@ enum { FIELDS = 24 };
 #define CHUNK_WEIGHT_BYTES 262144
 #endif
 
-static inline __attribute__((always_inline)) __m256i tail_mask(int count) {
+/* The vector layer: every kernel below is written once over ``vec`` (LANES floats) and ``hvec`` (half as
+   many: the narrow part of a GEMM tile). AVX-512 builds (-mavx512f -mavx512vl) use 512/256-bit vectors and
+   mask registers for partial loads and stores; AVX2 builds 256/128-bit vectors, partial stores in 4/2/1
+   pieces (AVX2's masked store, vmaskmovps, is microcoded on AMD Zen). */
+#define INLINE static inline __attribute__((always_inline))
+#ifdef __AVX512F__
+#define LANES 16
+typedef __m512 vec;
+typedef __m256 hvec;
+INLINE vec v_load(const float* p) { return _mm512_loadu_ps(p); }
+INLINE vec v_broadcast(const float* p) { return _mm512_set1_ps(*p); }
+INLINE vec v_set1(float x) { return _mm512_set1_ps(x); }
+INLINE vec v_fma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
+INLINE vec v_add(vec a, vec b) { return _mm512_add_ps(a, b); }
+INLINE vec v_mul(vec a, vec b) { return _mm512_mul_ps(a, b); }
+INLINE vec v_max(vec a, vec b) { return _mm512_max_ps(a, b); }
+INLINE __mmask16 v_mask(int count) { return (__mmask16)((1u << count) - 1); }
+INLINE vec v_load_n(const float* p, int count) {
+    return count >= LANES ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(v_mask(count), p);
+}
+INLINE void v_store_n(float* p, vec v, int count) {
+    if (count >= LANES)
+        _mm512_storeu_ps(p, v);
+    else
+        _mm512_mask_storeu_ps(p, v_mask(count), v);
+}
+INLINE hvec h_load(const float* p) { return _mm256_loadu_ps(p); }
+INLINE hvec h_broadcast(const float* p) { return _mm256_broadcast_ss(p); }
+INLINE hvec h_low(vec v) { return _mm512_castps512_ps256(v); }
+INLINE hvec h_fma(hvec a, hvec b, hvec c) { return _mm256_fmadd_ps(a, b, c); }
+INLINE hvec h_add(hvec a, hvec b) { return _mm256_add_ps(a, b); }
+INLINE hvec h_max(hvec a, hvec b) { return _mm256_max_ps(a, b); }
+INLINE hvec h_zero(void) { return _mm256_setzero_ps(); }
+INLINE hvec h_load_n(const float* p, int count) {
+    return count >= LANES / 2 ? _mm256_loadu_ps(p) : _mm256_maskz_loadu_ps((__mmask8)v_mask(count), p);
+}
+INLINE void h_store_n(float* p, hvec v, int count) {
+    if (count >= LANES / 2)
+        _mm256_storeu_ps(p, v);
+    else
+        _mm256_mask_storeu_ps(p, (__mmask8)v_mask(count), v);
+}
+#else
+#define LANES 8
+typedef __m256 vec;
+typedef __m128 hvec;
+INLINE vec v_load(const float* p) { return _mm256_loadu_ps(p); }
+INLINE vec v_broadcast(const float* p) { return _mm256_broadcast_ss(p); }
+INLINE vec v_set1(float x) { return _mm256_set1_ps(x); }
+INLINE vec v_fma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+INLINE vec v_add(vec a, vec b) { return _mm256_add_ps(a, b); }
+INLINE vec v_mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
+INLINE vec v_max(vec a, vec b) { return _mm256_max_ps(a, b); }
+INLINE vec v_load_n(const float* p, int count) {
+    if (count >= LANES) return _mm256_loadu_ps(p);
     const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(count), lanes);
+    return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(count), lanes));
 }
-
-static inline __attribute__((always_inline)) __m256 load_lanes(const float* p, int count) {
-    return count >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, tail_mask(count));
+INLINE hvec h_load(const float* p) { return _mm_loadu_ps(p); }
+INLINE hvec h_broadcast(const float* p) { return _mm_broadcast_ss(p); }
+INLINE hvec h_low(vec v) { return _mm256_castps256_ps128(v); }
+INLINE hvec h_fma(hvec a, hvec b, hvec c) { return _mm_fmadd_ps(a, b, c); }
+INLINE hvec h_add(hvec a, hvec b) { return _mm_add_ps(a, b); }
+INLINE hvec h_max(hvec a, hvec b) { return _mm_max_ps(a, b); }
+INLINE hvec h_zero(void) { return _mm_setzero_ps(); }
+INLINE hvec h_load_n(const float* p, int count) {
+    if (count >= 4) return _mm_loadu_ps(p);
+    const __m128i lanes = _mm_setr_epi32(0, 1, 2, 3);
+    return _mm_maskload_ps(p, _mm_cmpgt_epi32(_mm_set1_epi32(count), lanes));
 }
-
-/* Partial stores in 4/2/1-float pieces: AVX2's masked store (vmaskmovps) is microcoded on AMD Zen. */
-static inline __attribute__((always_inline)) void store_quarter(float* p, __m128 v, int count) {
+INLINE void h_store_n(float* p, hvec v, int count) {
     if (count >= 4) {
         _mm_storeu_ps(p, v);
         return;
@@ -55,141 +116,161 @@ static inline __attribute__((always_inline)) void store_quarter(float* p, __m128
     }
     if (count) _mm_store_ss(p, v);
 }
-
-static inline __attribute__((always_inline)) void store_lanes(float* p, __m256 v, int count) {
-    if (count >= 8) {
+INLINE void v_store_n(float* p, vec v, int count) {
+    if (count >= LANES) {
         _mm256_storeu_ps(p, v);
     } else if (count > 4) {
         _mm_storeu_ps(p, _mm256_castps256_ps128(v));
-        store_quarter(p + 4, _mm256_extractf128_ps(v, 1), count - 4);
+        h_store_n(p + 4, _mm256_extractf128_ps(v, 1), count - 4);
     } else {
-        store_quarter(p, _mm256_castps256_ps128(v), count);
+        h_store_n(p, _mm256_castps256_ps128(v), count);
     }
 }
+#endif
+INLINE vec v_zero(void) { return v_set1(0.0f); }
 
-static inline __attribute__((always_inline)) __m128 load_quarter(const float* p, int count) {
-    if (count >= 4) return _mm_loadu_ps(p);
-    const __m128i lanes = _mm_setr_epi32(0, 1, 2, 3);
-    return _mm_maskload_ps(p, _mm_cmpgt_epi32(_mm_set1_epi32(count), lanes));
+/* The lanes of this build: engine.py packs weight panels for it. */
+int shufflenet_engine_lanes(void) { return LANES; }
+
+INLINE void finish(float* out, const float* res, vec y, int lanes, int relu) {
+    if (res) y = v_add(y, v_load_n(res, lanes));
+    if (relu) y = v_max(y, v_zero());
+    v_store_n(out, y, lanes);
 }
 
-static inline __attribute__((always_inline)) void finish(float* out, const float* res, __m256 y, int lanes,
-                                                         int relu) {
-    if (res) y = _mm256_add_ps(y, load_lanes(res, lanes));
-    if (relu) y = _mm256_max_ps(y, _mm256_setzero_ps());
-    store_lanes(out, y, lanes);
+INLINE void finish_half(float* out, const float* res, hvec y, int lanes, int relu) {
+    if (res) y = h_add(y, h_load_n(res, lanes));
+    if (relu) y = h_max(y, h_zero());
+    h_store_n(out, y, lanes);
 }
 
-static inline __attribute__((always_inline)) void finish_quarter(float* out, const float* res, __m128 y,
-                                                                 int lanes, int relu) {
-    if (res) y = _mm_add_ps(y, load_quarter(res, lanes));
-    if (relu) y = _mm_max_ps(y, _mm_setzero_ps());
-    store_quarter(out, y, lanes);
-}
-
-/* One register tile of the pointwise GEMM: ROWS pixels x (VECS * 8 + QUARTER * 4) output channels, in
-   named registers (GCC keeps an array of vectors on the stack). The 4-wide part serves panel remainders:
-   on AMD Zen 1 a 128-bit FMA costs half a 256-bit one, so it wastes nothing. Pixel r's input starts at
-   a + r * step (a fixed step: two base registers cover six rows, where six row pointers would spill);
-   idx[k] is the offset of input channel k within it. The tile's weights are K rows of its panel's width. */
-#define ROW_INIT(r) __m256 c##r##0 = b0, c##r##1 = b1, c##r##2 = b2; __m128 q##r = bq;
-#define ROW_FMA(r)                                                                  \
-    if (ROWS > r) {                                                                 \
-        if (VECS > 0) {                                                             \
-            const __m256 x = _mm256_broadcast_ss(p + r * step);                     \
-            c##r##0 = _mm256_fmadd_ps(x, w0, c##r##0);                              \
-            if (VECS > 1) c##r##1 = _mm256_fmadd_ps(x, w1, c##r##1);                \
-            if (VECS > 2) c##r##2 = _mm256_fmadd_ps(x, w2, c##r##2);                \
-            if (QUARTER) q##r = _mm_fmadd_ps(_mm256_castps256_ps128(x), wq, q##r);  \
-        } else {                                                                    \
-            q##r = _mm_fmadd_ps(_mm_broadcast_ss(p + r * step), wq, q##r);          \
-        }                                                                           \
+/* One register tile of the pointwise GEMM: ROWS pixels x (VECS * LANES + HALF * LANES / 2) output
+   channels, in named registers (GCC keeps an array of vectors on the stack). The half-width part serves
+   panel remainders (on AMD Zen 1 a 128-bit FMA costs half a 256-bit one, so it wastes nothing). Pixel r's
+   input starts at a + r * step (a fixed step: a few base registers cover all rows, where a pointer per row
+   would spill); idx[k] is the offset of input channel k within it. The tile's weights are K rows of its
+   panel's stride. */
+#define ROW_INIT(r) vec c##r##0 = b0, c##r##1 = b1, c##r##2 = b2; hvec q##r = bq;
+#define ROW_FMA(r)                                                       \
+    if (ROWS > r) {                                                      \
+        if (VECS > 0) {                                                  \
+            const vec x = v_broadcast(p + r * step);                     \
+            c##r##0 = v_fma(x, w0, c##r##0);                             \
+            if (VECS > 1) c##r##1 = v_fma(x, w1, c##r##1);               \
+            if (VECS > 2) c##r##2 = v_fma(x, w2, c##r##2);               \
+            if (HALF) q##r = h_fma(h_low(x), wq, q##r);                  \
+        } else {                                                         \
+            q##r = h_fma(h_broadcast(p + r * step), wq, q##r);           \
+        }                                                                \
     }
-#define ROW_STORE(r)                                                                                   \
-    if (ROWS > r) {                                                                                    \
-        float* o = out + (size_t)r * out_stride;                                                       \
-        const float* rr = res ? res + (size_t)r * res_stride : 0;                                      \
-        if (VECS > 0) finish(o, rr, c##r##0, valid, relu);                                             \
-        if (VECS > 1) finish(o + 8, rr ? rr + 8 : 0, c##r##1, valid - 8, relu);                        \
-        if (VECS > 2) finish(o + 16, rr ? rr + 16 : 0, c##r##2, valid - 16, relu);                     \
-        if (QUARTER) finish_quarter(o + 8 * VECS, rr ? rr + 8 * VECS : 0, q##r, valid - 8 * VECS, relu); \
+#define ROW_STORE(r)                                                                                    \
+    if (ROWS > r) {                                                                                     \
+        float* o = out + (size_t)r * out_stride;                                                        \
+        const float* rr = res ? res + (size_t)r * res_stride : 0;                                       \
+        if (VECS > 0) finish(o, rr, c##r##0, valid, relu);                                              \
+        if (VECS > 1) finish(o + LANES, rr ? rr + LANES : 0, c##r##1, valid - LANES, relu);             \
+        if (VECS > 2) finish(o + 2 * LANES, rr ? rr + 2 * LANES : 0, c##r##2, valid - 2 * LANES, relu); \
+        if (HALF)                                                                                       \
+            finish_half(o + LANES * VECS, rr ? rr + LANES * VECS : 0, q##r, valid - LANES * VECS, relu); \
     }
+#define ROWS_0_TO_15(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7) M(8) M(9) M(10) M(11) M(12) M(13) M(14) M(15)
 
-static inline __attribute__((always_inline)) void pointwise_tile(
-    const int ROWS, const int VECS, const int QUARTER, const float* a, size_t step, const int32_t* idx, int K,
-    const float* w, const float* bias, float* out, size_t out_stride, const float* res, size_t res_stride,
-    int valid, int relu) {
-    const __m256 b0 = VECS > 0 ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
-    const __m256 b1 = VECS > 1 ? _mm256_loadu_ps(bias + 8) : b0;
-    const __m256 b2 = VECS > 2 ? _mm256_loadu_ps(bias + 16) : b0;
-    const __m128 bq = QUARTER ? _mm_loadu_ps(bias + 8 * VECS) : _mm_setzero_ps();
-    ROW_INIT(0) ROW_INIT(1) ROW_INIT(2) ROW_INIT(3) ROW_INIT(4) ROW_INIT(5)
-    ROW_INIT(6) ROW_INIT(7) ROW_INIT(8) ROW_INIT(9) ROW_INIT(10) ROW_INIT(11)
-    const int width = VECS * 8 + QUARTER * 4, panel = width > 16 ? width : 16;
+INLINE void pointwise_tile(const int ROWS, const int VECS, const int HALF, const float* a, size_t step,
+                           const int32_t* idx, int K, const float* w, int panel, const float* bias, float* out,
+                           size_t out_stride, const float* res, size_t res_stride, int valid, int relu) {
+    const vec b0 = VECS > 0 ? v_load(bias) : v_zero();
+    const vec b1 = VECS > 1 ? v_load(bias + LANES) : b0;
+    const vec b2 = VECS > 2 ? v_load(bias + 2 * LANES) : b0;
+    const hvec bq = HALF ? h_load(bias + LANES * VECS) : h_zero();
+    ROWS_0_TO_15(ROW_INIT)
     for (int k = 0; k < K; k++) {
         const float* p = a + idx[k];
         const float* wk = w + (size_t)k * panel;
-        const __m256 w0 = VECS > 0 ? _mm256_loadu_ps(wk) : b0;
-        const __m256 w1 = VECS > 1 ? _mm256_loadu_ps(wk + 8) : w0;
-        const __m256 w2 = VECS > 2 ? _mm256_loadu_ps(wk + 16) : w0;
-        const __m128 wq = QUARTER ? _mm_loadu_ps(wk + 8 * VECS) : bq;
-        ROW_FMA(0) ROW_FMA(1) ROW_FMA(2) ROW_FMA(3) ROW_FMA(4) ROW_FMA(5)
-        ROW_FMA(6) ROW_FMA(7) ROW_FMA(8) ROW_FMA(9) ROW_FMA(10) ROW_FMA(11)
+        const vec w0 = VECS > 0 ? v_load(wk) : b0;
+        const vec w1 = VECS > 1 ? v_load(wk + LANES) : w0;
+        const vec w2 = VECS > 2 ? v_load(wk + 2 * LANES) : w0;
+        const hvec wq = HALF ? h_load(wk + LANES * VECS) : bq;
+        ROWS_0_TO_15(ROW_FMA)
     }
-    ROW_STORE(0) ROW_STORE(1) ROW_STORE(2) ROW_STORE(3) ROW_STORE(4) ROW_STORE(5)
-    ROW_STORE(6) ROW_STORE(7) ROW_STORE(8) ROW_STORE(9) ROW_STORE(10) ROW_STORE(11)
+    ROWS_0_TO_15(ROW_STORE)
 }
 
-/* Tile shapes: (rows, 8-wide vectors, 4-wide part), each with at most 12 accumulators. */
+/* Tile shapes: (rows, full vectors, half vector), each with at most 12 (AVX2: 16 registers) or 24
+   (AVX-512: 32 registers) accumulators. */
 typedef struct {
-    int rows, vecs, quarter;
+    int rows, vecs, half;
 } Shape;
 
-/* Output channels are cut into panels of 16, except that 20 or 24 remaining channels make one panel
-   (a 4 x 20 or 4 x 24 tile beats 16 plus a narrow remainder tile: fewer broadcasts per FMA); a last
-   panel under 16 is padded to 16 (rows stay 64-byte aligned). engine.py packs the weights by the same
-   rule. */
+/* Output channels are cut into panels of 2 vectors (AVX2 16 channels, AVX-512 32), except that 2.5 or 3
+   vectors' worth remaining make one panel (a 4 x 20 or 4 x 24 AVX2 tile beats 16 plus a narrow remainder
+   tile: fewer broadcasts per FMA). Each panel is stored K rows of its stride: its width rounded up to a
+   half vector, at least 16 floats (rows stay 64-byte aligned). engine.py packs the weights by the same
+   rules. */
 static int panel_width(int remaining) {
-    return remaining == 20 || remaining == 24 || remaining < 16 ? remaining : 16;
+    return remaining == 5 * LANES / 2 || remaining == 3 * LANES || remaining < 2 * LANES ? remaining : 2 * LANES;
 }
+
+static int panel_stride(int valid) {
+    const int rounded = (valid + LANES / 2 - 1) / (LANES / 2) * (LANES / 2);
+    return rounded > 16 ? rounded : 16;
+}
+
+/* Tile rows for 2.5-3 vectors, 1.5-2 and 0.5-1; chunks of pixels are a multiple of each. */
+#if LANES == 16
+#define ROWS_WIDE 8
+#define ROWS_MID 12
+#define ROWS_NARROW 16
+#define CHUNK_ROWS 48
+#else
+#define ROWS_WIDE 4
+#define ROWS_MID 6
+#define ROWS_NARROW 8
+#define CHUNK_ROWS 24
+#endif
 
 /* The tile for a panel of ``valid`` channels: the narrowest that covers it. */
 static Shape panel_shape(int valid) {
-    if (valid > 20) return (Shape){4, 3, 0};
-    if (valid > 16) return (Shape){4, 2, 1};
-    if (valid > 12) return (Shape){6, 2, 0};
-    if (valid > 8) return (Shape){6, 1, 1};
-    if (valid > 4) return (Shape){8, 1, 0};
-    return (Shape){8, 0, 1};
+    if (valid > 5 * LANES / 2) return (Shape){ROWS_WIDE, 3, 0};
+    if (valid > 2 * LANES) return (Shape){ROWS_WIDE, 2, 1};
+    if (valid > 3 * LANES / 2) return (Shape){ROWS_MID, 2, 0};
+    if (valid > LANES) return (Shape){ROWS_MID, 1, 1};
+    if (valid > LANES / 2) return (Shape){ROWS_NARROW, 1, 0};
+    return (Shape){ROWS_NARROW, 0, 1};
 }
 
 #define TILE(R, V, Q) \
-    pointwise_tile(R, V, Q, a, step, idx, K, w, bias, out, out_stride, res, res_stride, valid, relu)
-/* Row counts up to each shape's own (6 or 8): every case is a separate specialised kernel. */
-#define ROWS_UP_TO_6(V, Q)                                                                               \
-    case 6: TILE(6, V, Q); break; case 5: TILE(5, V, Q); break; case 4: TILE(4, V, Q); break;            \
-    case 3: TILE(3, V, Q); break; case 2: TILE(2, V, Q); break; default: TILE(1, V, Q); break;
-#define ROWS_UP_TO_8(V, Q) case 8: TILE(8, V, Q); break; case 7: TILE(7, V, Q); break; ROWS_UP_TO_6(V, Q)
-#define ROWS_UP_TO_4(V, Q)                                                                               \
-    case 4: TILE(4, V, Q); break; case 3: TILE(3, V, Q); break; case 2: TILE(2, V, Q); break;            \
+    pointwise_tile(R, V, Q, a, step, idx, K, w, panel, bias, out, out_stride, res, res_stride, valid, relu)
+/* Row counts up to each shape's own: every case is a separate specialised kernel. */
+#define ROWS_UP_TO_4(V, Q)                                                                     \
+    case 4: TILE(4, V, Q); break; case 3: TILE(3, V, Q); break; case 2: TILE(2, V, Q); break; \
     default: TILE(1, V, Q); break;
+#define ROWS_UP_TO_6(V, Q) case 6: TILE(6, V, Q); break; case 5: TILE(5, V, Q); break; ROWS_UP_TO_4(V, Q)
+#define ROWS_UP_TO_8(V, Q) case 8: TILE(8, V, Q); break; case 7: TILE(7, V, Q); break; ROWS_UP_TO_6(V, Q)
+#define ROWS_UP_TO_12(V, Q)                                                                       \
+    case 12: TILE(12, V, Q); break; case 11: TILE(11, V, Q); break; case 10: TILE(10, V, Q); break; \
+    case 9: TILE(9, V, Q); break; ROWS_UP_TO_8(V, Q)
+#define ROWS_UP_TO_16(V, Q)                                                                       \
+    case 16: TILE(16, V, Q); break; case 15: TILE(15, V, Q); break; case 14: TILE(14, V, Q); break; \
+    case 13: TILE(13, V, Q); break; ROWS_UP_TO_12(V, Q)
+#define ROWS_UP_TO(n) ROWS_UP_TO_EXPAND(n)
+#define ROWS_UP_TO_EXPAND(n) ROWS_UP_TO_##n
 
 /* Dispatch to a tile specialised for its shape (constants after inlining). */
 static void pointwise_rows(Shape shape, int rows, const float* a, size_t step, const int32_t* idx, int K,
-                           const float* w, const float* bias, float* out, size_t out_stride, const float* res,
-                           size_t res_stride, int valid, int relu) {
-    if (shape.vecs == 2 && !shape.quarter) {
-        switch (rows) { ROWS_UP_TO_6(2, 0) }
+                           const float* w, int panel, const float* bias, float* out, size_t out_stride,
+                           const float* res, size_t res_stride, int valid, int relu) {
+    if (shape.vecs == 2 && !shape.half) {
+        switch (rows) { ROWS_UP_TO(ROWS_MID)(2, 0) }
     } else if (shape.vecs == 3) {
-        switch (rows) { ROWS_UP_TO_4(3, 0) }
+        switch (rows) { ROWS_UP_TO(ROWS_WIDE)(3, 0) }
     } else if (shape.vecs == 2) {
-        switch (rows) { ROWS_UP_TO_4(2, 1) }
-    } else if (shape.vecs == 1 && shape.quarter) {
-        switch (rows) { ROWS_UP_TO_6(1, 1) }
+        switch (rows) { ROWS_UP_TO(ROWS_WIDE)(2, 1) }
+    } else if (shape.vecs == 1 && shape.half) {
+        switch (rows) { ROWS_UP_TO(ROWS_MID)(1, 1) }
     } else if (shape.vecs == 1) {
-        switch (rows) { ROWS_UP_TO_8(1, 0) }
+        switch (rows) { ROWS_UP_TO(ROWS_NARROW)(1, 0) }
     } else {
-        switch (rows) { ROWS_UP_TO_8(0, 1) }
+        switch (rows) { ROWS_UP_TO(ROWS_NARROW)(0, 1) }
     }
 }
 
@@ -198,8 +279,8 @@ static void pointwise_rows(Shape shape, int rows, const float* a, size_t step, c
    conv: one line, step = the input's channel stride; the stem conv: one line per output row, reading its
    3x3 windows from a zero-bordered NCHW image through idx). Output and residual pixels are consecutive.
    Weights are packed per group in panels of output channels (widths by panel_width), each panel K rows
-   of its width (a last partial panel padded with zeros to 16), so a panel is one contiguous stream;
-   biases as n_pad floats per group (n_pad: the panels' widths summed). */
+   of its panel_stride (only a last partial panel is wider than its channels, padded with zeros), so a
+   panel is one contiguous stream; biases as n_pad floats per group (n_pad: the panels' strides summed). */
 static void pointwise(const float* in, const int32_t* line_base, int lines, int line_len, int step,
                       const int32_t* idx, int groups, int K, int N, int n_pad, const float* w, const float* bias,
                       float* out, int out_stride, int out_offset, const float* res, int res_stride,
@@ -208,8 +289,8 @@ static void pointwise(const float* in, const int32_t* line_base, int lines, int 
        weights are too big to re-read per chunk (the head conv, the classifier): then whole lines. */
     int chunk = line_len;
     if ((size_t)K * n_pad * sizeof(float) <= CHUNK_WEIGHT_BYTES) {
-        chunk = (int)(CHUNK_INPUT_BYTES / ((size_t)K * sizeof(float))) / 24 * 24;
-        if (chunk < 24) chunk = 24;
+        chunk = (int)(CHUNK_INPUT_BYTES / ((size_t)K * sizeof(float))) / CHUNK_ROWS * CHUNK_ROWS;
+        if (chunk < CHUNK_ROWS) chunk = CHUNK_ROWS;
     }
     for (int g = 0; g < groups; g++) {
         const int32_t* gidx = idx + (size_t)g * K;
@@ -228,8 +309,9 @@ static void pointwise(const float* in, const int32_t* line_base, int lines, int 
                         const size_t pixel = first + p0;
                         const float* r0 =
                             res ? res + pixel * res_stride + res_offset + (size_t)g * N + n0 : 0;
+                        /* Panels before the last are unpadded: this one starts n0 * K floats in. */
                         pointwise_rows(shape, rows, line_in + (size_t)p0 * step, step, gidx, K,
-                                       gw + (size_t)n0 * K, bias + g * n_pad + n0,
+                                       gw + (size_t)n0 * K, panel_stride(valid), bias + g * n_pad + n0,
                                        out + pixel * out_stride + channel, out_stride, r0, res_stride, valid,
                                        relu);
                     }
@@ -251,60 +333,58 @@ static inline void window_range(int H, int W, int iy0, int ix0, int* ky0, int* k
 /* One output vector of the depthwise conv at a pixel the 4-pixel path does not cover (the map's border,
    or the last interior columns): the taps inside the map, one FMA chain per window row so the FMA
    latency overlaps. */
-static inline __m256 depthwise_pixel(const float* in, int H, int W, int in_stride, int c0, int iy0, int ix0,
-                                     const __m256* k, __m256 acc) {
+static inline vec depthwise_pixel(const float* in, int H, int W, int in_stride, int c0, int iy0, int ix0,
+                                  const vec* k, vec acc) {
     int ky0, ky1, kx0, kx1;
     window_range(H, W, iy0, ix0, &ky0, &ky1, &kx0, &kx1);
-    __m256 rows[3] = {acc, _mm256_setzero_ps(), _mm256_setzero_ps()};
+    vec rows[3] = {acc, v_zero(), v_zero()};
     for (int ky = ky0; ky < ky1; ky++) {
         const float* p = in + ((size_t)(iy0 + ky) * W + ix0) * in_stride + c0;
         for (int kx = kx0; kx < kx1; kx++)
-            rows[ky] = _mm256_fmadd_ps(_mm256_loadu_ps(p + (size_t)kx * in_stride), k[ky * 3 + kx], rows[ky]);
+            rows[ky] = v_fma(v_load(p + (size_t)kx * in_stride), k[ky * 3 + kx], rows[ky]);
     }
-    return _mm256_add_ps(_mm256_add_ps(rows[0], rows[1]), rows[2]);
+    return v_add(v_add(rows[0], rows[1]), rows[2]);
 }
 
-static inline void store_activated(float* out, __m256 y, int relu) {
-    _mm256_storeu_ps(out, relu ? _mm256_max_ps(y, _mm256_setzero_ps()) : y);
+INLINE void store_activated(float* out, vec y, int relu, int lanes) {
+    v_store_n(out, relu ? v_max(y, v_zero()) : y, lanes);
 }
 
-/* ``blocks`` runs of four neighbouring interior outputs of one 8-channel block, the 9 taps held in named
+/* ``blocks`` runs of four neighbouring interior outputs of one channel block, the 9 taps held in named
    registers (with the four accumulators, the bias and a load: 15 of AVX2's 16; a tap array would live on
    the stack and cost a second load per FMA). Four independent FMA chains hide the FMA latency. ``p``:
    the first window's top-left input; neighbours are ``step`` apart, window rows ``row``, columns ``col``. */
-static inline __attribute__((always_inline)) void depthwise_span(const float* p, size_t step, size_t row,
-                                                                 size_t col, const float* w, size_t C,
-                                                                 __m256 b, float* o, size_t out_stride,
-                                                                 int blocks, int relu) {
-    const __m256 k0 = _mm256_loadu_ps(w), k1 = _mm256_loadu_ps(w + C), k2 = _mm256_loadu_ps(w + 2 * C);
-    const __m256 k3 = _mm256_loadu_ps(w + 3 * C), k4 = _mm256_loadu_ps(w + 4 * C);
-    const __m256 k5 = _mm256_loadu_ps(w + 5 * C), k6 = _mm256_loadu_ps(w + 6 * C);
-    const __m256 k7 = _mm256_loadu_ps(w + 7 * C), k8 = _mm256_loadu_ps(w + 8 * C);
+INLINE void depthwise_span(const float* p, size_t step, size_t row, size_t col, const float* w, size_t C, vec b,
+                           float* o, size_t out_stride, int blocks, int relu, int lanes) {
+    const vec k0 = v_load(w), k1 = v_load(w + C), k2 = v_load(w + 2 * C);
+    const vec k3 = v_load(w + 3 * C), k4 = v_load(w + 4 * C), k5 = v_load(w + 5 * C);
+    const vec k6 = v_load(w + 6 * C), k7 = v_load(w + 7 * C), k8 = v_load(w + 8 * C);
     for (int i = 0; i < blocks; i++, p += 4 * step, o += 4 * out_stride) {
-        __m256 a0 = b, a1 = b, a2 = b, a3 = b;
-#define TAP(k, offset)                                                   \
-    {                                                                    \
-        const float* q = p + (offset);                                   \
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q), k, a0);                 \
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + step), k, a1);          \
-        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(q + 2 * step), k, a2);      \
-        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(q + 3 * step), k, a3);      \
+        vec a0 = b, a1 = b, a2 = b, a3 = b;
+#define TAP(k, offset)                                    \
+    {                                                     \
+        const float* q = p + (offset);                    \
+        a0 = v_fma(v_load(q), k, a0);                     \
+        a1 = v_fma(v_load(q + step), k, a1);              \
+        a2 = v_fma(v_load(q + 2 * step), k, a2);          \
+        a3 = v_fma(v_load(q + 3 * step), k, a3);          \
     }
         TAP(k0, 0) TAP(k1, col) TAP(k2, 2 * col)
         TAP(k3, row) TAP(k4, row + col) TAP(k5, row + 2 * col)
         TAP(k6, 2 * row) TAP(k7, 2 * row + col) TAP(k8, 2 * row + 2 * col)
 #undef TAP
-        store_activated(o, a0, relu);
-        store_activated(o + out_stride, a1, relu);
-        store_activated(o + 2 * out_stride, a2, relu);
-        store_activated(o + 3 * out_stride, a3, relu);
+        store_activated(o, a0, relu, lanes);
+        store_activated(o + out_stride, a1, relu, lanes);
+        store_activated(o + 2 * out_stride, a2, relu, lanes);
+        store_activated(o + 3 * out_stride, a3, relu, lanes);
     }
 }
 
-/* 3x3 depthwise conv, padding 1, over C channels in whole 8-lane blocks (C a multiple of 8; the planner
-   pads it: lanes past a map's channels read the next pixel or the buffer's slack, meet zero filters and
-   land in the output's padding). Weights: 9 rows (taps) of C floats. Interior pixels go four at a time
-   (depthwise_span), the rest one at a time. */
+/* 3x3 depthwise conv, padding 1, over C channels (C a multiple of 8; the planner pads it) in blocks of
+   LANES channels, the last block of an AVX-512 build possibly half full. Loads are whole vectors: lanes
+   past the channels read the next pixel, the next tap row or the 16-float slack of every buffer and
+   arena block, and are dropped by the exact store. Weights: 9 rows (taps) of C floats. Interior pixels
+   go four at a time (depthwise_span), the rest one at a time. */
 static void depthwise(const float* in, int H, int W, int in_stride, int C, int stride, const float* w,
                       const float* bias, float* out, int Ho, int Wo, int out_stride, int out_offset, int relu) {
     /* Output columns whose 3 input columns are all inside the map: [1, ox_end). */
@@ -317,49 +397,50 @@ static void depthwise(const float* in, int H, int W, int in_stride, int C, int s
     for (int oy = 0; oy < Ho; oy++) {
         const int iy0 = oy * stride - 1;
         const int inside = iy0 >= 0 && iy0 + 2 < H;
-        for (int c0 = 0; c0 < C; c0 += 8) {
-            __m256 k[9];
-            for (int t = 0; t < 9; t++) k[t] = _mm256_loadu_ps(w + t * C + c0);
-            const __m256 b = _mm256_loadu_ps(bias + c0);
+        for (int c0 = 0; c0 < C; c0 += LANES) {
+            const int lanes = C - c0;
+            vec k[9];
+            for (int t = 0; t < 9; t++) k[t] = v_load(w + t * C + c0);
+            const vec b = v_load(bias + c0);
             float* row_out = out + (size_t)oy * Wo * out_stride + out_offset + c0;
             int ox = 0;
             if (inside && blocks) {
-                const __m256 left = depthwise_pixel(in, H, W, in_stride, c0, iy0, -1, k, b);
-                store_activated(row_out, left, relu);
+                const vec left = depthwise_pixel(in, H, W, in_stride, c0, iy0, -1, k, b);
+                store_activated(row_out, left, relu, lanes);
                 const float* p = in + ((size_t)iy0 * W + stride - 1) * in_stride + c0;
                 depthwise_span(p, step, row, in_stride, w + c0, C, b, row_out + out_stride, out_stride, blocks,
-                               relu);
+                               relu, lanes);
                 ox = 1 + 4 * blocks;
             }
             for (; ox < Wo; ox++) {
-                const __m256 acc = depthwise_pixel(in, H, W, in_stride, c0, iy0, ox * stride - 1, k, b);
-                store_activated(row_out + (size_t)ox * out_stride, acc, relu);
+                const vec acc = depthwise_pixel(in, H, W, in_stride, c0, iy0, ox * stride - 1, k, b);
+                store_activated(row_out + (size_t)ox * out_stride, acc, relu, lanes);
             }
         }
     }
 }
 
 /* One pooled vector on the map's border. */
-static inline __m256 pool_border(int average, const float* in, int H, int W, int in_stride, int c0, int iy0,
-                                 int ix0) {
-    __m256 acc = average ? _mm256_setzero_ps() : _mm256_set1_ps(-__builtin_inff());
+static inline vec pool_border(int average, const float* in, int H, int W, int in_stride, int c0, int iy0,
+                              int ix0) {
+    vec acc = average ? v_zero() : v_set1(-__builtin_inff());
     int ky0, ky1, kx0, kx1;
     window_range(H, W, iy0, ix0, &ky0, &ky1, &kx0, &kx1);
     for (int ky = ky0; ky < ky1; ky++)
         for (int kx = kx0; kx < kx1; kx++) {
-            const __m256 x = _mm256_loadu_ps(in + ((size_t)(iy0 + ky) * W + ix0 + kx) * in_stride + c0);
-            acc = average ? _mm256_add_ps(acc, x) : _mm256_max_ps(acc, x);
+            const vec x = v_load(in + ((size_t)(iy0 + ky) * W + ix0 + kx) * in_stride + c0);
+            acc = average ? v_add(acc, x) : v_max(acc, x);
         }
     return acc;
 }
 
 /* 3x3 stride-2 pooling with padding 1: max, or the mean over all 9 taps (zero padding counted, as
    AvgPool2d's count_include_pad). Interior windows skip the bounds checks and reduce as a tree. Loads are
-   whole 8-lane vectors (AVX2's masked load is slow on AMD Zen): lanes past the last channel read the next
-   pixel or the buffer's 16-float slack and are dropped by the exact store. */
+   whole vectors (AVX2's masked load is slow on AMD Zen): lanes past the last channel read the next pixel
+   or the buffer's 16-float slack and are dropped by the exact store. */
 static void pool(int average, const float* in, int H, int W, int in_stride, int C, float* out, int Ho, int Wo,
                  int out_stride, int out_offset) {
-    const __m256 ninth = _mm256_set1_ps(1.0f / 9.0f);
+    const vec ninth = v_set1(1.0f / 9.0f);
     const int ox_end = (W - 2) / 2 + 1 < Wo ? (W - 2) / 2 + 1 : Wo; /* windows inside the map: ox in [1, end) */
     for (int oy = 0; oy < Ho; oy++) {
         const int iy0 = oy * 2 - 1;
@@ -367,30 +448,28 @@ static void pool(int average, const float* in, int H, int W, int in_stride, int 
         for (int ox = 0; ox < Wo; ox++) {
             const int ix0 = ox * 2 - 1;
             float* o = out + ((size_t)oy * Wo + ox) * out_stride + out_offset;
-            for (int c0 = 0; c0 < C; c0 += 8) {
-                const int lanes = C - c0;
-                __m256 acc;
+            for (int c0 = 0; c0 < C; c0 += LANES) {
+                vec acc;
                 if (inside && ox >= 1 && ox < ox_end) {
                     const float* p = in + ((size_t)iy0 * W + ix0) * in_stride + c0;
                     const size_t row = (size_t)W * in_stride;
-                    __m256 t[9];
+                    vec t[9];
                     for (int ky = 0; ky < 3; ky++)
-                        for (int kx = 0; kx < 3; kx++)
-                            t[ky * 3 + kx] = _mm256_loadu_ps(p + ky * row + (size_t)kx * in_stride);
+                        for (int kx = 0; kx < 3; kx++) t[ky * 3 + kx] = v_load(p + ky * row + (size_t)kx * in_stride);
                     if (average) {
-                        acc = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(t[0], t[1]), _mm256_add_ps(t[2], t[3])),
-                                            _mm256_add_ps(_mm256_add_ps(t[4], t[5]), _mm256_add_ps(t[6], t[7])));
-                        acc = _mm256_add_ps(acc, t[8]);
+                        acc = v_add(v_add(v_add(t[0], t[1]), v_add(t[2], t[3])),
+                                    v_add(v_add(t[4], t[5]), v_add(t[6], t[7])));
+                        acc = v_add(acc, t[8]);
                     } else {
-                        acc = _mm256_max_ps(_mm256_max_ps(_mm256_max_ps(t[0], t[1]), _mm256_max_ps(t[2], t[3])),
-                                            _mm256_max_ps(_mm256_max_ps(t[4], t[5]), _mm256_max_ps(t[6], t[7])));
-                        acc = _mm256_max_ps(acc, t[8]);
+                        acc = v_max(v_max(v_max(t[0], t[1]), v_max(t[2], t[3])),
+                                    v_max(v_max(t[4], t[5]), v_max(t[6], t[7])));
+                        acc = v_max(acc, t[8]);
                     }
                 } else {
                     acc = pool_border(average, in, H, W, in_stride, c0, iy0, ix0);
                 }
-                if (average) acc = _mm256_mul_ps(acc, ninth);
-                store_lanes(o + c0, acc, lanes);
+                if (average) acc = v_mul(acc, ninth);
+                v_store_n(o + c0, acc, C - c0);
             }
         }
     }
