@@ -2,9 +2,13 @@
 process, then called in turn, one batch each, in a freshly shuffled order per pass, so that the machine's
 drift (10-15% between minutes on the shared 2-core development machine) lands on every cell alike. The
 per-cell benchmark (`shufflenet bench latency`) isolates each cell in its own process instead, which keeps
-runtimes from touching each other but lets two cells of one ratio run minutes apart.
+runtimes from touching each other but lets two cells of one ratio run minutes apart. Each timed call
+follows one untimed call of the same cell (``--rewarm 1``), so every cell is timed in steady state as in
+the per-cell benchmark; ``--rewarm 0`` times each call right after another cell's, with whatever that
+left in cache (AlexNet's 240 MB of weights leave none).
 
-    python benchmarks/paired_latency.py [--passes 300] [--output benchmarks/results/latency-paired]
+    python benchmarks/paired_latency.py [--passes 300] [--rewarm 1] \
+        [--output benchmarks/results/latency-paired]
 
 Same models, runtimes and ratios as `shufflenet bench latency` with the acceptance set; one thread.
 """
@@ -41,6 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--passes", type=int, default=300, help="calls per cell (default 300)")
     parser.add_argument("--warmup", type=int, default=10, help="calls per cell before timing (default 10)")
+    parser.add_argument(
+        "--rewarm",
+        type=int,
+        default=1,
+        help="untimed calls of the same cell right before each timed one (default 1: steady state, weights "
+        "in cache as in back-to-back inference and in `shufflenet bench latency`; 0: each call starts with "
+        "the caches the previous cell left, i.e. cold for small models after AlexNet)",
+    )
     parser.add_argument("--output", type=Path, help="write latency.md/.csv/.json into this folder")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -67,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
                 runners.append((run, example.numpy()))
                 cells.append(cell)
         calls = [lambda run=run, batch=batch: run(batch) for run, batch in runners]
-        times = interleaved_seconds(calls, passes=args.passes, warmup=args.warmup, progress=True)
+        times = interleaved_seconds(
+            calls, passes=args.passes, warmup=args.warmup, rewarm=args.rewarm, progress=True
+        )
     for cell, samples in zip(cells, times, strict=True):
         cell.median_ms = 1000 * float(np.median(samples))
         cell.p90_ms = 1000 * float(np.percentile(samples, 90))

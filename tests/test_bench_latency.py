@@ -170,3 +170,21 @@ def test_deploy_path_picks_the_fastest_backend_in_interleaved_passes():
     assert fastest(runners, np.zeros(1), passes=5) == "quick"
     assert calls == {"slow": 8, "quick": 8}  # 3 warm-up calls each, then one call per pass each
     assert fastest({"only": runner("slow", 0.0)}, np.zeros(1)) == "only"
+
+
+def test_interleaved_passes_rewarm_each_call_right_before_timing_it():
+    """With rewarm, the untimed call sits directly before its timed one (nothing in between evicts its
+    weights), and only the timed calls make samples; each pass still visits every call once."""
+    from shufflenet.deploy.runtimes import interleaved_seconds
+
+    log: list[str] = []
+    calls = [lambda name=name: log.append(name) for name in "abc"]
+    times = interleaved_seconds(calls, passes=4, warmup=2, rewarm=1)
+    assert [len(samples) for samples in times] == [4, 4, 4]
+    assert log[:6] == ["a", "a", "b", "b", "c", "c"]  # warm-up
+    timed = log[6:]
+    assert len(timed) == 4 * 3 * 2
+    pairs = [timed[i : i + 2] for i in range(0, len(timed), 2)]
+    assert all(first == second for first, second in pairs)
+    for start in range(0, len(pairs), 3):  # one visit per call per pass
+        assert sorted(pair[0] for pair in pairs[start : start + 3]) == ["a", "b", "c"]

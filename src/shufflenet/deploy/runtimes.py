@@ -181,10 +181,17 @@ def fastest(runners: dict[str, Runner], batch: np.ndarray, *, passes: int = 30) 
 
 
 def interleaved_seconds(
-    calls: Sequence[Callable[[], object]], *, passes: int, warmup: int, progress: bool = False
+    calls: Sequence[Callable[[], object]],
+    *,
+    passes: int,
+    warmup: int,
+    rewarm: int = 0,
+    progress: bool = False,
 ) -> list[list[float]]:
     """Seconds of each call in each of ``passes`` passes, after ``warmup`` calls of each. Every pass calls
-    every one once, in a fresh random order (seeded), so drift in the machine's speed lands on all alike."""
+    every one once, in a fresh random order (seeded), so drift in the machine's speed lands on all alike.
+    With ``rewarm`` > 0, each timed call follows that many untimed calls of the same one: its weights are
+    back in cache, as when it runs back to back (steady state), rather than evicted by the call before."""
     for call in calls:
         for _ in range(warmup):
             call()
@@ -199,6 +206,8 @@ def interleaved_seconds(
     for _ in rounds:
         shuffler.shuffle(order)
         for index in order:
+            for _ in range(rewarm):
+                calls[index]()
             start = time.perf_counter()
             calls[index]()
             times[index].append(time.perf_counter() - start)
