@@ -227,6 +227,17 @@ def test_library_is_compiled_once_into_the_cache(tmp_path, monkeypatch):
         pytest.param(lambda mp: mp.setattr(engine, "_cpu_flags", lambda: {"sse2"}), "AVX2", id="no-avx2"),
         pytest.param(lambda mp: mp.setenv("CC", "no-such-compiler-xyz"), "C compiler", id="no-compiler"),
         pytest.param(lambda mp: mp.setenv("CC", "false"), "compiling engine.c failed", id="compile-fails"),
+        pytest.param(
+            lambda mp: mp.setenv("SHUFFLENET_ENGINE_ISA", "sse9"), "SHUFFLENET_ENGINE_ISA='sse9'", id="bad-isa"
+        ),
+        pytest.param(
+            lambda mp: (
+                mp.setattr(engine, "_cpu_flags", lambda: {"avx2", "fma"}),
+                mp.setenv("SHUFFLENET_ENGINE_ISA", "avx512"),
+            ),
+            "lacks avx512f avx512vl",
+            id="isa-not-on-this-cpu",
+        ),
     ],
 )
 def test_load_library_says_why_it_cannot_run(setup, message, tmp_path, monkeypatch):
@@ -236,6 +247,16 @@ def test_load_library_says_why_it_cannot_run(setup, message, tmp_path, monkeypat
     with pytest.raises(EngineUnavailable, match=message):
         load_library()
     assert not list(tmp_path.glob("**/*.so"))  # a failed build leaves nothing to be loaded later
+
+
+def test_the_widest_instruction_set_the_cpu_has_is_the_default(monkeypatch):
+    monkeypatch.delenv("SHUFFLENET_ENGINE_ISA", raising=False)
+    monkeypatch.setattr(engine, "_cpu_flags", lambda: {"avx2", "fma"})
+    assert engine.engine_isa() == "avx2"
+    monkeypatch.setattr(engine, "_cpu_flags", lambda: {"avx2", "fma", "avx512f", "avx512vl"})
+    assert engine.engine_isa() == "avx512"
+    monkeypatch.setenv("SHUFFLENET_ENGINE_ISA", "avx2")
+    assert engine.engine_isa() == "avx2"
 
 
 @pytest.mark.parametrize("name", ["shufflenet_v1_g3_x0_5", "shufflenet_v2_x0_5"])
