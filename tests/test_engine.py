@@ -99,6 +99,15 @@ def test_weight_panels_follow_the_kernels_cutting_rule():
     assert engine._panels(10, avx512) == [(0, 16)] and engine._panels(80, avx512) == [(0, 32), (32, 80)]
 
 
+def test_weights_and_buffers_start_on_cache_lines():
+    """NumPy puts large arrays 16 bytes past a page; the engine's arena and buffers must start on a
+    64-byte line, or every other vector access straddles two lines."""
+    plan = build_engine(create_model("shufflenet_v1_g3_x0_5").eval(), (64, 64))
+    starts = [plan._floats.ctypes.data] + [buffer.ctypes.data for buffer in plan._buffers]
+    assert all(start % 64 == 0 for start in starts)
+    assert engine._aligned_floats(np.arange(5.0)).tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
 @pytest.mark.parametrize("isa", ISAS_HERE)
 @pytest.mark.parametrize(("name", "kwargs", "size"), CASES)
 def test_engine_matches_pytorch(name, kwargs, size, isa):

@@ -135,6 +135,19 @@ def _round_up(value: int, multiple: int = 8) -> int:
     return -(-value // multiple) * multiple
 
 
+def _aligned_floats(values: np.ndarray | int) -> np.ndarray:
+    """A float32 array (zeros of that size, or a copy of ``values``) starting on a 64-byte cache line.
+    NumPy's large arrays start 16 bytes past a page, which splits every other 32-byte vector access
+    across two cache lines: ~4-5% of the engine's time on AMD Zen 3."""
+    size = values if isinstance(values, int) else values.size
+    raw = np.zeros(size + 16, np.float32)
+    start = (-raw.ctypes.data % 64) // 4
+    aligned = raw[start : start + size]
+    if not isinstance(values, int):
+        aligned[:] = values.ravel()
+    return aligned
+
+
 @dataclass
 class _Feature:
     """A feature map in an engine buffer: ``positions[c]`` is the offset of logical channel ``c`` within a
@@ -218,7 +231,8 @@ class _Planner:
         offset = self.float_size
         flat = np.ascontiguousarray(values, dtype=np.float32).ravel()
         self.floats.append(flat)
-        # Keep every block 64-byte aligned and readable 16 floats past its end (whole-vector loads).
+        # Keep every block 64-byte aligned (the Engine puts the arena on a cache line) and readable 16
+        # floats past its end (whole-vector loads).
         padded = _round_up(flat.size + 16, 16)
         self.floats.append(np.zeros(padded - flat.size, np.float32))
         self.float_size += padded
@@ -398,10 +412,10 @@ class Engine:
         self._library = library
         self.input_shape = input_shape
         self._ops = np.ascontiguousarray(np.array(planner.ops, dtype=np.int64))
-        self._floats = np.concatenate(planner.floats) if planner.floats else np.zeros(8, np.float32)
+        self._floats = _aligned_floats(np.concatenate(planner.floats) if planner.floats else 8)
         self._ints = np.concatenate(planner.ints) if planner.ints else np.zeros(1, np.int32)
         order = sorted(planner.buffer_ids, key=planner.buffer_ids.get)
-        self._buffers = [np.zeros(planner.buffer_sizes[role], np.float32) for role in order]
+        self._buffers = [_aligned_floats(planner.buffer_sizes[role]) for role in order]
         self._pointers = (ctypes.c_void_p * len(self._buffers))(*[b.ctypes.data for b in self._buffers])
         self._input_buffer = input_buffer
         self._output = output
