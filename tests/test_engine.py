@@ -237,7 +237,9 @@ def test_library_is_compiled_once_into_the_cache(tmp_path, monkeypatch):
         pytest.param(lambda mp: mp.setenv("CC", "no-such-compiler-xyz"), "C compiler", id="no-compiler"),
         pytest.param(lambda mp: mp.setenv("CC", "false"), "compiling engine.c failed", id="compile-fails"),
         pytest.param(
-            lambda mp: mp.setenv("SHUFFLENET_ENGINE_ISA", "sse9"), "SHUFFLENET_ENGINE_ISA='sse9'", id="bad-isa"
+            lambda mp: mp.setenv("SHUFFLENET_ENGINE_ISA", "sse9"),
+            "SHUFFLENET_ENGINE_ISA='sse9'",
+            id="bad-isa",
         ),
         pytest.param(
             lambda mp: (
