@@ -2,12 +2,13 @@
 
     python benchmarks/export_all.py                    # all models, all formats, 224x224
     python benchmarks/export_all.py --formats onnx --models 'shufflenet_v2_*'
+    python benchmarks/export_all.py --output benchmarks/results/zen3-avx2   # one folder per machine
 
 Each export is the deploy graph (BN and shuffles folded), loaded back from the written file and compared
 with the eager model on random inputs and on real images (Fashion-MNIST test images resized to 224x224,
 three channels) where the Fashion-MNIST files are found. Random weights with non-trivial BN statistics
 and a classifier scaled to give O(1) logits (no pretrained weights are reachable here).
-Writes benchmarks/results/export_all.{md,csv,json}.
+Writes export_all.{md,csv,json} into --output (default benchmarks/results).
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ def main() -> int:
     parser.add_argument("--models", default="*", help="shell-style pattern (default: all)")
     parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
     parser.add_argument("--size", type=int, default=224)
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=RESULTS,
+        help="folder for export_all.md/.csv/.json (default: %(default)s)",
+    )
     args = parser.parse_args()
     size = (args.size, args.size)
     real = real_images(size)
@@ -101,7 +108,7 @@ def main() -> int:
         f"{'Fashion-MNIST test images resized' if real is not None else 'not found'}).\n\n{table}\n"
     )
     written = write_record(
-        RESULTS,
+        args.output,
         "export_all",
         "Verified export of every registered model",
         body,

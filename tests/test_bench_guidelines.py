@@ -2,7 +2,13 @@ import pytest
 import torch
 from torch import nn
 
-from shufflenet.bench import guidelines_report, run_guidelines, train_throughput, train_throughput_report
+from shufflenet.bench import (
+    guidelines,
+    guidelines_report,
+    run_guidelines,
+    train_throughput,
+    train_throughput_report,
+)
 from shufflenet.bench.guidelines import (
     SETTINGS,
     Bottleneck,
@@ -120,6 +126,24 @@ def test_run_guidelines_measures_every_cell_and_reports_verdicts():
         line = next(line for line in report.splitlines() if line.startswith(f"- {name}, expected"))
         assert "ours " in line and "paper holds" in line
     assert "| 4-fragment-parallel |" in report
+
+
+def test_settings_of_a_table_are_timed_in_turn_and_each_speed_is_its_own(monkeypatch):
+    """Drift between minutes must land on every setting of one comparison alike: the settings of an
+    experiment at one multiplier go to one interleaved timing, and each gets back its own median."""
+    groups = []
+
+    def fake_interleaved(calls, *, passes, warmup, rewarm):
+        groups.append(len(calls))
+        assert passes == 3 and rewarm == 1
+        # Setting i takes (i + 1) ms, so the speeds come back in order, each from its own timings.
+        return [[(index + 1) / 1000] * passes for index in range(len(calls))]
+
+    monkeypatch.setattr(guidelines, "interleaved_seconds", fake_interleaved)
+    results = run_guidelines(repeats=3, multipliers=(1, 2), experiments=("G2", "G3"), progress=False)
+    assert groups == [4, 4, 5, 5]  # G2 x1, G2 x2, G3 x1, G3 x2
+    g3 = [r.images_per_s for r in results if r.experiment == "G3" and r.multiplier == 2]
+    assert g3 == pytest.approx([1000, 500, 1000 / 3, 250, 200])
 
 
 def test_train_throughput_runs_and_records_failures():

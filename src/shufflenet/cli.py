@@ -706,14 +706,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="ShuffleNet V2 guideline experiments G1-G4 (V2 paper Tables 1-4)",
         description="The four guideline experiments of ShuffleNet V2 section 2 (56x56 input, 10 stacked "
         "blocks, the paper's channel and group settings) on CPU (batch 1) and on CUDA when present "
-        "(batch 8), printed beside the paper's figures with a verdict on whether each ordering holds here.",
+        "(batch 8), printed beside the paper's figures with a verdict on whether each ordering holds here. "
+        "The settings compared in a table are timed interleaved.",
     )
     gl.add_argument(
         "--experiments", nargs="+", default=["G1", "G2", "G3", "G4"], choices=["G1", "G2", "G3", "G4"]
     )
     gl.add_argument("--multipliers", nargs="+", type=int, default=[1, 2, 4], help="channel multipliers")
     gl.add_argument("--threads", type=int, default=1, help="CPU threads (default: 1, like the paper's ARM)")
-    gl.add_argument("--repeats", type=int, default=20, help="timed runs per cell (default: 20)")
+    gl.add_argument(
+        "--repeats",
+        type=int,
+        default=30,
+        help="timed runs per cell; the settings of one table row group run in turn, in shuffled passes, so "
+        "drift in the machine's speed cannot decide an ordering (default: 30)",
+    )
     gl.add_argument("--cpu-only", action="store_true", help="skip CUDA even when present")
     gl.add_argument("--output", help="folder for guidelines.md/.csv/.json")
     gl.add_argument("--no-progress", action="store_true")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from shufflenet._table import markdown_table
+from shufflenet.deploy.runtimes import interleaved_seconds
 from shufflenet.profile import profile
 
 INPUT_SIZE = (56, 56)
@@ -206,34 +206,34 @@ def _paper_value(experiment: str, setting: str, multiplier: int, gpu: bool) -> f
     return float(figures[0 if gpu else 1][PAPER_MULTIPLIERS.index(multiplier)])
 
 
-def _images_per_s(model: nn.Module, x: torch.Tensor, repeats: int) -> float:
-    def synchronize() -> None:
+def _images_per_s(models: Sequence[nn.Module], inputs: Sequence[torch.Tensor], repeats: int) -> list[float]:
+    """Images/s of each model on its input: the median of ``repeats`` timed calls, the models called in
+    turn in shuffled passes (each timed call right after an untimed one of the same model, i.e. in steady
+    state), so that a shared machine's drift between minutes lands on every setting of a table alike
+    instead of deciding its ordering."""
+
+    def call(model: nn.Module, x: torch.Tensor) -> None:
+        model(x)
         if x.is_cuda:
             torch.cuda.synchronize(x.device)
 
-    times = []
+    calls = [lambda model=model, x=x: call(model, x) for model, x in zip(models, inputs, strict=True)]
     with torch.inference_mode():
-        for _ in range(WARMUP):
-            model(x)
-        synchronize()
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            synchronize()
-            times.append(time.perf_counter() - start)
-    return x.shape[0] / statistics.median(times)
+        times = interleaved_seconds(calls, passes=repeats, warmup=WARMUP, rewarm=1)
+    return [x.shape[0] / statistics.median(seconds) for x, seconds in zip(inputs, times, strict=True)]
 
 
 def run_guidelines(
     device: str = "cpu",
     threads: int = 1,
-    repeats: int = 20,
+    repeats: int = 30,
     multipliers: Sequence[int] = (1, 2, 4),
     experiments: Sequence[str] = ("G1", "G2", "G3", "G4"),
     progress: bool = True,
 ) -> list[GuidelineResult]:
     """Measure every cell of ShuffleNet V2 Tables 1-4 (section 2): images/s as the median of ``repeats``
-    forward passes after a warm-up, and MFLOPs with :func:`shufflenet.profile`.
+    forward passes after a warm-up, the settings of one experiment and multiplier timed in turn
+    (:func:`_images_per_s`), and MFLOPs with :func:`shufflenet.profile`.
 
     On CPU: batch 1 on ``threads`` threads (the paper's ARM runs are 1 thread, batch 1) and the paper's ARM
     channel counts. On CUDA: batch 8 and the GPU channel counts, as in the paper.
@@ -247,31 +247,37 @@ def run_guidelines(
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     batch = 8 if gpu else 1
-    cells = [(name, setting, m) for name in experiments for m in multipliers for setting in SETTINGS[name]]
+    # One table row group (an experiment at one multiplier) is timed together: its settings are compared.
+    groups = [(name, m) for name in experiments for m in multipliers]
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     # Ten bare convs shrink activations toward denormals, which are many times slower on CPU.
     torch.set_flush_denormal(True)
     results = []
     try:
-        for name, setting, m in tqdm(cells, desc="guidelines", disable=not progress):
-            torch.manual_seed(0)
-            stack = guideline_stack(name, setting, m, device).eval()
-            mflops = profile(stack, INPUT_SIZE, in_chans=stack.in_chans).mflops
-            stack = stack.to(device)
-            x = torch.randn(batch, stack.in_chans, *INPUT_SIZE, device=device)
-            results.append(
-                GuidelineResult(
-                    experiment=name,
-                    setting=setting,
-                    multiplier=m,
-                    channels=_channels_label(name, stack),
-                    mflops=round(mflops, 2),
-                    images_per_s=_images_per_s(stack, x, repeats),
-                    paper_value=_paper_value(name, setting, m, gpu),
-                    paper_unit=GPU_UNIT if gpu else ARM_UNIT,
+        for name, m in tqdm(groups, desc="guidelines", disable=not progress):
+            stacks = []
+            for setting in SETTINGS[name]:
+                torch.manual_seed(0)
+                stacks.append(guideline_stack(name, setting, m, device).eval())
+            mflops = [profile(stack, INPUT_SIZE, in_chans=stack.in_chans).mflops for stack in stacks]
+            stacks = [stack.to(device) for stack in stacks]
+            inputs = [torch.randn(batch, stack.in_chans, *INPUT_SIZE, device=device) for stack in stacks]
+            speeds = _images_per_s(stacks, inputs, repeats)
+            cells = zip(SETTINGS[name], stacks, mflops, speeds, strict=True)
+            for setting, stack, cell_mflops, speed in cells:
+                results.append(
+                    GuidelineResult(
+                        experiment=name,
+                        setting=setting,
+                        multiplier=m,
+                        channels=_channels_label(name, stack),
+                        mflops=round(cell_mflops, 2),
+                        images_per_s=speed,
+                        paper_value=_paper_value(name, setting, m, gpu),
+                        paper_unit=GPU_UNIT if gpu else ARM_UNIT,
+                    )
                 )
-            )
     finally:
         torch.set_num_threads(previous_threads)
         torch.set_flush_denormal(False)
