@@ -7,7 +7,8 @@
 Each export is the deploy graph (BN and shuffles folded), loaded back from the written file and compared
 with the eager model on random inputs and on real images (Fashion-MNIST test images resized to 224x224,
 three channels) where the Fashion-MNIST files are found. Random weights with non-trivial BN statistics
-and a classifier scaled to give O(1) logits (no pretrained weights are reachable here).
+(measured on random and those real inputs) and a classifier scaled to give O(1) logits (no pretrained
+weights are reachable here).
 Writes export_all.{md,csv,json} into --output (default benchmarks/results).
 """
 
@@ -61,8 +62,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         for name, fmt in tqdm(jobs, desc="export", unit="export"):
             torch.manual_seed(0)
-            # O(1) logits, so that an absolute tolerance of 1e-4 means something
-            model = trained_looking(create_model(name), size)
+            # O(1) logits on random and real inputs, so that an absolute tolerance of 1e-4 means something
+            model = trained_looking(create_model(name), size, images=real)
             row = {"model": name, "format": fmt}
             try:
                 report = export_model(
