@@ -135,17 +135,13 @@ def _round_up(value: int, multiple: int = 8) -> int:
     return -(-value // multiple) * multiple
 
 
-def _aligned_floats(values: np.ndarray | int) -> np.ndarray:
-    """A float32 array (zeros of that size, or a copy of ``values``) starting on a 64-byte cache line.
-    NumPy's large arrays start 16 bytes past a page, which splits every other 32-byte vector access
-    across two cache lines: ~4-5% of the engine's time on AMD Zen 3."""
-    size = values if isinstance(values, int) else values.size
+def _aligned_floats(size: int) -> np.ndarray:
+    """``size`` float32 zeros starting on a 64-byte cache line. NumPy's large arrays start 16 bytes past a
+    page, which splits every other 32-byte vector access across two cache lines: ~4-5% of the engine's
+    time on AMD Zen 3."""
     raw = np.zeros(size + 16, np.float32)
     start = (-raw.ctypes.data % 64) // 4
-    aligned = raw[start : start + size]
-    if not isinstance(values, int):
-        aligned[:] = values.ravel()
-    return aligned
+    return raw[start : start + size]
 
 
 @dataclass
@@ -412,7 +408,9 @@ class Engine:
         self._library = library
         self.input_shape = input_shape
         self._ops = np.ascontiguousarray(np.array(planner.ops, dtype=np.int64))
-        self._floats = _aligned_floats(np.concatenate(planner.floats) if planner.floats else 8)
+        self._floats = _aligned_floats(max(planner.float_size, 8))
+        if planner.floats:
+            np.concatenate(planner.floats, out=self._floats)
         self._ints = np.concatenate(planner.ints) if planner.ints else np.zeros(1, np.int32)
         order = sorted(planner.buffer_ids, key=planner.buffer_ids.get)
         self._buffers = [_aligned_floats(planner.buffer_sizes[role]) for role in order]
