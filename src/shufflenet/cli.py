@@ -418,7 +418,7 @@ def cmd_shift_sweep(args: argparse.Namespace) -> int:
     env = environment(args.command_line)
     paper = experiments.PAPER_TABLE1_SHIFTRESNET20 if config.model.startswith("shiftresnet20") else None
     text = (
-        f"# Shift-loss sweep (seed 004 Table 1): {config.model}, {config.dataset}, {config.epochs} epochs, "
+        f"# Shift-loss sweep (Chen et al. 2019, Table 1): {config.model}, {config.dataset}, {config.epochs} epochs, "
         f"{config.shift_norm} shift loss, shifts frozen at epoch {config.freeze_shifts_epoch}\n\n"
         f"{environment_markdown(env)}\n\n{experiments.sweep_table(runs, paper)}\n"
     )
@@ -456,7 +456,7 @@ def cmd_shift_remove(args: argparse.Namespace) -> int:
     env = environment(args.command_line)
     paper = experiments.PAPER_TABLE3_SHIFTRESNET20 if config.model.startswith("shiftresnet20") else None
     text = (
-        f"# Removing the least important shift layers (seed 004 Tables 2-3): {config.model}, "
+        f"# Removing the least important shift layers (Chen et al. 2019, Tables 2-3): {config.model}, "
         f"{config.dataset}, {config.epochs} epochs, lambda {config.shift_lambda:g}\n\n"
         f"{environment_markdown(env)}\n\n"
         f"## Ranking (Table 2 format)\n\n{sparsity_table(ranking)}\n\n"
@@ -752,14 +752,14 @@ def build_parser() -> argparse.ArgumentParser:
     shift = sub.add_parser(
         "shift",
         help="the sparse-shift ablations: lambda sweep, shift-layer removal, sparsity report",
-        description="Seed 004's ablations of the Sparse Shift Layer as training runs on any dataset the "
+        description="The Sparse Shift Layer ablations of Chen et al. 2019 (Tables 1-3) as training runs on any dataset the "
         "pipeline reads (default recipe: ShiftResNet-20 SSL on Fashion-MNIST, a few epochs).",
     )
     shift_sub = shift.add_subparsers(dest="shift_command", metavar="SHIFT", required=True)
     sweep = shift_sub.add_parser(
         "sweep",
         help="Table 1: accuracy and shift sparsity for several shift-loss weights lambda",
-        description="Train once per lambda (seed 004 eq. 4) and write shift_sweep.md/json with accuracy, "
+        description="Train once per lambda (Chen et al. 2019, eq. 4) and write shift_sweep.md/json with accuracy, "
         "shift sparsity and the per-layer sparsity of every run. The paper's lambdas assume its "
         "64k-iteration CIFAR schedule; in a run of a few hundred steps they barely move the displacements "
         "(SGD shrinks each by about exp(-2 lambda x summed lr / (1 - momentum))), so short runs need far "

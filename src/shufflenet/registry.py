@@ -53,7 +53,7 @@ def create_model(
 
     ``overrides`` change the builder's arguments (``groups``, ``scale``, ``shuffle``, ``layout``,
     ``small_input``, ``drop_rate``, ...). ``remove_shifts=[layer names]`` replaces those shift layers by
-    identities (seed 004 Table 3), for any model that has them. ``features_only=True`` returns a
+    identities (Chen et al. 2019, Table 3), for any model that has them. ``features_only=True`` returns a
     :class:`FeatureExtractor` giving the maps at ``out_indices`` (default: all, one per resolution).
     """
     if name not in _BUILDERS:

@@ -1,5 +1,5 @@
 """Shift-based units: ShiftNet's conv-shift-conv (CSC) residual unit and FE-Net's inverted bottlenecks and
-FE-Block (seed 004, "All You Need is a Few Shifts", Fig. 3, Fig. 4 and eq. 8)."""
+FE-Block (Chen et al. 2019, "All You Need is a Few Shifts", Fig. 3, Fig. 4 and eq. 8)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ POOL_POSITIONS = ("after", "before")
 
 def make_shift(kind: str, channels: int, ssl_init: str = "grouped") -> nn.Module:
     """The spatial step of a shift unit: ``"ssl"`` a Sparse Shift Layer (initialised as ``ssl_init``),
-    ``"grouped"`` ShiftNet's fixed shift, ``"none"`` an identity (seed 004 Table 1 "1x1 only")."""
+    ``"grouped"`` ShiftNet's fixed shift, ``"none"`` an identity (Chen et al. 2019, Table 1 "1x1 only")."""
     if kind == "ssl":
         return SparseShift(channels, init=ssl_init)
     if kind == "grouped":
@@ -32,7 +32,7 @@ def _require_stride(stride: int) -> None:
 
 
 class CSCUnit(nn.Module):
-    """ShiftResNet's conv-shift-conv residual unit (Wu et al., 2018; seed 004 section 4.1): 1x1 expand to
+    """ShiftResNet's conv-shift-conv residual unit (Wu et al., 2018; Chen et al. 2019, section 4.1): 1x1 expand to
     ``expansion * out_channels`` -> BN -> ReLU -> shift -> 1x1 reduce (stride) -> BN, plus the shortcut
     (identity, or 1x1 conv with the stride + BN where the shape changes), then ReLU.
 
@@ -71,7 +71,7 @@ class CSCUnit(nn.Module):
 
 
 class InvertedBottleneck(nn.Module):
-    """FE-Net's basic unit (seed 004 Fig. 4): 1x1 expand to ``expansion * out_channels`` -> BN -> ReLU ->
+    """FE-Net's basic unit (Chen et al. 2019, Fig. 4): 1x1 expand to ``expansion * out_channels`` -> BN -> ReLU ->
     spatial op -> 1x1 project -> BN, linear at the end as in MobileNet V2.
 
     ``spatial``: ``"ssl"`` (IB-SSL, Fig. 4a; the SSL alone gives the receptive field), ``"dw"`` (a 3x3
@@ -114,7 +114,7 @@ class InvertedBottleneck(nn.Module):
 
 
 class PoolBottleneck(nn.Module):
-    """IB-Pool (seed 004 Fig. 4c), FE-Net's down-sampling unit: an inverted bottleneck whose spatial op is
+    """IB-Pool (Chen et al. 2019, Fig. 4c), FE-Net's down-sampling unit: an inverted bottleneck whose spatial op is
     a 2x2 average pool with stride 2.
 
     ``pool="after"``: 1x1 expand at the input resolution -> BN -> ReLU -> pool -> 1x1 project -> BN, as
@@ -185,7 +185,7 @@ def transition_unit(
 
 
 def fe_block_split(channels: int, units: int) -> list[int]:
-    """Channel parts of an FE-Block's input (seed 004 Fig. 3): ``G = C / 2^(n-1)`` and the parts
+    """Channel parts of an FE-Block's input (Chen et al. 2019, Fig. 3): ``G = C / 2^(n-1)`` and the parts
     ``[2^(n-2) G, ..., 2G, G, G]``; unit ``l`` (``l < n``) transforms the last ``2^(l-1) G`` channels."""
     if units < 2:
         raise ValueError(f"an FE-Block needs at least 2 units, got {units}")
@@ -202,7 +202,7 @@ def fe_block_split(channels: int, units: int) -> list[int]:
 
 
 class FEBlock(nn.Module):
-    """Fully-Exploited computational Block (seed 004 Fig. 3, eq. 8): progressive mixing of feature maps.
+    """Fully-Exploited computational Block (Chen et al. 2019, Fig. 3, eq. 8): progressive mixing of feature maps.
 
     The input's ``C`` channels split as :func:`fe_block_split`. Unit 1, a residual IB-SSL, transforms the
     last ``G``; the part before it is concatenated in front (``[untouched, transformed]``) and unit 2

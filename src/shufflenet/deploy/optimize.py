@@ -28,7 +28,7 @@ cheaper operations.
   half is a strided slice of them, no copy), V2 branches run as cached steps without module calls, the
   stem's max-pool is four strided maxima. Traced, compiled or exported, every module keeps its plain
   Conv/MaxPool graph. ``channel_multiple=1`` suits eager (the padding only helps ONNX Runtime).
-- Shift units (ShiftResNet, FE-Net; seed 004): each shift layer becomes its inference form, channels
+- Shift units (ShiftResNet, FE-Net; Chen et al. 2019): each shift layer becomes its inference form, channels
   grouped by displacement with only the shifted groups moved (in place in eager PyTorch; Slice + Pad +
   Concat in exports). The grouping permutation is folded into the 1x1 convs on either side of the shift.
 """

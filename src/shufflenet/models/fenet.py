@@ -1,9 +1,9 @@
-"""FE-Net (seed 004, "All You Need is a Few Shifts", Fig. 3, Fig. 4 and Table 4): inverted bottlenecks whose
+"""FE-Net (Chen et al. 2019, "All You Need is a Few Shifts", Fig. 3, Fig. 4 and Table 4): inverted bottlenecks whose
 spatial op is a Sparse Shift Layer, grouped in FE-Blocks that mix the feature maps in progressively.
 
 Complexity. Table 4 leaves three things open: where IB-Pool pools (the authors' release expands at the
 input resolution, then pools), what the expansion t multiplies (the release: the unit's output width;
-MobileNet V2 [30], whose unit this is, and seed 004's own Table 2: the input width), and how the 1380-wide
+MobileNet V2 [30], whose unit this is, and Chen et al. 2019's own Table 2: the input width), and how the 1380-wide
 head scales with the width. Conv + FC multiply-adds and params (SSL displacements included) at 224x224,
 1000 classes, from :func:`shufflenet.profile.profile`, against the paper's 301 M / 3.7 M (1.0x) and
 563 M / 5.9 M (1.375x, Table 5); "scaled" is ``1380 * max(1, width)`` (1898 at 1.375x):
@@ -43,7 +43,7 @@ from shufflenet.blocks import ConvBNAct, FEBlock, make_divisible
 from shufflenet.blocks.shift import POOL_POSITIONS, SPATIAL_OPS, transition_unit
 from shufflenet.models._base import ClassifierNet, TrunkPiece
 
-# Seed 004 Table 4 at 1.0x: a 3x3 stride-2 conv with 16 filters (+ BN, no ReLU), then units as
+# Chen et al. 2019, Table 4 at 1.0x: a 3x3 stride-2 conv with 16 filters (+ BN, no ReLU), then units as
 # (kind, expansion t, units n, output channels c, stride s), then a 1x1 conv to 1380 + BN + ReLU, GAP,
 # dropout 0.2 and the classifier.
 STEM_CHANNELS = 16

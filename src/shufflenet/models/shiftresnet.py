@@ -1,4 +1,4 @@
-"""ShiftResNet (Wu et al., 2018) with the shift layers of seed 004 ("All You Need is a Few Shifts", section
+"""ShiftResNet (Wu et al., 2018) with the shift layers of Chen et al. 2019 ("All You Need is a Few Shifts", section
 4.1 and Table 1): He et al.'s CIFAR ResNet with every basic block replaced by a conv-shift-conv unit."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from shufflenet.models._base import ClassifierNet, TrunkPiece
 # (depth - 2) / 6 units each, as (output channels, first stride); GAP and FC.
 STEM_CHANNELS = 16
 STAGES = ((16, 1), (32, 2), (64, 2))
-DEPTHS = (20, 56)  # seed 004 Table 1
-# Expansion rates of ShiftNet's ablation; seed 004 runs its ablations at 6.
+DEPTHS = (20, 56)  # Chen et al. 2019, Table 1
+# Expansion rates of ShiftNet's ablation; Chen et al. 2019 run their ablations at 6.
 EXPANSIONS = (1, 3, 6, 9)
 DEFAULT_EXPANSION = 6
 SHIFT_TAGS = {"ssl": "ssl", "grouped": "grouped", "none": "1x1"}
@@ -30,7 +30,7 @@ class ShiftResNet(ClassifierNet):
     :class:`~shufflenet.blocks.CSCUnit` at widths 16/32/64 (the first unit of stages 2 and 3 has stride
     2), GAP and FC.
 
-    ``shift``: ``"ssl"`` (seed 004's Sparse Shift Layer), ``"grouped"`` (ShiftNet's fixed shift) or
+    ``shift``: ``"ssl"`` (the Sparse Shift Layer of Chen et al. 2019), ``"grouped"`` (ShiftNet's fixed shift) or
     ``"none"`` (Table 1's "1x1 only": the spatial mixing comes only from the three strided steps);
     ``ssl_init`` is the SSLs' start, ``"grouped"`` (the 3x3 window over channel groups) or ``"zero"``.
 
@@ -87,7 +87,7 @@ class ShiftResNet(ClassifierNet):
         self._set_interface(pieces, None, in_channels)
 
 
-# Seed 004 Table 2 lists 96 shifted channels for block2.1 (16 -> 32), i.e. 6x its INPUT width, but the
+# Chen et al. 2019, Table 2 lists 96 shifted channels for block2.1 (16 -> 32), i.e. 6x its INPUT width, but the
 # reference parameter counts above need 6x the OUTPUT width (192), as ShiftNet's release builds it; the
 # counts are the better-checked figure, so the expansion follows them.
 MODEL_BUILDERS = {

@@ -1,4 +1,4 @@
-"""Shift operations: the grouped shift of ShiftNet and the Sparse Shift Layer (SSL) of seed 004
+"""Shift operations: the grouped shift of ShiftNet and the Sparse Shift Layer (SSL) of Chen et al. 2019
 ("All You Need is a Few Shifts", Chen et al., 2019), in plain PyTorch on CPU and GPU.
 
 Convention: shifting a channel by ``(dy, dx)`` moves its content ``dy`` rows down and ``dx`` columns
@@ -74,7 +74,7 @@ def bilinear_shift(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> 
     the four integer shifts around the displacement weighted by their distance (Active Shift Layer).
 
     Differentiable in ``alpha`` and ``beta`` through the weights; the reference the SSL's
-    quantization-aware gradient is defined from (seed 004, section 3.3), and its tests' oracle.
+    quantization-aware gradient is defined from (Chen et al. 2019, section 3.3), and its tests' oracle.
     """
     alpha_low, beta_low = torch.floor(alpha), torch.floor(beta)
     ta, tb = _per_channel(alpha - alpha_low), _per_channel(beta - beta_low)
@@ -107,7 +107,7 @@ def _neighbour_products(
 class _QuantizedShift(torch.autograd.Function):
     """Forward: the integer shift by the rounded displacement. Backward: the inverse shift for the input;
     for ``alpha``/``beta`` the gradient of :func:`bilinear_shift` at the unrounded displacement (a
-    straight-through estimator: seed 004's quantization-aware shift learning)."""
+    straight-through estimator: the quantization-aware shift learning of Chen et al. 2019, section 3.3)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
@@ -132,7 +132,7 @@ class _QuantizedShift(torch.autograd.Function):
 
 
 def quantized_shift(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """The SSL's shift (seed 004 section 3.3): integer shift by ``round(beta), round(alpha)`` forward,
+    """The SSL's shift (Chen et al. 2019, section 3.3): integer shift by ``round(beta), round(alpha)`` forward,
     bilinear-interpolation gradients for ``alpha`` and ``beta`` backward."""
     return _QuantizedShift.apply(x, alpha, beta)
 
@@ -179,7 +179,7 @@ class _ShiftLayer(nn.Module):
 
 
 class GroupedShift(_ShiftLayer):
-    """ShiftNet's shift (Wu et al., 2018; seed 004 Table 1 "GroupedShift"): fixed directions of a
+    """ShiftNet's shift (Wu et al., 2018; Chen et al. 2019, Table 1 "GroupedShift"): fixed directions of a
     ``kernel_size`` x ``kernel_size`` window, one per channel group, no parameters."""
 
     def __init__(self, channels: int, kernel_size: int = 3) -> None:
@@ -201,7 +201,7 @@ class GroupedShift(_ShiftLayer):
 
 
 class SparseShift(_ShiftLayer):
-    """Sparse Shift Layer (seed 004 section 3): a learnable displacement ``(alpha, beta)`` per channel.
+    """Sparse Shift Layer (Chen et al. 2019, section 3): a learnable displacement ``(alpha, beta)`` per channel.
 
     Forward moves each channel by the rounded displacement (no interpolation); backward trains ``alpha``
     and ``beta`` with the bilinear gradient at the unrounded position. ``init="grouped"`` starts from the
@@ -264,7 +264,7 @@ def shift_segments(dy: torch.Tensor, dx: torch.Tensor) -> tuple[torch.Tensor, li
 
 class SegmentShift(nn.Module):
     """The inference form of a shift layer: integer displacements fixed, channels grouped in runs that
-    share one, and only the shifted runs moved (seed 004 Fig. 2e: unshifted maps cost nothing).
+    share one, and only the shifted runs moved (Chen et al. 2019, Fig. 2e: unshifted maps cost nothing).
 
     ``order`` (optional) gathers the channels into runs first and scatters them back after; graph
     rewrites fold it into the neighbouring 1x1 convolutions instead. With ``in_place=True`` the shifted
@@ -329,7 +329,7 @@ def shift_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 
 def remove_shifts(model: nn.Module, names: Sequence[str]) -> nn.Module:
-    """Replace the named shift layers by identities, in place (seed 004 Table 3: the network without its
+    """Replace the named shift layers by identities, in place (Chen et al. 2019, Table 3: the network without its
     least important shift layers); returns ``model``."""
     known = dict(shift_layers(model))
     unknown = [name for name in names if name not in known]
@@ -342,7 +342,7 @@ def remove_shifts(model: nn.Module, names: Sequence[str]) -> nn.Module:
 
 
 def shift_penalty(model: nn.Module, norm: str = "l1") -> torch.Tensor:
-    """Seed 004 eq. 4: ``|alpha|_1 + |beta|_1`` summed over every SSL of ``model`` (``norm="l2"``: the
+    """Chen et al. 2019, eq. 4: ``|alpha|_1 + |beta|_1`` summed over every SSL of ``model`` (``norm="l2"``: the
     squared L2 norms, which section 4.1 found slightly better on CIFAR). Multiply by lambda yourself."""
     if norm not in PENALTY_NORMS:
         raise ValueError(f"norm must be one of {', '.join(PENALTY_NORMS)}, got {norm!r}")
@@ -364,7 +364,7 @@ def shift_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 @dataclass(frozen=True)
 class ShiftSparsityRow:
-    """One line of seed 004 Table 2: a shift layer's unshifted and total channels."""
+    """One line of Chen et al. 2019, Table 2: a shift layer's unshifted and total channels."""
 
     layer: str
     unshifted: int
@@ -376,7 +376,7 @@ class ShiftSparsityRow:
 
 
 def shift_sparsity(model: nn.Module) -> list[ShiftSparsityRow]:
-    """Per shift layer, the channels the rounded displacement leaves in place (seed 004 Table 2)."""
+    """Per shift layer, the channels the rounded displacement leaves in place (Chen et al. 2019, Table 2)."""
     rows = []
     for name, layer in shift_layers(model):
         dy, dx = layer.displacement()
@@ -390,7 +390,7 @@ def total_sparsity(rows: Sequence[ShiftSparsityRow]) -> ShiftSparsityRow:
 
 
 def sparsity_table(rows: Sequence[ShiftSparsityRow]) -> str:
-    """Seed 004 Table 2 as Markdown: layer, unshifts / channels, shift sparsity, and the total."""
+    """Chen et al. 2019, Table 2 as Markdown: layer, unshifts / channels, shift sparsity, and the total."""
     total = total_sparsity(rows)
     body = [
         [name, f"{row.unshifted} / {row.channels}", f"{100 * row.sparsity:.1f}%"]

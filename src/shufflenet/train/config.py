@@ -43,7 +43,7 @@ class TrainConfig:
     milestones: list[int] = field(default_factory=list)  # epochs, for schedule: step
     gamma: float = 0.1  # step: factor at each milestone; exponential: factor per epoch
     label_smoothing: float = 0.0
-    shift_lambda: float = 0.0  # seed 004 eq. 4: lambda times the shift penalty of every SSL
+    shift_lambda: float = 0.0  # Chen et al. 2019, eq. 4: lambda times the shift penalty of every SSL
     shift_norm: str = "l1"  # l1 (eq. 4) | l2 (section 4.1: slightly better on CIFAR)
     freeze_shifts_epoch: float | None = None  # SSL displacements stop training here (authors: half-way)
     ema_decay: float | None = None

@@ -97,7 +97,7 @@ def lr_factor(config: TrainConfig, step: int, total_steps: int, steps_in_epoch: 
 def parameter_groups(model: nn.Module, weight_decay: float, decay_bn_and_bias: bool) -> list[dict]:
     """Weight decay on conv and FC weights; on BN parameters and biases too only if asked (the authors'
     release leaves them out). SSL displacements, if any, form a third group without weight decay: their
-    regulariser is the shift penalty, and they can be frozen on their own (seed 004 section 4.1)."""
+    regulariser is the shift penalty, and they can be frozen on their own (Chen et al. 2019, section 4.1)."""
     shifts = {id(p) for p in shift_parameters(model)}
     decay, no_decay, shift = [], [], []
     for parameter in model.parameters():
@@ -448,7 +448,7 @@ class Trainer:
                 ema_result = self._evaluate(self.ema.module)
                 row.update(ema_val_top1_err=ema_result.top1_err, ema_val_top5_err=ema_result.top5_err)
         sparsity = shift_sparsity(self.model)
-        if sparsity:  # seed 004 Table 1's last column: the share of channels no shift moves
+        if sparsity:  # Chen et al. 2019, Table 1's last column: the share of channels no shift moves
             row["shift_sparsity"] = 100 * total_sparsity(sparsity).sparsity
         row.update(
             images_per_s=images_per_s, elapsed_s=self.position.elapsed + time.monotonic() - self.started

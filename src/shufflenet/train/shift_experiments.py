@@ -1,4 +1,4 @@
-"""Seed 004's shift ablations as functions: the lambda sweep (Table 1) and the removal of the least important
+"""The shift ablations of Chen et al. 2019 as functions: the lambda sweep (Table 1) and the removal of the least important
 shift layers (Tables 2 and 3), on any dataset the training pipeline reads. Each run is an ordinary training
 run in its own directory; the tables are written as Markdown and JSON beside them."""
 
@@ -17,10 +17,10 @@ from shufflenet.train.checkpoint import atomic_write, load_checkpoint
 from shufflenet.train.config import TrainConfig
 from shufflenet.train.engine import CHECKPOINT_NAME, train
 
-# Seed 004 Table 1, ShiftResNet-20 (SSL, expansion 6, L2 shift loss): lambda -> CIFAR-10 accuracy and
+# Chen et al. 2019, Table 1, ShiftResNet-20 (SSL, expansion 6, L2 shift loss): lambda -> CIFAR-10 accuracy and
 # shift sparsity, printed beside ours for orientation (different data, far shorter runs).
 PAPER_TABLE1_SHIFTRESNET20 = {0.0: (91.7, 12.1), 1e-4: (91.1, 66.6), 4e-4: (90.4, 91.7), 5e-4: (89.8, 93.5)}
-# Seed 004 Table 3: removed shift layers -> CIFAR-10 accuracy (ShiftResNet-20 SSL, lambda 0).
+# Chen et al. 2019, Table 3: removed shift layers -> CIFAR-10 accuracy (ShiftResNet-20 SSL, lambda 0).
 PAPER_TABLE3_SHIFTRESNET20 = {0: 91.7, 4: 91.5, 6: 91.4, 8: 89.4, 9: 81.5}
 
 # Settings that change how a run reports, not what it learns: a finished run differing only here is reused.
@@ -84,7 +84,7 @@ def _run(config: TrainConfig, trainer: Trainer, **changes: Any) -> ShiftRun:
 def lambda_sweep(
     config: TrainConfig, lambdas: Sequence[float], output: Path, *, trainer: Trainer = train
 ) -> list[ShiftRun]:
-    """Train ``config`` once per shift-loss weight lambda (seed 004 eq. 4 and Table 1), each run in
+    """Train ``config`` once per shift-loss weight lambda (Chen et al. 2019, eq. 4 and Table 1), each run in
     ``output/lambda-<value>``; returns the runs in the order given."""
     if not lambdas:
         raise ValueError("give at least one lambda, e.g. 0 1e-4 4e-4 5e-4")
@@ -96,7 +96,7 @@ def lambda_sweep(
 
 def least_important_shift_layers(rows: Sequence[ShiftSparsityRow], count: int) -> list[str]:
     """The ``count`` shift layers that shift the fewest channels (highest sparsity) in a run trained with
-    the shift loss: the order in which seed 004 section 4.3 removes them (ties keep network order)."""
+    the shift loss: the order in which Chen et al. 2019, section 4.3 removes them (ties keep network order)."""
     if not 0 <= count <= len(rows):
         raise ValueError(f"can remove 0 to {len(rows)} shift layers, not {count}")
     ranked = sorted(range(len(rows)), key=lambda i: -rows[i].sparsity)
@@ -111,7 +111,7 @@ def removal_study(
     *,
     trainer: Trainer = train,
 ) -> list[ShiftRun]:
-    """Seed 004 Table 3: for each count, train ``config`` with that many of the least important shift
+    """Chen et al. 2019, Table 3: for each count, train ``config`` with that many of the least important shift
     layers (by ``ranking``, a Table 2 from a run with the shift loss) replaced by identities."""
     runs = []
     for count in counts:
