@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from shufflenet._system import cpu_info
 from shufflenet.bench.report import environment, environment_markdown, write_record
 
 PROBE = r"""
@@ -78,10 +79,7 @@ def fma_peak_gmacs(bits: int = 256) -> float:
 
 
 def cpu_flags() -> set[str]:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+    return set(cpu_info().get("flags", "").split())
 
 
 def matmul_gmacs(size: int = 1024, repeats: int = 10) -> float:

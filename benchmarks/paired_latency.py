@@ -1,4 +1,4 @@
-"""The speed issue's acceptance ratios, measured paired: every runtime of every model built in this one
+"""The headline latency comparisons, measured paired: every runtime of every model built in this one
 process, then called in turn, one batch each, in a freshly shuffled order per pass, so that the machine's
 drift (10-15% between minutes on the shared 2-core development machine) lands on every cell alike. The
 per-cell benchmark (`shufflenet bench latency`) isolates each cell in its own process instead, which keeps
@@ -10,7 +10,7 @@ left in cache (AlexNet's 240 MB of weights leave none).
     python benchmarks/paired_latency.py [--passes 300] [--rewarm 1] \
         [--output benchmarks/results/latency-paired]
 
-Same models, runtimes and ratios as `shufflenet bench latency` with the acceptance set; one thread.
+Same models, runtimes and ratios as `shufflenet bench latency` with the headline set; one thread.
 """
 
 from __future__ import annotations
@@ -25,14 +25,15 @@ import torch
 from tqdm import tqdm
 
 from shufflenet.bench.latency import (
+    HEADLINE_LATENCY_MODELS,
     LatencyCell,
     build_benchmark_model,
+    format_ratio,
     headline_ratios,
     latency_table,
     skip_reason,
 )
 from shufflenet.bench.report import write_latency_results
-from shufflenet.cli import LATENCY_ACCEPTANCE_MODELS
 from shufflenet.deploy.runtimes import build_runner, interleaved_seconds
 from shufflenet.profile import profile
 
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     runners, cells = [], []
     with tempfile.TemporaryDirectory() as folder:
-        for spec in tqdm(LATENCY_ACCEPTANCE_MODELS, desc="building", unit="model"):
+        for spec in tqdm(HEADLINE_LATENCY_MODELS, desc="building", unit="model"):
             mflops = profile(build_benchmark_model(spec), input_size=(224, 224)).mflops
             for runtime in RUNTIMES:
                 if skip_reason(spec, runtime) is not None:
@@ -88,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     table = latency_table(cells)
     ratios = headline_ratios(cells)
     print(table)
-    for what, value, target in ratios:
-        print(f"- {what}: {value:.2f} (target {target})")
+    for ratio in ratios:
+        print(format_ratio(*ratio))
     if args.output:
         command = [Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]
         for path in write_latency_results(cells, table, ratios, args.output, command=command).values():

@@ -128,3 +128,19 @@ def test_bench_guidelines_cli(capsys, tmp_path):
     )  # fmt: skip
     assert code == 0 and "G2" in out and "paper" in out
     assert json.loads((tmp_path / "guidelines.json").read_text())["rows"][0]["images_per_s"] > 0
+
+
+def test_export_data_spreads_calibration_over_the_train_split_and_verifies_on_val(tmp_path):
+    from conftest import write_fake_fashion_mnist
+    from shufflenet.deploy.calibration import export_data
+
+    write_fake_fashion_mnist(tmp_path / "fm", n_train=20, n_test=10)
+    data = export_data("fashion-mnist", 1, data_dir=str(tmp_path / "fm"), calib_samples=5, accuracy_samples=9)
+    assert data.input_size == (28, 28) and tuple(data.real_inputs.shape) == (8, 1, 28, 28)
+    assert len(data.calibration) == 5 and data.calibration[0].shape == (1, 1, 28, 28)
+    assert len(data.accuracy_data) == 9
+    # More calibration images asked for than the split holds: every image once, no index error.
+    every_image = export_data("fashion-mnist", 1, data_dir=str(tmp_path / "fm"), calib_samples=50)
+    assert len(every_image.calibration) == 20
+    with pytest.raises(ValueError, match="at 32x32"):
+        export_data("fashion-mnist", 1, data_dir=str(tmp_path / "fm"), input_size=(32, 32))

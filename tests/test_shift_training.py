@@ -1,4 +1,5 @@
-"""The shift loss, shift freezing and the shift ablation commands (Chen et al. 2019, Tables 1-3), on data the tests write."""
+"""The shift loss, shift freezing and the shift ablation commands (Chen et al. 2019, Tables 1-3), on data the
+tests write."""
 
 import json
 

@@ -10,18 +10,20 @@ element-wise ops are those an experiment is about: the ReLU and shortcut of G4 a
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from shufflenet._system import torch_threads
 from shufflenet._table import markdown_table
-from shufflenet.deploy.runtimes import interleaved_seconds
+from shufflenet.deploy.timing import interleaved_seconds
 from shufflenet.profile import profile
 
 INPUT_SIZE = (56, 56)
@@ -249,12 +251,8 @@ def run_guidelines(
     batch = 8 if gpu else 1
     # One table row group (an experiment at one multiplier) is timed together: its settings are compared.
     groups = [(name, m) for name in experiments for m in multipliers]
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    # Ten bare convs shrink activations toward denormals, which are many times slower on CPU.
-    torch.set_flush_denormal(True)
     results = []
-    try:
+    with torch_threads(threads), _denormals_flushed():
         for name, m in tqdm(groups, desc="guidelines", disable=not progress):
             stacks = []
             for setting in SETTINGS[name]:
@@ -278,10 +276,17 @@ def run_guidelines(
                         paper_unit=GPU_UNIT if gpu else ARM_UNIT,
                     )
                 )
-    finally:
-        torch.set_num_threads(previous_threads)
-        torch.set_flush_denormal(False)
     return results
+
+
+@contextlib.contextmanager
+def _denormals_flushed() -> Iterator[None]:
+    """Ten bare convs shrink activations toward denormals, which are many times slower on CPU."""
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def _expected_pairs(experiment: str) -> list[tuple[str, str]]:

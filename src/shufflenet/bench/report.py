@@ -6,7 +6,6 @@ import csv
 import datetime
 import io
 import json
-import os
 import platform
 import shlex
 from collections.abc import Sequence
@@ -15,32 +14,22 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from shufflenet.train.checkpoint import atomic_write
+from shufflenet._system import atomic_write, cpu_info, usable_cores
 
 VERSIONED_PACKAGES = ("torch", "torchvision", "onnxruntime", "openvino", "onnx", "numpy")
 
 
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return cpu_info().get("model name") or platform.processor() or "unknown"
 
 
 def vector_extensions() -> str:
     """The SIMD extensions that decide CPU kernel speed (AVX2, AVX-512, VNNI, AMX), from /proc/cpuinfo."""
-    try:
-        flags = next(
-            line.split(":", 1)[1].split()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("flags")
-        )
-    except (OSError, StopIteration):
+    info = cpu_info()
+    if "flags" not in info:
         return "unknown"
+    flags = info["flags"].split()
     wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile")
     return " ".join(flag for flag in wanted if flag in flags) or "none of AVX2/AVX-512"
 
@@ -61,7 +50,7 @@ def environment(command: Sequence[str]) -> dict[str, Any]:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpu": cpu_model(),
         "cpu_flags": vector_extensions(),
-        "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_cores": usable_cores(),
         "gpu": gpu,
         "versions": versions,
     }

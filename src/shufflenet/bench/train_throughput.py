@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from shufflenet._system import torch_threads
 from shufflenet._table import markdown_table
 from shufflenet.registry import create_model
 
@@ -132,11 +133,8 @@ def train_throughput(
     if target.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but CUDA is not available; use device='cpu'")
     use_amp = amp and target.type == "cuda"
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
     rows = []
-    try:
+    with torch_threads(threads):
         for name in model_names:
             for mode in modes:
                 row: dict[str, Any] = {
@@ -176,8 +174,6 @@ def train_throughput(
                     if mode == "compiled":
                         torch.compiler.reset()  # compiled graphs of one model must not count against the next
                 rows.append(row)
-    finally:
-        torch.set_num_threads(previous_threads)
     return rows
 
 

@@ -32,9 +32,9 @@ def _require_stride(stride: int) -> None:
 
 
 class CSCUnit(nn.Module):
-    """ShiftResNet's conv-shift-conv residual unit (Wu et al., 2018; Chen et al. 2019, section 4.1): 1x1 expand to
-    ``expansion * out_channels`` -> BN -> ReLU -> shift -> 1x1 reduce (stride) -> BN, plus the shortcut
-    (identity, or 1x1 conv with the stride + BN where the shape changes), then ReLU.
+    """ShiftResNet's conv-shift-conv residual unit (Wu et al., 2018; Chen et al. 2019, section 4.1): 1x1
+    expand to ``expansion * out_channels`` -> BN -> ReLU -> shift -> 1x1 reduce (stride) -> BN, plus the
+    shortcut (identity, or 1x1 conv with the stride + BN where the shape changes), then ReLU.
 
     The stride sits on the second 1x1 conv, after the shift, as in the ShiftResNet release: a strided first
     1x1 would drop three quarters of the positions before the shift could move any of them.
@@ -71,8 +71,8 @@ class CSCUnit(nn.Module):
 
 
 class InvertedBottleneck(nn.Module):
-    """FE-Net's basic unit (Chen et al. 2019, Fig. 4): 1x1 expand to ``expansion * out_channels`` -> BN -> ReLU ->
-    spatial op -> 1x1 project -> BN, linear at the end as in MobileNet V2.
+    """FE-Net's basic unit (Chen et al. 2019, Fig. 4): 1x1 expand to ``expansion * out_channels`` -> BN ->
+    ReLU -> spatial op -> 1x1 project -> BN, linear at the end as in MobileNet V2.
 
     ``spatial``: ``"ssl"`` (IB-SSL, Fig. 4a; the SSL alone gives the receptive field), ``"dw"`` (a 3x3
     depthwise conv + BN in the SSL's place: FE-Net (DW) of Table 6). ``residual=True`` adds the identity
@@ -114,8 +114,8 @@ class InvertedBottleneck(nn.Module):
 
 
 class PoolBottleneck(nn.Module):
-    """IB-Pool (Chen et al. 2019, Fig. 4c), FE-Net's down-sampling unit: an inverted bottleneck whose spatial op is
-    a 2x2 average pool with stride 2.
+    """IB-Pool (Chen et al. 2019, Fig. 4c), FE-Net's down-sampling unit: an inverted bottleneck whose spatial
+    op is a 2x2 average pool with stride 2.
 
     ``pool="after"``: 1x1 expand at the input resolution -> BN -> ReLU -> pool -> 1x1 project -> BN, as
     the authors released it. ``pool="before"``: pool first, so the expansion runs at the pooled resolution
@@ -202,7 +202,8 @@ def fe_block_split(channels: int, units: int) -> list[int]:
 
 
 class FEBlock(nn.Module):
-    """Fully-Exploited computational Block (Chen et al. 2019, Fig. 3, eq. 8): progressive mixing of feature maps.
+    """Fully-Exploited computational Block (Chen et al. 2019, Fig. 3, eq. 8): progressive mixing of feature
+    maps.
 
     The input's ``C`` channels split as :func:`fe_block_split`. Unit 1, a residual IB-SSL, transforms the
     last ``G``; the part before it is concatenated in front (``[untouched, transformed]``) and unit 2

@@ -7,7 +7,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,29 +14,10 @@ from torch.utils.data import Dataset, default_collate
 from torchvision import datasets
 from torchvision.datasets.folder import default_loader
 
+from shufflenet._system import cache_dir
+from shufflenet.data.catalog import dataset_info
+
 Split = Literal["train", "val"]
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a model needs to know about a dataset: classes, input size and normalization."""
-
-    num_classes: int | None  # None: given by the folder's class directories
-    image_size: int
-    channels: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-DATASETS: dict[str, DatasetInfo] = {
-    "fashion-mnist": DatasetInfo(10, 28, 1, (0.2860,), (0.3530,)),
-    "cifar10": DatasetInfo(10, 32, 3, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": DatasetInfo(100, 32, 3, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "imagefolder": DatasetInfo(None, 224, 3, IMAGENET_MEAN, IMAGENET_STD),
-}
 
 # Where Fashion-MNIST idx files are looked for after data_dir; Debian's dataset-fashion-mnist installs here.
 FASHION_MNIST_SEARCH_PATH: tuple[Path, ...] = (Path("/usr/share/datasets/fashion-mnist"),)
@@ -50,44 +30,33 @@ _FASHION_MNIST_FILES = (
 )
 
 
-def dataset_info(name: str) -> DatasetInfo:
-    """The :data:`DATASETS` entry for ``name``, with a ValueError listing the choices if unknown."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    return DATASETS[name]
-
-
 def default_cache_dir() -> Path:
     """Downloads and unpacked files go to ``$SHUFFLENET_CACHE/datasets`` (default ``~/.cache/shufflenet``)."""
-    return Path(os.environ.get("SHUFFLENET_CACHE", "~/.cache/shufflenet")).expanduser() / "datasets"
+    return cache_dir() / "datasets"
 
 
-def build_dataset(
+def open_dataset(
     name: str,
     split: Split,
     data_dir: str | Path | None = None,
     *,
-    transform: Callable[[Any], Any] | None = None,
+    transform: Callable[[Any], Any],
     download: bool = True,
     skip_bad_images: bool = False,
 ) -> Dataset:
-    """The ``split`` of dataset ``name`` yielding ``(image, label)``; ``"val"`` is the test set for
-    Fashion-MNIST and CIFAR.
+    """The ``split`` of dataset ``name`` yielding ``(image, label)`` through ``transform``; ``"val"`` is
+    the test set for Fashion-MNIST and CIFAR. :func:`shufflenet.data.build_dataset` is the same with the
+    dataset's standard transforms by default.
 
-    ``transform=None`` applies the standard :func:`build_transforms` for the dataset and split; pass
-    ``torchvision.transforms.v2.Identity()`` to get PIL images. ``download`` lets torchvision fetch
-    Fashion-MNIST/CIFAR when no local copy is found. ``skip_bad_images`` (imagefolder only) turns unreadable
-    images into ``None`` samples for :func:`collate_skip_none` instead of raising.
+    ``download`` lets torchvision fetch Fashion-MNIST/CIFAR when no local copy is found. ``skip_bad_images``
+    (imagefolder only) turns unreadable images into ``None`` samples for :func:`collate_skip_none` instead
+    of raising.
     """
     dataset_info(name)
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     if skip_bad_images and name != "imagefolder":
         raise ValueError(f"skip_bad_images applies to imagefolder only, not {name!r}; drop --skip-bad-images")
-    if transform is None:
-        from shufflenet.data.transforms import build_transforms  # here: transforms imports DATASETS from us
-
-        transform = build_transforms(name, split)
     root = Path(data_dir).expanduser() if data_dir is not None else None
     if name == "fashion-mnist":
         return _fashion_mnist(root, split == "train", transform, download)

@@ -8,7 +8,7 @@ import torch
 from torchvision.transforms import v2
 
 from shufflenet._validation import require_positive
-from shufflenet.data.datasets import dataset_info
+from shufflenet.data.catalog import dataset_info
 
 
 def build_transforms(

@@ -36,10 +36,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from shufflenet._system import cache_dir, cpu_info
 from shufflenet.blocks import ShuffleV1Unit, ShuffleV2Unit
+from shufflenet.deploy.channels import is_depthwise, shuffle_source
+from shufflenet.deploy.errors import RuntimeUnavailable
 from shufflenet.deploy.fold import fold_conv_bn
-from shufflenet.deploy.optimize import is_depthwise, shuffle_source
-from shufflenet.deploy.runtimes import RuntimeUnavailable
 from shufflenet.models import ShuffleNetV1, ShuffleNetV2
 
 SOURCE = Path(__file__).with_name("csrc") / "engine.c"
@@ -58,14 +59,7 @@ class EngineUnavailable(RuntimeUnavailable):
 
 
 def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+    return set(cpu_info().get("flags", "").split())
 
 
 def engine_isa() -> str:
@@ -107,7 +101,7 @@ def load_library(isa: str | None = None) -> ctypes.CDLL:
     flags = (*COMPILE_FLAGS, *ISAS[isa][0])
     identity = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     key = SOURCE.read_bytes() + " ".join((compiler, identity, *flags)).encode()
-    cache = Path(os.environ.get("SHUFFLENET_CACHE", Path.home() / ".cache" / "shufflenet"))
+    cache = cache_dir()
     target = cache / f"engine-{isa}-{hashlib.sha256(key).hexdigest()[:16]}.so"
     if not target.exists():
         cache.mkdir(parents=True, exist_ok=True)

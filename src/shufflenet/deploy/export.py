@@ -16,15 +16,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from shufflenet._system import torch_threads
+from shufflenet.deploy.errors import require_package
 from shufflenet.deploy.optimize import optimize
-from shufflenet.deploy.runtimes import (
-    export_onnx,
-    median_seconds,
-    openvino_runner,
-    ort_runner,
-    require_package,
-    torch_threads,
-)
+from shufflenet.deploy.runtimes import export_onnx, openvino_runner, ort_runner
+from shufflenet.deploy.timing import median_seconds
 
 FORMATS = ("onnx", "openvino", "pt2")
 Format = Literal["onnx", "openvino", "pt2"]

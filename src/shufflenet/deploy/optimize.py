@@ -43,8 +43,10 @@ import torch
 from torch import nn
 
 from shufflenet.blocks import ShuffleV1Unit, ShuffleV2Unit
+from shufflenet.deploy.channels import contiguous_runs, inverse, is_depthwise, shuffle_source
 from shufflenet.deploy.eager import nhwc_rows, row_steps, run_on_rows, use_eager_kernels
 from shufflenet.deploy.fold import fold_batchnorm, fold_conv_bn
+from shufflenet.deploy.timing import eager_timer
 from shufflenet.models import ShuffleNetV1, ShuffleNetV2
 from shufflenet.ops import SHIFT_LAYERS, SegmentShift, channel_shuffle, shift_segments
 
@@ -53,41 +55,12 @@ V1_FORMS = ("fold", "explicit", "gather")
 Timer = Callable[[nn.Module, torch.Tensor], float]
 
 
-def shuffle_source(channels: int, groups: int) -> list[int]:
-    """``src`` with ``channel_shuffle(x, groups)[:, k] == x[:, src[k]]``."""
-    per_group = channels // groups
-    return [(k % groups) * per_group + k // groups for k in range(channels)]
-
-
-def inverse(permutation: Sequence[int]) -> list[int]:
-    result = [0] * len(permutation)
-    for position, value in enumerate(permutation):
-        result[value] = position
-    return result
-
-
-def contiguous_runs(positions: Sequence[int]) -> list[tuple[int, int]]:
-    """Ascending positions grouped into ``(start, stop)`` runs of consecutive values."""
-    runs: list[list[int]] = []
-    for position in positions:
-        if runs and runs[-1][1] == position:
-            runs[-1][1] += 1
-        else:
-            runs.append([position, position + 1])
-    return [(start, stop) for start, stop in runs]
-
-
 ZERO = -1
 """A ``physical`` channel-map entry (see :func:`_deploy_v2_stage`) for an all-zero padding channel."""
 
 
 def _convs(modules: Iterable[nn.Module]) -> list[nn.Conv2d]:
     return [module for module in modules if isinstance(module, nn.Conv2d)]
-
-
-def is_depthwise(conv: nn.Conv2d) -> bool:
-    """A depthwise conv: one group per channel, as many outputs as inputs."""
-    return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
 
 
 def _take(tensor: torch.Tensor, order: Sequence[int], dim: int) -> torch.Tensor:
@@ -348,14 +321,6 @@ def _dense_with_permuted_inputs(conv: nn.Conv2d, order: torch.Tensor) -> nn.Conv
     dense.weight.copy_(full[:, order])
     dense.bias.copy_(conv.bias)
     return dense
-
-
-def eager_timer(module: nn.Module, example: torch.Tensor, *, repeats: int = 20) -> float:
-    """Median seconds of ``module(example)`` in eager PyTorch after two warm-up calls."""
-    from shufflenet.deploy.runtimes import median_seconds  # runtimes builds on this module
-
-    with torch.inference_mode():
-        return median_seconds(lambda: module(example), warmup=2, repeats=repeats)[0]
 
 
 def _optimize_shufflenet_v1(

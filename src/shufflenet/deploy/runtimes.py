@@ -13,34 +13,23 @@ form chosen by timing that backend itself.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import random
 import tempfile
-import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from shufflenet._system import usable_cores
+from shufflenet.deploy.engine import build_engine
+from shufflenet.deploy.errors import RuntimeUnavailable, require_package
+from shufflenet.deploy.optimize import optimize
+from shufflenet.deploy.timing import eager_timer, interleaved_seconds, median_seconds
+
 RUNTIMES = ("eager", "eager_cl", "eager_deploy", "compile", "ort", "openvino", "engine", "ours")
 Runner = Callable[[np.ndarray], np.ndarray]
-
-
-class RuntimeUnavailable(RuntimeError):
-    """The runtime's package is missing (the message names what to install)."""
-
-
-def require_package(module: str, package: str):
-    try:
-        return __import__(module)
-    except ImportError as error:
-        raise RuntimeUnavailable(
-            f"{module} is not installed; pip install {package} (or pip install 'shufflenet[deploy]')"
-        ) from error
 
 
 def export_onnx(
@@ -140,8 +129,6 @@ def _deploy_runner(model: nn.Module, example: torch.Tensor, threads: int, workdi
     the V1 shuffle form timed on that backend; ``runner.backend`` names the one kept. PyTorch is a
     candidate for the shift nets: only it runs their shifts in place, moving just the shifted channels,
     where an exported graph must concatenate."""
-    from shufflenet.deploy.optimize import optimize
-
     candidates: dict[str, Callable[[], Runner]] = {}
     if threads == 1:
         candidates["engine"] = lambda: _engine_runner(model, example)
@@ -180,45 +167,9 @@ def fastest(runners: dict[str, Runner], batch: np.ndarray, *, passes: int = 30) 
     return min(zip(names, times, strict=True), key=lambda pair: float(np.median(pair[1])))[0]
 
 
-def interleaved_seconds(
-    calls: Sequence[Callable[[], object]],
-    *,
-    passes: int,
-    warmup: int,
-    rewarm: int = 0,
-    progress: bool = False,
-) -> list[list[float]]:
-    """Seconds of each call in each of ``passes`` passes, after ``warmup`` calls of each. Every pass calls
-    every one once, in a fresh random order (seeded), so drift in the machine's speed lands on all alike.
-    With ``rewarm`` > 0, each timed call follows that many untimed calls of the same one: its weights are
-    back in cache, as when it runs back to back (steady state), rather than evicted by the call before."""
-    for call in calls:
-        for _ in range(warmup):
-            call()
-    times: list[list[float]] = [[] for _ in calls]
-    order = list(range(len(calls)))
-    shuffler = random.Random(0)
-    rounds = range(passes)
-    if progress:
-        from tqdm import tqdm
-
-        rounds = tqdm(rounds, desc="passes", unit="pass")
-    for _ in rounds:
-        shuffler.shuffle(order)
-        for index in order:
-            for _ in range(rewarm):
-                calls[index]()
-            start = time.perf_counter()
-            calls[index]()
-            times[index].append(time.perf_counter() - start)
-    return times
-
-
 def _eager_deploy_runner(model: nn.Module, example: torch.Tensor) -> Runner:
     """Our deploy graph in PyTorch eager, channels_last; no channel padding (it only helps ONNX Runtime),
     the ShuffleNet V1 shuffle form timed in eager."""
-    from shufflenet.deploy.optimize import eager_timer, optimize
-
     deployed = optimize(
         model, v1_shuffle="auto", example_input=example, timer=eager_timer, channel_multiple=1
     )
@@ -226,42 +177,20 @@ def _eager_deploy_runner(model: nn.Module, example: torch.Tensor) -> Runner:
 
 
 def _engine_runner(model: nn.Module, example: torch.Tensor) -> Runner:
-    from shufflenet.deploy.engine import build_engine  # the engine builds on optimize and this module
-
     return build_engine(model, tuple(example.shape[-2:]))
-
-
-def median_seconds(call: Callable[[], object], *, warmup: int, repeats: int) -> tuple[float, float]:
-    """(median, 90th percentile) seconds of ``call`` over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), float(np.percentile(times, 90))
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """PyTorch's intra-op thread count set to ``threads`` inside the block, the caller's restored after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def build_runner(
     runtime: str, model: nn.Module, example: torch.Tensor, *, threads: int, workdir: Path
 ) -> Runner:
     """Prepare ``model`` for ``runtime`` (export, compile) and return a NumPy-in, NumPy-out callable.
-    ``threads`` applies to every runtime (torch.set_num_threads for the PyTorch ones)."""
+
+    ``threads`` applies to every runtime. For the PyTorch ones it is PyTorch's process-wide thread count,
+    which this sets and leaves set: the callable returned runs later, and must run at that count. To get
+    the caller's count back afterwards, build and run inside :func:`shufflenet._system.torch_threads`."""
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads)  # not restored on return: see the docstring
     model = model.eval()
     if runtime in ("eager", "eager_cl"):
         return _torch_runner(model, channels_last=runtime == "eager_cl")
@@ -281,5 +210,5 @@ def build_runner(
 
 
 def default_threads() -> int:
-    """All cores this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """The thread count a runtime gets unless told otherwise: all cores this process may use."""
+    return usable_cores()

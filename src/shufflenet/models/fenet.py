@@ -1,11 +1,11 @@
-"""FE-Net (Chen et al. 2019, "All You Need is a Few Shifts", Fig. 3, Fig. 4 and Table 4): inverted bottlenecks whose
-spatial op is a Sparse Shift Layer, grouped in FE-Blocks that mix the feature maps in progressively.
+"""FE-Net (Chen et al. 2019, "All You Need is a Few Shifts", Fig. 3, Fig. 4 and Table 4): inverted bottlenecks
+whose spatial op is a Sparse Shift Layer, grouped in FE-Blocks that mix the feature maps in progressively.
 
 Complexity. Table 4 leaves three things open: where IB-Pool pools (the authors' release expands at the
 input resolution, then pools), what the expansion t multiplies (the release: the unit's output width;
-MobileNet V2 [30], whose unit this is, and Chen et al. 2019's own Table 2: the input width), and how the 1380-wide
-head scales with the width. Conv + FC multiply-adds and params (SSL displacements included) at 224x224,
-1000 classes, from :func:`shufflenet.profile.profile`, against the paper's 301 M / 3.7 M (1.0x) and
+MobileNet V2 [30], whose unit this is, and Chen et al. 2019's own Table 2: the input width), and how the
+1380-wide head scales with the width. Conv + FC multiply-adds and params (SSL displacements included) at
+224x224, 1000 classes, from :func:`shufflenet.profile.profile`, against the paper's 301 M / 3.7 M (1.0x) and
 563 M / 5.9 M (1.375x, Table 5); "scaled" is ``1380 * max(1, width)`` (1898 at 1.375x):
 
 =============================== ===================== ===================== =====================

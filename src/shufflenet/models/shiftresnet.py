@@ -1,5 +1,6 @@
-"""ShiftResNet (Wu et al., 2018) with the shift layers of Chen et al. 2019 ("All You Need is a Few Shifts", section
-4.1 and Table 1): He et al.'s CIFAR ResNet with every basic block replaced by a conv-shift-conv unit."""
+"""ShiftResNet (Wu et al., 2018) with the shift layers of Chen et al. 2019 ("All You Need is a Few Shifts",
+section 4.1 and Table 1): He et al.'s CIFAR ResNet with every basic block replaced by a conv-shift-conv
+unit."""
 
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ class ShiftResNet(ClassifierNet):
     :class:`~shufflenet.blocks.CSCUnit` at widths 16/32/64 (the first unit of stages 2 and 3 has stride
     2), GAP and FC.
 
-    ``shift``: ``"ssl"`` (the Sparse Shift Layer of Chen et al. 2019), ``"grouped"`` (ShiftNet's fixed shift) or
-    ``"none"`` (Table 1's "1x1 only": the spatial mixing comes only from the three strided steps);
+    ``shift``: ``"ssl"`` (the Sparse Shift Layer of Chen et al. 2019), ``"grouped"`` (ShiftNet's fixed shift)
+    or ``"none"`` (Table 1's "1x1 only": the spatial mixing comes only from the three strided steps);
     ``ssl_init`` is the SSLs' start, ``"grouped"`` (the 3x3 window over channel groups) or ``"zero"``.
 
     Each unit's hidden width is ``expansion`` times its OUTPUT width. With that, the grouped and 1x1-only
@@ -87,8 +88,8 @@ class ShiftResNet(ClassifierNet):
         self._set_interface(pieces, None, in_channels)
 
 
-# Chen et al. 2019, Table 2 lists 96 shifted channels for block2.1 (16 -> 32), i.e. 6x its INPUT width, but the
-# reference parameter counts above need 6x the OUTPUT width (192), as ShiftNet's release builds it; the
+# Chen et al. 2019, Table 2 lists 96 shifted channels for block2.1 (16 -> 32), i.e. 6x its INPUT width, but
+# the reference parameter counts above need 6x the OUTPUT width (192), as ShiftNet's release builds it; the
 # counts are the better-checked figure, so the expansion follows them.
 MODEL_BUILDERS = {
     f"shiftresnet{depth}_{tag}": partial(ShiftResNet, depth=depth, shift=shift)

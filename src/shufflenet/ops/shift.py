@@ -132,8 +132,8 @@ class _QuantizedShift(torch.autograd.Function):
 
 
 def quantized_shift(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """The SSL's shift (Chen et al. 2019, section 3.3): integer shift by ``round(beta), round(alpha)`` forward,
-    bilinear-interpolation gradients for ``alpha`` and ``beta`` backward."""
+    """The SSL's shift (Chen et al. 2019, section 3.3): integer shift by ``round(beta), round(alpha)``
+    forward, bilinear-interpolation gradients for ``alpha`` and ``beta`` backward."""
     return _QuantizedShift.apply(x, alpha, beta)
 
 
@@ -201,7 +201,8 @@ class GroupedShift(_ShiftLayer):
 
 
 class SparseShift(_ShiftLayer):
-    """Sparse Shift Layer (Chen et al. 2019, section 3): a learnable displacement ``(alpha, beta)`` per channel.
+    """Sparse Shift Layer (Chen et al. 2019, section 3): a learnable displacement ``(alpha, beta)`` per
+    channel.
 
     Forward moves each channel by the rounded displacement (no interpolation); backward trains ``alpha``
     and ``beta`` with the bilinear gradient at the unrounded position. ``init="grouped"`` starts from the
@@ -329,8 +330,8 @@ def shift_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 
 def remove_shifts(model: nn.Module, names: Sequence[str]) -> nn.Module:
-    """Replace the named shift layers by identities, in place (Chen et al. 2019, Table 3: the network without its
-    least important shift layers); returns ``model``."""
+    """Replace the named shift layers by identities, in place (Chen et al. 2019, Table 3: the network without
+    its least important shift layers); returns ``model``."""
     known = dict(shift_layers(model))
     unknown = [name for name in names if name not in known]
     if unknown:
@@ -342,8 +343,8 @@ def remove_shifts(model: nn.Module, names: Sequence[str]) -> nn.Module:
 
 
 def shift_penalty(model: nn.Module, norm: str = "l1") -> torch.Tensor:
-    """Chen et al. 2019, eq. 4: ``|alpha|_1 + |beta|_1`` summed over every SSL of ``model`` (``norm="l2"``: the
-    squared L2 norms, which section 4.1 found slightly better on CIFAR). Multiply by lambda yourself."""
+    """Chen et al. 2019, eq. 4: ``|alpha|_1 + |beta|_1`` summed over every SSL of ``model`` (``norm="l2"``:
+    the squared L2 norms, which section 4.1 found slightly better on CIFAR). Multiply by lambda yourself."""
     if norm not in PENALTY_NORMS:
         raise ValueError(f"norm must be one of {', '.join(PENALTY_NORMS)}, got {norm!r}")
     terms = []

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import random
 import re
-import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 import safetensors.torch
 import torch
 
+from shufflenet._system import atomic_write  # also imported from here by train.engine
 from shufflenet._validation import state_dict_mismatch
 from shufflenet.registry import create_model
 
@@ -68,33 +65,6 @@ def restore_rng_state(state: dict) -> None:
     if "cuda" in state and torch.cuda.is_available():
         for device, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(cuda_state.cpu(), device)
-
-
-# --- Atomic writes -------------------------------------------------------------------------------------
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through ``write(file)`` so that it holds either the old contents or the new ones."""
-    # A crash mid-write must leave the previous file whole: write a sibling temp file (same filesystem,
-    # so os.replace is atomic), make it durable, then swap it in.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if os.name == "posix":
-        # Persist the rename itself; Windows cannot open a directory for fsync.
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from shufflenet._system import atomic_write
 from shufflenet._table import markdown_table
-from shufflenet.train.checkpoint import atomic_write
 
 # --- Top-k and confusion matrix ------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
-"""The shift ablations of Chen et al. 2019 as functions: the lambda sweep (Table 1) and the removal of the least important
-shift layers (Tables 2 and 3), on any dataset the training pipeline reads. Each run is an ordinary training
-run in its own directory; the tables are written as Markdown and JSON beside them."""
+"""The shift ablations of Chen et al. 2019 as functions: the lambda sweep (Table 1) and the removal of the
+least important shift layers (Tables 2 and 3), on any dataset the training pipeline reads. Each run is an
+ordinary training run in its own directory; the tables are written as Markdown and JSON beside them."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shufflenet._system import atomic_write
 from shufflenet._table import markdown_table
-from shufflenet.ops import ShiftSparsityRow, total_sparsity
-from shufflenet.train.checkpoint import atomic_write, load_checkpoint
+from shufflenet.ops import ShiftSparsityRow, sparsity_table, total_sparsity
+from shufflenet.train.checkpoint import load_checkpoint
 from shufflenet.train.config import TrainConfig
 from shufflenet.train.engine import CHECKPOINT_NAME, train
 
@@ -96,7 +97,8 @@ def lambda_sweep(
 
 def least_important_shift_layers(rows: Sequence[ShiftSparsityRow], count: int) -> list[str]:
     """The ``count`` shift layers that shift the fewest channels (highest sparsity) in a run trained with
-    the shift loss: the order in which Chen et al. 2019, section 4.3 removes them (ties keep network order)."""
+    the shift loss: the order in which Chen et al. 2019 (section 4.3) remove them (ties keep network
+    order)."""
     if not 0 <= count <= len(rows):
         raise ValueError(f"can remove 0 to {len(rows)} shift layers, not {count}")
     ranked = sorted(range(len(rows)), key=lambda i: -rows[i].sparsity)
@@ -158,6 +160,48 @@ def removal_table(runs: Sequence[ShiftRun], paper: dict[int, float] | None = Non
             row.append(str(paper.get(len(run.removed), "")))
         body.append(row)
     return markdown_table(headers, body)
+
+
+def sweep_report(config: TrainConfig, runs: Sequence[ShiftRun], environment_text: str) -> str:
+    """The lambda sweep as Markdown: settings, ``environment_text`` (command, date, hardware), Table 1 beside
+    the paper's column (ShiftResNet-20 only) and each run's per-layer sparsity in Table 2's format."""
+    paper = PAPER_TABLE1_SHIFTRESNET20 if config.model.startswith("shiftresnet20") else None
+    text = (
+        f"# Shift-loss sweep (Chen et al. 2019, Table 1): {config.model}, {config.dataset}, {config.epochs} "
+        f"epochs, {config.shift_norm} shift loss, shifts frozen at epoch {config.freeze_shifts_epoch}\n\n"
+        f"{environment_text}\n\n{sweep_table(runs, paper)}\n"
+    )
+    for run in runs:
+        text += f"\n## Per-layer sparsity, lambda {run.shift_lambda:g} (Table 2 format)\n\n"
+        text += sparsity_table(run.sparsity) + "\n"
+    return text
+
+
+def removal_report(
+    config: TrainConfig, ranking: Sequence[ShiftSparsityRow], runs: Sequence[ShiftRun], environment_text: str
+) -> str:
+    """The removal study as Markdown: the ranking (Table 2's format) and the accuracy after removing the
+    least important layers beside the paper's Table 3 column (ShiftResNet-20 only)."""
+    paper = PAPER_TABLE3_SHIFTRESNET20 if config.model.startswith("shiftresnet20") else None
+    return (
+        f"# Removing the least important shift layers (Chen et al. 2019, Tables 2-3): {config.model}, "
+        f"{config.dataset}, {config.epochs} epochs, lambda {config.shift_lambda:g}\n\n"
+        f"{environment_text}\n\n"
+        f"## Ranking (Table 2 format)\n\n{sparsity_table(ranking)}\n\n"
+        f"## Accuracy after removal (Table 3 format)\n\n{removal_table(runs, paper)}\n"
+    )
+
+
+def ranking_from_run(run_dir: Path) -> list[ShiftSparsityRow]:
+    """The per-layer shift sparsity a finished run recorded in its summary.json: the ranking of a removal
+    study taken from an earlier run instead of a new one."""
+    summary_path = Path(run_dir) / "summary.json"
+    if not summary_path.is_file():
+        raise FileNotFoundError(f"{summary_path} not found; --ranking takes the directory of a finished run")
+    rows = json.loads(summary_path.read_text()).get("shift_sparsity")
+    if not rows:
+        raise ValueError(f"{summary_path} has no shift sparsity; rank with a run of a model with SSL layers")
+    return [ShiftSparsityRow(**row) for row in rows]
 
 
 def write_report(

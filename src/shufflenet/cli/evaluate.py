@@ -1,0 +1,69 @@
+"""``shufflenet evaluate``: top-1/top-5 error, per-class accuracy and the confusion matrix of weights."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from shufflenet._table import markdown_table
+from shufflenet.cli._common import Command, fmt
+from shufflenet.data.catalog import DATASETS
+
+HELP = "top-1/top-5 error, per-class accuracy and confusion matrix of trained weights"
+DESCRIPTION = (
+    "Evaluate a training checkpoint (.pt or its run directory) or exported weights "
+    "(.safetensors with its .json) on a dataset's val split, single crop (imagefolder: resize 256, "
+    "center crop 224). Writes confusion_matrix.png."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint", required=True, help="checkpoint.pt, a run directory, or model.safetensors"
+    )
+    parser.add_argument("--dataset", required=True, choices=tuple(DATASETS))
+    parser.add_argument("--model", help="model name (checked against the checkpoint's)")
+    parser.add_argument("--data-dir", help="dataset folder")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--image-size", type=int, help="evaluation crop (default: the dataset's)")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N")
+    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--output", help="folder for confusion_matrix.png (default: the checkpoint's)")
+    parser.add_argument("--format", choices=("table", "json"), default="table")
+
+
+def run(args: argparse.Namespace) -> int:
+    from shufflenet.train.evaluate import evaluate_checkpoint
+
+    summary = evaluate_checkpoint(
+        args.checkpoint,
+        args.dataset,
+        data_dir=args.data_dir,
+        model_name=args.model,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        device=args.device,
+        num_workers=args.num_workers,
+        output=args.output,
+    )
+    if args.format == "json":
+        print(json.dumps(summary, indent=2))
+        return 0
+    errors = [
+        summary["model"],
+        summary["dataset"],
+        summary["samples"],
+        fmt(summary["top1_err"], 2),
+        fmt(summary["top5_err"], 2),
+        fmt(summary["loss"], 4),
+    ]
+    print(markdown_table(["model", "dataset", "samples", "top-1 err %", "top-5 err %", "loss"], [errors]))
+    print()
+    per_class = [[name, fmt(100 * acc, 2)] for name, acc in summary["per_class_accuracy"].items()]
+    print(markdown_table(["class", "accuracy %"], per_class))
+    if "confusion_matrix_png" in summary:
+        print(f"\nconfusion matrix: {summary['confusion_matrix_png']}")
+    return 0
+
+
+COMMAND = Command("evaluate", HELP, DESCRIPTION, add_arguments, run)

@@ -1,0 +1,63 @@
+"""Real images for an export: the inputs its verification runs on, int8 calibration batches and the split
+its accuracy is measured on, all taken from one dataset of the catalog."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+
+from shufflenet.data import build_dataset, dataset_info
+
+VERIFY_IMAGES = 8
+
+
+@dataclass
+class ExportData:
+    """What ``export_model`` takes from a dataset: the input size, a few real inputs to verify on, the
+    calibration batches (one image each) and the split accuracy is measured on."""
+
+    input_size: tuple[int, int]
+    real_inputs: torch.Tensor
+    calibration: list[np.ndarray] = field(default_factory=list)
+    accuracy_data: Dataset | None = None
+
+
+def export_data(
+    dataset: str,
+    in_chans: int,
+    *,
+    data_dir: str | None = None,
+    input_size: tuple[int, int] | None = None,
+    calib_samples: int = 256,
+    accuracy_samples: int = 0,
+) -> ExportData:
+    """Real images of ``dataset`` for exporting a model that takes ``in_chans`` channels: calibration from
+    the train split, evenly spaced so every class is seen; verification inputs and accuracy from val.
+
+    ``input_size`` defaults to the dataset's own; a model that cannot take the dataset's images raises
+    ValueError (a model trained elsewhere), because verifying it on resized images would hide that."""
+    info = dataset_info(dataset)
+    native = (info.image_size, info.image_size)
+    train_set = build_dataset(dataset, "train", data_dir)
+    accuracy_data: Dataset = build_dataset(dataset, "val", data_dir)
+    if accuracy_samples:
+        accuracy_data = Subset(accuracy_data, range(min(accuracy_samples, len(accuracy_data))))
+    real_inputs = torch.stack([accuracy_data[index][0] for index in range(VERIFY_IMAGES)])
+    if real_inputs.shape[1] != in_chans or (input_size is not None and tuple(input_size) != native):
+        size = input_size or native
+        raise ValueError(
+            f"{dataset} images are {tuple(real_inputs.shape[1:])} but the model takes {in_chans} channels at "
+            f"{size[0]}x{size[1]}; export a model trained on {dataset} (e.g. a run's model.safetensors) or "
+            "drop --calib"
+        )
+    step = max(1, len(train_set) // calib_samples)
+    picks = [train_set[index][0] for index in range(0, min(len(train_set), step * calib_samples), step)]
+    return ExportData(
+        input_size=native,
+        real_inputs=real_inputs,
+        calibration=[image.unsqueeze(0).numpy() for image in picks],
+        accuracy_data=accuracy_data,
+    )

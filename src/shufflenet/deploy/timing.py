@@ -1,0 +1,65 @@
+"""Latency measurement shared by the deploy path and the benchmarks: median and 90th percentile of repeated
+calls, interleaved passes over several calls, and the eager timer that :func:`shufflenet.deploy.optimize`
+uses by default to choose between equivalent graphs."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def median_seconds(call: Callable[[], object], *, warmup: int, repeats: int) -> tuple[float, float]:
+    """(median, 90th percentile) seconds of ``call`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), float(np.percentile(times, 90))
+
+
+def eager_timer(module: nn.Module, example: torch.Tensor, *, repeats: int = 20) -> float:
+    """Median seconds of ``module(example)`` in eager PyTorch after two warm-up calls."""
+    with torch.inference_mode():
+        return median_seconds(lambda: module(example), warmup=2, repeats=repeats)[0]
+
+
+def interleaved_seconds(
+    calls: Sequence[Callable[[], object]],
+    *,
+    passes: int,
+    warmup: int,
+    rewarm: int = 0,
+    progress: bool = False,
+) -> list[list[float]]:
+    """Seconds of each call in each of ``passes`` passes, after ``warmup`` calls of each. Every pass calls
+    every one once, in a fresh random order (seeded), so drift in the machine's speed lands on all alike.
+    With ``rewarm`` > 0, each timed call follows that many untimed calls of the same one: its weights are
+    back in cache, as when it runs back to back (steady state), rather than evicted by the call before."""
+    for call in calls:
+        for _ in range(warmup):
+            call()
+    times: list[list[float]] = [[] for _ in calls]
+    order = list(range(len(calls)))
+    shuffler = random.Random(0)
+    rounds = range(passes)
+    if progress:
+        from tqdm import tqdm
+
+        rounds = tqdm(rounds, desc="passes", unit="pass")
+    for _ in rounds:
+        shuffler.shuffle(order)
+        for index in order:
+            for _ in range(rewarm):
+                calls[index]()
+            start = time.perf_counter()
+            calls[index]()
+            times[index].append(time.perf_counter() - start)
+    return times
