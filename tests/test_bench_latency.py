@@ -93,6 +93,7 @@ def test_headline_ratios_compare_fenet_with_its_depthwise_twin():
     }
 
 
+@pytest.mark.slow
 def test_one_real_cell_in_a_subprocess_and_an_error_cell():
     cells = latency_benchmark(
         ["shufflenet_v2_x0_5", "no_such_model"],
@@ -112,6 +113,7 @@ def test_one_real_cell_in_a_subprocess_and_an_error_cell():
     assert "eager ms" in table and "error" in table
 
 
+@pytest.mark.slow
 def test_plot_and_cli_output_files(tmp_path, capsys):
     cells = [_cell("shufflenet_v1_g3_x1_0", "openvino", 4.0), _cell("torchvision:alexnet", "openvino", 30.0)]
     png = latency_plot(cells, tmp_path / "latency.png")

@@ -72,6 +72,7 @@ def test_misuse_exits_2_with_one_line(capsys, argv, message):
     assert message in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_console_entry_point_runs():
     result = subprocess.run(
         [sys.executable, "-m", "shufflenet", "models", "shufflenet_v2_*"],
@@ -86,6 +87,7 @@ def test_console_entry_point_runs():
     assert result.returncode == 2 and "error" in result.stderr
 
 
+@pytest.mark.slow
 def test_export_cli_writes_and_verifies(tmp_path, capsys):
     out_file = tmp_path / "net.onnx"
     code, out, _ = run(

@@ -182,6 +182,7 @@ def test_v1_auto_picks_the_faster_form_per_stage():
         optimize(model, v1_shuffle="auto")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "openvino", "pt2"])
 def test_export_writes_and_verifies_each_format(tmp_path, fmt):
     model = _trained_looking(create_model("shufflenet_v2_x0_5", num_classes=10, in_chans=1, small_input=True))
@@ -206,6 +207,7 @@ def test_export_failure_says_why_and_writes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_int8_export_reports_accuracy(tmp_path):
     model = _trained_looking(create_model("shufflenet_v2_x0_5", num_classes=10, in_chans=1, small_input=True))
     images = torch.rand(20, 1, 28, 28)
@@ -230,6 +232,7 @@ def test_int8_export_reports_accuracy(tmp_path):
         export_model(model, tmp_path / "q2", "onnx", int8=True)
 
 
+@pytest.mark.slow
 def test_every_registered_model_exports_to_onnx_verified(tmp_path):
     failures = []
     for name in list_models():
@@ -254,6 +257,7 @@ def test_trained_looking_measures_bn_statistics_on_the_images_it_will_run():
     assert tame < 3.0 and wild > 3 * tame
 
 
+@pytest.mark.slow
 def test_export_that_disagrees_is_refused_and_keeps_the_old_file(tmp_path, monkeypatch):
     model = _trained_looking(create_model("shufflenet_v2_x0_5", num_classes=10, in_chans=1, small_input=True))
     target = tmp_path / "net.onnx"
@@ -271,6 +275,7 @@ def test_export_that_disagrees_is_refused_and_keeps_the_old_file(tmp_path, monke
     assert target.read_bytes() == b"previous good export"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["shiftresnet20_ssl", "fenet_x1_0"])
 def test_shift_nets_deploy_with_regrouped_channels_and_export(name, tmp_path):
     torch.manual_seed(0)

@@ -206,6 +206,7 @@ def test_wrong_batch_shape_raises_value_error_naming_the_plan(shape):
         run(np.zeros(shape, np.float32))
 
 
+@pytest.mark.slow
 def test_library_is_compiled_once_into_the_cache(tmp_path, monkeypatch):
     """Compiling takes seconds, so a fresh process must reuse the file: one ``engine-*.so`` in the cache
     (built in a temporary folder beside it, which must be gone), loaded again without a compile."""

@@ -9,7 +9,11 @@ from shufflenet import create_model, load_torchvision_weights, profile
 from shufflenet.models import ShuffleNetV1, ShuffleNetV2
 from shufflenet.ops import ChannelShuffle
 
-# Reference complexity (../shared/papers.md): conv + FC multiply-adds at 224x224 with 1000 classes.
+# Reference complexity: conv + FC multiply-adds (M) at 224x224 with 1000 classes, counted from the papers'
+# architecture tables (Zhang et al. 2018, Table 1; Ma et al. 2018, Table 5; Howard et al. 2017, Table 1;
+# Sandler et al. 2018, Table 2). The conv-only parts round to the papers' own MFLOPs columns (Zhang et al.
+# 2018, Tables 1-2: 143/140/137/133/137 for g = 1/2/3/4/8; Ma et al. 2018, Table 5: 41/146/299/591; Howard et
+# al. 2017, Table 6: 569/325/149/41; Sandler et al. 2018, Table 4: 300).
 MFLOPS = {
     "shufflenet_v1_g1_x1_0": 143.1,
     "shufflenet_v1_g2_x1_0": 140.8,

@@ -7,8 +7,9 @@ from shufflenet.blocks import CSCUnit, FEBlock, InvertedBottleneck, PoolBottlene
 from shufflenet.models import FENet, ShiftResNet
 from shufflenet.ops import GroupedShift, SparseShift
 
-# Reference counts (../shared/papers.md), CIFAR-10 head. They are the grouped-shift / 1x1-only networks:
-# the SSL variant adds its displacements (alpha, beta), 2 parameters per hidden channel of every unit.
+# Reference parameter counts of ShiftResNet (Wu et al. 2018's CSC units, as Chen et al. 2019, Table 1 builds
+# them), CIFAR-10 head. They are the grouped-shift / 1x1-only networks: the SSL variant adds its
+# displacements (alpha, beta), 2 parameters per hidden channel of every unit.
 SHIFTRESNET_PARAMS = {
     (20, 1): 34_906,
     (20, 3): 95_642,
@@ -137,7 +138,8 @@ def test_fenet_complexity_is_the_documented_reading(name):
 
 
 def test_fenet_released_reading_is_reproducible():
-    # The authors' code as released (papers.md): 417.9 M MAdds, 4.62 M params at 1.0x.
+    # FE-Net as the authors' code is released (hikvision-research/SparseShiftLayer, not the paper's Table 4
+    # reading): 417.9 M MAdds, 4.62 M params at 1.0x.
     released = FENet(pool="after", expand_from="out", head_channels=1932)
     result = profile(released)
     assert result.mflops == pytest.approx(417.9, abs=0.1)

@@ -62,6 +62,7 @@ def test_shift_parameters_get_their_own_group_without_weight_decay():
     }
 
 
+@pytest.mark.slow
 def test_shift_loss_raises_sparsity_and_freezing_keeps_displacements(fashion_dir, tmp_path):
     plain = train(shift_config(fashion_dir, tmp_path / "plain", "shift_lambda=0"))
     sparse = train(shift_config(fashion_dir, tmp_path / "sparse", "shift_lambda=0.5", "shift_norm=l1"))
@@ -131,6 +132,7 @@ def test_removal_study_trains_one_run_per_count(tmp_path):
     assert "|      0 |       90.00 |" in sweep_table(runs)
 
 
+@pytest.mark.slow
 def test_shift_sweep_command_writes_the_table(fashion_dir, tmp_path, capsys):
     output = tmp_path / "sweep"
     argv = ["shift", "sweep", "--lambdas", "0", "2", "--epochs", "1", "--output", str(output)]

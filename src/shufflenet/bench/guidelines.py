@@ -1,4 +1,4 @@
-"""The four guideline experiments of ShuffleNet V2 section 2 (Tables 1-4), run on this machine.
+"""The four guideline experiments of Ma et al. 2018, section 2 (Tables 1-4), run on this machine.
 
 Each experiment stacks 10 blocks on a 56x56 input and compares settings of equal FLOPs: if speed still
 differs, FLOPs alone do not predict it. Ours are images/s; the paper's figures sit beside them in the
@@ -152,7 +152,7 @@ def fragment_width(channels: int, fragments: int) -> int:
 
 
 def guideline_stack(experiment: str, setting: str, multiplier: int = 1, device: str = "cpu") -> nn.Sequential:
-    """The 10-block network of one cell of ShuffleNet V2 Tables 1-4, with the paper's GPU channel counts
+    """The 10-block network of one cell of Ma et al. 2018, Tables 1-4, with the paper's GPU channel counts
     when ``device`` is CUDA and its ARM ones otherwise. ``in_chans`` on the result is its input width."""
     gpu = torch.device(device).type == "cuda"
     if experiment not in SETTINGS or setting not in SETTINGS[experiment]:
@@ -233,7 +233,7 @@ def run_guidelines(
     experiments: Sequence[str] = ("G1", "G2", "G3", "G4"),
     progress: bool = True,
 ) -> list[GuidelineResult]:
-    """Measure every cell of ShuffleNet V2 Tables 1-4 (section 2): images/s as the median of ``repeats``
+    """Measure every cell of Ma et al. 2018, Tables 1-4 (section 2): images/s as the median of ``repeats``
     forward passes after a warm-up, the settings of one experiment and multiplier timed in turn
     (:func:`_images_per_s`), and MFLOPs with :func:`shufflenet.profile`.
 

@@ -1,4 +1,4 @@
-"""Actual speed, side by side (ShuffleNet V1 Table 8; ShuffleNet V2 section 2: FLOPs are not speed).
+"""Actual speed, side by side (Zhang et al. 2018, Table 8; Ma et al. 2018, section 2: FLOPs are not speed).
 
 Every (model, input size, threads, runtime) cell runs in its own Python subprocess, so one runtime's
 thread pools, caches and allocator never touch another's measurement. Each cell warms up, then reports the
@@ -30,7 +30,7 @@ from shufflenet.registry import create_model
 
 ANCHOR_PREFIX = "torchvision:"
 ANCHORS = ("torchvision:alexnet", "torchvision:shufflenet_v2_x1_0", "torchvision:mobilenet_v2")
-SIZES = ((224, 224), (480, 640), (720, 1280))  # ShuffleNet V1 Table 8
+SIZES = ((224, 224), (480, 640), (720, 1280))  # Zhang et al. 2018, Table 8
 # The cells the headline comparisons need (benchmarks/paired_latency.py times the same set).
 HEADLINE_LATENCY_MODELS = (
     "shufflenet_v2_x1_0[layout=torchvision]",
@@ -42,7 +42,7 @@ HEADLINE_LATENCY_MODELS = (
 )
 DEFAULT_LATENCY_MODELS = (*HEADLINE_LATENCY_MODELS, "mobilenet_v2_x1_0", "torchvision:mobilenet_v2")
 
-# ShuffleNet V1 Table 8: Snapdragon 820, 1 thread, ms at 224x224 / 480x640 / 720x1280.
+# Zhang et al. 2018, Table 8: Snapdragon 820, 1 thread, ms at 224x224 / 480x640 / 720x1280.
 PAPER_ARM_MS = {
     "shufflenet_v1_g3_x0_5": (15.2, 87.4, 260.1),
     "shufflenet_v1_g3_x1_0": (37.8, 222.2, 684.5),
@@ -50,7 +50,7 @@ PAPER_ARM_MS = {
     "torchvision:alexnet": (184.0, 1156.7, 3633.9),
     "mobilenet_v1_x1_0": (110.0, 612.0, 1879.2),
 }
-# ShuffleNet V2 Table 8: Snapdragon 810, 1 thread, images/s at 224x224 (ms = 1000 / images/s).
+# Ma et al. 2018, Table 8: Snapdragon 810, 1 thread, images/s at 224x224 (ms = 1000 / images/s).
 PAPER_ARM_224_IMAGES_PER_S = {
     "shufflenet_v2_x0_5": 57.0,
     "shufflenet_v1_g3_x0_5": 56.8,

@@ -56,7 +56,7 @@ class ConvBNAct(nn.Sequential):
 
 
 class SqueezeExcite(nn.Module):
-    """Squeeze-and-excitation (Hu et al.), as in ShuffleNet V1 Table 5's "with SE" row: global pool,
+    """Squeeze-and-excitation (Hu et al.), as in Zhang et al. 2018, Table 5's "with SE" row: global pool,
     1x1 reduce by ``reduction``, ReLU, 1x1 expand, sigmoid gate."""
 
     def __init__(self, channels: int, *, reduction: int = 16) -> None:

@@ -1,5 +1,5 @@
-"""MobileNet units: depthwise-separable convolution (MobileNet V1 Fig. 3) and the inverted residual with a
-linear bottleneck (MobileNet V2 Table 1 and Fig. 4d)."""
+"""MobileNet units: depthwise-separable convolution (Howard et al. 2017, Fig. 3) and the inverted residual
+with a linear bottleneck (Sandler et al. 2018, Table 1 and Fig. 4d)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from shufflenet.blocks.common import ConvBNAct
 
 
 class DepthwiseSeparable(nn.Sequential):
-    """MobileNet V1 Fig. 3 right: 3x3 depthwise conv -> BN -> ReLU -> 1x1 conv -> BN -> ReLU."""
+    """Howard et al. 2017, Fig. 3 right: 3x3 depthwise conv -> BN -> ReLU -> 1x1 conv -> BN -> ReLU."""
 
     def __init__(self, in_channels: int, out_channels: int, *, stride: int) -> None:
         super().__init__(

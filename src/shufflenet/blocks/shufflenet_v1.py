@@ -1,4 +1,4 @@
-"""The ShuffleNet V1 unit, ShuffleNet V1 section 3.2 and Fig. 2 (b) and (c)."""
+"""The ShuffleNet V1 unit, Zhang et al. 2018, section 3.2 and Fig. 2 (b) and (c)."""
 
 from __future__ import annotations
 

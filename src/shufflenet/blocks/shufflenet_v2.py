@@ -1,4 +1,4 @@
-"""The ShuffleNet V2 unit, ShuffleNet V2 section 3 and Fig. 3 (c) and (d)."""
+"""The ShuffleNet V2 unit, Ma et al. 2018, section 3 and Fig. 3 (c) and (d)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
 """Fast path for the small-image datasets (Fashion-MNIST, CIFAR): pad-and-crop + flip done on whole batches.
 
-Through ``torchvision.transforms.v2`` each 28x28 sample costs about 0.8 ms on a 2-core CPU (measured:
-ToImage 0.2 ms, RandomCrop 0.35 ms, ToDtype + Normalize 0.25 ms), nearly a minute per Fashion-MNIST epoch,
-a third of the training time of a small ShuffleNet there. torchvision's batch transforms draw one crop per
-batch, not per sample, so the per-sample crop is done here: each sample's offsets and flip come from a hash
-of (seed, epoch, index) (no RNG state at all, so resume and any number of workers give the same batches),
-and the crop is one gather over the padded batch, on the training device.
+Through ``torchvision.transforms.v2`` every 28x28 sample pays per-call overheads (ToImage, RandomCrop,
+ToDtype + Normalize) that add up to about a third of the training time of a small ShuffleNet on a CPU.
+torchvision's batch transforms draw one crop per batch, not per sample, so the per-sample crop is done here:
+each sample's offsets and flip come from a hash of (seed, epoch, index) (no RNG state at all, so resume and
+any number of workers give the same batches), and the crop is one gather over the padded batch, on the
+training device.
 
 Random erasing (Zhong et al., "Random Erasing Data Augmentation", 2017; torchvision's ``RandomErasing``
 defaults: p 0.5, area 2-40% of the image, aspect ratio 0.3-3.3, erased to 0 after normalization) is drawn

@@ -5,7 +5,7 @@ is the widest the CPU has).
 Why it is faster than running the deploy graph in ONNX Runtime or OpenVINO: in those runtimes every channel
 shuffle, split and concatenation is a data-movement op, and an op that their blocked (NCHWc) kernels do not
 support costs two layout reorders around it. Here those ops are addressing, decided once when the plan is
-built (ShuffleNet V1 section 3.1, V2 section 3):
+built (Zhang et al. 2018, section 3.1; Ma et al. 2018, section 3):
 
 - a pointwise (1x1) conv reads its input channels through an index table, so a channel shuffle, or the
   split of V2's unit, is the order in which the next conv reads, and costs nothing;
@@ -131,8 +131,7 @@ def _round_up(value: int, multiple: int = 8) -> int:
 
 def _aligned_floats(size: int) -> np.ndarray:
     """``size`` float32 zeros starting on a 64-byte cache line. NumPy's large arrays start 16 bytes past a
-    page, which splits every other 32-byte vector access across two cache lines: ~4-5% of the engine's
-    time on AMD Zen 3."""
+    page, which splits every other 32-byte vector access across two cache lines."""
     raw = np.zeros(size + 16, np.float32)
     start = (-raw.ctypes.data % 64) // 4
     return raw[start : start + size]

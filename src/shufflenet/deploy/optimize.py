@@ -8,16 +8,15 @@ cheaper operations.
   Outputs are assembled so that the next unit's transformed half is one contiguous slice (a free view).
 - ShuffleNet V2 channel padding (``channel_multiple``, default 4): ONNX Runtime's CPU NCHWc transformer
   only converts a Conv whose input has a channel count that is a multiple of 4 (MlasReorderInputNchw
-  reads four channels at a time); other convs run in its much slower plain-NCHW kernels (the 58-channel
-  depthwise conv of the 1x net: ~220 us in NCHW, ~56 us in NCHWc). So every width a conv reads is padded
+  reads four channels at a time); other convs run in its plain-NCHW kernels, several times slower for the
+  58-channel depthwise conv of the 1x net. So every width a conv reads is padded
   with all-zero channels (zero weights and biases; ReLU keeps them 0; the readers get zero weights for
   them): each branch's inner width to ``2 * channel_multiple`` (8 = one AVX2 NCHWc block, which the
   NCHWc kernels compute whole anyway), the next unit's transformed half to ``channel_multiple`` (a
   unit's branch emits the zero rows right next to that half, so it stays one slice, disjoint from the
   kept ones, and ONNX Runtime still fuses the unit's slices into one Split; the zeros are read there
   and never copied along), and a stage's output (read whole by the next stage's depthwise conv) to
-  ``2 * channel_multiple``. The 1x net (torchvision layout, 224 px, 1 thread): ONNX Runtime 11.3 -> 10.5
-  ms; OpenVINO, which blocks channels itself, runs both alike (10.8 and 10.9 ms).
+  ``2 * channel_multiple``. OpenVINO blocks channels itself and runs the padded and plain graphs alike.
 - ShuffleNet V1 (section 3.1): the shuffle commutes with the depthwise conv and its BN (per-channel
   operations), so it moves past them, to where the tensor is smallest (after the stride), and then
   either runs there explicitly or is folded into the second 1x1 group conv, which becomes a dense conv

@@ -1,4 +1,4 @@
-"""Channel shuffle, ShuffleNet V1 section 3.1 (Fig. 1c)."""
+"""Channel shuffle, Zhang et al. 2018, section 3.1 (Fig. 1c)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from shufflenet.ops._layout import is_channels_last
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """Shuffle channels across ``groups`` (ShuffleNet V1 section 3.1).
+    """Shuffle channels across ``groups`` (Zhang et al. 2018, section 3.1).
 
     The channel axis of size ``g * n`` is reshaped to ``(g, n)``, transposed to ``(n, g)`` and flattened
     back, so that a following group convolution sees channels from every group. Equal to
@@ -33,8 +33,8 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 def concat_shuffle(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-    """``channel_shuffle(torch.cat((first, second), 1), 2)`` in one copy instead of two (ShuffleNet V2 Fig. 3:
-    the concat and shuffle that end every unit).
+    """``channel_shuffle(torch.cat((first, second), 1), 2)`` in one copy instead of two (Ma et al. 2018,
+    Fig. 3: the concat and shuffle that end every unit).
 
     With two groups the shuffle interleaves the halves, channel ``2k`` from ``first[:, k]`` and ``2k + 1``
     from ``second[:, k]``, which is a stack along a new innermost channel axis. The stack is written in

@@ -2,9 +2,9 @@
 
 Counting is done on the aten operators the forward pass really runs (a TorchDispatchMode), attributed to
 the innermost module that issued them, so nothing the model does is missed or counted by hand:
-- FLOPs follow the papers (ShuffleNet V1 Table 1 note, MobileNet V1 section 3): multiply-adds of
+- FLOPs follow the papers (Zhang et al. 2018, Table 1 note, Howard et al. 2017, section 3): multiply-adds of
   convolutions and matrix products only; BN, activations, pooling, shuffle, add and concat count 0.
-- MAC follows ShuffleNet V2 section 2: every operator's feature-map reads + writes + weights; for a 1x1
+- MAC follows Ma et al. 2018, section 2: every operator's feature-map reads + writes + weights; for a 1x1
   conv that is ``hw(c1 + c2) + c1 c2``. Views (reshape, transpose, split) move no memory and count 0.
 """
 
@@ -181,7 +181,7 @@ def profile(
     name: str | None = None,
 ) -> ModelProfile:
     """Count MFLOPs (multiply-adds), params (BN affine included, buffers not) and MAC of one forward pass
-    of ``model`` on a ``1 x C x H x W`` input, per layer and in total (ShuffleNet V2 section 2).
+    of ``model`` on a ``1 x C x H x W`` input, per layer and in total (Ma et al. 2018, section 2).
 
     The total equals ``torch.utils.flop_counter.FlopCounterMode``'s count / 2. The model runs in eval
     mode without gradients and is put back in the mode it was in.

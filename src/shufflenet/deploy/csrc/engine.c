@@ -183,8 +183,7 @@ INLINE void pointwise_tile(const int ROWS, const int VECS, const int HALF, const
     const vec b2 = VECS > 2 ? v_load(bias + 2 * LANES) : b0;
     const hvec bq = HALF ? h_load(bias + LANES * VECS) : h_zero();
     ROWS_0_TO_15(ROW_INIT)
-    /* Two steps per iteration: the loop's own instructions (index load, counters, branch) are shared, ~3%
-       of a whole network on AMD Zen 3. */
+    /* Two steps per iteration: the loop's own instructions (index load, counters, branch) are shared. */
 #pragma GCC unroll 2
     for (int k = 0; k < K; k++) {
         const float* p = a + idx[k];
