@@ -15,7 +15,6 @@ from shufflenet.train.distributed import (
     DistributedContext,
     all_reduce_mean,
     all_reduce_sum,
-    broadcast_object,
     cleanup_distributed,
     convert_sync_batchnorm,
     init_distributed,
@@ -175,6 +174,15 @@ def _step(net: nn.Sequential, x: torch.Tensor, loss_weights: torch.Tensor) -> di
     return result
 
 
+def broadcast_object(obj, ctx: DistributedContext):
+    """Rank 0's ``obj`` on every rank: the process group carries objects as well as tensors."""
+    if not ctx.enabled:
+        return obj
+    holder = [obj if ctx.is_main else None]
+    torch.distributed.broadcast_object_list(holder, src=0, device=ctx.device)
+    return holder[0]
+
+
 def _worker(out_dir: str) -> None:
     ctx = init_distributed("cpu")
     rank = ctx.rank
@@ -195,6 +203,7 @@ def _worker(out_dir: str) -> None:
         cleanup_distributed(ctx)
 
 
+@pytest.mark.slow
 def test_cross_rank_batchnorm_matches_global_batchnorm(tmp_path):
     run_local_processes(_worker, (str(tmp_path),), WORLD_SIZE)
     ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in range(WORLD_SIZE)]
@@ -244,12 +253,14 @@ def _die_on_rank_one() -> str:
     return "rank zero"
 
 
+@pytest.mark.slow
 def test_local_processes_form_a_group_and_return_rank_zeros_result(no_torchrun_env):
     report = run_local_processes(_rank_report, ("x",), 2)
     threads = max(1, (os.cpu_count() or 1) // 2)
     assert report == {"tag": "x", "rank": 0, "world": 2, "sum": 3.0, "threads": threads}
 
 
+@pytest.mark.slow
 def test_local_processes_reraise_a_failure_or_a_silent_death(no_torchrun_env):
     with pytest.raises(ValueError, match="rank one failed"):
         run_local_processes(_fail_on_rank_one, (), 2)
@@ -284,6 +295,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux only")
 def test_local_processes_die_with_a_killed_parent(tmp_path, no_torchrun_env):
     driver = tmp_path / "driver.py"

@@ -170,6 +170,7 @@ def train_args(fashion_dir, output, *extra):
     return ["train", "--data-dir", str(fashion_dir), "--output", str(output), *sets]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(fashion_dir, tmp_path):
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     cli(*train_args(fashion_dir, reference))
@@ -189,6 +190,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(fashion_dir, tm
     assert metrics_without_timing(interrupted) == metrics_without_timing(reference)
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_first(fashion_dir, tmp_path):
     run = tmp_path / "run"
     result = cli(*train_args(fashion_dir, run), driver=write_driver(tmp_path, 3, "SIGINT"), check=False)
@@ -199,6 +201,7 @@ def test_ctrl_c_saves_a_checkpoint_first(fashion_dir, tmp_path):
     assert load_checkpoint(run / "checkpoint.pt")["step"] == 12
 
 
+@pytest.mark.slow
 def test_torchrun_and_local_processes_match_one(fashion_dir, tmp_path):
     # float64: a freshly initialised net on random pixels is so ill-conditioned that a rounding difference
     # grows about 1e7-fold over these 12 steps, so float32's different summation order (2 x 8 samples
@@ -240,6 +243,7 @@ class Payload:
         return (Path.touch, (Path(os.environ["MARKER"]),))
 
 
+@pytest.mark.slow
 def test_checkpoint_with_code_is_refused_by_the_cli(tmp_path):
     marker, evil = tmp_path / "pwned", tmp_path / "evil.pt"
     os.environ["MARKER"] = str(marker)
@@ -250,6 +254,7 @@ def test_checkpoint_with_code_is_refused_by_the_cli(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_imagefolder_training_with_a_corrupt_file(image_folder, tmp_path):
     root, bad = image_folder
     common = [

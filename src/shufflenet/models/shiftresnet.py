@@ -21,9 +21,6 @@ DEPTHS = (20, 56)  # Chen et al. 2019, Table 1
 EXPANSIONS = (1, 3, 6, 9)
 DEFAULT_EXPANSION = 6
 SHIFT_TAGS = {"ssl": "ssl", "grouped": "grouped", "none": "1x1"}
-# CIFAR-native: the model cards count these at 32x32 with a CIFAR-10 head, not at 224x224 / 1000 classes.
-CARD_INPUT_SIZE = 32
-CARD_NUM_CLASSES = 10
 
 
 class ShiftResNet(ClassifierNet):

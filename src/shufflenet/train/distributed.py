@@ -6,11 +6,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import multiprocessing
+import logging
 import os
-import queue
+import pickle
 import signal
-import socket
+import tempfile
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -23,6 +24,13 @@ from torch.autograd import Function
 T = TypeVar("T")
 
 _REDUCE_DIMS = (0, 2, 3)
+# torch's launcher logs every stop and failure, the latter with a traceback of its own internals; the
+# worker's own exception, re-raised by run_local_processes, says it once.
+_LAUNCHER_LOGGERS = (
+    "torch.distributed.elastic.agent.server.api",
+    "torch.distributed.elastic.multiprocessing.api",
+    "torch.multiprocessing.spawn",
+)
 
 
 @dataclass(frozen=True)
@@ -127,94 +135,106 @@ def local_process_count(requested: int, device: str | None, global_batch: int) -
     return processes
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _die_with_parent() -> None:
     # A parent killed outright (SIGKILL) must not leave its workers training on, and writing checkpoints,
-    # behind it: Linux ends them with it (prctl PR_SET_PDEATHSIG). Other systems have no such call; there
-    # the workers run to the end of the job.
+    # behind it: Linux ends them with it (prctl PR_SET_PDEATHSIG). torch's spawn sets SIGINT as that signal,
+    # which the trainer takes as a request to checkpoint and stop, so it is replaced here. Other systems have
+    # no such call; there the workers run to the end of the job.
     with contextlib.suppress(AttributeError, OSError):
         ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).prctl(1, signal.SIGKILL)
 
 
-def _local_worker(rank: int, world_size: int, port: int, threads: int, fn: Callable, args: tuple, results):
+def _local_worker(threads: int, folder: str, fn: Callable, args: tuple) -> Any:
     _die_with_parent()
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-    )
     torch.set_num_threads(threads)
     try:
-        results.put((rank, True, fn(*args)))
+        return fn(*args)
     except BaseException as error:  # KeyboardInterrupt too: the parent re-raises it
-        results.put((rank, False, error))
+        # The launcher only sees exit codes; the exception itself goes to the parent through a file.
+        try:
+            data = pickle.dumps(error)
+        except Exception:
+            data = pickle.dumps(RuntimeError(f"{type(error).__name__}: {error}"))
+        path = os.path.join(folder, f"rank{os.environ['RANK']}.pickle")
+        with open(path + ".part", "wb") as file:
+            file.write(data)
+        os.replace(path + ".part", path)
+        # A non-zero exit: torch's spawn takes a KeyboardInterrupt for success, and the launcher would then
+        # wait forever for a return value.
+        raise SystemExit(1) from None
+
+
+def _worker_exception(folder: str) -> BaseException | None:
+    """The exception that the lowest rank that raised one left in ``folder``, if any."""
+    names = [n for n in os.listdir(folder) if n.startswith("rank") and n.endswith(".pickle")]
+    if not names:
+        return None
+    with open(os.path.join(folder, min(names, key=lambda n: int(n[4:-7]))), "rb") as file:
+        return pickle.load(file)
 
 
 def run_local_processes(fn: Callable[..., T], args: tuple, processes: int) -> T:
-    """Run ``fn(*args)`` in ``processes`` local processes that form a gloo process group, as torchrun would,
-    each with an equal share of the CPU threads; return rank 0's result or re-raise the first failure.
+    """Run ``fn(*args)`` in ``processes`` local processes that form a gloo process group, started by
+    torch's elastic launcher as torchrun starts them, each with an equal share of the CPU threads; return
+    rank 0's result or re-raise the exception of the lowest rank that raised one.
 
     For small networks on a few CPU cores, data parallelism over single-threaded processes outruns one
     process whose every small operator is split across threads (ShuffleNet V2 0.5x on Fashion-MNIST, 2
-    cores: 31% more images/s). ``fn`` must be importable (the processes are spawned, not forked).
+    cores: 31% more images/s). ``fn`` must be importable (the processes are spawned, not forked). Ctrl-C
+    reaches the workers themselves (the trainer then checkpoints and stops, or finishes if no step is left)
+    and this process waits for them; killing this process kills them.
     """
-    context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    port, threads = _free_port(), max(1, (os.cpu_count() or 1) // processes)
-    workers = [
-        context.Process(target=_local_worker, args=(rank, processes, port, threads, fn, args, results))
-        for rank in range(processes)
-    ]
-    for worker in workers:
-        worker.start()
-    outcomes: dict[int, tuple[bool, Any]] = {}
-    stopped = False  # every worker has ended; what is still queued is read, then the loop ends
-    try:
-        while len(outcomes) < processes:
-            try:
-                rank, ok, value = results.get(timeout=0.5)
-                outcomes[rank] = (ok, value)
-                continue
-            except queue.Empty:
-                if stopped:
-                    break
-            except KeyboardInterrupt:
-                continue  # Ctrl-C reached the workers too: wait for them to save and report
-            dead = [w for rank, w in enumerate(workers) if rank not in outcomes and w.exitcode is not None]
-            failed = any(not ok for ok, _ in outcomes.values())
-            if dead or failed:
-                # After a failure the others would wait forever in their next collective: give them a moment,
-                # then stop them. An interrupt is not a failure: every rank stops at the same step, and rank 0
-                # may still be writing the checkpoint.
-                interrupted = all(isinstance(v, KeyboardInterrupt) for ok, v in outcomes.values() if not ok)
-                grace = None if interrupted and not dead else 5
-                for worker in workers:
-                    worker.join(timeout=grace)
-                    if worker.is_alive():
-                        worker.terminate()
-                stopped = True
-    finally:
-        for worker in workers:
-            worker.join(timeout=30)
-            if worker.is_alive():
-                worker.kill()
-    failures = sorted((rank, value) for rank, (ok, value) in outcomes.items() if not ok)
-    if failures:
-        raise failures[0][1]
-    missing = {rank: worker.exitcode for rank, worker in enumerate(workers) if rank not in outcomes}
-    if missing:
-        raise RuntimeError(f"a local training process died without reporting (exit code by rank: {missing})")
-    return outcomes[0][1]
+    # Imported here: builds without torch.distributed can still import this module and train in one process.
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    quieted = [logger for logger in map(logging.getLogger, _LAUNCHER_LOGGERS) if not logger.disabled]
+    with tempfile.TemporaryDirectory(prefix="shufflenet-workers-") as folder:
+        config = LaunchConfig(
+            min_nodes=1,
+            max_nodes=1,
+            nproc_per_node=processes,
+            run_id=f"shufflenet-{uuid.uuid4().hex}",
+            rdzv_backend="c10d",
+            rdzv_endpoint="localhost:0",
+            max_restarts=0,
+            logs_specs=DefaultLogsSpecs(log_dir=folder),
+            signals_to_handle="SIGTERM",  # passed on to the workers
+        )
+        # The launcher would take Ctrl-C for a shutdown (forward SIGINT, wait a while, SIGKILL), but a worker
+        # past its last step finishes instead, then waits for the launcher to collect its result. So the
+        # workers get Ctrl-C from the terminal (they share this process's group) and this process ignores it.
+        signal.signal(signal.SIGINT, lambda signum, frame: None)
+        for logger in quieted:
+            logger.disabled = True
+        try:
+            return elastic_launch(config, _local_worker)(threads, folder, fn, args)[0]
+        except SignalException as stop:
+            raise (_worker_exception(folder) or stop) from None
+        except ChildFailedError as failure:
+            codes = {rank: process.exitcode for rank, process in sorted(failure.failures.items())}
+            died = RuntimeError(
+                f"a local training process died without reporting (exit code by rank: {codes})"
+            )
+            raise (_worker_exception(folder) or died) from None
+        finally:
+            for signum, handler in handlers.items():  # the launcher leaves its own SIGTERM handler installed
+                signal.signal(signum, handler)
+            for logger in quieted:
+                logger.disabled = False
 
 
 # --- metric reductions ---------------------------------------------------------------------------------
+
+
+def barrier(ctx: DistributedContext) -> None:
+    """Return once every rank has called this; at once in a single process."""
+    if ctx.enabled:
+        # An all-reduce rather than dist.barrier, which on NCCL has to guess this rank's GPU.
+        all_reduce_sum(torch.zeros(1, device=ctx.device), ctx)
 
 
 def all_reduce_mean(value: float | torch.Tensor, ctx: DistributedContext) -> float:
@@ -237,15 +257,6 @@ def all_reduce_sum(tensor: torch.Tensor, ctx: DistributedContext) -> torch.Tenso
     reduced = tensor.detach().to(ctx.device, copy=True)
     dist.all_reduce(reduced)
     return reduced.to(tensor.device)
-
-
-def broadcast_object(obj: T, ctx: DistributedContext) -> T:
-    """Rank 0's ``obj`` on every rank (pickled, so keep it small); other ranks' ``obj`` is ignored."""
-    if not ctx.enabled:
-        return obj
-    holder: list[Any] = [obj if ctx.is_main else None]
-    dist.broadcast_object_list(holder, src=0, device=ctx.device)
-    return holder[0]
 
 
 # --- synchronised batch norm ---------------------------------------------------------------------------

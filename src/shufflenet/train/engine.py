@@ -13,6 +13,7 @@ import math
 import random
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Subset
+from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2
 from tqdm import tqdm
 
@@ -50,6 +51,7 @@ from shufflenet.train.config import TrainConfig
 from shufflenet.train.distributed import (
     DistributedContext,
     all_reduce_sum,
+    barrier,
     cleanup_distributed,
     init_distributed,
     local_process_count,
@@ -97,7 +99,9 @@ def lr_factor(config: TrainConfig, step: int, total_steps: int, steps_in_epoch: 
 def parameter_groups(model: nn.Module, weight_decay: float, decay_bn_and_bias: bool) -> list[dict]:
     """Weight decay on conv and FC weights; on BN parameters and biases too only if asked (the authors'
     release leaves them out). SSL displacements, if any, form a third group without weight decay: their
-    regulariser is the shift penalty, and they can be frozen on their own (Chen et al. 2019, section 4.1)."""
+    regulariser is the shift penalty, and they can be frozen on their own (Chen et al. 2019, section 4.1).
+
+    Each group is named ("decay", "no_decay", "shift"): the trainer picks its learning-rate factor by name."""
     shifts = {id(p) for p in shift_parameters(model)}
     decay, no_decay, shift = [], [], []
     for parameter in model.parameters():
@@ -107,10 +111,22 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_bn_and_bias: b
             shift.append(parameter)
         else:
             (decay if parameter.ndim > 1 or decay_bn_and_bias else no_decay).append(parameter)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"name": "decay", "params": decay, "weight_decay": weight_decay},
+        {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
+    ]
     if shift:
-        groups.append({"params": shift, "weight_decay": 0.0})
+        groups.append({"name": "shift", "params": shift, "weight_decay": 0.0})
     return groups
+
+
+class _FirstSamples(Subset):
+    """The first ``count`` samples of ``base``. Unlike a plain Subset it carries ``skip_bad_images``, which
+    the loaders read to drop unreadable images from batches."""
+
+    def __init__(self, base: Dataset, count: int, skip_bad_images: bool) -> None:
+        super().__init__(base, range(min(count, len(base))))
+        self.skip_bad_images = skip_bad_images
 
 
 @dataclass
@@ -134,14 +150,42 @@ class Trainer:
         self.amp = config.amp if ctx.device.type == "cuda" else "none"
         if config.amp != "none" and self.amp == "none":
             self._print(f"note: amp={config.amp} needs CUDA; training in float32 on {ctx.device}")
-        self._build_data()
-        self._build_model()
+
+        # Data (built before the model: the order the RNG is drawn in is part of a run's result).
+        info = dataset_info(config.dataset)
+        train_base, val_base = self._load_split("train"), self._load_split("val")
+        self.image_sources = (train_base, val_base)  # they record skipped unreadable images
+        self.class_names = list(getattr(train_base, "classes", []))
+        self.num_classes = info.num_classes or len(self.class_names)
+        self.image_size, self.in_chans = config.image_size or info.image_size, info.channels
+        self.normalization = {"mean": info.mean, "std": info.std}
+        self.train_set, self.val_set = self._datasets(train_base, val_base, info.image_size)
+        self.steps_in_epoch = steps_per_epoch(len(self.train_set), config.batch_size)
+        self.total_steps = config.iterations or config.epochs * self.steps_in_epoch
+        self.epochs = math.ceil(self.total_steps / self.steps_in_epoch)
+
+        # Model and optimisation.
+        self.model_args = {"num_classes": self.num_classes, "in_chans": self.in_chans, **config.model_args}
+        self.dtype = torch.float64 if config.precision == "float64" else torch.float32
+        self.model = self._create_model()  # the plain module: what checkpoints and exports hold
+        self.optimizer = self._create_optimizer()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambdas())
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
+        self.ema = self._create_ema()
+        self.runnable = self._runnable()  # what the training steps call: DDP and torch.compile wrap it
+
+        # Progress, which a checkpoint restores.
         self.position = _Position()
         self.accumulators = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # loss sum, correct, seen
         self.metrics = MetricsLog()
-        self.stop_requested = False
+        self.resumed_rng: dict | None = None  # a resumed checkpoint's RNG state, put back when run() starts
         if resume:
             self._resume(self.checkpoint_path if resume is True else Path(resume))
+
+        # Set by run().
+        self.stop_requested = False
+        self.started: float | None = None  # time.monotonic() when this process started training
+        self.tensorboard: TensorBoardWriter | None = None
 
     # --- set-up ------------------------------------------------------------------------------------------
 
@@ -155,22 +199,24 @@ class Trainer:
         if self.ctx.is_main:
             tqdm.write(message)
 
-    def _build_data(self) -> None:
+    def _load_split(self, split: str) -> Dataset:
         config = self.config
-        info = dataset_info(config.dataset)
-        raw = v2.Identity()  # transforms are applied by AugmentedDataset, seeded per sample
-        load = dict(download=config.download, skip_bad_images=config.skip_bad_images)
-        train_base = build_dataset(config.dataset, "train", config.data_dir, transform=raw, **load)
-        val_base = build_dataset(config.dataset, "val", config.data_dir, transform=raw, **load)
-        self.image_sources = (train_base, val_base)  # they record skipped unreadable images
-        self.class_names = list(getattr(train_base, "classes", []))
-        self.num_classes = info.num_classes or len(self.class_names)
-        size = config.image_size or info.image_size
-        self.image_size, self.in_chans = size, info.channels
-        self.normalization = {"mean": info.mean, "std": info.std}
-        if size == info.image_size and hasattr(train_base, "data"):
+        # The transforms are applied by AugmentedDataset or SmallImageDataset, seeded per sample.
+        return build_dataset(
+            config.dataset,
+            split,
+            config.data_dir,
+            transform=v2.Identity(),
+            download=config.download,
+            skip_bad_images=config.skip_bad_images,
+        )
+
+    def _datasets(self, train_base: Dataset, val_base: Dataset, native_size: int) -> tuple[Dataset, Dataset]:
+        """The augmented training set and the evaluation set, each cut to its subset size if one is set."""
+        config, size = self.config, self.image_size
+        if size == native_size and hasattr(train_base, "data"):
             # Fashion-MNIST and CIFAR at their own size: batched augmentation (see data.small_images).
-            self.train_set = SmallImageDataset(
+            train_set = SmallImageDataset(
                 train_base,
                 padding=size // 8 if config.augment.startswith("crop-flip") else 0,
                 flip=config.augment != "none",
@@ -178,40 +224,38 @@ class Trainer:
                 seed=config.seed,
                 limit=config.train_subset,
             )
-            self.val_set = SmallImageDataset(val_base, padding=0, flip=False, limit=config.val_subset)
-        else:
-            if config.train_subset:
-                train_base = Subset(train_base, range(min(config.train_subset, len(train_base))))
-            if config.val_subset:
-                val_base = Subset(val_base, range(min(config.val_subset, len(val_base))))
-            for dataset in (train_base, val_base):
-                dataset.skip_bad_images = config.skip_bad_images
-            train_transform = build_transforms(config.dataset, "train", image_size=size)
-            self.train_set = AugmentedDataset(train_base, train_transform, seed=config.seed)
-            val_transform = build_transforms(config.dataset, "val", image_size=size)
-            self.val_set = AugmentedDataset(val_base, val_transform)
-        self.steps_in_epoch = steps_per_epoch(len(self.train_set), config.batch_size)
-        self.total_steps = config.iterations or config.epochs * self.steps_in_epoch
-        self.epochs = math.ceil(self.total_steps / self.steps_in_epoch)
+            return train_set, SmallImageDataset(val_base, padding=0, flip=False, limit=config.val_subset)
+        if config.train_subset:
+            train_base = _FirstSamples(train_base, config.train_subset, config.skip_bad_images)
+        if config.val_subset:
+            val_base = _FirstSamples(val_base, config.val_subset, config.skip_bad_images)
+        train_transform = build_transforms(config.dataset, "train", image_size=size)
+        val_transform = build_transforms(config.dataset, "val", image_size=size)
+        return (
+            AugmentedDataset(train_base, train_transform, seed=config.seed),
+            AugmentedDataset(val_base, val_transform),
+        )
 
-    def _build_model(self) -> None:
-        config, ctx = self.config, self.ctx
-        self.model_args = {"num_classes": self.num_classes, "in_chans": self.in_chans, **config.model_args}
-        self.dtype = torch.float64 if config.precision == "float64" else torch.float32
-        model = create_model(config.model, **self.model_args).to(ctx.device, self.dtype)
+    def _create_model(self) -> nn.Module:
+        config = self.config
+        model = create_model(config.model, **self.model_args).to(self.ctx.device, self.dtype)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if config.sync_bn:
-            model = sync_batchnorm(model, ctx)
-        self.model = model  # the plain module: what checkpoints and exports hold
+            model = sync_batchnorm(model, self.ctx)
+        return model
+
+    def _create_optimizer(self) -> torch.optim.Optimizer:
+        config = self.config
         lr = config.lr * (config.batch_size / config.lr_base_batch if config.lr_base_batch else 1.0)
-        groups = parameter_groups(model, config.weight_decay, config.decay_bn_and_bias)
+        groups = parameter_groups(self.model, config.weight_decay, config.decay_bn_and_bias)
         if config.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(
-                groups, lr=lr, momentum=config.momentum, nesterov=config.nesterov
-            )
-        else:
-            self.optimizer = torch.optim.AdamW(groups, lr=lr)
+            return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, nesterov=config.nesterov)
+        return torch.optim.AdamW(groups, lr=lr)
+
+    def _lr_lambdas(self) -> list[Callable[[int], float]]:
+        """The learning-rate factor of each of the optimizer's parameter groups, chosen by its name."""
+        config = self.config
 
         def factor(step: int) -> float:
             return lr_factor(config, step, self.total_steps, self.steps_in_epoch)
@@ -224,27 +268,35 @@ class Trainer:
             )
             return 0.0 if frozen else factor(step)
 
-        lambdas = [factor, factor, shift_factor][: len(groups)]
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambdas)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
-        self.ema = None
-        if config.ema_decay:
-            self.ema = torch.optim.swa_utils.AveragedModel(
-                model,
-                multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay),
-                use_buffers=True,
-            )
-        runnable: nn.Module = model
+        by_name = {"decay": factor, "no_decay": factor, "shift": shift_factor}
+        return [by_name[group["name"]] for group in self.optimizer.param_groups]
+
+    def _create_ema(self) -> torch.optim.swa_utils.AveragedModel | None:
+        if not self.config.ema_decay:
+            return None
+        return torch.optim.swa_utils.AveragedModel(
+            self.model,
+            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(self.config.ema_decay),
+            use_buffers=True,
+        )
+
+    def _runnable(self) -> nn.Module:
+        ctx, runnable = self.ctx, self.model
         if ctx.enabled:
             device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-            runnable = DistributedDataParallel(model, device_ids=device_ids)
-        if config.compile:
+            runnable = DistributedDataParallel(runnable, device_ids=device_ids)
+        if self.config.compile:
             runnable = torch.compile(runnable)
-        self.runnable = runnable
+        return runnable
+
+    def _elapsed(self) -> float:
+        """Training seconds so far, this process's and those of the runs it resumed."""
+        since_start = time.monotonic() - self.started if self.started is not None else 0.0
+        return self.position.elapsed + since_start
 
     # --- checkpoints -------------------------------------------------------------------------------------
 
-    def _state(self) -> dict[str, Any]:
+    def _state(self, accumulators: torch.Tensor) -> dict[str, Any]:
         return {
             "format": 1,
             "config": self.config.to_dict(),
@@ -258,19 +310,23 @@ class Trainer:
             "epoch": self.position.epoch,
             "batch_in_epoch": self.position.batch_in_epoch,
             "step": self.position.step,
-            "elapsed": self.position.elapsed + (time.monotonic() - self.started),
-            "accumulators": self.accumulators.cpu(),
+            "elapsed": self._elapsed(),
+            "accumulators": accumulators.cpu(),
             "metrics": self.metrics.state_dict(),
         }
 
     def save(self) -> None:
         """Write the full training state (rank 0 only), atomically; never weights that overflowed."""
-        # A step can overflow the weights while its own loss was still finite: check before overwriting
-        # the last good checkpoint (every rank holds the same weights, so every rank stops together).
-        finite = torch.stack([parameter.isfinite().all() for parameter in self.model.parameters()]).all()
-        self._check_finite(0.0 if bool(finite) else math.inf, "a weight")
+        # A step can overflow the weights, or BN's running statistics, while its own loss was still finite:
+        # check before overwriting the last good checkpoint. The ranks' statistics can differ: they agree
+        # first, so that every rank stops together.
+        values = [value for value in self.model.state_dict().values() if value.is_floating_point()]
+        overflowed = torch.stack([~value.isfinite().all() for value in values]).any().double().reshape(1)
+        self._check_finite(math.inf if all_reduce_sum(overflowed, self.ctx).item() else 0.0, "a weight")
+        # Each rank sums over its own share of the epoch: the checkpoint holds the sum over ranks.
+        accumulators = all_reduce_sum(self.accumulators, self.ctx)
         if self.ctx.is_main:
-            save_checkpoint(self.checkpoint_path, self._state())
+            save_checkpoint(self.checkpoint_path, self._state(accumulators))
 
     def _resume(self, path: Path) -> None:
         if path.is_dir():
@@ -289,7 +345,8 @@ class Trainer:
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
         self.metrics.load_state_dict(state["metrics"])
-        self.accumulators = state["accumulators"].to(self.ctx.device)
+        if self.ctx.is_main:  # the sum over ranks: counted once, on rank 0
+            self.accumulators = state["accumulators"].to(self.ctx.device)
         self.position = _Position(state["epoch"], state["batch_in_epoch"], state["step"], state["elapsed"])
         self.resumed_rng = state["rng"]
         self._print(
@@ -405,6 +462,9 @@ class Trainer:
                 self.save()
             if self._stop_now():
                 self.save()
+                # A launcher stops every process as soon as one exits with an error: the others wait until
+                # rank 0 has written the checkpoint.
+                barrier(self.ctx)
                 bar.close()
                 raise TrainingInterrupted(
                     f"interrupted at epoch {epoch + 1}, step {self.position.step}; checkpoint saved to "
@@ -450,9 +510,7 @@ class Trainer:
         sparsity = shift_sparsity(self.model)
         if sparsity:  # Chen et al. 2019, Table 1's last column: the share of channels no shift moves
             row["shift_sparsity"] = 100 * total_sparsity(sparsity).sparsity
-        row.update(
-            images_per_s=images_per_s, elapsed_s=self.position.elapsed + time.monotonic() - self.started
-        )
+        row.update(images_per_s=images_per_s, elapsed_s=self._elapsed())
         self.metrics.append(row)
         self.position.epoch = epoch + 1
         self.position.batch_in_epoch = 0
@@ -460,7 +518,8 @@ class Trainer:
         if self.ctx.is_main:
             self.metrics.write(self.run_dir)
             plot_learning_curves(self.metrics.rows, self.run_dir / "learning_curves.png")
-            self.tensorboard.add_scalars(row, self.position.step)
+            if self.tensorboard is not None:
+                self.tensorboard.add_scalars(row, self.position.step)
             message = ", ".join(
                 f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "step"
             )
@@ -505,7 +564,7 @@ class Trainer:
             "mflops": profile(self.model, (self.image_size, self.image_size)).mflops,
             "top1_err": result.top1_err,
             "top5_err": result.top5_err,
-            "time_s": self.position.elapsed + time.monotonic() - self.started,
+            "time_s": self._elapsed(),
             "images_per_s": self.metrics.rows[-1].get("images_per_s") if self.metrics.rows else None,
             "dataset": self.config.dataset,
             "recipe": self.config.recipe,
@@ -549,7 +608,7 @@ class Trainer:
         self.tensorboard = TensorBoardWriter(self.run_dir / "tensorboard", enabled=self.ctx.is_main)
         if self.ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        if getattr(self, "resumed_rng", None) is not None:
+        if self.resumed_rng is not None:
             restore_rng_state(self.resumed_rng)
         previous = signal.getsignal(signal.SIGINT)
 
