@@ -28,12 +28,11 @@ from shufflenet.bench.latency import (
     HEADLINE_LATENCY_MODELS,
     LatencyCell,
     build_benchmark_model,
-    format_ratio,
     headline_ratios,
     latency_table,
     skip_reason,
 )
-from shufflenet.bench.report import write_latency_results
+from shufflenet.bench.report import format_ratio, write_latency_results
 from shufflenet.deploy.runtimes import build_runner, interleaved_seconds
 from shufflenet.profile import profile
 

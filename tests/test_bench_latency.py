@@ -15,6 +15,7 @@ from shufflenet.bench.latency import (
     parse_model_spec,
     skip_reason,
 )
+from shufflenet.bench.report import write_latency_results
 from shufflenet.cli import main
 
 
@@ -190,3 +191,15 @@ def test_interleaved_passes_rewarm_each_call_right_before_timing_it():
     assert all(first == second for first, second in pairs)
     for start in range(0, len(pairs), 3):  # one visit per call per pass
         assert sorted(pair[0] for pair in pairs[start : start + 3]) == ["a", "b", "c"]
+
+
+def test_latency_record_states_each_ratio_with_how_to_read_it(tmp_path):
+    cells = [
+        _cell("shufflenet_v1_g3_x0_5", "openvino", 2.0),
+        _cell("torchvision:alexnet", "openvino", 30.0),
+    ]
+    ratios = headline_ratios(cells)
+    written = write_latency_results(cells, latency_table(cells), ratios, tmp_path, command=["shufflenet"])
+    text = written["md"].read_text()
+    assert "- AlexNet / V1 0.5x g3, both on openvino (speedup): **15.00** (Zhang et al. 2018" in text
+    assert "target" not in text

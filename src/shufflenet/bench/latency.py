@@ -247,12 +247,6 @@ OURS_FASTER_ABOVE_1 = "above 1: ours is faster"
 ALEXNET_PAPER = "Zhang et al. 2018, section 4.5: ~13x on ARM"
 
 
-def format_ratio(what: str, value: float, reading: str, *, bold: bool = False) -> str:
-    """One headline comparison as a Markdown list item: what, the ratio, and how to read it."""
-    number = f"**{value:.2f}**" if bold else f"{value:.2f}"
-    return f"- {what}: {number} ({reading})"
-
-
 def headline_ratios(cells: Sequence[LatencyCell]) -> list[tuple[str, float | None, str]]:
     """The headline comparisons that the measured cells allow: (what, ratio, how to read it).
 

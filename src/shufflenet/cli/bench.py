@@ -85,13 +85,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_latency(args: argparse.Namespace) -> int:
-    from shufflenet.bench.latency import (
-        format_ratio,
-        headline_ratios,
-        latency_benchmark,
-        latency_plot,
-        latency_table,
-    )
+    from shufflenet.bench.latency import headline_ratios, latency_benchmark, latency_plot, latency_table
+    from shufflenet.bench.report import format_ratio
     from shufflenet.deploy.runtimes import default_threads
 
     sizes = [tuple(int(v) for v in size.lower().split("x")) for size in args.sizes]
