@@ -14,6 +14,7 @@ from shufflenet.train.checkpoint import load_exported
 from shufflenet.train.config import load_config, parse_overrides
 from shufflenet.train.engine import parameter_groups, train
 from shufflenet.train.shift_experiments import (
+    lambda_sweep,
     least_important_shift_layers,
     removal_study,
     removal_table,
@@ -173,3 +174,27 @@ def test_shift_commands_reject_models_without_shifts(tmp_path, capsys):
     (run / "summary.json").write_text("{}")
     assert main(["shift", "remove", "--ranking", str(run)]) == 2
     assert "has no shift sparsity" in capsys.readouterr().err
+
+
+def test_an_interrupted_ablation_run_resumes_and_a_finished_one_is_reused(tmp_path):
+    from dataclasses import replace
+
+    from shufflenet.train.checkpoint import save_checkpoint
+
+    calls = []
+
+    def fake_trainer(config, **kwargs):
+        calls.append((config.output, kwargs))
+        return {"top1_err": 10.0, "params": 1, "mflops": 1.0, "time_s": 1.0, "run_dir": config.output}
+
+    config = load_config("fashion-mnist-shift")
+    interrupted = replace(config, shift_lambda=0.5, output=str(tmp_path / "lambda-0.5"))
+    save_checkpoint(interrupted.run_dir() / "checkpoint.pt", {"config": interrupted.to_dict()})
+    finished = replace(config, shift_lambda=0.25, output=str(tmp_path / "lambda-0.25"))
+    save_checkpoint(finished.run_dir() / "checkpoint.pt", {"config": finished.to_dict()})
+    (finished.run_dir() / "summary.json").write_text(
+        json.dumps({"top1_err": 5.0, "params": 1, "mflops": 1.0, "time_s": 1.0, "run_dir": finished.output})
+    )
+    runs = lambda_sweep(config, [0.0, 0.25, 0.5], tmp_path, trainer=fake_trainer)
+    assert calls == [(str(tmp_path / "lambda-0"), {}), (interrupted.output, {"resume": True})]
+    assert [run.top1_acc for run in runs] == [90.0, 95.0, 90.0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 import yaml
 
+from shufflenet._settings import convert
 from shufflenet._validation import state_dict_mismatch
 from shufflenet.models import fenet, mobilenet_v1, mobilenet_v2, shiftresnet, shufflenet_v1, shufflenet_v2
 from shufflenet.models._base import ClassifierNet, FeatureExtractor
@@ -40,6 +42,21 @@ def _unknown_name_error(name: str) -> ValueError:
     return ValueError(f"unknown model {name!r}; {hint}")
 
 
+def check_model_args(name: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``overrides`` of model ``name``'s builder arguments, each converted to the type the builder declares
+    (``"maybe"`` is no bool, ``1.5`` no int); a ValueError for an unknown model, argument or bad value."""
+    if name not in _BUILDERS:
+        raise _unknown_name_error(name)
+    builder = _BUILDERS[name]
+    accepted = inspect.signature(builder.func).parameters
+    unknown = sorted(set(overrides) - set(accepted) - {"remove_shifts"})
+    if unknown:
+        valid = ", ".join(p for p in accepted if p not in ("num_classes", "in_chans"))
+        raise ValueError(f"{name} takes no argument {', '.join(unknown)}; valid overrides: {valid}")
+    hints = {**typing.get_type_hints(builder.func.__init__), "remove_shifts": list[str] | None}
+    return {key: convert(f"{key} of {name}", value, hints.get(key, Any)) for key, value in overrides.items()}
+
+
 def create_model(
     name: str,
     num_classes: int = 1000,
@@ -56,16 +73,9 @@ def create_model(
     identities (Chen et al. 2019, Table 3), for any model that has them. ``features_only=True`` returns a
     :class:`FeatureExtractor` giving the maps at ``out_indices`` (default: all, one per resolution).
     """
-    if name not in _BUILDERS:
-        raise _unknown_name_error(name)
+    overrides = check_model_args(name, overrides)
     removed_shifts = overrides.pop("remove_shifts", None) or ()
-    builder = _BUILDERS[name]
-    accepted = inspect.signature(builder.func).parameters
-    unknown = sorted(set(overrides) - set(accepted))
-    if unknown:
-        valid = ", ".join(p for p in accepted if p not in ("num_classes", "in_chans"))
-        raise ValueError(f"{name} takes no argument {', '.join(unknown)}; valid overrides: {valid}")
-    model = builder(num_classes=num_classes, in_chans=in_chans, **overrides)
+    model = _BUILDERS[name](num_classes=num_classes, in_chans=in_chans, **overrides)
     remove_shifts(model, removed_shifts)
     if features_only:
         return FeatureExtractor(model, out_indices)

@@ -21,14 +21,26 @@ def add_set_option(parser: argparse.ArgumentParser, help_text: str) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help_text)
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (argparse prints its usage error, exit status 2, otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def add_model_options(
     parser: argparse.ArgumentParser, *, input_size: tuple[int, int] | None, input_size_help: str, example: str
 ) -> None:
     """The input size, classes, channels and model arguments of a registered model built by name."""
-    parser.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), default=input_size,
+    parser.add_argument("--input-size", nargs=2, type=positive_int, metavar=("H", "W"), default=input_size,
                         help=input_size_help)  # fmt: skip
-    parser.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default: 1000)")
-    parser.add_argument("--in-chans", type=int, default=3, help="input channels (default: 3)")
+    parser.add_argument("--num-classes", type=positive_int, default=1000,
+                        help="classifier outputs (default: 1000)")  # fmt: skip
+    parser.add_argument("--in-chans", type=positive_int, default=3, help="input channels (default: 3)")
     add_set_option(parser, f"override a model argument of a registered name, e.g. {example}")
 
 

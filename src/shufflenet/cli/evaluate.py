@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from shufflenet._table import markdown_table
-from shufflenet.cli._common import Command, fmt
+from shufflenet.cli._common import Command, add_output_options, fmt
 from shufflenet.data.catalog import DATASETS
 
 HELP = "top-1/top-5 error, per-class accuracy and confusion matrix of trained weights"
 DESCRIPTION = (
     "Evaluate a training checkpoint (.pt or its run directory) or exported weights "
     "(.safetensors with its .json) on a dataset's val split, single crop (imagefolder: resize 256, "
-    "center crop 224). Writes confusion_matrix.png."
+    "center crop 224), at the input size and on the dataset the model was trained with. Writes "
+    "confusion_matrix.png into the run directory."
 )
 
 
@@ -21,20 +23,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint", required=True, help="checkpoint.pt, a run directory, or model.safetensors"
     )
-    parser.add_argument("--dataset", required=True, choices=tuple(DATASETS))
+    parser.add_argument(
+        "--dataset", choices=tuple(DATASETS), help="default: the one the checkpoint was trained on"
+    )
     parser.add_argument("--model", help="model name (checked against the checkpoint's)")
     parser.add_argument("--data-dir", help="dataset folder")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--image-size", type=int, help="evaluation crop (default: the dataset's)")
+    parser.add_argument(
+        "--image-size", type=int, help="evaluation crop (default: the trained size, else the dataset's)"
+    )
     parser.add_argument("--device", help="cpu, cuda or cuda:N")
     parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--output", help="folder for confusion_matrix.png (default: the checkpoint's)")
+    parser.add_argument(
+        "--skip-bad-images", action="store_true", help="imagefolder: skip unreadable images, listing them"
+    )
+    add_output_options(parser, "folder for confusion_matrix.png (default: the run directory)")
     parser.add_argument("--format", choices=("table", "json"), default="table")
 
 
 def run(args: argparse.Namespace) -> int:
     from shufflenet.train.evaluate import evaluate_checkpoint
 
+    # Notes go to stderr under --format json, which keeps stdout one JSON document.
+    notes = sys.stderr if args.format == "json" else sys.stdout
     summary = evaluate_checkpoint(
         args.checkpoint,
         args.dataset,
@@ -45,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         num_workers=args.num_workers,
         output=args.output,
+        skip_bad_images=args.skip_bad_images,
+        progress=not args.no_progress,
+        log=lambda line: print(line, file=notes, flush=True),
     )
     if args.format == "json":
         print(json.dumps(summary, indent=2))
@@ -61,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
     print()
     per_class = [[name, fmt(100 * acc, 2)] for name, acc in summary["per_class_accuracy"].items()]
     print(markdown_table(["class", "accuracy %"], per_class))
+    skipped = summary["skipped_images"]
+    if skipped:
+        print(f"\nskipped {len(skipped)} unreadable images: {', '.join(skipped)}")
     if "confusion_matrix_png" in summary:
         print(f"\nconfusion matrix: {summary['confusion_matrix_png']}")
     return 0

@@ -9,7 +9,7 @@ from pathlib import Path
 from torch import nn
 
 from shufflenet.cli._common import CliError, Command, add_model_options
-from shufflenet.data.catalog import DATASETS
+from shufflenet.data.catalog import DATASETS, InputContract
 from shufflenet.registry import create_model, list_models
 from shufflenet.train.config import parse_overrides
 
@@ -18,6 +18,7 @@ DESCRIPTION = (
     "Build the deploy graph (BN folded, channel shuffles folded into the weights), write it "
     "as ONNX, OpenVINO IR or a torch.export program, then load the written file and compare it with "
     "the eager model on random inputs (and real ones with --calib): fp32 must agree within 1e-4. "
+    "Trained weights are exported at the input size their model.json (or checkpoint) records. "
     "Prints the difference and the latency of both. --int8 quantizes with ONNX Runtime static "
     "quantization calibrated on --calib and reports the accuracy change instead."
 )
@@ -32,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(
         parser,
         input_size=None,
-        input_size_help="default: the --calib dataset's size, else 224 224",
+        input_size_help="default: a checkpoint's trained size, else the --calib dataset's, else 224 224",
         example="--set layout=torchvision",
     )
     parser.add_argument("--no-optimize", action="store_true", help="export the plain graph (no folding)")
@@ -53,12 +54,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="threads for the latency check (default: 1)")
 
 
-def export_target(args: argparse.Namespace) -> tuple[nn.Module, str]:
-    """The model to export and a file stem: a registered name (random weights) or a checkpoint path."""
+def export_target(args: argparse.Namespace) -> tuple[nn.Module, str, InputContract | None]:
+    """The model to export, a file stem and the model's input contract: a registered name (random weights,
+    no contract) or a checkpoint path (its contract, if it records one)."""
     overrides = parse_overrides(args.set)
     if args.target in list_models():
         model = create_model(args.target, num_classes=args.num_classes, in_chans=args.in_chans, **overrides)
-        return model, args.target
+        return model, args.target, None
+    from shufflenet.train.checkpoint import load_input_contract
     from shufflenet.train.evaluate import load_for_evaluation
 
     if not Path(args.target).exists():
@@ -69,15 +72,33 @@ def export_target(args: argparse.Namespace) -> tuple[nn.Module, str]:
     if overrides:
         raise CliError("--set applies to registered model names; a checkpoint already records its arguments")
     model, name, _ = load_for_evaluation(args.target)
-    return model, name
+    return model, name, load_input_contract(args.target)
+
+
+def input_size_for(args: argparse.Namespace, contract: InputContract | None) -> tuple[int, int] | None:
+    """The graph's input size: the trained one from the contract (an explicit --input-size must agree),
+    else --input-size; None leaves it to --calib or the 224x224 default."""
+    given = (args.input_size[0], args.input_size[1]) if args.input_size else None
+    if contract is None:
+        return given
+    if given is not None and given != contract.image_size:
+        height, width = contract.image_size
+        raise CliError(
+            f"--input-size {given[0]} {given[1]} contradicts the {height}x{width} input the model was "
+            f"trained at ({contract.source}); drop --input-size"
+        )
+    print(contract.describe())
+    if args.calib and args.calib != contract.dataset:
+        print(f"note: --calib {args.calib}, but the model was trained on {contract.dataset}")
+    return contract.image_size
 
 
 def run(args: argparse.Namespace) -> int:
     from shufflenet.deploy.calibration import export_data
     from shufflenet.deploy.export import ExportError, export_model
 
-    model, name = export_target(args)
-    input_size = tuple(args.input_size) if args.input_size else None
+    model, name, contract = export_target(args)
+    input_size = input_size_for(args, contract)
     data = None
     if args.calib:
         data = export_data(
@@ -87,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
             input_size=input_size,
             calib_samples=args.calib_samples,
             accuracy_samples=args.accuracy_samples,
+            trained_on=contract is not None and contract.dataset == args.calib,
         )
         input_size = data.input_size
     elif args.int8:

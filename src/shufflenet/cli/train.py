@@ -14,8 +14,9 @@ DESCRIPTION = (
     "Train with a recipe (the papers' settings, shipped as YAML), evaluate, and print a "
     "summary. Writes a checkpoint (full state, atomically), metrics.csv/json, TensorBoard logs, "
     "learning curves and a confusion matrix (PNG), and model.safetensors + model.json to the run "
-    "directory. Under torchrun it trains data-parallel (gloo on CPU, NCCL on GPU). Ctrl-C saves a "
-    "checkpoint first; --resume continues exactly where it stopped."
+    "directory. Under torchrun it trains data-parallel (gloo on CPU, NCCL on GPU). Ctrl-C or SIGTERM saves "
+    "a checkpoint first; --resume continues exactly where it stopped. An earlier run in the directory is "
+    "never replaced without --overwrite, and one run at a time holds a directory."
 )
 
 # Options that set the training setting of the same name.
@@ -51,6 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CHECKPOINT",
         help="continue from the run directory's checkpoint, or from CHECKPOINT",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in the output directory (its checkpoint, metrics and weights)",
+    )
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     parser.add_argument("--num-workers", type=int, help="data-loading processes")
     parser.add_argument("--skip-bad-images", action="store_true", help="skip and count unreadable images")
@@ -59,7 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shufflenet.train.engine import TrainingDiverged, TrainingInterrupted, train
+    from shufflenet.train.distributed import StoppedBySignal
+    from shufflenet.train.engine import TrainingDiverged, train
 
     if args.list_recipes:
         for name in list_recipes():
@@ -70,9 +77,12 @@ def run(args: argparse.Namespace) -> int:
         overrides["skip_bad_images"] = True
     config = load_config(args.recipe, overrides)
     try:
-        train(config, resume=args.resume if args.resume != "" else True)
-    except TrainingInterrupted as stop:
+        train(config, resume=args.resume if args.resume != "" else True, overwrite=args.overwrite)
+    except StoppedBySignal as stop:  # Ctrl-C or SIGTERM; the trainer's own says where it saved a checkpoint
         print(f"shufflenet train: {stop}", file=sys.stderr)
+        return 128 + stop.signum  # as a shell reports a process killed by that signal: 130, 143
+    except KeyboardInterrupt:  # Ctrl-C while data and model are built, or a second one
+        print("shufflenet train: interrupted before it could save a checkpoint", file=sys.stderr)
         return 130
     except TrainingDiverged as failure:
         print(f"shufflenet train: error: {failure}", file=sys.stderr)

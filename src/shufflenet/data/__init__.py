@@ -8,7 +8,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from shufflenet.data.catalog import DATASETS, DatasetInfo, dataset_info
+from shufflenet.data.catalog import DATASETS, DatasetInfo, InputContract, dataset_info
 from shufflenet.data.datasets import (
     SkippingImageFolder,
     Split,
@@ -30,6 +30,7 @@ __all__ = [
     "DATASETS",
     "AugmentedDataset",
     "DatasetInfo",
+    "InputContract",
     "SkippingImageFolder",
     "SmallImageDataset",
     "TrainSampler",

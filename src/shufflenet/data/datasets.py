@@ -68,10 +68,9 @@ def open_dataset(
 def _fashion_mnist(
     data_dir: Path | None, train: bool, transform: Callable[[Any], Any], download: bool
 ) -> datasets.FashionMNIST:
-    searched = ([data_dir, data_dir / "FashionMNIST" / "raw"] if data_dir is not None else []) + list(
-        FASHION_MNIST_SEARCH_PATH
-    )
-    for directory in searched:
+    # A given data_dir is the only place looked at: falling back to another copy would train on other data.
+    searched = [data_dir, data_dir / "FashionMNIST" / "raw"] if data_dir is not None else []
+    for directory in searched or list(FASHION_MNIST_SEARCH_PATH):
         files = _find_idx_files(directory)
         if files is None:
             continue
@@ -83,7 +82,15 @@ def _fashion_mnist(
             _unpack(files, root / "FashionMNIST" / "raw")
         return datasets.FashionMNIST(root, train=train, transform=transform, download=False)
 
-    where = ", ".join(str(d) for d in searched) or "an empty search path"
+    if data_dir is not None:
+        raise _missing_data(
+            "no Fashion-MNIST idx files",
+            data_dir,
+            f"the four idx files {', '.join(_FASHION_MNIST_FILES)} (plain or .gz) there or in "
+            f"{data_dir / 'FashionMNIST' / 'raw'}; or drop --data-dir to use the system copy "
+            "(apt-get install dataset-fashion-mnist) or a download",
+        )
+    where = ", ".join(str(d) for d in FASHION_MNIST_SEARCH_PATH) or "an empty search path"
     advice = (
         "install them with `apt-get install dataset-fashion-mnist` (Debian) "
         "or pass --data-dir pointing at the four *-idx*-ubyte.gz files"
@@ -97,6 +104,19 @@ def _fashion_mnist(
         raise FileNotFoundError(
             f"Fashion-MNIST not found in {where} and download failed ({_one_line(error)}); {advice}"
         ) from error
+
+
+def _missing_data(what: str, data_dir: Path, expected: str) -> FileNotFoundError:
+    """The one-line error for a given data_dir that lacks what ``expected`` names, saying why."""
+    if not data_dir.exists():
+        state = " (it does not exist)"
+    elif not data_dir.is_dir():
+        state = " (it is not a folder)"
+    elif not any(data_dir.iterdir()):
+        state = " (it is empty)"
+    else:
+        state = ""
+    return FileNotFoundError(f"{what} in --data-dir {data_dir}{state}; expected {expected}")
 
 
 def _one_line(error: BaseException) -> str:
@@ -146,8 +166,20 @@ def _unpack(files: dict[str, Path], raw_dir: Path) -> None:
 def _cifar(
     name: str, data_dir: Path | None, train: bool, transform: Callable[[Any], Any], download: bool
 ) -> Dataset:
-    root = data_dir if data_dir is not None else default_cache_dir()
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    if data_dir is not None:
+        if data_dir.name == cls.base_folder:  # the batches folder itself was given
+            data_dir = data_dir.parent
+        needed = [file for file, _ in (*cls.train_list, *cls.test_list)] + [cls.meta["filename"]]
+        if not all((data_dir / cls.base_folder / file).is_file() for file in needed):
+            raise _missing_data(
+                f"{name} not found",
+                data_dir,
+                f"the python batches folder {data_dir / cls.base_folder}/ ({', '.join(needed)}), "
+                f"as unpacked from {cls.filename}",
+            )
+        download = False  # a given folder is read, never filled from the network
+    root = data_dir if data_dir is not None else default_cache_dir()
     try:
         return cls(root, train=train, transform=transform, download=download)
     except Exception as error:  # torchvision: RuntimeError if missing, URLError/OSError if download fails
@@ -166,10 +198,14 @@ def _image_folder(
             "imagefolder needs a data_dir; pass --data-dir pointing at a folder with train/, val/"
         )
     root = data_dir / split
+    expected = (
+        f"the ImageNet layout {data_dir}/train/<class>/*.jpg and {data_dir}/val/<class>/*.jpg, "
+        "one folder per class"
+    )
     if not root.is_dir():
-        raise FileNotFoundError(
-            f"no {split}/ folder in {data_dir}; expected the ImageNet layout {data_dir}/{split}/<class>/*.jpg"
-        )
+        raise _missing_data(f"no {split}/ folder", data_dir, expected)
+    if not any(entry.is_dir() for entry in root.iterdir()):
+        raise _missing_data(f"no class folders in {split}/", data_dir, expected)
     return SkippingImageFolder(root, transform=transform, skip_bad_images=skip_bad_images)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from shufflenet.data import build_dataset, dataset_info
+from shufflenet.data import build_dataset, build_transforms, dataset_info
 
 VERIFY_IMAGES = 8
 
@@ -33,30 +33,37 @@ def export_data(
     input_size: tuple[int, int] | None = None,
     calib_samples: int = 256,
     accuracy_samples: int = 0,
+    trained_on: bool = False,
 ) -> ExportData:
     """Real images of ``dataset`` for exporting a model that takes ``in_chans`` channels: calibration from
-    the train split, evenly spaced so every class is seen; verification inputs and accuracy from val.
+    the train split, evenly spaced so every class is seen; verification inputs and accuracy from val. All
+    go through the val transforms: calibration wants the images the model will see, not augmented ones.
 
-    ``input_size`` defaults to the dataset's own; a model that cannot take the dataset's images raises
-    ValueError (a model trained elsewhere), because verifying it on resized images would hide that."""
+    ``input_size`` defaults to the dataset's own. Set ``trained_on`` when the model's input contract says it
+    was trained on ``dataset`` at ``input_size``: images are then resized to it, as in training. Otherwise a
+    model that cannot take the dataset's images raises ValueError (a model trained elsewhere), because
+    verifying it on resized images would hide that."""
     info = dataset_info(dataset)
-    native = (info.image_size, info.image_size)
-    train_set = build_dataset(dataset, "train", data_dir)
-    accuracy_data: Dataset = build_dataset(dataset, "val", data_dir)
+    size = (info.image_size, info.image_size)
+    if trained_on and input_size is not None and input_size[0] == input_size[1]:
+        size = (input_size[0], input_size[1])
+    transform = build_transforms(dataset, "val", image_size=size[0])
+    train_set = build_dataset(dataset, "train", data_dir, transform=transform)
+    accuracy_data: Dataset = build_dataset(dataset, "val", data_dir, transform=transform)
     if accuracy_samples:
         accuracy_data = Subset(accuracy_data, range(min(accuracy_samples, len(accuracy_data))))
     real_inputs = torch.stack([accuracy_data[index][0] for index in range(VERIFY_IMAGES)])
-    if real_inputs.shape[1] != in_chans or (input_size is not None and tuple(input_size) != native):
-        size = input_size or native
+    if real_inputs.shape[1] != in_chans or (input_size is not None and tuple(input_size) != size):
+        height, width = input_size or size
         raise ValueError(
             f"{dataset} images are {tuple(real_inputs.shape[1:])} but the model takes {in_chans} channels at "
-            f"{size[0]}x{size[1]}; export a model trained on {dataset} (e.g. a run's model.safetensors) or "
+            f"{height}x{width}; export a model trained on {dataset} (e.g. a run's model.safetensors) or "
             "drop --calib"
         )
     step = max(1, len(train_set) // calib_samples)
     picks = [train_set[index][0] for index in range(0, min(len(train_set), step * calib_samples), step)]
     return ExportData(
-        input_size=native,
+        input_size=size,
         real_inputs=real_inputs,
         calibration=[image.unsqueeze(0).numpy() for image in picks],
         accuracy_data=accuracy_data,

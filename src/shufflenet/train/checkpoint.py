@@ -1,4 +1,5 @@
-"""Checkpoints: atomic save, safe (weights_only) load, RNG state capture, and safetensors weight export."""
+"""Checkpoints: atomic save, safe (weights_only) load, RNG state capture, and safetensors weight export
+with the model's input contract."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import json
 import pickle
 import random
 import re
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,7 @@ import torch
 
 from shufflenet._system import atomic_write  # also imported from here by train.engine
 from shufflenet._validation import state_dict_mismatch
+from shufflenet.data.catalog import InputContract
 from shufflenet.registry import create_model
 
 EXPORT_FORMAT = "shufflenet-weights/1"
@@ -115,18 +119,29 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
 
 
 def export_weights(
-    model: torch.nn.Module, path: str | Path, *, model_name: str, model_args: dict
+    model: torch.nn.Module,
+    path: str | Path,
+    *,
+    model_name: str,
+    model_args: dict,
+    dataset: str | None = None,
+    image_size: int | None = None,
+    class_names: Sequence[str] = (),
 ) -> tuple[Path, Path]:
     """Save ``model``'s weights as safetensors at ``path`` plus a JSON sidecar (same stem, ``.json``).
 
-    ``model_args`` are the keyword arguments for ``create_model(model_name, ...)`` that rebuild it.
-    Returns ``(weights_path, sidecar_path)``.
+    ``model_args`` are the keyword arguments for ``create_model(model_name, ...)`` that rebuild it. With
+    ``dataset`` (the one it was trained on, at ``image_size``, default the dataset's own) the sidecar also
+    records its :class:`InputContract` under ``"input"``. Returns ``(weights_path, sidecar_path)``.
     """
     path = Path(path)
     sidecar = path.with_suffix(".json")
     if sidecar == path:
         raise ValueError(f"{path} ends in .json, which the sidecar needs; name the weights *.safetensors")
     meta = {"model": model_name, "args": model_args, "format": EXPORT_FORMAT}
+    if dataset is not None:
+        contract = InputContract.for_dataset(dataset, image_size, model_args.get("in_chans"), class_names)
+        meta["input"] = contract.to_dict()
     try:
         text = json.dumps(meta, indent=2) + "\n"
     except TypeError as e:
@@ -141,16 +156,12 @@ def export_weights(
     return path, sidecar
 
 
-def load_exported(path: str | Path) -> torch.nn.Module:
-    """Rebuild a model saved by :func:`export_weights`, load its weights strictly, return it in eval mode."""
-    path = Path(path)
-    sidecar = path.with_suffix(".json")
+def _read_sidecar(sidecar: Path, weights: Path) -> dict:
+    """The parsed ``model.json`` beside ``weights``, checked for its format."""
     if not sidecar.is_file():
         raise FileNotFoundError(
-            f"no sidecar {sidecar} next to {path}; it names the model, so re-export with export_weights"
+            f"no sidecar {sidecar} next to {weights}; it names the model, so re-export with export_weights"
         )
-    if not path.is_file():
-        raise FileNotFoundError(f"no weights at {path}; check the path")
     try:
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -158,6 +169,39 @@ def load_exported(path: str | Path) -> torch.nn.Module:
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else None
         raise CheckpointError(f"{sidecar} has format {found!r}, expected {EXPORT_FORMAT!r}; re-export it")
+    return meta
+
+
+def load_input_contract(path: str | Path) -> InputContract | None:
+    """The input contract of trained weights: ``path`` is a ``model.safetensors`` (or its ``model.json``),
+    a ``checkpoint.pt`` or a run directory (its ``model.json``, else its ``checkpoint.pt``).
+
+    None where nothing records it: a sidecar written before contracts were, or a checkpoint without its
+    training config. A checkpoint records no class names."""
+    path = Path(path)
+    if path.is_dir():
+        sidecar = path / "model.json"
+        has_contract = sidecar.is_file() and "input" in _read_sidecar(sidecar, path / "model.safetensors")
+        path = sidecar if has_contract else path / "checkpoint.pt"
+    if path.suffix in (".safetensors", ".json"):
+        sidecar = path.with_suffix(".json")
+        meta = _read_sidecar(sidecar, path.with_suffix(".safetensors"))
+        return InputContract.from_dict(meta["input"], str(sidecar)) if "input" in meta else None
+    state = load_checkpoint(path)
+    config = state.get("config") or {}
+    if not isinstance(config, dict) or "dataset" not in config:
+        return None
+    channels = (state.get("model_args_resolved") or {}).get("in_chans")
+    contract = InputContract.for_dataset(config["dataset"], config.get("image_size"), channels)
+    return replace(contract, source=str(path))
+
+
+def load_exported(path: str | Path) -> torch.nn.Module:
+    """Rebuild a model saved by :func:`export_weights`, load its weights strictly, return it in eval mode."""
+    path = Path(path)
+    meta = _read_sidecar(path.with_suffix(".json"), path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights at {path}; check the path")
     try:
         state_dict = safetensors.torch.load_file(path, device="cpu")
     except Exception as e:

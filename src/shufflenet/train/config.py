@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from shufflenet._settings import Interval, convert, parse_yaml, yaml_problem
+from shufflenet.registry import check_model_args
 
 
 @dataclass
@@ -73,6 +77,7 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+TYPES = typing.get_type_hints(TrainConfig)
 CHOICES = {
     "optimizer": ("sgd", "adamw"),
     "schedule": ("linear", "cosine", "step", "exponential", "constant"),
@@ -80,6 +85,35 @@ CHOICES = {
     "precision": ("float32", "float64"),
     "augment": ("crop-flip", "crop-flip-erase", "flip", "none"),
     "shift_norm": ("l1", "l2"),
+}
+_POSITIVE, _NON_NEGATIVE, _FRACTION = Interval(0, low_open=True), Interval(0), Interval(0, 1, high_open=True)
+# Every number's range (for a list: each item's); the field's type says whether null is allowed too.
+RANGES = {
+    "image_size": Interval(1),
+    "train_subset": Interval(1),  # 0 would mean "no subset" to the data code: the whole set, silently
+    "val_subset": Interval(1),
+    "epochs": Interval(1),
+    "iterations": Interval(1),
+    "batch_size": Interval(1),
+    "eval_batch_size": Interval(1),
+    "lr": _POSITIVE,
+    "lr_base_batch": Interval(1),
+    "momentum": _FRACTION,
+    "weight_decay": _NON_NEGATIVE,
+    "warmup_epochs": _NON_NEGATIVE,
+    "milestones": _NON_NEGATIVE,
+    "gamma": _POSITIVE,
+    "label_smoothing": _FRACTION,
+    "shift_lambda": _NON_NEGATIVE,
+    "freeze_shifts_epoch": _NON_NEGATIVE,
+    "ema_decay": _FRACTION,
+    "bn_recalibration_batches": _NON_NEGATIVE,
+    "cpu_processes": Interval(1),
+    "num_workers": _NON_NEGATIVE,
+    "seed": Interval(0, 2**32 - 1),  # numpy's seed range
+    "eval_every": Interval(1),
+    "checkpoint_every": _NON_NEGATIVE,
+    "log_every": Interval(1),
 }
 
 
@@ -107,7 +141,17 @@ def _read_recipe(name_or_path: str) -> dict[str, Any]:
             resources.files("shufflenet.train").joinpath("recipes", f"{name_or_path}.yaml").read_text("utf-8")
         )
         name = name_or_path
-    values = yaml.safe_load(text) or {}
+    try:
+        values = parse_yaml(text)
+    except yaml.YAMLError as error:
+        raise ValueError(f"recipe {name_or_path} is not valid YAML: {yaml_problem(error)}") from None
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        kind = type(values).__name__
+        raise ValueError(
+            f"recipe {name_or_path} must be a mapping of settings (KEY: VALUE lines), got a {kind}"
+        )
     values.setdefault("recipe", name)
     return values
 
@@ -119,14 +163,24 @@ def _check_key(key: str) -> None:
         raise ValueError(f"unknown training setting {key!r}; {hint}")
 
 
+def check_setting(key: str, value: Any) -> Any:
+    """``value`` converted to setting ``key``'s type and checked against its range or choices."""
+    _check_key(key)
+    return convert(key, value, TYPES[key], RANGES.get(key), CHOICES.get(key, ()))
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["lr=0.05", "model_args.small_input=true"]`` -> a dict; values are parsed as YAML scalars."""
+    """``["lr=1e-3", "model_args.small_input=true"]`` -> a dict; values are parsed as YAML scalars, with
+    ``1e-3`` a number. Types are checked by :func:`load_config` (or ``create_model``), which know them."""
     overrides: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"--set expects KEY=VALUE, got {pair!r} (e.g. --set lr=0.05)")
-        value = yaml.safe_load(text) if text else None
+        try:
+            value = parse_yaml(text) if text else None
+        except yaml.YAMLError as error:
+            raise ValueError(f"--set {pair}: not a valid value: {yaml_problem(error)}") from None
         if key.startswith("model_args."):
             overrides.setdefault("model_args", {})[key.removeprefix("model_args.")] = value
         else:
@@ -135,19 +189,14 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def load_config(recipe: str = "fashion-mnist-quick", overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """The recipe's settings with ``overrides`` applied on top (``model_args`` merge key by key)."""
+    """The recipe's settings with ``overrides`` applied on top (``model_args`` merge key by key), each
+    converted to its type and checked, model arguments against the model's builder."""
     values = _read_recipe(recipe)
     for key, value in (overrides or {}).items():
         if key == "model_args":
-            values["model_args"] = {**values.get("model_args", {}), **value}
-        else:
-            values[key] = value
-    for key in values:
-        _check_key(key)
-    for key, choices in CHOICES.items():
-        if key in values and values[key] not in choices:
-            raise ValueError(f"{key} must be one of {', '.join(choices)}, got {values[key]!r}")
-    config = TrainConfig(**values)
-    if config.batch_size < 1 or config.epochs < 1:
-        raise ValueError("batch_size and epochs must be positive")
-    return config
+            value = {**check_setting(key, values.get(key, {})), **check_setting(key, value)}
+        values[key] = value
+    settings = {key: check_setting(key, value) for key, value in values.items()}
+    model = settings.get("model", FIELDS["model"].default)
+    settings["model_args"] = check_model_args(model, settings.get("model_args", {}))
+    return TrainConfig(**settings)

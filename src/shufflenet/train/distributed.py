@@ -33,6 +33,15 @@ _LAUNCHER_LOGGERS = (
 )
 
 
+class StoppedBySignal(KeyboardInterrupt):
+    """A run stopped by a signal: Ctrl-C (SIGINT) or SIGTERM, which schedulers and ``timeout`` send. A shell
+    reports a process killed by signal N as exit status 128 + N; ``signum`` lets the CLI exit the same way."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = int(signum)  # kept through pickling: the parent of local processes re-raises it
+
+
 @dataclass(frozen=True)
 class DistributedContext:
     """Where this process sits in the job; ``backend`` is set only when a process group was created."""
@@ -85,6 +94,11 @@ def _resolve_device(device: str | None, local_rank: int) -> torch.device:
             f"{resolved} does not exist: only {torch.cuda.device_count()} CUDA device(s) visible"
         )
     return resolved
+
+
+def is_global_main() -> bool:
+    """True outside torchrun and on its global rank 0: the one process that owns the run directory."""
+    return _env_int("RANK", 0) == 0
 
 
 def init_distributed(device: str | None = None) -> DistributedContext:
@@ -182,7 +196,9 @@ def run_local_processes(fn: Callable[..., T], args: tuple, processes: int) -> T:
     process whose every small operator is split across threads (ShuffleNet V2 0.5x on Fashion-MNIST, 2
     cores: 31% more images/s). ``fn`` must be importable (the processes are spawned, not forked). Ctrl-C
     reaches the workers themselves (the trainer then checkpoints and stops, or finishes if no step is left)
-    and this process waits for them; killing this process kills them.
+    and this process waits for them. SIGTERM to this process is passed on to the workers by the launcher,
+    which waits for them (30 s, then SIGKILL; TORCH_ELASTIC_SHUTDOWN_TIMEOUT changes it); their exception is
+    re-raised, or :class:`StoppedBySignal` if they ended without one. Killing this process kills them.
     """
     # Imported here: builds without torch.distributed can still import this module and train in one process.
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
@@ -213,7 +229,11 @@ def run_local_processes(fn: Callable[..., T], args: tuple, processes: int) -> T:
         try:
             return elastic_launch(config, _local_worker)(threads, folder, fn, args)[0]
         except SignalException as stop:
-            raise (_worker_exception(folder) or stop) from None
+            # A worker stopped before it could handle the signal (still starting, say) leaves no exception.
+            stopped = StoppedBySignal(
+                f"stopped by {stop.sigval.name} before the training processes saved a checkpoint", stop.sigval
+            )
+            raise (_worker_exception(folder) or stopped) from None
         except ChildFailedError as failure:
             codes = {rank: process.exitcode for rank, process in sorted(failure.failures.items())}
             died = RuntimeError(

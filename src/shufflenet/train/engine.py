@@ -8,12 +8,13 @@ step boundary and restored before the next step.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -50,10 +51,12 @@ from shufflenet.train.checkpoint import (
 from shufflenet.train.config import TrainConfig
 from shufflenet.train.distributed import (
     DistributedContext,
+    StoppedBySignal,
     all_reduce_sum,
     barrier,
     cleanup_distributed,
     init_distributed,
+    is_global_main,
     local_process_count,
     run_local_processes,
     sync_batchnorm,
@@ -66,16 +69,15 @@ from shufflenet.train.metrics import (
     plot_learning_curves,
     summary_table,
 )
-
-CHECKPOINT_NAME = "checkpoint.pt"
+from shufflenet.train.run_dir import CHECKPOINT_NAME, hold_run_directory
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is left as it was."""
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C: a checkpoint was written first, so ``--resume`` continues from here."""
+class TrainingInterrupted(StoppedBySignal):
+    """Ctrl-C or SIGTERM: a checkpoint was written first, so ``--resume`` continues from here."""
 
 
 def lr_factor(config: TrainConfig, step: int, total_steps: int, steps_in_epoch: int) -> float:
@@ -183,7 +185,7 @@ class Trainer:
             self._resume(self.checkpoint_path if resume is True else Path(resume))
 
         # Set by run().
-        self.stop_requested = False
+        self.stop_signal: int | None = None  # SIGINT or SIGTERM, once received: stop at the next step
         self.started: float | None = None  # time.monotonic() when this process started training
         self.tensorboard: TensorBoardWriter | None = None
 
@@ -310,6 +312,7 @@ class Trainer:
             "epoch": self.position.epoch,
             "batch_in_epoch": self.position.batch_in_epoch,
             "step": self.position.step,
+            "total_steps": self.total_steps,  # for the "exists (step N of M)" refusal; resume recomputes it
             "elapsed": self._elapsed(),
             "accumulators": accumulators.cpu(),
             "metrics": self.metrics.state_dict(),
@@ -370,10 +373,11 @@ class Trainer:
             )
 
     def _stop_now(self) -> bool:
+        requested = self.stop_signal is not None
         if not self.ctx.enabled:
-            return self.stop_requested
+            return requested
         # Every rank must stop at the same step, or the others wait forever in the next all-reduce.
-        flag = torch.tensor([float(self.stop_requested)], device=self.ctx.device)
+        flag = torch.tensor([float(requested)], device=self.ctx.device)
         return bool(all_reduce_sum(flag, self.ctx).item())
 
     def _prepare(self, dataset, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -466,9 +470,12 @@ class Trainer:
                 # rank 0 has written the checkpoint.
                 barrier(self.ctx)
                 bar.close()
+                signum = self.stop_signal or signal.SIGINT  # a rank stopped by the others got no signal
+                by = " by SIGTERM" if signum == signal.SIGTERM else ""
                 raise TrainingInterrupted(
-                    f"interrupted at epoch {epoch + 1}, step {self.position.step}; checkpoint saved to "
-                    f"{self.checkpoint_path}; continue with --resume"
+                    f"interrupted{by} at epoch {epoch + 1}, step {self.position.step}; checkpoint saved to "
+                    f"{self.checkpoint_path}; continue with --resume",
+                    signum,
                 )
         bar.close()
         return images_seen / max(1e-9, time.monotonic() - epoch_start)
@@ -591,6 +598,9 @@ class Trainer:
                 self.run_dir / "model.safetensors",
                 model_name=self.config.model,
                 model_args=self.model_args,
+                dataset=self.config.dataset,
+                image_size=self.image_size,
+                class_names=self.class_names,
             )
             names = self.class_names or [str(i) for i in range(self.num_classes)]
             plot_confusion_matrix(result.confusion.matrix.cpu(), names, self.run_dir / "confusion_matrix.png")
@@ -610,33 +620,64 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.resumed_rng is not None:
             restore_rng_state(self.resumed_rng)
-        previous = signal.getsignal(signal.SIGINT)
+        # SIGTERM, which schedulers and `timeout` send, is asked to stop the same way as Ctrl-C.
+        previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
 
-        def request_stop(signum, frame):  # a second Ctrl-C interrupts at once
-            self.stop_requested = True
-            signal.signal(signal.SIGINT, previous)
+        def request_stop(signum, frame):  # a second signal of the same kind acts at once
+            self.stop_signal = signum
+            signal.signal(signum, previous[signum])
 
-        signal.signal(signal.SIGINT, request_stop)
+        for signum in previous:
+            signal.signal(signum, request_stop)
         try:
             for epoch in range(self.position.epoch, self.epochs):
                 images_per_s = self._run_epoch(epoch)
                 self._end_epoch(epoch, images_per_s)
             return self._finish()
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
             self.tensorboard.close()
 
 
-def train(config: TrainConfig, *, resume: str | Path | bool = False) -> dict[str, Any]:
+def train(
+    config: TrainConfig, *, resume: str | Path | bool = False, overwrite: bool = False
+) -> dict[str, Any]:
     """Run ``config`` to the end (or continue the run in its directory with ``resume=True``, or from a
     checkpoint path) and return the summary: params, MFLOPs, top-1/top-5 error, time, images/s.
 
+    The run directory is checked and locked first (see :mod:`shufflenet.train.run_dir`): an earlier run in
+    it is refused unless ``resume`` continues it or ``overwrite`` replaces it, and so is a run in progress.
+
     On CPU, ``config.cpu_processes > 1`` trains data-parallel in that many local processes (see
     :func:`run_local_processes`); the global batch and the result are those of torchrun with as many."""
-    processes = local_process_count(config.cpu_processes, config.device, config.batch_size)
-    if processes > 1:
-        return run_local_processes(_train_in_this_process, (config, resume), processes)
-    return _train_in_this_process(config, resume)
+    # Decided here, in one process, before any worker starts: torchrun's rank 0, or the local processes'
+    # parent, which holds the lock for them.
+    guard = (
+        hold_run_directory(config.run_dir(), resume=bool(resume), overwrite=overwrite)
+        if is_global_main()
+        else contextlib.nullcontext()
+    )
+    with _sigterm_raises(), guard:
+        processes = local_process_count(config.cpu_processes, config.device, config.batch_size)
+        if processes > 1:
+            return run_local_processes(_train_in_this_process, (config, resume), processes)
+        return _train_in_this_process(config, resume)
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM before the trainer takes it over (while data and model are built) raises, where its default
+    action would end the process at once, leaving the run directory locked."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise StoppedBySignal("stopped by SIGTERM before it could save a checkpoint", signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _train_in_this_process(config: TrainConfig, resume: str | Path | bool) -> dict[str, Any]:

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from tqdm import tqdm
 
-from shufflenet.data import AugmentedDataset, build_dataset, build_eval_loader, build_transforms
+from shufflenet.data import (
+    AugmentedDataset,
+    InputContract,
+    build_dataset,
+    build_eval_loader,
+    build_transforms,
+    dataset_info,
+)
 from shufflenet.registry import create_model
-from shufflenet.train.checkpoint import load_checkpoint, load_exported
+from shufflenet.train.checkpoint import load_checkpoint, load_exported, load_input_contract
 from shufflenet.train.distributed import (
     DistributedContext,
     all_reduce_sum,
@@ -49,7 +56,7 @@ def autocast_for(device: torch.device, amp: str) -> contextlib.AbstractContextMa
 @torch.no_grad()
 def evaluate_model(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Iterable[Any],
     ctx: DistributedContext,
     num_classes: int,
     *,
@@ -116,9 +123,38 @@ def load_for_evaluation(
     return model, name, args
 
 
+def resolve_input(
+    contract: InputContract | None, dataset: str | None, image_size: int | None
+) -> tuple[str, int | None, list[str]]:
+    """The dataset and image size to evaluate at, from the model's input contract unless given, and the
+    notes to show the user. An explicit size that contradicts the contract raises ValueError."""
+    if contract is None:
+        if dataset is None:
+            raise ValueError("the checkpoint does not record its dataset; pass --dataset NAME")
+        return dataset, image_size, []
+    notes = [contract.describe()]
+    height, width = contract.image_size
+    if image_size is not None and (image_size, image_size) != (height, width):
+        raise ValueError(
+            f"--image-size {image_size} contradicts the {height}x{width} input the model was trained at "
+            f"({contract.source}); drop --image-size"
+        )
+    if height != width:
+        raise ValueError(f"{contract.source} records a {height}x{width} input; evaluation crops are square")
+    if dataset is not None and dataset != contract.dataset:
+        channels = dataset_info(dataset).channels
+        if channels != contract.channels:
+            raise ValueError(
+                f"the model takes {contract.channels}-channel input but {dataset} images have {channels} "
+                f"channels; evaluate on {contract.dataset}"
+            )
+        notes.append(f"note: evaluating on {dataset}, but the model was trained on {contract.dataset}")
+    return dataset or contract.dataset, height, notes
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
-    dataset: str,
+    dataset: str | None = None,
     *,
     data_dir: str | Path | None = None,
     model_name: str | None = None,
@@ -127,36 +163,54 @@ def evaluate_checkpoint(
     device: str | None = None,
     num_workers: int = 0,
     output: str | Path | None = None,
+    skip_bad_images: bool = False,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate trained weights on ``dataset``'s val split with the single-crop protocol (imagefolder:
-    resize 256, center crop 224): top-1/top-5 error, per-class accuracy and a confusion-matrix PNG
-    (written to ``output``, default the checkpoint's folder). Runs distributed under torchrun."""
+    resize 256, center crop): top-1/top-5 error, per-class accuracy and a confusion-matrix PNG (written to
+    ``output``, default the run directory: ``checkpoint`` itself if a folder, else the folder holding it).
+
+    ``dataset`` and ``image_size`` default to those the model was trained with (its input contract);
+    ``log`` receives one line saying so. Runs distributed under torchrun."""
     ctx = init_distributed(device)
     try:
+        contract = load_input_contract(checkpoint)
+        dataset, image_size, notes = resolve_input(contract, dataset, image_size)
+        if log is not None and ctx.is_main:
+            for note in notes:
+                log(note)
         model, name, _ = load_for_evaluation(checkpoint, model_name)
         model = model.to(ctx.device)
-        base = build_dataset(dataset, "val", data_dir, transform=torch.nn.Identity())
+        base = build_dataset(
+            dataset, "val", data_dir, transform=torch.nn.Identity(), skip_bad_images=skip_bad_images
+        )
         names = list(getattr(base, "classes", [])) or [str(i) for i in range(model.num_classes)]
         if len(names) != model.num_classes:
             raise ValueError(
                 f"{name} has {model.num_classes} classes but {dataset} has {len(names)}; "
                 "evaluate on the dataset the model was trained for"
             )
-        data = AugmentedDataset(base, build_transforms(dataset, "val", image_size=image_size))
+        size = image_size or dataset_info(dataset).image_size
+        data = AugmentedDataset(base, build_transforms(dataset, "val", image_size=size))
         loader = build_eval_loader(
             data, batch_size=batch_size, rank=ctx.rank, world_size=ctx.world_size, num_workers=num_workers
         )
-        result = evaluate_model(model, loader, ctx, model.num_classes)
-        folder = Path(output) if output else Path(checkpoint).parent
+        batches = tqdm(loader, desc="evaluate", unit="batch", disable=not (progress and ctx.is_main))
+        result = evaluate_model(model, batches, ctx, model.num_classes)
+        path = Path(checkpoint)
+        folder = Path(output) if output else path if path.is_dir() else path.parent
         summary = {
             "model": name,
             "checkpoint": str(checkpoint),
             "dataset": dataset,
+            "input_size": [size, size],
             "samples": result.samples,
             "loss": result.loss,
             "top1_err": result.top1_err,
             "top5_err": result.top5_err,
             "per_class_accuracy": dict(zip(names, result.per_class_accuracy(), strict=True)),
+            "skipped_images": list(getattr(base, "bad_images", [])),
         }
         if ctx.is_main:
             folder.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,8 @@ PAPER_TABLE3_SHIFTRESNET20 = {0: 91.7, 4: 91.5, 6: 91.4, 8: 89.4, 9: 81.5}
 # Settings that change how a run reports, not what it learns: a finished run differing only here is reused.
 REPORTING_ONLY = ("progress", "log_every", "checkpoint_every")
 
-Trainer = Callable[[TrainConfig], dict[str, Any]]
+# ``train`` or a stand-in: called with the config, and ``resume=True`` to continue an interrupted run.
+Trainer = Callable[..., dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -48,16 +49,21 @@ class ShiftRun:
         return 100 * total_sparsity(self.sparsity).sparsity if self.sparsity else 100.0
 
 
+def _checkpoint_matches(config: TrainConfig) -> bool:
+    """Whether the run directory of ``config`` holds a checkpoint of exactly these settings."""
+    checkpoint_path = config.run_dir() / CHECKPOINT_NAME
+    if not checkpoint_path.is_file():
+        return False
+    saved = load_checkpoint(checkpoint_path)["config"]
+    wanted = config.to_dict()
+    return all(saved.get(key) == value for key, value in wanted.items() if key not in REPORTING_ONLY)
+
+
 def finished_summary(config: TrainConfig) -> dict[str, Any] | None:
     """The summary of a finished run of exactly ``config`` in its run directory, or None: re-running an
     interrupted ablation trains only what is missing."""
-    run_dir = config.run_dir()
-    summary_path, checkpoint_path = run_dir / "summary.json", run_dir / CHECKPOINT_NAME
-    if not (summary_path.is_file() and checkpoint_path.is_file()):
-        return None
-    saved = load_checkpoint(checkpoint_path)["config"]
-    wanted = config.to_dict()
-    if any(saved.get(key) != value for key, value in wanted.items() if key not in REPORTING_ONLY):
+    summary_path = config.run_dir() / "summary.json"
+    if not (summary_path.is_file() and _checkpoint_matches(config)):
         return None
     return json.loads(summary_path.read_text())
 
@@ -65,7 +71,10 @@ def finished_summary(config: TrainConfig) -> dict[str, Any] | None:
 def _run(config: TrainConfig, trainer: Trainer, **changes: Any) -> ShiftRun:
     config = dataclasses.replace(config, **changes)
     summary = finished_summary(config)
-    if summary is None:
+    if summary is None and _checkpoint_matches(config):
+        print(f"{config.run_dir()}: interrupted with these settings before, resuming it")
+        summary = trainer(config, resume=True)
+    elif summary is None:
         summary = trainer(config)
     else:
         print(f"{config.run_dir()}: finished with these settings before, reusing it")
