@@ -28,6 +28,7 @@ TINY_SHIFT = [
     "epochs=2",
     "train_subset=null",
     "lr=0.05",
+    "lr_base_batch=null",  # 0.05 at batch 16 itself, not scaled down from the recipe's batch 128
     "warmup_epochs=0",
     "progress=false",
     "download=false",
@@ -138,7 +139,8 @@ def test_shift_sweep_command_writes_the_table(fashion_dir, tmp_path, capsys):
     output = tmp_path / "sweep"
     argv = ["shift", "sweep", "--lambdas", "0", "2", "--epochs", "1", "--output", str(output)]
     argv += ["--data-dir", str(fashion_dir), "--no-progress"]
-    argv += [f"--set={pair}" for pair in [*TINY_SHIFT[1:5], "download=false", "shift_norm=l1"]]
+    settings = [*TINY_SHIFT[1:5], "download=false", "shift_norm=l1", "lr_base_batch=null"]
+    argv += [f"--set={pair}" for pair in settings]
     assert main(argv) == 0
     records = json.loads((output / "shift_sweep.json").read_text())["runs"]
     assert [r["shift_lambda"] for r in records] == [0.0, 2.0]

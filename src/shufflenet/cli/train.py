@@ -22,6 +22,10 @@ DESCRIPTION = (
 # Options that set the training setting of the same name.
 SETTING_OPTIONS = ("model", "dataset", "data_dir", "epochs", "batch_size", "lr", "output", "device")
 SETTING_OPTIONS += ("num_workers",)
+DEFAULT_RECIPE = "fashion-mnist-quick"
+# Your own images (--dataset imagefolder) are most often a small set: the ImageNet recipes' 300k steps at
+# lr 0.5, or the quick recipe's lr 0.2 after a few steps of warm-up, would waste or wreck it.
+IMAGEFOLDER_RECIPE = "own-small-images"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,8 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--recipe",
-        default="fashion-mnist-quick",
-        help="recipe name or YAML file (default: fashion-mnist-quick)",
+        help=f"recipe name or YAML file (default: {DEFAULT_RECIPE}; with --dataset imagefolder, "
+        f"{IMAGEFOLDER_RECIPE}; ImageNet: --recipe imagenet-shufflenet-v2)",
     )
     parser.add_argument("--list-recipes", action="store_true", help="print the shipped recipes and exit")
     parser.add_argument("--model", help="registered model name (default: the recipe's)")
@@ -75,7 +79,11 @@ def run(args: argparse.Namespace) -> int:
     overrides = {**parse_overrides(args.set), **given_settings(args, SETTING_OPTIONS)}
     if args.skip_bad_images:
         overrides["skip_bad_images"] = True
-    config = load_config(args.recipe, overrides)
+    recipe = args.recipe or DEFAULT_RECIPE
+    if args.recipe is None and args.dataset == "imagefolder":
+        recipe = IMAGEFOLDER_RECIPE
+        print(f"recipe: {recipe}, for a small set of your own images (ImageNet: --recipe imagenet-*)")
+    config = load_config(recipe, overrides)
     try:
         train(config, resume=args.resume if args.resume != "" else True, overwrite=args.overwrite)
     except StoppedBySignal as stop:  # Ctrl-C or SIGTERM; the trainer's own says where it saved a checkpoint

@@ -10,11 +10,13 @@ from torch.utils.data import Dataset
 
 from shufflenet.data.catalog import DATASETS, DatasetInfo, InputContract, dataset_info
 from shufflenet.data.datasets import (
+    ImageSurvey,
     SkippingImageFolder,
     Split,
     collate_skip_none,
     default_cache_dir,
     open_dataset,
+    survey_images,
 )
 from shufflenet.data.loaders import (
     AugmentedDataset,
@@ -23,13 +25,21 @@ from shufflenet.data.loaders import (
     build_train_loader,
     steps_per_epoch,
 )
-from shufflenet.data.small_images import SmallImageDataset, augment_batch
+from shufflenet.data.small_images import (
+    DecodedImages,
+    SmallImageDataset,
+    augment_batch,
+    decode_image_folder,
+    measure_normalization,
+)
 from shufflenet.data.transforms import build_transforms
 
 __all__ = [
     "DATASETS",
     "AugmentedDataset",
     "DatasetInfo",
+    "DecodedImages",
+    "ImageSurvey",
     "InputContract",
     "SkippingImageFolder",
     "SmallImageDataset",
@@ -41,8 +51,11 @@ __all__ = [
     "build_transforms",
     "collate_skip_none",
     "dataset_info",
+    "decode_image_folder",
     "default_cache_dir",
+    "measure_normalization",
     "steps_per_epoch",
+    "survey_images",
 ]
 
 

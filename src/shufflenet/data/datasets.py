@@ -5,11 +5,15 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import statistics
 import tempfile
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from PIL import Image
 from torch.utils.data import Dataset, default_collate
 from torchvision import datasets
 from torchvision.datasets.folder import default_loader
@@ -251,6 +255,44 @@ class SkippingImageFolder(datasets.ImageFolder):
         if self.target_transform is not None:
             target = self.target_transform(target)
         return image, target
+
+
+@dataclass(frozen=True)
+class ImageSurvey:
+    """What a look at a sample of image files' headers found: their median size and most common mode."""
+
+    height: int
+    width: int
+    mode: str  # PIL's: "RGB", "L" (grey), "RGBA", ...
+    looked_at: int
+
+
+def spread_sample(items: Sequence[Any], limit: int) -> list[Any]:
+    """At most ``limit`` of ``items``, evenly spread (ImageFolder lists class by class: every class shows)."""
+    if len(items) <= limit:
+        return list(items)
+    return [items[i * len(items) // limit] for i in range(limit)]
+
+
+def survey_images(paths: Sequence[str], limit: int = 200) -> ImageSurvey:
+    """The typical size and mode of the images at ``paths``, from the headers of up to ``limit`` of them
+    (PIL reads no pixels until asked). Unreadable files are passed over; ValueError if none can be read."""
+    heights, widths, modes = [], [], Counter()
+    for path in spread_sample(paths, limit):
+        try:
+            with Image.open(path) as image:
+                widths.append(image.width)
+                heights.append(image.height)
+                modes[image.mode] += 1
+        except Exception:  # PIL raises many types on bad files; the loader names them when training
+            continue
+    if not heights:
+        first = f", e.g. {paths[0]}" if paths else ""
+        raise ValueError(f"none of the {min(len(paths), limit)} images looked at could be read{first}")
+    return ImageSurvey(
+        round(statistics.median(heights)), round(statistics.median(widths)), modes.most_common(1)[0][0],
+        len(heights),
+    )
 
 
 def collate_skip_none(batch: list[Any]) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -12,7 +13,12 @@ from shufflenet.data.catalog import dataset_info
 
 
 def build_transforms(
-    name: str, split: Literal["train", "val"], *, image_size: int | None = None
+    name: str,
+    split: Literal["train", "val"],
+    *,
+    image_size: int | None = None,
+    normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+    resize_only: bool = False,
 ) -> v2.Transform:
     """PIL image -> normalized float tensor, for dataset ``name``'s ``split``.
 
@@ -28,7 +34,10 @@ def build_transforms(
     flip, which also suits Fashion-MNIST's mostly left-right symmetric clothes; eval does no
     augmentation. An ``image_size`` other than the native one resizes first.
 
-    Both end with conversion to float in [0, 1] and normalization by the dataset's mean/std.
+    Both end with conversion to float in [0, 1] and normalization by the dataset's mean/std, or by
+    ``normalization`` = (mean, std) measured on the user's own images. ``resize_only`` (eval) resizes to
+    ``image_size`` squared and crops nothing: how small images of one's own are trained (decoded at that
+    size, see :mod:`shufflenet.data.small_images`), so they are evaluated the same way.
     """
     info = dataset_info(name)
     if split not in ("train", "val"):
@@ -39,7 +48,9 @@ def build_transforms(
 
     # Geometry on uint8 tensors (after ToImage) is faster than on PIL images or floats.
     steps: list[v2.Transform] = [v2.ToImage()]
-    if name == "imagefolder":
+    if resize_only and not train:
+        steps.append(v2.Resize((size, size)))
+    elif name == "imagefolder":
         if train:
             steps += [v2.RandomResizedCrop(size, scale=(0.25, 1.0)), v2.RandomHorizontalFlip()]
         else:
@@ -49,5 +60,6 @@ def build_transforms(
             steps.append(v2.Resize(size))
         if train:
             steps += [v2.RandomCrop(size, padding=size // 8), v2.RandomHorizontalFlip()]
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(info.mean, info.std)]
+    mean, std = normalization or (info.mean, info.std)
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     return v2.Compose(steps)

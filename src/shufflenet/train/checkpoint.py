@@ -7,7 +7,7 @@ import json
 import pickle
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -127,12 +127,15 @@ def export_weights(
     dataset: str | None = None,
     image_size: int | None = None,
     class_names: Sequence[str] = (),
+    normalization: Mapping[str, Sequence[float]] | None = None,
 ) -> tuple[Path, Path]:
     """Save ``model``'s weights as safetensors at ``path`` plus a JSON sidecar (same stem, ``.json``).
 
     ``model_args`` are the keyword arguments for ``create_model(model_name, ...)`` that rebuild it. With
     ``dataset`` (the one it was trained on, at ``image_size``, default the dataset's own) the sidecar also
-    records its :class:`InputContract` under ``"input"``. Returns ``(weights_path, sidecar_path)``.
+    records its :class:`InputContract` under ``"input"``, with ``normalization`` (``mean`` and ``std``)
+    where it was trained with other than the dataset's (an image folder's own, measured). Returns
+    ``(weights_path, sidecar_path)``.
     """
     path = Path(path)
     sidecar = path.with_suffix(".json")
@@ -141,6 +144,9 @@ def export_weights(
     meta = {"model": model_name, "args": model_args, "format": EXPORT_FORMAT}
     if dataset is not None:
         contract = InputContract.for_dataset(dataset, image_size, model_args.get("in_chans"), class_names)
+        if normalization is not None:
+            mean, std = (tuple(float(v) for v in normalization[key]) for key in ("mean", "std"))
+            contract = replace(contract, mean=mean, std=std)
         meta["input"] = contract.to_dict()
     try:
         text = json.dumps(meta, indent=2) + "\n"
@@ -193,6 +199,9 @@ def load_input_contract(path: str | Path) -> InputContract | None:
         return None
     channels = (state.get("model_args_resolved") or {}).get("in_chans")
     contract = InputContract.for_dataset(config["dataset"], config.get("image_size"), channels)
+    normalization = state.get("normalization") or {}
+    if "mean" in normalization and "std" in normalization:
+        contract = replace(contract, mean=tuple(normalization["mean"]), std=tuple(normalization["std"]))
     return replace(contract, source=str(path))
 
 

@@ -44,6 +44,10 @@ class TrainConfig:
     decay_bn_and_bias: bool = False  # the authors' release applies no weight decay to BN and biases
     schedule: str = "cosine"  # linear | cosine | step | exponential | constant
     warmup_epochs: float = 0.0
+    # A warm-up asked for (warmup_epochs > 0) lasts at least warmup_min_steps, at most warmup_max_fraction
+    # of the run: 0.3 epochs of a small set is 3 steps, too few to keep a high learning rate from diverging.
+    warmup_min_steps: int = 100
+    warmup_max_fraction: float = 0.25
     milestones: list[int] = field(default_factory=list)  # epochs, for schedule: step
     gamma: float = 0.1  # step: factor at each milestone; exponential: factor per epoch
     label_smoothing: float = 0.0
@@ -62,7 +66,7 @@ class TrainConfig:
     cpu_processes: int = 1  # on CPU (outside torchrun): data-parallel single-threaded local processes
     num_workers: int = 0
     seed: int = 0
-    eval_every: int = 1  # epochs
+    eval_every: int | None = None  # epochs; None: every epoch for a val set of <= 5,000 images, else the last
     checkpoint_every: int = 0  # steps; 0 = at epoch ends only
     log_every: int = 20  # steps
     output: str | None = None  # run directory; default runs/<recipe>-<model>
@@ -101,6 +105,8 @@ RANGES = {
     "momentum": _FRACTION,
     "weight_decay": _NON_NEGATIVE,
     "warmup_epochs": _NON_NEGATIVE,
+    "warmup_min_steps": _NON_NEGATIVE,
+    "warmup_max_fraction": Interval(0, 1),
     "milestones": _NON_NEGATIVE,
     "gamma": _POSITIVE,
     "label_smoothing": _FRACTION,

@@ -187,7 +187,24 @@ def _worker_exception(folder: str) -> BaseException | None:
         return pickle.load(file)
 
 
-def run_local_processes(fn: Callable[..., T], args: tuple, processes: int) -> T:
+def describe_exit(rank: int, exitcode: int, memory_note: str = "") -> str:
+    """What ``exitcode`` (negative: killed by that signal) likely means, for local process ``rank``."""
+    if exitcode >= 0:
+        return f"rank {rank} exited with code {exitcode}"
+    try:
+        name = signal.Signals(-exitcode).name
+    except ValueError:
+        name = f"signal {-exitcode}"
+    if exitcode == -signal.SIGKILL:
+        where = f" ({memory_note})" if memory_note else ""
+        return f"rank {rank} was killed by SIGKILL, most likely the kernel's out-of-memory killer{where}"
+    if exitcode == -signal.SIGTERM:
+        # The launcher stops the other processes so when one fails.
+        return f"rank {rank} was stopped by SIGTERM"
+    return f"rank {rank} was killed by {name}"
+
+
+def run_local_processes(fn: Callable[..., T], args: tuple, processes: int, *, memory_note: str = "") -> T:
     """Run ``fn(*args)`` in ``processes`` local processes that form a gloo process group, started by
     torch's elastic launcher as torchrun starts them, each with an equal share of the CPU threads; return
     rank 0's result or re-raise the exception of the lowest rank that raised one.
@@ -199,6 +216,8 @@ def run_local_processes(fn: Callable[..., T], args: tuple, processes: int) -> T:
     and this process waits for them. SIGTERM to this process is passed on to the workers by the launcher,
     which waits for them (30 s, then SIGKILL; TORCH_ELASTIC_SHUTDOWN_TIMEOUT changes it); their exception is
     re-raised, or :class:`StoppedBySignal` if they ended without one. Killing this process kills them.
+    A process killed outright (SIGKILL, most often by the out-of-memory killer) is named with the signal,
+    and with ``memory_note`` (the memory estimate) beside it.
     """
     # Imported here: builds without torch.distributed can still import this module and train in one process.
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
@@ -236,10 +255,16 @@ def run_local_processes(fn: Callable[..., T], args: tuple, processes: int) -> T:
             raise (_worker_exception(folder) or stopped) from None
         except ChildFailedError as failure:
             codes = {rank: process.exitcode for rank, process in sorted(failure.failures.items())}
+            exits = "; ".join(describe_exit(rank, code, memory_note) for rank, code in codes.items())
             died = RuntimeError(
-                f"a local training process died without reporting (exit code by rank: {codes})"
+                f"a local training process died without reporting (exit code by rank: {codes}): {exits}"
             )
-            raise (_worker_exception(folder) or died) from None
+            reported = _worker_exception(folder)
+            # A process killed outright is the cause: the others were only stopped because of it.
+            killed = any(code < 0 and -code not in (signal.SIGTERM, signal.SIGINT) for code in codes.values())
+            if reported is not None and killed:
+                died = RuntimeError(f"{died}; then: {reported}")
+            raise (died if killed or reported is None else reported) from None
         finally:
             for signum, handler in handlers.items():  # the launcher leaves its own SIGTERM handler installed
                 signal.signal(signum, handler)

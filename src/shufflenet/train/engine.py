@@ -35,6 +35,8 @@ from shufflenet.data import (
     build_train_loader,
     build_transforms,
     dataset_info,
+    decode_image_folder,
+    measure_normalization,
     steps_per_epoch,
 )
 from shufflenet.ops import shift_parameters, shift_penalty, shift_sparsity, sparsity_table, total_sparsity
@@ -70,19 +72,46 @@ from shufflenet.train.metrics import (
     summary_table,
 )
 from shufflenet.train.run_dir import CHECKPOINT_NAME, hold_run_directory
+from shufflenet.train.sizing import (
+    adapt_to_data,
+    check_memory,
+    class_count,
+    is_small,
+    memory_note,
+    world_size,
+)
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+    """The loss became NaN or infinite, or rose far above its starting value; the last good checkpoint is
+    left as it was."""
+
+
+# The loss's running mean (an exponential one over about ten steps) may rise to this multiple of the first
+# step's loss, the untrained network's, before the run counts as diverged: training lowers the loss, and a
+# learning rate too high for the data sends it to 8-50 where it started at 2.3.
+DIVERGENCE_RATIO = 3.0
+_RUNNING_MEAN_DECAY = 0.9
+# Evaluating every epoch is cheap for a validation set this small, and gives learning curves, not a dot.
+SMALL_VAL_SET = 5000
 
 
 class TrainingInterrupted(StoppedBySignal):
     """Ctrl-C or SIGTERM: a checkpoint was written first, so ``--resume`` continues from here."""
 
 
+def warmup_steps(config: TrainConfig, total_steps: int, steps_in_epoch: int) -> int:
+    """Steps of linear warm-up: ``warmup_epochs``, but at least ``warmup_min_steps`` and at most
+    ``warmup_max_fraction`` of the run; none when the recipe asks for none (the papers' schedules)."""
+    if config.warmup_epochs <= 0:
+        return 0
+    asked = max(round(config.warmup_epochs * steps_in_epoch), config.warmup_min_steps)
+    return max(1, min(asked, math.floor(config.warmup_max_fraction * total_steps)))
+
+
 def lr_factor(config: TrainConfig, step: int, total_steps: int, steps_in_epoch: int) -> float:
     """The learning-rate multiplier at optimizer step ``step``: linear warm-up, then the schedule."""
-    warmup = round(config.warmup_epochs * steps_in_epoch)
+    warmup = warmup_steps(config, total_steps, steps_in_epoch)
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total_steps - warmup)
@@ -161,6 +190,8 @@ class Trainer:
         self.num_classes = info.num_classes or len(self.class_names)
         self.image_size, self.in_chans = config.image_size or info.image_size, info.channels
         self.normalization = {"mean": info.mean, "std": info.std}
+        if config.dataset == "imagefolder":  # one's own images: their own statistics, not ImageNet's
+            self.normalization = measure_normalization(train_base)
         self.train_set, self.val_set = self._datasets(train_base, val_base, info.image_size)
         self.steps_in_epoch = steps_per_epoch(len(self.train_set), config.batch_size)
         self.total_steps = config.iterations or config.epochs * self.steps_in_epoch
@@ -178,7 +209,9 @@ class Trainer:
 
         # Progress, which a checkpoint restores.
         self.position = _Position()
-        self.accumulators = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # loss sum, correct, seen
+        # Sums over the epoch: the optimized loss, plain cross-entropy (as val_loss), correct, seen.
+        self.accumulators = torch.zeros(4, dtype=torch.float64, device=ctx.device)
+        self.loss_watch = torch.full((2,), math.nan, dtype=torch.float64, device=ctx.device)  # first, mean
         self.metrics = MetricsLog()
         self.resumed_rng: dict | None = None  # a resumed checkpoint's RNG state, put back when run() starts
         if resume:
@@ -216,6 +249,10 @@ class Trainer:
     def _datasets(self, train_base: Dataset, val_base: Dataset, native_size: int) -> tuple[Dataset, Dataset]:
         """The augmented training set and the evaluation set, each cut to its subset size if one is set."""
         config, size = self.config, self.image_size
+        if config.dataset == "imagefolder" and is_small(size):
+            # Small images of one's own: decoded once (a few MB), then trained like CIFAR.
+            train_base, val_base = decode_image_folder(train_base, size), decode_image_folder(val_base, size)
+            native_size = size
         if size == native_size and hasattr(train_base, "data"):
             # Fashion-MNIST and CIFAR at their own size: batched augmentation (see data.small_images).
             train_set = SmallImageDataset(
@@ -315,7 +352,10 @@ class Trainer:
             "total_steps": self.total_steps,  # for the "exists (step N of M)" refusal; resume recomputes it
             "elapsed": self._elapsed(),
             "accumulators": accumulators.cpu(),
+            "loss_watch": self.loss_watch.cpu(),
             "metrics": self.metrics.state_dict(),
+            # The input contract's mean/std: measured on the images for an ImageFolder of one's own.
+            "normalization": {key: list(value) for key, value in self.normalization.items()},
         }
 
     def save(self) -> None:
@@ -349,7 +389,12 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         self.metrics.load_state_dict(state["metrics"])
         if self.ctx.is_main:  # the sum over ranks: counted once, on rank 0
-            self.accumulators = state["accumulators"].to(self.ctx.device)
+            accumulators = state["accumulators"]
+            if len(accumulators) == 3:  # written before the plain cross-entropy was summed: the objective's
+                accumulators = torch.cat([accumulators[:1], accumulators])
+            self.accumulators = accumulators.to(self.ctx.device)
+        if "loss_watch" in state:  # older checkpoints lack it: the divergence check stays off
+            self.loss_watch = state["loss_watch"].to(self.ctx.device)
         self.position = _Position(state["epoch"], state["batch_in_epoch"], state["step"], state["elapsed"])
         self.resumed_rng = state["rng"]
         self._print(
@@ -359,18 +404,39 @@ class Trainer:
 
     # --- the loop ----------------------------------------------------------------------------------------
 
+    def _diverged(self, what: str) -> TrainingDiverged:
+        """The error that stops a diverged run, with the fix in the same line."""
+        kept = (
+            f"the last good checkpoint {self.checkpoint_path} is kept"
+            if self.checkpoint_path.exists()
+            else "no checkpoint was written"
+        )
+        warmup = max(3.0, 2 * self.config.warmup_epochs)
+        return TrainingDiverged(
+            f"training diverged at epoch {self.position.epoch + 1}, step {self.position.step}: {what}; "
+            f"stopped and {kept}; lower the learning rate, e.g. --lr {self.config.lr / 4:.3g}, or lengthen "
+            f"the warm-up, e.g. --set warmup_epochs={warmup:g}"
+        )
+
     def _check_finite(self, loss_value: float, what: str = "loss") -> None:
         if not math.isfinite(loss_value):
-            where = f"epoch {self.position.epoch + 1}, step {self.position.step}"
-            kept = (
-                f"the last good checkpoint {self.checkpoint_path} is kept"
-                if self.checkpoint_path.exists()
-                else "no checkpoint was written"
-            )
-            raise TrainingDiverged(
-                f"{what} became {loss_value} at {where}; stopped and {kept}; "
-                "lower the learning rate (--set lr=...) or add warm-up (--set warmup_epochs=1)"
-            )
+            start = self.loss_watch[0].item()
+            if what == "loss" and math.isfinite(start):
+                what = f"loss became {loss_value} ({start:.3g} at the start)"
+            else:
+                what = f"{what} became {loss_value}"
+            raise self._diverged(what)
+
+    def _check_diverging(self) -> None:
+        """Stop once the loss's running mean is far above the first step's (and on NaN): a learning rate
+        too high for the data, which would otherwise end at chance after wasting the whole run."""
+        # The ranks' running means differ: they agree on the mean, so that every rank stops together.
+        start, running = (all_reduce_sum(self.loss_watch, self.ctx) / self.ctx.world_size).tolist()
+        if math.isnan(start):  # not recorded: a run resumed from an older checkpoint
+            return
+        self._check_finite(running)
+        if running > DIVERGENCE_RATIO * start:
+            raise self._diverged(f"loss {running:.3g} against {start:.3g} at the start")
 
     def _stop_now(self) -> bool:
         requested = self.stop_signal is not None
@@ -403,11 +469,21 @@ class Trainer:
         if self.ema is not None:
             self.ema.update_parameters(self.model)
         with torch.no_grad():
-            correct = (logits.argmax(1) == targets).sum()
+            objective = loss.detach().double()
+            # Without label smoothing or the shift penalty, the train loss is comparable with val_loss.
+            plain = objective
+            if config.label_smoothing or config.shift_lambda:
+                plain = nn.functional.cross_entropy(logits.detach().double(), targets)
             seen = targets.numel()
-            self.accumulators[0] += loss.detach().double() * seen
-            self.accumulators[1] += correct.double()
-            self.accumulators[2] += seen
+            self.accumulators[0] += objective * seen
+            self.accumulators[1] += plain * seen
+            self.accumulators[2] += (logits.argmax(1) == targets).sum().double()
+            self.accumulators[3] += seen
+            # The first step's loss is the untrained network's, whatever the learning rate: the reference.
+            if self.position.step == 0:
+                self.loss_watch.copy_(objective.expand(2))
+            else:
+                self.loss_watch[1].lerp_(objective, 1 - _RUNNING_MEAN_DECAY)
         return loss.detach()
 
     def _run_epoch(self, epoch: int) -> float:
@@ -452,6 +528,7 @@ class Trainer:
             if at_log or at_checkpoint:
                 mean_loss = (window_loss / window_steps).item()
                 self._check_finite(mean_loss)
+                self._check_diverging()
                 rate = images_seen / max(1e-9, time.monotonic() - epoch_start)
                 remaining = (self.total_steps - self.position.step) * config.batch_size / max(rate, 1e-9)
                 bar.set_postfix(
@@ -497,18 +574,27 @@ class Trainer:
             prepare=lambda batch: self._prepare(self.val_set, batch),
         )
 
+    def _eval_every(self) -> int:
+        """Epochs between evaluations: the setting's, or by default every epoch for a small validation set
+        and only the last for a large one."""
+        if self.config.eval_every is not None:
+            return self.config.eval_every
+        return 1 if len(self.val_set) <= SMALL_VAL_SET else self.epochs
+
     def _end_epoch(self, epoch: int, images_per_s: float) -> None:
-        loss_sum, correct, seen = all_reduce_sum(self.accumulators, self.ctx).tolist()
-        self._check_finite(loss_sum)
+        objective_sum, loss_sum, correct, seen = all_reduce_sum(self.accumulators, self.ctx).tolist()
+        self._check_finite(objective_sum)
+        self._check_diverging()
         row: dict[str, Any] = {
             "epoch": epoch + 1,
             "step": self.position.step,
             "lr": self.scheduler.get_last_lr()[0],
-            "train_loss": loss_sum / max(seen, 1),
+            "train_loss": loss_sum / max(seen, 1),  # plain cross-entropy, as val_loss
+            "train_objective": objective_sum / max(seen, 1),  # what was minimized: smoothing, shift penalty
             "train_top1_err": 100 * (1 - correct / max(seen, 1)),
         }
         last = self.position.step >= self.total_steps
-        if (epoch + 1) % self.config.eval_every == 0 or last:
+        if (epoch + 1) % self._eval_every() == 0 or last:
             result = self._evaluate(self.model)
             row.update(val_loss=result.loss, val_top1_err=result.top1_err, val_top5_err=result.top5_err)
             if self.ema is not None:
@@ -601,6 +687,7 @@ class Trainer:
                 dataset=self.config.dataset,
                 image_size=self.image_size,
                 class_names=self.class_names,
+                normalization=self.normalization,
             )
             names = self.class_names or [str(i) for i in range(self.num_classes)]
             plot_confusion_matrix(result.confusion.matrix.cpu(), names, self.run_dir / "confusion_matrix.png")
@@ -659,9 +746,15 @@ def train(
         else contextlib.nullcontext()
     )
     with _sigterm_raises(), guard:
+        config, announcement = adapt_to_data(config)
+        if announcement and is_global_main():
+            tqdm.write(announcement)
         processes = local_process_count(config.cpu_processes, config.device, config.batch_size)
+        # Refused here rather than left to the kernel's out-of-memory killer, which ends a run unannounced.
+        estimate, share = check_memory(config, max(processes, world_size()), class_count(config))
         if processes > 1:
-            return run_local_processes(_train_in_this_process, (config, resume), processes)
+            note = memory_note(estimate, share)
+            return run_local_processes(_train_in_this_process, (config, resume), processes, memory_note=note)
         return _train_in_this_process(config, resume)
 
 

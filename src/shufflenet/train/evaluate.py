@@ -30,6 +30,7 @@ from shufflenet.train.distributed import (
     init_distributed,
 )
 from shufflenet.train.metrics import ConfusionMatrix, plot_confusion_matrix, topk_correct
+from shufflenet.train.sizing import is_small
 
 
 @dataclass
@@ -192,7 +193,17 @@ def evaluate_checkpoint(
                 "evaluate on the dataset the model was trained for"
             )
         size = image_size or dataset_info(dataset).image_size
-        data = AugmentedDataset(base, build_transforms(dataset, "val", image_size=size))
+        # Evaluated as trained: with the mean/std measured on the user's images, and small images of one's
+        # own resized whole, as the small-image pipeline decodes them, not resized and center-cropped.
+        same_data = contract is not None and contract.dataset == dataset
+        transform = build_transforms(
+            dataset,
+            "val",
+            image_size=size,
+            normalization=(contract.mean, contract.std) if same_data else None,
+            resize_only=dataset == "imagefolder" and is_small(size),
+        )
+        data = AugmentedDataset(base, transform)
         loader = build_eval_loader(
             data, batch_size=batch_size, rank=ctx.rank, world_size=ctx.world_size, num_workers=num_workers
         )

@@ -272,7 +272,10 @@ def _series(rows: Iterable[Mapping[str, object]], key: str) -> tuple[list[float]
 
 
 def plot_learning_curves(rows: Sequence[Mapping[str, object]], path: str | Path) -> Path:
-    """A PNG of loss and top-1 error % (train and val) against epoch, from :class:`MetricsLog` rows."""
+    """A PNG of loss and top-1 error % (train and val) against epoch, from :class:`MetricsLog` rows.
+
+    ``train_loss`` and ``val_loss`` are both plain cross-entropy, so they compare; the optimized objective
+    (``train_objective``: label smoothing, shift penalty), where it differs, is drawn dashed beside them."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, 4.2), dpi=100, layout="constrained")
@@ -282,6 +285,13 @@ def plot_learning_curves(rows: Sequence[Mapping[str, object]], path: str | Path)
             xs, ys = _series(rows, f"{split}_{metric}")
             if xs:
                 ax.plot(xs, ys, marker="o", markersize=3, label=split)
+        if metric == "loss":
+            xs, ys = _series(rows, "train_objective")
+            if xs and ys != _series(rows, "train_loss")[1]:
+                ax.plot(xs, ys, linestyle="--", color="gray", label="train objective")
+            if ax.get_legend_handles_labels()[0]:
+                # Early evaluations, before BN's running statistics settle, can sit 100x above the rest.
+                ax.set_yscale("log")
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
