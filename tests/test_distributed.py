@@ -15,6 +15,7 @@ from shufflenet.train.distributed import (
     DistributedContext,
     all_reduce_mean,
     all_reduce_sum,
+    broadcast_buffers,
     cleanup_distributed,
     convert_sync_batchnorm,
     init_distributed,
@@ -322,3 +323,20 @@ def _alive(pid: int) -> bool:
     # A zombie still answers kill(0); it is dead for our purpose.
     status = Path(f"/proc/{pid}/status")
     return status.exists() and "zombie" not in status.read_text()
+
+
+def _buffers_worker() -> list[float]:
+    ctx = init_distributed("cpu")
+    try:
+        bn = nn.BatchNorm2d(2)
+        bn.running_mean.fill_(float(ctx.rank + 1))  # each rank's own statistics, as after its last step
+        broadcast_buffers(bn, ctx)
+        return all_reduce_sum(bn.running_mean.clone(), ctx).tolist()
+    finally:
+        cleanup_distributed(ctx)
+
+
+@pytest.mark.slow
+def test_evaluation_uses_rank_zeros_batchnorm_statistics_on_every_rank():
+    # Rank 0's running mean (1.0) on both ranks sums to 2.0; without the broadcast it would be 1 + 2 = 3.
+    assert run_local_processes(_buffers_worker, (), WORLD_SIZE) == [2.0, 2.0]

@@ -186,3 +186,4 @@ def test_small_images_of_ones_own_are_evaluated_as_they_are_decoded_for_training
     assert torch.allclose(own(image), expected, atol=1e-6)
     imagenet_protocol = build_transforms("imagefolder", "val", image_size=24)  # resize 27, crop 24
     assert not torch.allclose(imagenet_protocol(image), expected, atol=0.1)
+

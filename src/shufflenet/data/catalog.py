@@ -98,7 +98,14 @@ class InputContract:
 
     def describe(self) -> str:
         """One line, e.g. ``input 28x28, 1 channel, Fashion-MNIST normalization from runs/x/model.json``."""
-        title = DATASETS[self.dataset].title if self.dataset in DATASETS else self.dataset
+        info = DATASETS.get(self.dataset)
+        title = info.title if info is not None else self.dataset
+        if info is None or (tuple(self.mean), tuple(self.std)) != (tuple(info.mean), tuple(info.std)):
+            title = f"measured (mean {_rounded(self.mean)}, std {_rounded(self.std)})"
         channels = f"{self.channels} channel{'' if self.channels == 1 else 's'}"
         where = f" from {self.source}" if self.source else ""
         return f"input {self.image_size[0]}x{self.image_size[1]}, {channels}, {title} normalization{where}"
+
+
+def _rounded(values: Sequence[float]) -> str:
+    return "/".join(f"{value:.3f}" for value in values)

@@ -282,6 +282,13 @@ def barrier(ctx: DistributedContext) -> None:
         all_reduce_sum(torch.zeros(1, device=ctx.device), ctx)
 
 
+def broadcast_buffers(model: nn.Module, ctx: DistributedContext) -> None:
+    """Give every rank rank 0's buffers of ``model`` (BN running statistics), in place."""
+    if ctx.enabled:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def all_reduce_mean(value: float | torch.Tensor, ctx: DistributedContext) -> float:
     """The mean of a scalar over ranks. Every rank weighs the same: for averages over unequal sample counts
     reduce (sum, count) with :func:`all_reduce_sum` instead."""

@@ -56,6 +56,7 @@ from shufflenet.train.distributed import (
     StoppedBySignal,
     all_reduce_sum,
     barrier,
+    broadcast_buffers,
     cleanup_distributed,
     init_distributed,
     is_global_main,
@@ -558,6 +559,10 @@ class Trainer:
         return images_seen / max(1e-9, time.monotonic() - epoch_start)
 
     def _evaluate(self, model: nn.Module) -> EvalResult:
+        # DDP hands rank 0's BN statistics to the others at the start of each forward, so after the last
+        # step every other rank holds the statistics of one update before: evaluate them all with rank 0's,
+        # the ones the checkpoint and the exported weights hold.
+        broadcast_buffers(model, self.ctx)
         loader = build_eval_loader(
             self.val_set,
             batch_size=self.config.eval_batch_size or self.config.batch_size,
