@@ -216,3 +216,47 @@ def test_sigterm_reaches_local_processes_which_checkpoint(fashion_dir, tmp_path)
     assert err.startswith("shufflenet train: interrupted by SIGTERM at epoch ") and err.count("\n") == 1
     assert "checkpoint saved" in err and "--resume" in err
     assert load_checkpoint(output / "checkpoint.pt")["step"] >= 2 and not (output / ".lock").exists()
+
+
+# Loaded at start-up by every interpreter with this folder on PYTHONPATH, the spawned training processes
+# included: rank 0 kills the parent at the given step, and the parent-death signal takes the workers along.
+KILL_PARENT_SITECUSTOMIZE = """
+import os, signal
+from shufflenet.train import engine
+original = engine.Trainer._train_step
+
+def step(self, *args):
+    # The launcher sets RANK in a worker after start-up, so it is read here, at the step.
+    if self.position.step == {kill_at} and os.environ.get("RANK") == "0":
+        os.kill(os.getppid(), signal.SIGKILL)
+        signal.pause()
+    return original(self, *args)
+
+engine.Trainer._train_step = step
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_killed_mid_epoch_resume_to_identical_metrics_and_weights(fashion_dir, tmp_path):
+    two = ("cpu_processes=2",)
+    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    cli(*train_args(fashion_dir, reference, *two))
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_PARENT_SITECUSTOMIZE.format(kill_at=10))
+    path = os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])
+    # 6 steps per epoch; checkpoints at steps 4 and 8; everything killed at step 10, mid-epoch 2.
+    killed = cli(*train_args(fashion_dir, interrupted, *two), env_extra={"PYTHONPATH": path}, check=False)
+    assert killed.returncode == -signal.SIGKILL
+    state = load_checkpoint(interrupted / "checkpoint.pt")
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (8, 1, 2)
+    cli(*train_args(fashion_dir, interrupted, *two), "--resume")
+    expected, resumed = (
+        load_file(reference / "model.safetensors"),
+        load_file(interrupted / "model.safetensors"),
+    )
+    assert expected.keys() == resumed.keys()
+    for key in expected:
+        torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=0)
+    # The interrupted epoch's train loss and error too: the checkpoint holds the sums over both ranks.
+    assert metrics_without_timing(interrupted) == metrics_without_timing(reference)
