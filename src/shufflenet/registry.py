@@ -42,6 +42,15 @@ def _unknown_name_error(name: str) -> ValueError:
     return ValueError(f"unknown model {name!r}; {hint}")
 
 
+def model_arguments(name: str) -> dict[str, Any]:
+    """The arguments model ``name``'s builder takes, each with its declared type (``scale: float``, ...)."""
+    if name not in _BUILDERS:
+        raise _unknown_name_error(name)
+    builder = _BUILDERS[name]
+    hints = typing.get_type_hints(builder.func.__init__)
+    return {key: hints.get(key, Any) for key in inspect.signature(builder.func).parameters}
+
+
 def check_model_args(name: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """``overrides`` of model ``name``'s builder arguments, each converted to the type the builder declares
     (``"maybe"`` is no bool, ``1.5`` no int); a ValueError for an unknown model, argument or bad value."""

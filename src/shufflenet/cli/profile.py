@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from shufflenet._table import markdown_table
 from shufflenet.cli._common import Command, add_model_options, fmt
@@ -28,11 +29,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--per-layer", action="store_true", help="one row per layer as well as the totals")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    parser.add_argument(
+        "--target-mflops",
+        type=float,
+        metavar="M",
+        help="first find the width (scale, alpha, width or expansion) that makes the model cost M MFLOPs "
+        "at --input-size under the family's channel rounding (Zhang et al. 2018, Table 4 compares "
+        "structures this way), then profile the model at that width",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.set)
-    model = create_model(args.model, num_classes=args.num_classes, in_chans=args.in_chans, **overrides)
+    shape = {"num_classes": args.num_classes, "in_chans": args.in_chans}
+    if args.target_mflops is not None:
+        from shufflenet.profile.width import solve_width
+
+        solution = solve_width(
+            args.model, args.target_mflops, input_size=tuple(args.input_size), **shape, **overrides
+        )
+        overrides[solution.argument] = solution.value
+        # On stderr for csv/json, so that stdout stays one document.
+        print(solution.describe(), file=sys.stderr if args.format != "table" else sys.stdout)
+    model = create_model(args.model, **shape, **overrides)
     result = profile(model, tuple(args.input_size), name=args.model)
     if args.format == "json":
         print(result.to_json(per_layer=args.per_layer))
