@@ -12,15 +12,13 @@ import sys
 import time
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from conftest import write_fake_fashion_mnist
 from shufflenet.cli import main
 from shufflenet.train import run_dir
 from shufflenet.train.checkpoint import load_checkpoint, save_checkpoint
 from shufflenet.train.run_dir import RunDirectoryError, hold_run_directory
-from test_train import cli, metrics_without_timing, train_args, write_driver
+from test_train import assert_resumed_run_equals, cli, train_args, write_driver
 
 
 @pytest.fixture
@@ -175,14 +173,7 @@ def test_sigterm_checkpoints_and_resume_matches_an_uninterrupted_run(fashion_dir
     assert load_checkpoint(interrupted / "checkpoint.pt")["step"] == 4  # the step in flight, then the save
     assert not (interrupted / ".lock").exists()
     cli(*train_args(fashion_dir, interrupted), "--resume")
-    expected, resumed = (
-        load_file(reference / "model.safetensors"),
-        load_file(interrupted / "model.safetensors"),
-    )
-    assert expected.keys() == resumed.keys()
-    for key in expected:
-        torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=0)
-    assert metrics_without_timing(interrupted) == metrics_without_timing(reference)
+    assert_resumed_run_equals(interrupted, reference)
 
 
 @pytest.mark.slow
@@ -251,12 +242,5 @@ def test_two_processes_killed_mid_epoch_resume_to_identical_metrics_and_weights(
     state = load_checkpoint(interrupted / "checkpoint.pt")
     assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (8, 1, 2)
     cli(*train_args(fashion_dir, interrupted, *two), "--resume")
-    expected, resumed = (
-        load_file(reference / "model.safetensors"),
-        load_file(interrupted / "model.safetensors"),
-    )
-    assert expected.keys() == resumed.keys()
-    for key in expected:
-        torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=0)
     # The interrupted epoch's train loss and error too: the checkpoint holds the sums over both ranks.
-    assert metrics_without_timing(interrupted) == metrics_without_timing(reference)
+    assert_resumed_run_equals(interrupted, reference)

@@ -12,24 +12,9 @@ from conftest import write_fake_fashion_mnist
 from shufflenet.cli import train as train_cli
 from shufflenet.train import engine
 from shufflenet.train.checkpoint import load_checkpoint
-from shufflenet.train.config import TrainConfig, list_recipes, load_config, parse_overrides
+from shufflenet.train.config import TrainConfig, list_recipes, load_config
 from shufflenet.train.engine import TrainingDiverged, lr_factor, train, warmup_steps
-
-TINY = [
-    "model=shufflenet_v2_x0_5",
-    "model_args.small_input=true",
-    "batch_size=16",
-    "epochs=2",
-    "lr=0.05",
-    "lr_base_batch=16",
-    "warmup_epochs=0",
-    "log_every=1",
-    "progress=false",
-    "download=false",
-    "deterministic=true",
-    "cpu_processes=1",
-    "augment=crop-flip",
-]
+from test_train import tiny_config as train_tiny_config
 
 
 @pytest.fixture
@@ -40,9 +25,8 @@ def fashion_dir(tmp_path):
 
 
 def tiny_config(fashion_dir, output, *extra):
-    return load_config(
-        "fashion-mnist-quick", parse_overrides([*TINY, f"data_dir={fashion_dir}", f"output={output}", *extra])
-    )
+    # test_train's tiny run with the evaluation schedule left to its default (every epoch on a small set).
+    return train_tiny_config(fashion_dir, output, "lr_base_batch=16", "eval_every=null", *extra)
 
 
 def test_warmup_has_a_floor_in_steps():

@@ -66,6 +66,18 @@ def metrics_without_timing(run_dir: Path):
     return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in rows]
 
 
+def assert_resumed_run_equals(resumed_run: Path, reference_run: Path) -> None:
+    """The resumed run ends with the uninterrupted run's weights, bit for bit, and its metrics."""
+    expected, resumed = (
+        load_file(reference_run / "model.safetensors"),
+        load_file(resumed_run / "model.safetensors"),
+    )
+    assert expected.keys() == resumed.keys()
+    for key in expected:
+        torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=0)
+    assert metrics_without_timing(resumed_run) == metrics_without_timing(reference_run)
+
+
 def test_recipes_load_and_match_the_papers():
     assert {"fashion-mnist-quick", "fashion-mnist-full", "imagenet-shufflenet-v1", "cifar"} <= set(
         list_recipes()
@@ -180,14 +192,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(fashion_dir, tm
     state = load_checkpoint(interrupted / "checkpoint.pt")
     assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (8, 1, 2)
     cli(*train_args(fashion_dir, interrupted), "--resume")
-    expected, resumed = (
-        load_file(reference / "model.safetensors"),
-        load_file(interrupted / "model.safetensors"),
-    )
-    assert expected.keys() == resumed.keys()
-    for key in expected:
-        torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=0)
-    assert metrics_without_timing(interrupted) == metrics_without_timing(reference)
+    assert_resumed_run_equals(interrupted, reference)
 
 
 @pytest.mark.slow
