@@ -187,3 +187,21 @@ def test_small_images_of_ones_own_are_evaluated_as_they_are_decoded_for_training
     imagenet_protocol = build_transforms("imagefolder", "val", image_size=24)  # resize 27, crop 24
     assert not torch.allclose(imagenet_protocol(image), expected, atol=0.1)
 
+
+
+def test_export_calibrates_an_own_image_model_on_the_images_as_it_was_trained(tmp_path):
+    from torchvision.transforms import v2
+
+    from shufflenet.data import InputContract, build_dataset, build_transforms
+    from shufflenet.data.transforms import trained_transforms
+    from shufflenet.deploy.calibration import export_data
+
+    folder = write_folder(tmp_path / "own", [(24, 24)] * 3)
+    contract = InputContract("imagefolder", (24, 24), 3, (0.2, 0.3, 0.4), (0.5, 0.6, 0.7))
+    data = export_data("imagefolder", 3, data_dir=str(folder), input_size=(24, 24), calib_samples=3,
+                       contract=contract)  # fmt: skip
+    first_val_image = build_dataset("imagefolder", "val", folder, transform=v2.Identity())[0][0]
+    as_trained = trained_transforms("imagefolder", 24, contract)(first_val_image)
+    assert data.input_size == (24, 24) and torch.equal(data.real_inputs[0], as_trained)
+    imagenet_protocol = build_transforms("imagefolder", "val", image_size=24)(first_val_image)
+    assert not torch.allclose(data.real_inputs[0], imagenet_protocol, atol=0.1)

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             input_size=input_size,
             calib_samples=args.calib_samples,
             accuracy_samples=args.accuracy_samples,
-            trained_on=contract is not None and contract.dataset == args.calib,
+            contract=contract,
         )
         input_size = data.input_size
     elif args.int8:

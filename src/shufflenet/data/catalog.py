@@ -21,6 +21,16 @@ class DatasetInfo:
     title: str = ""  # how people write its name (its normalization's, for imagefolder)
 
 
+# Below this many pixels a side, images train as the small-image datasets do: decoded once into memory,
+# batched pad-and-crop + flip, and a stride-1 stem (at 32 px the standard stem leaves 1x1 maps).
+SMALL_IMAGES = 64
+
+
+def is_small(size: int) -> bool:
+    """Whether images of ``size`` px train on the small-image path."""
+    return size < SMALL_IMAGES
+
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

@@ -9,7 +9,7 @@ import torch
 from torchvision.transforms import v2
 
 from shufflenet._validation import require_positive
-from shufflenet.data.catalog import dataset_info
+from shufflenet.data.catalog import InputContract, dataset_info, is_small
 
 
 def build_transforms(
@@ -63,3 +63,18 @@ def build_transforms(
     mean, std = normalization or (info.mean, info.std)
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     return v2.Compose(steps)
+
+
+def trained_transforms(dataset: str, image_size: int, contract: InputContract | None) -> v2.Transform:
+    """The eval transform that shows a model ``dataset``'s images as it saw them in training: normalized
+    with the mean/std its ``contract`` records when it was trained on ``dataset`` (measured on one's own
+    images), and small images of one's own resized whole, as the small-image pipeline decodes them, rather
+    than resized and center-cropped."""
+    trained_on_it = contract is not None and contract.dataset == dataset
+    return build_transforms(
+        dataset,
+        "val",
+        image_size=image_size,
+        normalization=(contract.mean, contract.std) if trained_on_it else None,
+        resize_only=dataset == "imagefolder" and is_small(image_size),
+    )

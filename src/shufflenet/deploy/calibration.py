@@ -9,7 +9,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from shufflenet.data import build_dataset, build_transforms, dataset_info
+from shufflenet.data import build_dataset, dataset_info
+from shufflenet.data.catalog import InputContract
+from shufflenet.data.transforms import trained_transforms
 
 VERIFY_IMAGES = 8
 
@@ -33,21 +35,22 @@ def export_data(
     input_size: tuple[int, int] | None = None,
     calib_samples: int = 256,
     accuracy_samples: int = 0,
-    trained_on: bool = False,
+    contract: InputContract | None = None,
 ) -> ExportData:
     """Real images of ``dataset`` for exporting a model that takes ``in_chans`` channels: calibration from
     the train split, evenly spaced so every class is seen; verification inputs and accuracy from val. All
     go through the val transforms: calibration wants the images the model will see, not augmented ones.
 
-    ``input_size`` defaults to the dataset's own. Set ``trained_on`` when the model's input contract says it
-    was trained on ``dataset`` at ``input_size``: images are then resized to it, as in training. Otherwise a
-    model that cannot take the dataset's images raises ValueError (a model trained elsewhere), because
-    verifying it on resized images would hide that."""
+    ``input_size`` defaults to the dataset's own. A model whose input ``contract`` says it was trained on
+    ``dataset`` at ``input_size`` gets the images as in training (resized to it, its recorded mean/std).
+    Otherwise a model that cannot take the dataset's images raises ValueError (a model trained elsewhere),
+    because verifying it on resized images would hide that."""
     info = dataset_info(dataset)
     size = (info.image_size, info.image_size)
-    if trained_on and input_size is not None and input_size[0] == input_size[1]:
+    trained_on_it = contract is not None and contract.dataset == dataset
+    if trained_on_it and input_size is not None and input_size[0] == input_size[1]:
         size = (input_size[0], input_size[1])
-    transform = build_transforms(dataset, "val", image_size=size[0])
+    transform = trained_transforms(dataset, size[0], contract)
     train_set = build_dataset(dataset, "train", data_dir, transform=transform)
     accuracy_data: Dataset = build_dataset(dataset, "val", data_dir, transform=transform)
     if accuracy_samples:

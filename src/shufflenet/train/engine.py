@@ -39,6 +39,7 @@ from shufflenet.data import (
     measure_normalization,
     steps_per_epoch,
 )
+from shufflenet.data.catalog import is_small
 from shufflenet.ops import shift_parameters, shift_penalty, shift_sparsity, sparsity_table, total_sparsity
 from shufflenet.profile import profile
 from shufflenet.registry import create_model
@@ -77,7 +78,6 @@ from shufflenet.train.sizing import (
     adapt_to_data,
     check_memory,
     class_count,
-    is_small,
     memory_note,
     world_size,
 )

@@ -18,9 +18,9 @@ from shufflenet.data import (
     InputContract,
     build_dataset,
     build_eval_loader,
-    build_transforms,
     dataset_info,
 )
+from shufflenet.data.transforms import trained_transforms
 from shufflenet.registry import create_model
 from shufflenet.train.checkpoint import load_checkpoint, load_exported, load_input_contract
 from shufflenet.train.distributed import (
@@ -30,7 +30,6 @@ from shufflenet.train.distributed import (
     init_distributed,
 )
 from shufflenet.train.metrics import ConfusionMatrix, plot_confusion_matrix, topk_correct
-from shufflenet.train.sizing import is_small
 
 
 @dataclass
@@ -193,17 +192,7 @@ def evaluate_checkpoint(
                 "evaluate on the dataset the model was trained for"
             )
         size = image_size or dataset_info(dataset).image_size
-        # Evaluated as trained: with the mean/std measured on the user's images, and small images of one's
-        # own resized whole, as the small-image pipeline decodes them, not resized and center-cropped.
-        same_data = contract is not None and contract.dataset == dataset
-        transform = build_transforms(
-            dataset,
-            "val",
-            image_size=size,
-            normalization=(contract.mean, contract.std) if same_data else None,
-            resize_only=dataset == "imagefolder" and is_small(size),
-        )
-        data = AugmentedDataset(base, transform)
+        data = AugmentedDataset(base, trained_transforms(dataset, size, contract))
         loader = build_eval_loader(
             data, batch_size=batch_size, rank=ctx.rank, world_size=ctx.world_size, num_workers=num_workers
         )

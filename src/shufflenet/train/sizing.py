@@ -17,19 +17,12 @@ from pathlib import Path
 import torch
 
 from shufflenet.data import dataset_info
+from shufflenet.data.catalog import SMALL_IMAGES, is_small
 from shufflenet.data.datasets import ImageSurvey, open_dataset, survey_images
 from shufflenet.registry import check_model_args, create_model
 from shufflenet.train.config import TrainConfig
 
-# Below this many pixels a side, images train as the small-image datasets do: decoded once into memory,
-# batched pad-and-crop + flip, and a stride-1 stem (at 32 px the standard stem leaves 1x1 maps).
-SMALL_IMAGES = 64
 GB = 1e9
-
-
-def is_small(size: int) -> bool:
-    """Whether images of ``size`` px train on the small-image path."""
-    return size < SMALL_IMAGES
 
 
 def training_size(survey: ImageSurvey) -> int:
