@@ -47,7 +47,7 @@ CASES = [
     ("shufflenet_v1_g3_x0_5", {}),
     ("shufflenet_v1_g8_x0_25", {}),
     ("shufflenet_v1_g3_x0_5", {"shuffle": False}),
-    ("shufflenet_v1_g3_x0_5_shallow", {"se": True}),
+    ("shufflenet_v1_g3_x0_75_shallow", {"se": True}),
     ("mobilenet_v2_x1_0", {}),
     ("mobilenet_v1_x0_25", {}),
 ]

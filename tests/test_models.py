@@ -7,6 +7,7 @@ import torchvision
 from conftest import randomize_batchnorm
 from shufflenet import create_model, load_torchvision_weights, profile
 from shufflenet.models import ShuffleNetV1, ShuffleNetV2
+from shufflenet.models.shufflenet_v1 import stage_widths
 from shufflenet.ops import ChannelShuffle
 
 # Reference complexity: conv + FC multiply-adds (M) at 224x224 with 1000 classes, counted from the papers'
@@ -80,6 +81,73 @@ def test_v1_released_stems():
     assert ShuffleNetV1(groups=3, scale=0.5).conv1[0].out_channels == 12
     assert ShuffleNetV1(groups=8, scale=0.5).conv1[0].out_channels == 16
     assert ShuffleNetV1(groups=3, scale=2.0).conv1[0].out_channels == 48
+
+
+# Zhang et al. 2018, Table 2's 13 MFLOPs level (0.25x): stem, conv + FC and conv-only MFLOPs per g.
+QUARTER_WIDTH = {1: (12, 13.16, 13.02), 2: (12, 13.47, 13.27), 3: (12, 13.30, 13.06), 4: (12, 13.48, 13.21)}
+QUARTER_WIDTH[8] = (8, 12.43, 12.04)  # a stem of 16, the multiple of 8 above 12, would count 15.7
+
+
+@pytest.mark.parametrize("groups", sorted(QUARTER_WIDTH))
+def test_v1_quarter_width_takes_the_half_width_stem(groups):
+    stem, mflops, conv_only = QUARTER_WIDTH[groups]
+    model = ShuffleNetV1(groups=groups, scale=0.25)
+    assert model.conv1[0].out_channels == stem
+    result = profile(model)
+    assert result.mflops == pytest.approx(mflops, abs=0.005)
+    assert sum(layer.mflops for layer in result.layers if layer.kind == "Conv2d") == pytest.approx(
+        conv_only, abs=0.005
+    )
+
+
+def test_v1_tiny_scales_still_build():
+    # Below about 0.1x the stem would reach the first stage's width, and the first unit concatenates it.
+    assert stage_widths(3, 0.05) == (6, (12, 24, 48))
+    assert stage_widths(1, 0.05) == (4, (8, 16, 28))
+    ShuffleNetV1(groups=1, scale=0.05).eval()(torch.randn(1, 3, 32, 32))
+
+
+def test_v1_state_dict_keys_are_the_skeletons():
+    """The skeleton that ShuffleNet V1 shares with its Table 4 peers keeps every key of the V1 net."""
+    keys = list(ShuffleNetV1(groups=3).state_dict())
+    assert keys[:6] == [
+        "conv1.0.weight",
+        "conv1.1.weight",
+        "conv1.1.bias",
+        "conv1.1.running_mean",
+        "conv1.1.running_var",
+        "conv1.1.num_batches_tracked",
+    ]
+    assert keys[6:9] == ["stage2.0.pointwise1.weight", "stage2.0.bn1.weight", "stage2.0.bn1.bias"]
+    assert keys[-2:] == ["fc.weight", "fc.bias"]
+    assert [key.split(".")[0] for key in dict.fromkeys(key.split(".")[0] for key in keys)] == [
+        "conv1",
+        "stage2",
+        "stage3",
+        "stage4",
+        "fc",
+    ]
+    assert len(keys) == 6 + 16 * 18 + 2  # stem conv + BN; 16 units of 3 convs + 3 BNs; fc
+    bn_fields = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    unit_keys = {key.removeprefix("stage3.1.") for key in keys if key.startswith("stage3.1.")}
+    assert unit_keys == {"pointwise1.weight", "depthwise.weight", "pointwise2.weight"} | {
+        f"{bn}.{field}" for bn in ("bn1", "bn2", "bn3") for field in bn_fields
+    }
+
+
+def test_v1_shallow_readings_of_table_5():
+    literal, at_budget = (
+        create_model("shufflenet_v1_g3_x0_5_shallow"),
+        create_model("shufflenet_v1_g3_x0_75_shallow"),
+    )
+    for model, scale in ((literal, 0.5), (at_budget, 0.75)):
+        assert model.scale == scale and [len(s) for s in (model.stage2, model.stage3, model.stage4)] == [
+            2,
+            4,
+            2,
+        ]
+    assert profile(literal).mflops == pytest.approx(21.58, abs=0.01)
+    assert profile(at_budget).mflops == pytest.approx(41.63, abs=0.01)
 
 
 def test_v1_first_pointwise_of_stage2_is_ungrouped():
@@ -249,5 +317,5 @@ def test_indivisible_groups_raise_with_alternatives():
         ShuffleNetV1(groups=5)
     with pytest.raises(ValueError, match="scale must be positive"):
         ShuffleNetV1(scale=0)
-    with pytest.raises(ValueError, match=r"scale must be one of \[0.5, 1.0, 1.5, 2.0\]"):
-        ShuffleNetV2(scale=0.75)
+    with pytest.raises(ValueError, match="scale must be positive"):
+        ShuffleNetV2(scale=0)

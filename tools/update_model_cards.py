@@ -37,7 +37,7 @@ FAMILIES = {
     fenet: "FE-Net",
 }
 DEFAULT_INPUT_SIZE, DEFAULT_NUM_CLASSES = 224, 1000
-PAPER_FIELDS = ("paper_mflops", "paper_params_m", "paper_top1_err", "source", "note")
+PAPER_FIELDS = ("paper_mflops", "paper_params_m", "paper_top1_err", "paper_counts", "source", "note")
 
 
 def family_of(name: str) -> tuple[str, ModuleType]:

@@ -93,10 +93,18 @@ def create_model(
     return model
 
 
+PAPER_COUNTS = ("conv", "conv+fc")
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """A registered model's figures: ours (params and MFLOPs, counted at ``input_size`` squared with
-    ``num_classes`` classes: 224 and 1000 except for CIFAR-native models) beside the paper's."""
+    ``num_classes`` classes: 224 and 1000 except for CIFAR-native models) beside the paper's.
+
+    ``mflops`` counts conv and FC multiply-adds. ``paper_counts`` says which layers ``paper_mflops``
+    counts: ``"conv+fc"`` (the default, as ours) or ``"conv"`` (Zhang et al. 2018, Tables 1 and 2 leave out
+    the FC, while its Table 5 includes it); :meth:`mflops_as_paper_counts` is ours counted the same way.
+    """
 
     name: str
     family: str
@@ -105,10 +113,26 @@ class ModelCard:
     input_size: int = 224
     num_classes: int = 1000
     paper_mflops: float | None = None
+    paper_counts: str = "conv+fc"
     paper_params_m: float | None = None
     paper_top1_err: float | None = None
     source: str | None = None
     note: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.paper_counts not in PAPER_COUNTS:
+            raise ValueError(
+                f"model card {self.name}: paper_counts must be one of {', '.join(PAPER_COUNTS)}, "
+                f"got {self.paper_counts!r}"
+            )
+
+    def mflops_as_paper_counts(self) -> float:
+        """Our MFLOPs counted as the paper's row counts them: ``mflops`` less the FC layer's
+        multiply-adds (features x classes) where ``paper_counts`` is ``"conv"``."""
+        if self.paper_counts == "conv+fc":
+            return self.mflops
+        features = create_model(self.name, num_classes=0).num_features
+        return self.mflops - features * self.num_classes / 1e6
 
 
 def model_cards() -> dict[str, ModelCard]:

@@ -6,12 +6,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from shufflenet.blocks.common import ConvBNAct
+from shufflenet.blocks.common import ConvBNAct, SqueezeExcite
 from shufflenet.ops import GroupedShift, SparseShift
 
 SHIFT_KINDS = ("ssl", "grouped", "none")
 SPATIAL_OPS = ("ssl", "dw")
 POOL_POSITIONS = ("after", "before")
+# What a unit's expansion t multiplies: its input width (Chen et al. 2019, Table 2; MobileNet V2) or its
+# output width (the ShiftNet and FE-Net releases).
+EXPANSION_BASES = ("in", "out")
+# Squeeze-and-excitation on the expanded channels squeezes them to a quarter (Howard et al. 2019,
+# MobileNet V3, section 5.3), the placement FE-Net's SE variant follows (see InvertedBottleneck).
+SE_REDUCTION = 4
 
 
 def make_shift(kind: str, channels: int, ssl_init: str = "grouped") -> nn.Module:
@@ -33,8 +39,11 @@ def _require_stride(stride: int) -> None:
 
 class CSCUnit(nn.Module):
     """ShiftResNet's conv-shift-conv residual unit (Wu et al., 2018; Chen et al. 2019, section 4.1): 1x1
-    expand to ``expansion * out_channels`` -> BN -> ReLU -> shift -> 1x1 reduce (stride) -> BN, plus the
-    shortcut (identity, or 1x1 conv with the stride + BN where the shape changes), then ReLU.
+    expand to ``hidden`` channels -> BN -> ReLU -> shift -> 1x1 reduce (stride) -> BN, plus the shortcut
+    (identity, or 1x1 conv with the stride + BN where the shape changes), then ReLU.
+
+    ``hidden`` is ``expansion`` times the unit's ``"out"`` width (default, the ShiftNet release) or its
+    ``"in"`` width (Chen et al. 2019, Table 2); the two differ only in a stage's first unit.
 
     The stride sits on the second 1x1 conv, after the shift, as in the ShiftResNet release: a strided first
     1x1 would drop three quarters of the positions before the shift could move any of them.
@@ -52,10 +61,11 @@ class CSCUnit(nn.Module):
         expansion: int = 6,
         shift: str = "ssl",
         ssl_init: str = "grouped",
+        expand_from: str = "out",
     ) -> None:
         super().__init__()
         _require_stride(stride)
-        hidden = expansion * out_channels
+        hidden = expansion * _expansion_base(in_channels, out_channels, expand_from)
         self.expand = ConvBNAct(in_channels, hidden)
         self.shift = make_shift(shift, hidden, ssl_init)
         self.reduce = ConvBNAct(hidden, out_channels, stride=stride, activation=None)
@@ -79,9 +89,13 @@ class InvertedBottleneck(nn.Module):
     (Fig. 4b; no ReLU after the add). The expansion is relative to the output width, as in the authors'
     release; ``expand_from="in"`` takes it relative to the input (the two differ only where the width
     changes).
+
+    ``se=True`` adds squeeze-and-excitation on the expanded channels after the spatial op, before the
+    projection, squeezing them to a quarter, as MobileNet V3 (Howard et al. 2019, section 5.3) places it
+    in the same unit; Chen et al. 2019, Fig. 7 reports FE-Net with SE without saying where it sits.
     """
 
-    shift_path = ("expand", "spatial", "project")  # as CSCUnit.shift_path
+    shift_path: tuple[str, str, str] | None = ("expand", "spatial", "project")  # as CSCUnit.shift_path
 
     def __init__(
         self,
@@ -93,6 +107,7 @@ class InvertedBottleneck(nn.Module):
         residual: bool = False,
         expand_from: str = "out",
         ssl_init: str = "grouped",
+        se: bool = False,
     ) -> None:
         super().__init__()
         if residual and in_channels != out_channels:
@@ -105,11 +120,16 @@ class InvertedBottleneck(nn.Module):
             self.spatial = ConvBNAct(mid, mid, kernel_size=3, groups=mid, activation=None)
         else:
             raise ValueError(f"spatial must be one of {', '.join(SPATIAL_OPS)}, got {spatial!r}")
+        self.se = SqueezeExcite(mid, reduction=SE_REDUCTION) if se else nn.Identity()
+        if se:
+            # The shift's deploy form regroups the expanded channels inside the 1x1 convs around it, which
+            # the per-channel SE between them would not follow: such units keep their SSL as it is.
+            self.shift_path = None
         self.project = ConvBNAct(mid, out_channels, activation=None)
         self.residual = residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.project(self.spatial(self.expand(x)))
+        out = self.project(self.se(self.spatial(self.expand(x))))
         return x + out if self.residual else out
 
 
@@ -153,7 +173,10 @@ def _expansion_base(in_channels: int, out_channels: int, expand_from: str) -> in
         return out_channels
     if expand_from == "in":
         return in_channels
-    raise ValueError(f"expand_from must be 'out' or 'in', got {expand_from!r}")
+    raise ValueError(
+        f"expand_from must be 'in' (the expansion times the unit's input width) or 'out' (times its "
+        f"output width), got {expand_from!r}"
+    )
 
 
 def transition_unit(
@@ -166,9 +189,11 @@ def transition_unit(
     pool: str = "after",
     expand_from: str = "out",
     ssl_init: str = "grouped",
+    se: bool = False,
 ) -> nn.Module:
     """FE-Net's unit that may change the width: IB-Pool for ``stride=2`` (Fig. 4c), else IB-SSL (Fig. 4a;
-    IB-DW with ``spatial="dw"``). The last unit of every FE-Block and the two units after the stem."""
+    IB-DW with ``spatial="dw"``). The last unit of every FE-Block and the two units after the stem.
+    ``se`` applies to IB-SSL only: IB-Pool has no spatial op for SE to follow."""
     _require_stride(stride)
     if stride == 2:
         return PoolBottleneck(
@@ -181,6 +206,7 @@ def transition_unit(
         spatial=spatial,
         expand_from=expand_from,
         ssl_init=ssl_init,
+        se=se,
     )
 
 
@@ -209,7 +235,8 @@ class FEBlock(nn.Module):
     last ``G``; the part before it is concatenated in front (``[untouched, transformed]``) and unit 2
     transforms those ``2G``; after ``n - 1`` residual units every channel has been mixed in, and unit
     ``n`` maps all ``C`` to ``out_channels``: IB-Pool for ``stride=2``, IB-SSL for ``stride=1``. So each
-    unit computes on only the maps not yet refined, while the rest flow on unchanged.
+    unit computes on only the maps not yet refined, while the rest flow on unchanged. ``se`` adds
+    squeeze-and-excitation to its IB-SSL units (:class:`InvertedBottleneck`).
     """
 
     def __init__(
@@ -224,6 +251,7 @@ class FEBlock(nn.Module):
         pool: str = "after",
         expand_from: str = "out",
         ssl_init: str = "grouped",
+        se: bool = False,
     ) -> None:
         super().__init__()
         _require_stride(stride)
@@ -237,6 +265,7 @@ class FEBlock(nn.Module):
                 spatial=spatial,
                 residual=True,
                 ssl_init=ssl_init,
+                se=se,
             )
             for k in range(units - 1)
         ]
@@ -250,6 +279,7 @@ class FEBlock(nn.Module):
                 pool=pool,
                 expand_from=expand_from,
                 ssl_init=ssl_init,
+                se=se,
             )
         )
         self.units = nn.ModuleList(layers)

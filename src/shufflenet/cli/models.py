@@ -7,7 +7,7 @@ import json
 
 from shufflenet._table import markdown_table
 from shufflenet.cli._common import CliError, Command, fmt
-from shufflenet.registry import list_models, model_cards
+from shufflenet.registry import ModelCard, list_models, model_cards
 
 HELP = "list the model zoo with params and MFLOPs"
 DESCRIPTION = (
@@ -15,8 +15,39 @@ DESCRIPTION = (
     "cards); --compare puts the papers' figures beside ours."
 )
 
-COMPARE_HEADERS = ["model", "params (M)", "paper params (M)", "MFLOPs", "paper MFLOPs", "MFLOPs diff %"]
-COMPARE_HEADERS += ["paper top-1 err %", "source"]
+COMPARE_HEADERS = ["model", "params (M)", "paper params (M)", "MFLOPs", "paper MFLOPs", "paper counts"]
+COMPARE_HEADERS += ["ours so counted", "MFLOPs diff %", "paper top-1 err %", "source"]
+COUNTS_LABEL = {"conv": "conv", "conv+fc": "conv+FC"}
+FOOTNOTE = (
+    "\nMFLOPs: multiply-adds of conv and FC layers at 224x224, 1000 classes "
+    "(CIFAR-native ShiftResNets: 32x32, 10 classes)."
+)
+COMPARE_FOOTNOTE = (
+    "\npaper counts: the layers the paper's MFLOPs count (Zhang et al. 2018: Tables 1-2 conv only, "
+    "Table 5 conv+FC;\nTable 4's levels are met here with conv+FC); 'ours so counted' and the diff "
+    "count the same layers."
+)
+
+
+def compare_row(card: ModelCard) -> list[str]:
+    """One --compare row: ours beside the paper's figures, the MFLOPs compared in the paper's convention."""
+    ours = paper_counts = diff = ""
+    if card.paper_mflops:
+        counted = card.mflops_as_paper_counts()
+        ours, paper_counts = fmt(counted), COUNTS_LABEL[card.paper_counts]
+        diff = fmt(100 * (counted - card.paper_mflops) / card.paper_mflops)
+    return [
+        card.name,
+        fmt(card.params / 1e6, 3),
+        "" if card.paper_params_m is None else f"{card.paper_params_m:g}",  # as typed: 0.55, 1.4
+        fmt(card.mflops),
+        "" if card.paper_mflops is None else f"{card.paper_mflops:g}",
+        paper_counts,
+        ours,
+        diff,
+        fmt(card.paper_top1_err),
+        card.source or "",
+    ]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,19 +67,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.compare:
         headers = COMPARE_HEADERS
-        rows = [
-            [
-                c.name,
-                fmt(c.params / 1e6, 3),
-                fmt(c.paper_params_m),
-                fmt(c.mflops),
-                fmt(c.paper_mflops, 0),
-                fmt(100 * (c.mflops - c.paper_mflops) / c.paper_mflops) if c.paper_mflops else "",
-                fmt(c.paper_top1_err),
-                c.source or "",
-            ]
-            for c in selected
-        ]
+        rows = [compare_row(card) for card in selected]
     else:
         headers = ["model", "family", "params (M)", "MFLOPs"]
         rows = [[c.name, c.family, fmt(c.params / 1e6, 3), fmt(c.mflops)] for c in selected]
@@ -58,10 +77,7 @@ def run(args: argparse.Namespace) -> int:
             print(",".join(f'"{v}"' if "," in str(v) else str(v) for v in row))
     else:
         print(markdown_table(headers, rows))
-        print(
-            "\nMFLOPs: multiply-adds of conv and FC layers at 224x224, 1000 classes "
-            "(CIFAR-native ShiftResNets: 32x32, 10 classes)."
-        )
+        print(FOOTNOTE + (COMPARE_FOOTNOTE if args.compare else ""))
     return 0
 
 

@@ -42,6 +42,26 @@ def feature_taps(pieces: Sequence[TrunkPiece]) -> list[FeatureInfo]:
     return taps
 
 
+# ``small_input=True`` takes out the first two 2x down-samplings of every family: a 28-32 px image then
+# reaches the stages at the resolution a 112-128 px image reaches them in the standard network (stride 8, not
+# 32). ShuffleNet drops its stem stride and max-pool, MobileNet its stem stride and first strided layer: the
+# same two steps, so the families' costs at 28 px keep their ratios at 224 px, which comparisons "at equal
+# complexity" (Zhang et al. 2018, Table 5; Ma et al. 2018, Table 8) rest on.
+SMALL_INPUT_DROPPED_STRIDES = 2
+
+
+def small_input_strides(strides: Sequence[int], small_input: bool) -> list[int]:
+    """The network's strides in order; with ``small_input`` its first two stride-2 steps become 1."""
+    to_drop = SMALL_INPUT_DROPPED_STRIDES if small_input else 0
+    result = []
+    for stride in strides:
+        if stride > 1 and to_drop:
+            to_drop -= 1
+            stride = 1
+        result.append(stride)
+    return result
+
+
 def init_weights(model: nn.Module) -> None:
     """He-normal (fan out) convolutions, unit BN, small-normal classifier: the MobileNet V2 reference
     initialisation, used for every family so results compare on equal footing."""

@@ -30,6 +30,12 @@ only. Each row is ``FENet(pool=..., expand_from=..., head_channels=...)``. No
 reading reaches the 3.7 M of 1.0x (between 3.535 M and 3.929 M), so that card keeps the figure in its
 note. FE-Net (DW) at the default reading: 318.2 M / 3.583 M (1.0x), 588.6 M / 6.023 M (1.375x); Table 6
 gives no complexity for it.
+
+FE-Net with squeeze-and-excitation (Chen et al. 2019, Fig. 7: 566 MFLOPs, 23.5% top-1 error at 1.375x):
+the paper does not say where SE sits. Ours puts it in every IB-SSL unit on the expanded channels, after
+the SSL, squeezed to a quarter (MobileNet V3's placement): 567.0 M multiply-adds at 1.375x (+0.2%), the
+nearest of the placements tried (on the expanded channels squeezed to 1/16: 564.1 M; on the unit's output:
+563.2 M; also in IB-Pool after its pool: 567.7 M). SE's 1x1 convs add 3.92 M params (9.88 M in all).
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from torch import nn
 from shufflenet._validation import require_positive
 from shufflenet.blocks import ConvBNAct, FEBlock, make_divisible
 from shufflenet.blocks.shift import POOL_POSITIONS, SPATIAL_OPS, transition_unit
-from shufflenet.models._base import ClassifierNet, TrunkPiece
+from shufflenet.models._base import ClassifierNet, TrunkPiece, small_input_strides
 
 # Chen et al. 2019, Table 4 at 1.0x: a 3x3 stride-2 conv with 16 filters (+ BN, no ReLU), then units as
 # (kind, expansion t, units n, output channels c, stride s), then a 1x1 conv to 1380 + BN + ReLU, GAP,
@@ -59,6 +65,7 @@ UNITS = (
 HEAD_CHANNELS = 1380
 RELEASED_HEAD_CHANNELS = 1932  # the authors' release at 1.0x: 1380 * 1.4
 WIDTH_TAGS = {1.0: "x1_0", 1.375: "x1_375"}  # Table 5
+SE_WIDTH = 1.375  # Chen et al. 2019, Fig. 7: FE-Net with SE at 566 MFLOPs
 DROPOUT = 0.2
 # Every FE-Block's input splits into 4 or 8 equal parts, so the base width is kept even.
 WIDTH_ROUND_TO = 2
@@ -75,7 +82,9 @@ class FENet(ClassifierNet):
     units relative to their ``"in"`` (default) or ``"out"`` (released) width. The defaults are the
     reading of Table 4 that matches the paper's complexity (module docstring). ``ssl_init``: the SSLs'
     starting displacements, ``"grouped"`` (the 3x3 window over channel groups) or ``"zero"``.
-    ``small_input=True`` makes the stem stride 1 (total stride 16, for 28-32 px images).
+    ``se=True`` adds squeeze-and-excitation to every IB-SSL unit (Fig. 7; placement in the module
+    docstring). ``small_input=True`` makes the stem and the first strided unit stride 1 (total stride 8), for
+    28-32 px images.
     """
 
     classifier_name = "classifier"
@@ -89,6 +98,7 @@ class FENet(ClassifierNet):
         pool: str = "after",
         expand_from: str = "in",
         ssl_init: str = "grouped",
+        se: bool = False,
         num_classes: int = 1000,
         in_chans: int = 3,
         small_input: bool = False,
@@ -104,16 +114,22 @@ class FENet(ClassifierNet):
             # Scaled above 1x only, as MobileNet V2 treats its 1280; 1.375x gets 1898.
             head_channels = round(HEAD_CHANNELS * max(1.0, width))
         require_positive(head_channels, "head_channels")
-        self.width, self.spatial = width, spatial
+        self.width, self.spatial, self.se = width, spatial, se
         base = make_divisible(STEM_CHANNELS * width, WIDTH_ROUND_TO)
-        stem_stride = 1 if small_input else 2
+        stem_stride, *strides = small_input_strides([2] + [unit[-1] for unit in UNITS], small_input)
         layers: list[nn.Module] = [
             ConvBNAct(in_chans, base, kernel_size=3, stride=stem_stride, activation=None)
         ]
         pieces = [TrunkPiece("features.0", base, stem_stride)]
         in_channels = base
-        reading = {"spatial": spatial, "pool": pool, "expand_from": expand_from, "ssl_init": ssl_init}
-        for kind, expansion, units, channels, stride in UNITS:
+        reading = {
+            "spatial": spatial,
+            "pool": pool,
+            "expand_from": expand_from,
+            "ssl_init": ssl_init,
+            "se": se,
+        }
+        for (kind, expansion, units, channels, _), stride in zip(UNITS, strides, strict=True):
             out_channels = channels // STEM_CHANNELS * base
             shape = {"stride": stride, "expansion": expansion, **reading}
             if kind in ("ib_ssl", "ib_pool"):
@@ -131,4 +147,5 @@ class FENet(ClassifierNet):
 MODEL_BUILDERS = {
     **{f"fenet_{tag}": partial(FENet, width=width) for width, tag in WIDTH_TAGS.items()},
     **{f"fenet_dw_{tag}": partial(FENet, width=width, spatial="dw") for width, tag in WIDTH_TAGS.items()},
+    f"fenet_{WIDTH_TAGS[SE_WIDTH]}_se": partial(FENet, width=SE_WIDTH, se=True),
 }

@@ -8,7 +8,7 @@ from torch import nn
 
 from shufflenet._validation import require_positive
 from shufflenet.blocks import ConvBNAct, DepthwiseSeparable, make_divisible
-from shufflenet.models._base import ClassifierNet, TrunkPiece
+from shufflenet.models._base import ClassifierNet, TrunkPiece, small_input_strides
 
 # Paper Table 1: a 3x3 stride-2 conv with 32 filters, then depthwise-separable layers given as
 # (output channels, stride), then average pooling and the FC. (The table's second-to-last "s2" is a
@@ -37,7 +37,7 @@ class MobileNetV1(ClassifierNet):
     """MobileNet V1 with width multiplier ``alpha`` (section 4.2); any input resolution (the resolution
     multiplier rho of section 4.3 is the input size). Every layer's width is ``alpha`` times Table 1's,
     rounded to a multiple of 8 as in the reference implementation. ``small_input=True`` makes the stem
-    stride 1, for 28-32 px images."""
+    and the first strided layer stride 1 (total stride 8), for 28-32 px images."""
 
     classifier_name = "classifier"
 
@@ -54,11 +54,11 @@ class MobileNetV1(ClassifierNet):
         require_positive(alpha, "alpha")
         self.alpha = alpha
         stem_channels = make_divisible(STEM_CHANNELS * alpha, ROUND_TO)
-        stem_stride = 1 if small_input else 2
+        stem_stride, *strides = small_input_strides([2] + [s for _, s in SEPARABLE_LAYERS], small_input)
         layers: list[nn.Module] = [ConvBNAct(in_chans, stem_channels, kernel_size=3, stride=stem_stride)]
         pieces = [TrunkPiece("features.0", stem_channels, stem_stride)]
         in_channels = stem_channels
-        for index, (channels, stride) in enumerate(SEPARABLE_LAYERS, start=1):
+        for index, ((channels, _), stride) in enumerate(zip(SEPARABLE_LAYERS, strides, strict=True), start=1):
             out_channels = make_divisible(channels * alpha, ROUND_TO)
             layers.append(DepthwiseSeparable(in_channels, out_channels, stride=stride))
             pieces.append(TrunkPiece(f"features.{index}", out_channels, stride))

@@ -8,7 +8,7 @@ from torch import nn
 
 from shufflenet._validation import require_positive
 from shufflenet.blocks import ConvBNAct, InvertedResidual, make_divisible
-from shufflenet.models._base import ClassifierNet, TrunkPiece
+from shufflenet.models._base import ClassifierNet, TrunkPiece, small_input_strides
 
 # Paper Table 2: a 3x3 stride-2 conv with 32 filters, then bottleneck sequences given as
 # (expansion t, output channels c, repeats n, first stride s), then a 1x1 conv to 1280, pooling and FC.
@@ -34,7 +34,8 @@ class MobileNetV2(ClassifierNet):
     Widths are ``alpha`` times Table 2's, rounded to a multiple of 8; the final 1x1 conv keeps 1280
     channels for ``alpha < 1`` (section 6.1) and scales above 1. Layers sit in ``features`` and
     ``classifier`` like torchvision's ``mobilenet_v2``, so its weights load (see
-    :func:`shufflenet.registry.load_torchvision_weights`). ``small_input=True`` makes the stem stride 1.
+    :func:`shufflenet.registry.load_torchvision_weights`). ``small_input=True`` makes the stem and the
+    first strided bottleneck stride 1 (total stride 8), for 28-32 px images.
     """
 
     classifier_name = "classifier"
@@ -53,13 +54,13 @@ class MobileNetV2(ClassifierNet):
         self.alpha = alpha
         stem_channels = make_divisible(STEM_CHANNELS * alpha, ROUND_TO)
         head_channels = make_divisible(HEAD_CHANNELS * max(1.0, alpha), ROUND_TO)
-        stem_stride = 1 if small_input else 2
+        stem_stride, *first_strides = small_input_strides([2] + [s for *_, s in BOTTLENECKS], small_input)
         layers: list[nn.Module] = [
             ConvBNAct(in_chans, stem_channels, kernel_size=3, stride=stem_stride, activation=nn.ReLU6)
         ]
         pieces = [TrunkPiece("features.0", stem_channels, stem_stride)]
         in_channels = stem_channels
-        for expansion, channels, repeats, first_stride in BOTTLENECKS:
+        for (expansion, channels, repeats, _), first_stride in zip(BOTTLENECKS, first_strides, strict=True):
             out_channels = make_divisible(channels * alpha, ROUND_TO)
             for repeat in range(repeats):
                 stride = first_stride if repeat == 0 else 1

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from shufflenet.profile.counter import profile
@@ -78,14 +79,15 @@ def solve_width(
             try:
                 return create_model(name, **{argument: value}, **model_args)
             except ValueError as error:
-                raise ValueError(f"{name} cannot be built at {argument}={value:g}, so its width cannot be "
-                                 f"searched: {error}") from None
+                raise ValueError(
+                    f"{name} cannot be built at {argument}={value:g}, so its width cannot be "
+                    f"searched: {error}"
+                ) from None
     else:
         build, argument = builder, argument or "width"
 
     def mflops(value: float) -> float:
-        model = build(int(value) if integer else value)
-        return profile(model.eval(), input_size, in_chans=getattr(model, "in_chans", 3)).mflops
+        return _count(lambda: build(int(value) if integer else value), input_size)
 
     if integer:
         return _scan_integers(mflops, target_mflops, argument)
@@ -105,6 +107,19 @@ def solve_width(
             above = (middle, count)
     value, count = min((below, above), key=lambda side: abs(side[1] - target_mflops))
     return WidthSolution(argument, value, count, target_mflops)
+
+
+def _count(build: Callable[[], nn.Module], input_size: tuple[int, int]) -> float:
+    """MFLOPs of the network ``build`` makes. The count needs only shapes, so the network is built and run on
+    the meta device (no weights drawn, no arithmetic: a 8x network costs as little as a 1x one), or on the
+    CPU where a layer cannot run there (a NotImplementedError, which is a RuntimeError)."""
+    try:
+        with torch.device("meta"):
+            model = build()
+        return profile(model.eval(), input_size, in_chans=getattr(model, "in_chans", 3)).mflops
+    except RuntimeError:
+        model = build()
+        return profile(model.eval(), input_size, in_chans=getattr(model, "in_chans", 3)).mflops
 
 
 def _scan_integers(mflops: Callable[[float], float], target: float, argument: str) -> WidthSolution:
