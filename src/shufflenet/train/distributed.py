@@ -149,7 +149,8 @@ def local_process_count(requested: int, device: str | None, global_batch: int) -
     return processes
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """End this process when its parent dies (Linux), rather than leave it training alone."""
     # A parent killed outright (SIGKILL) must not leave its workers training on, and writing checkpoints,
     # behind it: Linux ends them with it (prctl PR_SET_PDEATHSIG). torch's spawn sets SIGINT as that signal,
     # which the trainer takes as a request to checkpoint and stop, so it is replaced here. Other systems have
@@ -159,7 +160,7 @@ def _die_with_parent() -> None:
 
 
 def _local_worker(threads: int, folder: str, fn: Callable, args: tuple) -> Any:
-    _die_with_parent()
+    die_with_parent()
     torch.set_num_threads(threads)
     try:
         return fn(*args)

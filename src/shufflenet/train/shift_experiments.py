@@ -14,18 +14,15 @@ from typing import Any
 from shufflenet._system import atomic_write
 from shufflenet._table import markdown_table
 from shufflenet.ops import ShiftSparsityRow, sparsity_table, total_sparsity
-from shufflenet.train.checkpoint import load_checkpoint
 from shufflenet.train.config import TrainConfig
-from shufflenet.train.engine import CHECKPOINT_NAME, train
+from shufflenet.train.engine import train
+from shufflenet.train.reuse import checkpoint_matches, finished_summary
 
 # Chen et al. 2019, Table 1, ShiftResNet-20 (SSL, expansion 6, L2 shift loss): lambda -> CIFAR-10 accuracy and
 # shift sparsity, printed beside ours for orientation (different data, far shorter runs).
 PAPER_TABLE1_SHIFTRESNET20 = {0.0: (91.7, 12.1), 1e-4: (91.1, 66.6), 4e-4: (90.4, 91.7), 5e-4: (89.8, 93.5)}
 # Chen et al. 2019, Table 3: removed shift layers -> CIFAR-10 accuracy (ShiftResNet-20 SSL, lambda 0).
 PAPER_TABLE3_SHIFTRESNET20 = {0: 91.7, 4: 91.5, 6: 91.4, 8: 89.4, 9: 81.5}
-
-# Settings that change how a run reports, not what it learns: a finished run differing only here is reused.
-REPORTING_ONLY = ("progress", "log_every", "checkpoint_every")
 
 # ``train`` or a stand-in: called with the config, and ``resume=True`` to continue an interrupted run.
 Trainer = Callable[..., dict[str, Any]]
@@ -49,29 +46,10 @@ class ShiftRun:
         return 100 * total_sparsity(self.sparsity).sparsity if self.sparsity else 100.0
 
 
-def _checkpoint_matches(config: TrainConfig) -> bool:
-    """Whether the run directory of ``config`` holds a checkpoint of exactly these settings."""
-    checkpoint_path = config.run_dir() / CHECKPOINT_NAME
-    if not checkpoint_path.is_file():
-        return False
-    saved = load_checkpoint(checkpoint_path)["config"]
-    wanted = config.to_dict()
-    return all(saved.get(key) == value for key, value in wanted.items() if key not in REPORTING_ONLY)
-
-
-def finished_summary(config: TrainConfig) -> dict[str, Any] | None:
-    """The summary of a finished run of exactly ``config`` in its run directory, or None: re-running an
-    interrupted ablation trains only what is missing."""
-    summary_path = config.run_dir() / "summary.json"
-    if not (summary_path.is_file() and _checkpoint_matches(config)):
-        return None
-    return json.loads(summary_path.read_text())
-
-
 def _run(config: TrainConfig, trainer: Trainer, **changes: Any) -> ShiftRun:
     config = dataclasses.replace(config, **changes)
     summary = finished_summary(config)
-    if summary is None and _checkpoint_matches(config):
+    if summary is None and checkpoint_matches(config):
         print(f"{config.run_dir()}: interrupted with these settings before, resuming it")
         summary = trainer(config, resume=True)
     elif summary is None:

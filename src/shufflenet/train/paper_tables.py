@@ -1,0 +1,428 @@
+"""The papers' tables that need training, as data: each cell a registered model (and its ablation switches)
+with the paper's figure, each claim the comparisons the paper draws from the table.
+
+A claim holds when every one of its contrasts is positive. A contrast is a weighted sum of cells' errors,
+signed so that the paper's reading makes it positive: "A beats B" is ``err(B) - err(A)``; "the gain from
+g = 8 grows as the net shrinks" is ``[err(g1) - err(g8)] at 0.25x - [err(g1) - err(g8)] at 1x``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One row of a paper's table: a registered model with its ablation switches, at a complexity level.
+
+    ``paper_err`` is the paper's top-1 error (%) on its own data (ImageNet, or CIFAR-10 for the shift
+    paper); ``level`` groups the cells the paper compares with each other (a width, or a budget)."""
+
+    key: str
+    label: str
+    model: str
+    level: str
+    paper_err: float
+    model_args: dict[str, Any] = field(default_factory=dict)
+    paper_mflops: float | None = None
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """A weighted sum of cells' errors that the paper's reading makes positive, with a short name."""
+
+    name: str
+    weights: tuple[tuple[str, float], ...]
+
+    def value(self, errors: dict[str, float]) -> float:
+        return sum(weight * errors[key] for key, weight in self.weights)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A sentence the paper draws from its table and the contrasts that must all be positive for it."""
+
+    text: str
+    source: str
+    contrasts: tuple[Contrast, ...]
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    """A table to reproduce: its cells, its claims, and what the paper trained on."""
+
+    name: str
+    title: str
+    source: str
+    paper_setting: str
+    cells: tuple[Cell, ...]
+    claims: tuple[Claim, ...]
+    # Settings every cell of this table trains with, over the reproduce recipe's.
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def cell(self, key: str) -> Cell:
+        return next(cell for cell in self.cells if cell.key == key)
+
+
+def beats(better: str, worse: str, name: str | None = None) -> Contrast:
+    """``better`` has the lower error: ``err(worse) - err(better) > 0``."""
+    return Contrast(name or f"{better} vs {worse}", ((worse, 1.0), (better, -1.0)))
+
+
+def larger_gain(small: tuple[str, str], large: tuple[str, str], name: str) -> Contrast:
+    """The gain ``err(base) - err(improved)`` of the pair ``small`` exceeds that of ``large``."""
+    (small_base, small_improved), (large_base, large_improved) = small, large
+    weights = ((small_base, 1.0), (small_improved, -1.0), (large_base, -1.0), (large_improved, 1.0))
+    return Contrast(name, weights)
+
+
+def mean_gain_difference(
+    pairs_a: list[tuple[str, str]], pairs_b: list[tuple[str, str]], name: str
+) -> Contrast:
+    """The mean gain ``err(base) - err(improved)`` over ``pairs_a`` exceeds the mean over ``pairs_b``."""
+    weights: list[tuple[str, float]] = []
+    for pairs, sign in ((pairs_a, 1.0), (pairs_b, -1.0)):
+        for base, improved in pairs:
+            weights += [(base, sign / len(pairs)), (improved, -sign / len(pairs))]
+    return Contrast(name, tuple(weights))
+
+
+# --- Zhang et al. 2018 (ShuffleNet), ImageNet top-1 error -----------------------------------------------
+
+V1_SETTING = "ImageNet top-1 error, 224 px, 3e5 iterations of batch 1024 (Zhang et al. 2018, section 4)"
+V1_SCALES = (("1x", "x1_0", 140), ("0.5x", "x0_5", 38), ("0.25x", "x0_25", 13))
+V1_GROUPS = (1, 2, 3, 4, 8)
+# Table 2: scale -> errors for g = 1, 2, 3, 4, 8.
+V1_TABLE2 = {
+    "1x": (33.6, 32.7, 32.6, 32.8, 32.4),
+    "0.5x": (45.1, 44.4, 43.2, 41.6, 42.3),
+    "0.25x": (57.1, 56.8, 55.0, 54.2, 52.7),
+}
+# Table 3: (scale, g) -> error without the channel shuffle.
+V1_TABLE3_NO_SHUFFLE = {
+    ("1x", 3): 34.5,
+    ("1x", 8): 37.6,
+    ("0.5x", 3): 45.7,
+    ("0.5x", 8): 48.1,
+    ("0.25x", 3): 56.3,
+    ("0.25x", 8): 56.5,
+}
+
+
+def _v1_cell(scale: str, groups: int, *, shuffle: bool = True) -> Cell:
+    tag, budget = next((tag, budget) for name, tag, budget in V1_SCALES if name == scale)
+    errors = V1_TABLE2[scale] if shuffle else None
+    err = errors[V1_GROUPS.index(groups)] if errors else V1_TABLE3_NO_SHUFFLE[(scale, groups)]
+    return Cell(
+        key=f"{scale}-g{groups}" + ("" if shuffle else "-noshuffle"),
+        label=f"ShuffleNet {scale} (g = {groups}{'' if shuffle else ', no shuffle'})",
+        model=f"shufflenet_v1_g{groups}_{tag}",
+        level=f"ShuffleNet {scale}",
+        paper_err=err,
+        model_args={} if shuffle else {"shuffle": False},
+        paper_mflops=budget,
+    )
+
+
+SHUFFLENET_T2 = PaperTable(
+    name="shufflenet-t2",
+    title="pointwise group convolutions: g = 1, 2, 3, 4, 8 at 1x, 0.5x and 0.25x",
+    source="Zhang et al. 2018, Table 2 and section 4.1.1",
+    paper_setting=V1_SETTING,
+    cells=tuple(_v1_cell(scale, g) for scale, _, _ in V1_SCALES for g in V1_GROUPS),
+    claims=(
+        *(
+            Claim(
+                f"At {scale}, every net with grouped pointwise convolutions (g > 1) beats g = 1",
+                "Zhang et al. 2018, section 4.1.1",
+                tuple(beats(f"{scale}-g{g}", f"{scale}-g1") for g in V1_GROUPS[1:]),
+            )
+            for scale, _, _ in V1_SCALES
+        ),
+        Claim(
+            "Smaller nets gain more from groups: g = 8's gain over g = 1 is larger at 0.25x than at 1x",
+            "Zhang et al. 2018, section 4.1.1",
+            (larger_gain(("0.25x-g1", "0.25x-g8"), ("1x-g1", "1x-g8"), "gain at 0.25x - gain at 1x"),),
+        ),
+    ),
+)
+
+SHUFFLENET_T3 = PaperTable(
+    name="shufflenet-t3",
+    title="the channel shuffle on and off for g = 3 and 8 at 1x, 0.5x and 0.25x",
+    source="Zhang et al. 2018, Table 3 and section 4.1.2",
+    paper_setting=V1_SETTING,
+    cells=tuple(
+        _v1_cell(scale, g, shuffle=shuffle)
+        for scale, _, _ in V1_SCALES
+        for g in (3, 8)
+        for shuffle in (True, False)
+    ),
+    claims=(
+        Claim(
+            "The channel shuffle lowers the error in every setting",
+            "Zhang et al. 2018, section 4.1.2",
+            tuple(
+                beats(f"{scale}-g{g}", f"{scale}-g{g}-noshuffle") for scale, _, _ in V1_SCALES for g in (3, 8)
+            ),
+        ),
+        Claim(
+            "The shuffle helps more with g = 8 than with g = 3 (mean over the three widths)",
+            "Zhang et al. 2018, section 4.1.2",
+            (
+                mean_gain_difference(
+                    [(f"{scale}-g8-noshuffle", f"{scale}-g8") for scale, _, _ in V1_SCALES],
+                    [(f"{scale}-g3-noshuffle", f"{scale}-g3") for scale, _, _ in V1_SCALES],
+                    "gain at g = 8 - gain at g = 3",
+                ),
+            ),
+        ),
+    ),
+)
+
+# Table 4: unit -> errors at 140 / 38 / 13 MFLOPs (None: not in the paper).
+V1_TABLE4 = {
+    "vgg": ("VGG-like", (50.7, None, None)),
+    "resnet": ("ResNet", (37.3, 48.8, 63.7)),
+    "xception": ("Xception-like", (33.6, 45.1, 57.1)),
+    "resnext": ("ResNeXt", (33.3, 46.0, 65.2)),
+}
+# The ShuffleNet the paper puts in Table 4 at each budget, with its error.
+V1_TABLE4_SHUFFLENET = {140: ("1x", 8, 32.4), 38: ("0.5x", 4, 41.6), 13: ("0.25x", 8, 52.7)}
+
+
+def _table4_cells() -> tuple[Cell, ...]:
+    cells = []
+    for index, budget in enumerate((140, 38, 13)):
+        for unit, (label, errors) in V1_TABLE4.items():
+            if errors[index] is None:
+                continue
+            cells.append(
+                Cell(
+                    f"{budget}m-{unit}",
+                    f"{label} ({budget} MFLOPs)",
+                    f"shufflenet_v1_peer_{unit}_{budget}m",
+                    f"{budget} MFLOPs",
+                    errors[index],
+                    paper_mflops=budget,
+                )
+            )
+        scale, groups, err = V1_TABLE4_SHUFFLENET[budget]
+        shufflenet = _v1_cell(scale, groups)
+        cells.append(
+            Cell(
+                f"{budget}m-shufflenet",
+                f"ShuffleNet {scale} (g = {groups})",
+                shufflenet.model,
+                f"{budget} MFLOPs",
+                err,
+                paper_mflops=budget,
+            )
+        )
+    return tuple(cells)
+
+
+SHUFFLENET_T4 = PaperTable(
+    name="shufflenet-t4",
+    title="ShuffleNet units against VGG-like, ResNet, Xception-like and ResNeXt units at equal complexity",
+    source="Zhang et al. 2018, Table 4 and section 4.2",
+    paper_setting=V1_SETTING,
+    cells=_table4_cells(),
+    claims=tuple(
+        Claim(
+            f"At {budget} MFLOPs the ShuffleNet unit beats every other unit",
+            "Zhang et al. 2018, section 4.2",
+            tuple(
+                beats(f"{budget}m-shufflenet", f"{budget}m-{unit}")
+                for unit, (_, errors) in V1_TABLE4.items()
+                if errors[index] is not None
+            ),
+        )
+        for index, budget in enumerate((140, 38, 13))
+    ),
+)
+
+# Table 5: (MobileNet alpha, its MFLOPs, error) beside (ShuffleNet cell, error).
+V1_TABLE5 = (
+    ("1.0", "x1_0", 569, 29.4, "2x", "x2_0", 3, 524, 26.3),
+    ("0.75", "x0_75", 325, 31.6, "1.5x", "x1_5", 3, 292, 28.5),
+    ("0.5", "x0_5", 149, 36.3, "1x", "x1_0", 8, 140, 32.4),
+    ("0.25", "x0_25", 41, 49.4, "0.5x", "x0_5", 4, 38, 41.6),
+)
+
+
+def _table5_cells() -> tuple[Cell, ...]:
+    cells = []
+    for alpha, mobilenet_tag, mobilenet_mflops, mobilenet_err, scale, tag, groups, mflops, err in V1_TABLE5:
+        level = f"~{mobilenet_mflops} MFLOPs"
+        cells.append(
+            Cell(
+                f"mobilenet-{alpha}",
+                f"{alpha} MobileNet-224",
+                f"mobilenet_v1_{mobilenet_tag}",
+                level,
+                mobilenet_err,
+                paper_mflops=mobilenet_mflops,
+            )
+        )
+        cells.append(
+            Cell(
+                f"shufflenet-{scale}",
+                f"ShuffleNet {scale} (g = {groups})",
+                f"shufflenet_v1_g{groups}_{tag}",
+                level,
+                err,
+                paper_mflops=mflops,
+            )
+        )
+    cells.append(
+        Cell(
+            "shufflenet-shallow",
+            "ShuffleNet 0.5x shallow (g = 3; 0.75x widths, 26 layers)",
+            "shufflenet_v1_g3_x0_75_shallow",
+            "~41 MFLOPs",
+            42.8,
+            paper_mflops=40,
+        )
+    )
+    cells.append(
+        Cell(
+            "shufflenet-2x-se",
+            "ShuffleNet 2x (g = 3) with SE",
+            "shufflenet_v1_g3_x2_0_se",
+            "~569 MFLOPs",
+            24.7,
+            paper_mflops=527,
+        )
+    )
+    return tuple(cells)
+
+
+SHUFFLENET_T5 = PaperTable(
+    name="shufflenet-t5",
+    title="ShuffleNet against MobileNet V1 at four budgets, the shallow net, and SE",
+    source="Zhang et al. 2018, Table 5 and section 4.3",
+    paper_setting=V1_SETTING,
+    cells=_table5_cells(),
+    claims=(
+        Claim(
+            "ShuffleNet beats MobileNet at every budget",
+            "Zhang et al. 2018, section 4.3",
+            tuple(beats(f"shufflenet-{row[4]}", f"mobilenet-{row[0]}") for row in V1_TABLE5),
+        ),
+        Claim(
+            "The shallow ShuffleNet (26 layers) still beats 0.25 MobileNet (28): depth is not why it wins",
+            "Zhang et al. 2018, section 4.3",
+            (beats("shufflenet-shallow", "mobilenet-0.25"),),
+        ),
+        Claim(
+            "Squeeze-and-excitation lowers ShuffleNet 2x's error",
+            "Zhang et al. 2018, section 4.3",
+            (beats("shufflenet-2x-se", "shufflenet-2x"),),
+        ),
+    ),
+)
+
+# Ma et al. 2018, Table 8 (ImageNet top-1 error) at its four complexity levels: the rows whose figures the
+# papers fix (MobileNet V2 1.0 and 1.4 also in Sandler et al. 2018, Table 4).
+V2_TABLE8 = (
+    (
+        "40",
+        (
+            ("v2-0.5x", "ShuffleNet V2 0.5x", "shufflenet_v2_x0_5", 41, 39.7),
+            ("v1-0.5x", "ShuffleNet V1 0.5x (g = 3)", "shufflenet_v1_g3_x0_5", 38, 43.2),
+        ),
+    ),
+    (
+        "140",
+        (
+            ("v2-1x", "ShuffleNet V2 1x", "shufflenet_v2_x1_0", 146, 30.6),
+            ("v1-1x", "ShuffleNet V1 1x (g = 3)", "shufflenet_v1_g3_x1_0", 140, 32.6),
+        ),
+    ),
+    (
+        "300",
+        (
+            ("v2-1.5x", "ShuffleNet V2 1.5x", "shufflenet_v2_x1_5", 299, 27.4),
+            ("v1-1.5x", "ShuffleNet V1 1.5x (g = 3)", "shufflenet_v1_g3_x1_5", 292, 28.5),
+            ("mnv2-1.0", "MobileNet V2 1.0", "mobilenet_v2_x1_0", 300, 28.0),
+        ),
+    ),
+    (
+        "500-600",
+        (
+            ("v2-2x", "ShuffleNet V2 2x", "shufflenet_v2_x2_0", 591, 25.1),
+            ("v1-2x", "ShuffleNet V1 2x (g = 3)", "shufflenet_v1_g3_x2_0", 524, 26.3),
+            ("mnv2-1.4", "MobileNet V2 1.4", "mobilenet_v2_x1_4", 585, 25.3),
+            ("mnv1-1.0", "MobileNet V1 1.0", "mobilenet_v1_x1_0", 569, 29.4),
+        ),
+    ),
+)
+
+SHUFFLENETV2_T8 = PaperTable(
+    name="shufflenetv2-t8",
+    title="ShuffleNet V2 against V1 and MobileNet V2 (and V1) at equal complexity: the accuracy column",
+    source="Ma et al. 2018, Table 8 and section 4",
+    paper_setting="ImageNet top-1 error, 224 px (Ma et al. 2018, section 4: the same settings for every net)",
+    cells=tuple(
+        Cell(key, label, model, f"{level} MFLOPs", err, paper_mflops=mflops)
+        for level, rows in V2_TABLE8
+        for key, label, model, mflops, err in rows
+    ),
+    claims=tuple(
+        Claim(
+            f"At {level} MFLOPs ShuffleNet V2 beats the other nets",
+            "Ma et al. 2018, section 4",
+            tuple(beats(rows[0][0], key) for key, *_ in rows[1:]),
+        )
+        for level, rows in V2_TABLE8
+    ),
+)
+
+# Chen et al. 2019, Table 1 (CIFAR-10 accuracy -> error), expansion 6, lambda 0 for the SSL rows.
+SHIFT_TABLE1 = {20: {"1x1": 18.5, "grouped": 9.4, "ssl": 8.3}, 56: {"1x1": 17.5, "grouped": 7.3, "ssl": 6.2}}
+SHIFT_LABELS = {"1x1": "1x1 only", "grouped": "grouped shift", "ssl": "SSL, lambda 0"}
+
+SHIFT_T1 = PaperTable(
+    name="shift-t1",
+    title="ShiftResNet-20 and -56 with 1x1 convolutions only, the grouped shift, and the Sparse Shift Layer",
+    source="Chen et al. 2019, Table 1 and section 4.1",
+    paper_setting="CIFAR-10 top-1 error, 64k iterations of batch 128 (Chen et al. 2019, section 4.1)",
+    cells=tuple(
+        Cell(
+            f"{depth}-{kind}",
+            f"ShiftResNet-{depth} ({SHIFT_LABELS[kind]})",
+            f"shiftresnet{depth}_{kind}",
+            f"ShiftResNet-{depth}",
+            err,
+        )
+        for depth, row in SHIFT_TABLE1.items()
+        for kind, err in row.items()
+    ),
+    claims=(
+        Claim(
+            "Learned sparse shifts (SSL) beat the fixed grouped shift",
+            "Chen et al. 2019, section 4.1 (i)",
+            (beats("20-ssl", "20-grouped"), beats("56-ssl", "56-grouped")),
+        ),
+        Claim(
+            "A few shifts matter: without them (1x1 only) the error rises far above either shift",
+            "Chen et al. 2019, section 4.1 (iii)",
+            tuple(
+                beats(f"{depth}-{kind}", f"{depth}-1x1") for depth in (20, 56) for kind in ("grouped", "ssl")
+            ),
+        ),
+        Claim(
+            "The deeper net is better: ShiftResNet-56 beats -20 with SSL",
+            "Chen et al. 2019, section 4.1 (ii)",
+            (beats("56-ssl", "20-ssl"),),
+        ),
+    ),
+    settings={"shift_norm": "l2", "shift_lambda": 0.0},
+)
+
+TABLES = {
+    table.name: table
+    for table in (SHUFFLENET_T2, SHUFFLENET_T3, SHUFFLENET_T4, SHUFFLENET_T5, SHUFFLENETV2_T8, SHIFT_T1)
+}

@@ -1,0 +1,229 @@
+"""`shufflenet reproduce`: the papers' tables as data, the claims' verdicts, and the runs behind them."""
+
+import json
+import math
+
+import pytest
+
+from shufflenet.cli import main
+from shufflenet.registry import list_models
+from shufflenet.train import reproduce
+from shufflenet.train.paper_tables import TABLES, Cell, Claim, Contrast, PaperTable, beats, larger_gain
+
+
+@pytest.mark.parametrize("table", TABLES.values(), ids=list(TABLES))
+def test_every_cell_is_a_registered_model_and_every_claim_reads_true_on_the_papers_figures(table):
+    registered = set(list_models())
+    keys = [cell.key for cell in table.cells]
+    assert len(keys) == len(set(keys))
+    assert {cell.model for cell in table.cells} <= registered
+    paper = {cell.key: cell.paper_err for cell in table.cells}
+    for claim in table.claims:
+        for contrast in claim.contrasts:
+            assert {key for key, _ in contrast.weights} <= set(keys)
+            # The data transcribes the paper, whose own figures must bear out each of its claims.
+            assert contrast.value(paper) > 0, (claim.text, contrast.name)
+
+
+def test_the_six_tables_of_the_issue_are_there():
+    assert list(TABLES) == [
+        "shufflenet-t2",
+        "shufflenet-t3",
+        "shufflenet-t4",
+        "shufflenet-t5",
+        "shufflenetv2-t8",
+        "shift-t1",
+    ]
+    assert len(TABLES["shufflenet-t2"].cells) == 15  # g in {1, 2, 3, 4, 8} x three widths
+    assert len(TABLES["shufflenet-t3"].cells) == 12  # shuffle on/off x g in {3, 8} x three widths
+
+
+def _result(key: str, errors: tuple[float, ...]) -> reproduce.CellResult:
+    cell = Cell(key, key, "shufflenet_v1_g3_x0_25", "level", 50.0)
+    return reproduce.CellResult(cell, errors, (), None, 13.0, None, None)
+
+
+def _table(paper: dict[str, float], claim: Claim) -> PaperTable:
+    cells = tuple(Cell(key, key, "shufflenet_v1_g3_x0_25", "level", err) for key, err in paper.items())
+    return PaperTable("t", "title", "source", "setting", cells, (claim,))
+
+
+def test_a_claim_holds_beyond_the_seed_spread_only_when_the_margin_exceeds_it():
+    table = _table({"a": 40.0, "b": 42.0}, Claim("a beats b", "s", (beats("a", "b"),)))
+    clear = reproduce.judge(table, [_result("a", (10.0, 10.2, 10.4)), _result("b", (12.0, 12.2, 12.4))])[0]
+    assert clear.holds is True
+    (contrast,) = clear.contrasts
+    assert contrast.ours == pytest.approx(2.0)
+    assert contrast.paper == pytest.approx(2.0)
+    assert contrast.spread == pytest.approx(math.sqrt(0.2**2 + 0.2**2))
+    assert clear.sentence().startswith("**Holds**") and "beyond the seed spread" in clear.sentence()
+
+    noisy = reproduce.judge(table, [_result("a", (10.0, 11.0, 12.0)), _result("b", (10.5, 11.5, 12.5))])[0]
+    assert noisy.holds is True
+    assert "0 of 1 beyond the seed spread" in noisy.sentence()
+
+    reversed_ = reproduce.judge(table, [_result("a", (12.0, 12.1, 12.2)), _result("b", (10.0, 10.1, 10.2))])[
+        0
+    ]
+    assert reversed_.holds is False
+    assert reversed_.contrasts[0].ours == pytest.approx(-2.0)
+    assert "**Does not hold**" in reversed_.sentence() and "beyond the seed spread" in reversed_.sentence()
+
+
+def test_a_claim_with_several_comparisons_needs_all_of_them_and_names_the_worst():
+    claim = Claim("a beats b and c", "s", (beats("a", "b"), beats("a", "c")))
+    table = _table({"a": 1.0, "b": 2.0, "c": 3.0}, claim)
+    results = [_result("a", (5.0, 5.0)), _result("b", (6.0, 6.0)), _result("c", (4.5, 4.5))]
+    verdict = reproduce.judge(table, results)[0]
+    assert verdict.holds is False
+    assert "1 of 2 comparisons agree; worst, a vs c: -0.50 points" in verdict.sentence()
+    missing = reproduce.judge(table, results[:2])[0]
+    assert missing.holds is None and missing.sentence().startswith("**Not measured**")
+
+
+def test_a_gain_contrast_compares_differences_of_differences():
+    contrast = larger_gain(("small-g1", "small-g8"), ("large-g1", "large-g8"), "gain")
+    errors = {"small-g1": 57.1, "small-g8": 52.7, "large-g1": 33.6, "large-g8": 32.4}
+    assert contrast.value(errors) == pytest.approx(4.4 - 1.2)
+    assert Contrast("x", (("a", 0.5), ("b", -0.5))).value({"a": 4.0, "b": 2.0}) == pytest.approx(1.0)
+
+
+def test_runs_are_keyed_by_what_they_learn_so_tables_share_cells(tmp_path):
+    budget = reproduce.Budget(images=1000)
+    folder2, runs2 = reproduce.plan(
+        TABLES["shufflenet-t2"],
+        budget=budget,
+        seeds=2,
+        output=tmp_path,
+        only=lambda cell: cell.key == "1x-g3",
+    )
+    folder3, runs3 = reproduce.plan(
+        TABLES["shufflenet-t3"],
+        budget=budget,
+        seeds=2,
+        output=tmp_path,
+        only=lambda cell: cell.key.startswith("1x-g3"),
+    )
+    assert folder2 == folder3 == tmp_path / "fashion-mnist-1k"
+    assert [run.run_dir for run in runs2] == [run.run_dir for run in runs3[:2]]
+    assert runs3[2].run_dir.parent.name == "shufflenet_v1_g3_x1_0-shuffle_False"
+    config = runs2[1].config
+    assert (config.seed, config.iterations, config.cpu_processes) == (1, math.ceil(1000 / 128), 1)
+    assert config.model_args == {"small_input": True}  # Fashion-MNIST's 28 px images
+    changed, _ = reproduce.plan(
+        TABLES["shufflenet-t2"], budget=budget, output=tmp_path, overrides={"lr": 0.1}
+    )
+    assert changed.name.startswith("fashion-mnist-1k-") and changed != folder2
+    shift_run = reproduce.plan(TABLES["shift-t1"], budget=budget, seeds=1, output=tmp_path)[1][0]
+    assert shift_run.config.shift_norm == "l2"  # the table's own settings
+    with pytest.raises(ValueError, match="no cell of shufflenet-t2"):
+        reproduce.plan(TABLES["shufflenet-t2"], output=tmp_path, only=lambda cell: False)
+
+
+def test_the_cli_lists_the_tables_and_refuses_misuse_in_one_line(capsys):
+    assert main(["reproduce", "--list"]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in TABLES)
+    assert main(["reproduce", "shufflenet-t4", "--list"]) == 0
+    assert "shufflenet_v1_peer_resnext_38m" in capsys.readouterr().out
+    assert main(["reproduce"]) == 2
+    assert "name a table" in capsys.readouterr().err
+    assert main(["reproduce", "shufflenet-t2", "--only", "9x-*"]) == 2
+    assert "matches no cell of shufflenet-t2" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as error:
+        main(["reproduce", "shufflenet-t2", "--budget", "lots"])
+    assert error.value.code == 2
+
+
+@pytest.mark.slow
+def test_runs_train_in_parallel_processes_are_reused_and_the_report_is_written(tmp_path, capsys):
+    from conftest import write_fake_fashion_mnist
+
+    data = tmp_path / "fm"
+    write_fake_fashion_mnist(data, n_train=64, n_test=20)
+    argv = [
+        "reproduce",
+        "shufflenet-t2",
+        "--only",
+        "0.25x-g1",
+        "0.25x-g8",
+        "--seeds",
+        "2",
+        "--budget",
+        "64",
+        "--data-dir",
+        str(data),
+        "--output",
+        str(tmp_path / "out"),
+        "--set",
+        "batch_size=32",
+        "--set",
+        "lr=0.01",
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    folders = list((tmp_path / "out").iterdir())
+    assert len(folders) == 1
+    record = json.loads((folders[0] / "shufflenet-t2.json").read_text())
+    cells = {cell["key"]: cell for cell in record["cells"]}
+    assert set(cells) == {"0.25x-g1", "0.25x-g8"}
+    assert all(len(cell["errors"]) == 2 and cell["failures"] == [] for cell in cells.values())
+    at_quarter = {c["name"]: c for c in record["claims"][2]["contrasts"]}
+    measured = at_quarter["0.25x-g8 vs 0.25x-g1"]
+    errors = {key: sum(cell["errors"]) / 2 for key, cell in cells.items()}
+    assert measured["ours"] == pytest.approx(errors["0.25x-g1"] - errors["0.25x-g8"])
+    assert measured["paper"] == pytest.approx(57.1 - 52.7)
+    assert at_quarter["0.25x-g2 vs 0.25x-g1"]["ours"] is None  # g = 2 was not trained
+    assert record["claims"][2]["holds"] is None
+    assert (folders[0] / "shufflenet-t2.png").stat().st_size > 0
+    report = (folders[0] / "shufflenet-t2.md").read_text()
+    assert "| ShuffleNet 0.25x (g = 8)" in report and "57.1" in report
+    assert "0.25x-g8 seed 1: " in out.err
+    # Again: every run is reused, nothing trains.
+    assert main(argv) == 0
+    assert "4 of 4 runs finished before with these settings: reused" in capsys.readouterr().out
+    # A run whose network is built differently now is not taken for the new one.
+    run_dir = folders[0] / "shufflenet_v1_g8_x0_25" / "seed0"
+    (run_dir / reproduce.ARCHITECTURE_NAME).write_text("0" * 16 + "\n")
+    assert main(argv) == 2
+    assert "built differently" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_runs_at_a_checkpoint_and_the_next_call_resumes_them(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import write_fake_fashion_mnist
+
+    data = tmp_path / "fm"
+    write_fake_fashion_mnist(data, n_train=640, n_test=20)
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "shufflenet", "reproduce", "shufflenet-t2", "--only", "0.25x-g3",
+            "--seeds", "2", "--budget", "20000", "--data-dir", str(data), "--output", str(out),
+            "--set", "batch_size=32", "--set", "lr=0.01", "--no-progress"]  # fmt: skip
+    parent = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_dirs: list = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # both runs are training once their TensorBoard folders exist
+        run_dirs = list(out.glob("*/shufflenet_v1_g3_x0_25/seed*/tensorboard"))
+        if len(run_dirs) == 2:
+            break
+        time.sleep(0.5)
+    assert len(run_dirs) == 2, parent.communicate()
+    time.sleep(3)
+    parent.send_signal(signal.SIGTERM)
+    _, err = parent.communicate(timeout=120)
+    assert parent.returncode == 128 + signal.SIGTERM, err
+    assert "run the same command again to resume" in err
+    for tensorboard in run_dirs:
+        assert (tensorboard.parent / "checkpoint.pt").is_file()
+        assert not (tensorboard.parent / "summary.json").exists()
+    finished = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr
+    for tensorboard in run_dirs:
+        summary = json.loads((tensorboard.parent / "summary.json").read_text())
+        assert summary["steps"] == math.ceil(20000 / 32)
