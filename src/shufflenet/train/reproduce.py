@@ -412,7 +412,11 @@ class Verdict:
         size = f"{worst.ours:+.2f} points (paper {worst.paper:+.1f}; {spread})"
         if self.holds:
             firm = sum(c.spread is not None and c.ours > c.spread for c in measured)
-            where = "" if len(measured) == 1 else f"all {len(measured)} comparisons; smallest, {worst.name}: "
+            where = (
+                ""
+                if len(measured) == 1
+                else f"All {len(measured)} comparisons agree; smallest, {worst.name}: "
+            )
             strength = (
                 "beyond the seed spread"
                 if firm == len(measured)
@@ -549,6 +553,7 @@ def plot(table: PaperTable, results: Sequence[CellResult], path: Path, *, datase
     std), each cell marked by its level, so the orderings read side by side."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     figure = Figure(figsize=(11, 4.8), layout="constrained")
     FigureCanvasAgg(figure)
@@ -558,34 +563,54 @@ def plot(table: PaperTable, results: Sequence[CellResult], path: Path, *, datase
     for index, level in enumerate(levels):
         at_level = [r for r in results if r.cell.level == level]
         style = {"marker": markers[index % len(markers)], "linestyle": "none", "label": level}
-        xs = [r.mflops_paper_count for r in at_level]
-        (line,) = paper_axes.plot(xs, [r.cell.paper_err for r in at_level], **style)
+        # Cells of one level cost nearly the same: spread them a little along x, in the paper's order, so
+        # that their labels do not overlap.
+        by_paper = sorted(at_level, key=lambda r: r.cell.paper_err)
+        x = {
+            r.cell.key: r.mflops_paper_count * 1.12 ** (n - (len(by_paper) - 1) / 2)
+            for n, r in enumerate(by_paper)
+        }
+        (line,) = paper_axes.plot(
+            [x[r.cell.key] for r in at_level], [r.cell.paper_err for r in at_level], **style
+        )
         measured = [r for r in at_level if r.mean is not None]
         our_axes.errorbar(
-            [r.mflops_paper_count for r in measured],
+            [x[r.cell.key] for r in measured],
             [r.mean for r in measured],
             yerr=[r.std or 0.0 for r in measured],
             color=line.get_color(),
             capsize=3,
             **style,
         )
-        for axes, points in (
-            (paper_axes, [(r, r.cell.paper_err) for r in at_level]),
-            (our_axes, [(r, r.mean) for r in measured]),
-        ):
-            for result, error in points:
-                axes.annotate(
-                    result.cell.key,
-                    (result.mflops_paper_count, error),
-                    fontsize=7,
-                    xytext=(4, 3),
-                    textcoords="offset points",
-                )
+        # Each point names its rank at its level; ours also the paper's: "g8 4 (paper 1)".
+        paper_rank = {
+            r.cell.key: n for n, r in enumerate(sorted(at_level, key=lambda r: r.cell.paper_err), 1)
+        }
+        our_rank = {r.cell.key: n for n, r in enumerate(sorted(measured, key=lambda r: r.mean), 1)}
+        labelled = [
+            (paper_axes, r, r.cell.paper_err, f"{r.cell.key} {paper_rank[r.cell.key]}") for r in at_level
+        ]
+        labelled += [
+            (our_axes, r, r.mean, f"{r.cell.key} {our_rank[r.cell.key]} (paper {paper_rank[r.cell.key]})")
+            for r in measured
+        ]
+        for axes, result, error, text in labelled:
+            axes.annotate(
+                text,
+                (x[result.cell.key], error),
+                fontsize=7,
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
     paper_axes.set_title(f"paper: {table.paper_setting.split(',')[0]}", fontsize=9)
-    our_axes.set_title(f"ours: {dataset} test error, mean ± std over seeds", fontsize=9)
+    our_axes.set_title(
+        f"ours: {dataset} test error, mean ± std over seeds; rank at its level (the paper's)", fontsize=9
+    )
     for axes in (paper_axes, our_axes):
         axes.set_xscale("log")
-        axes.set_xlabel("MFLOPs (multiply-adds, as the paper counts them)")
+        axes.xaxis.set_major_formatter(ScalarFormatter())
+        axes.xaxis.set_minor_formatter(NullFormatter())
+        axes.set_xlabel("MFLOPs as the paper counts them (a level's cells spread out in the paper's order)")
         axes.set_ylabel("top-1 error (%)")
         axes.grid(True, alpha=0.3)
     paper_axes.legend(fontsize=7)
