@@ -48,26 +48,34 @@ def _table(paper: dict[str, float], claim: Claim) -> PaperTable:
     return PaperTable("t", "title", "source", "setting", cells, (claim,))
 
 
-def test_a_claim_holds_beyond_the_seed_spread_only_when_the_margin_exceeds_it():
+def test_a_claim_is_clear_of_the_seed_noise_only_beyond_twice_its_standard_error():
     table = _table({"a": 40.0, "b": 42.0}, Claim("a beats b", "s", (beats("a", "b"),)))
     clear = reproduce.judge(table, [_result("a", (10.0, 10.2, 10.4)), _result("b", (12.0, 12.2, 12.4))])[0]
     assert clear.holds is True
     (contrast,) = clear.contrasts
     assert contrast.ours == pytest.approx(2.0)
     assert contrast.paper == pytest.approx(2.0)
-    assert contrast.spread == pytest.approx(math.sqrt(0.2**2 + 0.2**2))
-    assert clear.sentence().startswith("**Holds**") and "beyond the seed spread" in clear.sentence()
+    # The standard error of a difference of two 3-seed means, each seed spread 0.2.
+    assert contrast.error == pytest.approx(math.sqrt(0.2**2 / 3 + 0.2**2 / 3))
+    assert clear.sentence().startswith("**Holds**") and "clear of the seed noise" in clear.sentence()
 
     noisy = reproduce.judge(table, [_result("a", (10.0, 11.0, 12.0)), _result("b", (10.5, 11.5, 12.5))])[0]
     assert noisy.holds is True
-    assert "0 of 1 beyond the seed spread" in noisy.sentence()
+    assert "+0.50 points (paper +2.0), standard error 0.82: within the seed noise" in noisy.sentence()
 
     reversed_ = reproduce.judge(table, [_result("a", (12.0, 12.1, 12.2)), _result("b", (10.0, 10.1, 10.2))])[
         0
     ]
     assert reversed_.holds is False
     assert reversed_.contrasts[0].ours == pytest.approx(-2.0)
-    assert "**Does not hold**" in reversed_.sentence() and "beyond the seed spread" in reversed_.sentence()
+    assert (
+        reversed_.sentence().startswith("**Does not hold**")
+        and "clear of the seed noise" in reversed_.sentence()
+    )
+
+    one_seed = reproduce.judge(table, [_result("a", (12.0,)), _result("b", (10.0,))])[0]
+    assert one_seed.holds is False
+    assert "-2.00 points (paper +2.0), one seed, no noise estimate" in one_seed.sentence()
 
 
 def test_a_claim_with_several_comparisons_needs_all_of_them_and_names_the_worst():
@@ -76,9 +84,33 @@ def test_a_claim_with_several_comparisons_needs_all_of_them_and_names_the_worst(
     results = [_result("a", (5.0, 5.0)), _result("b", (6.0, 6.0)), _result("c", (4.5, 4.5))]
     verdict = reproduce.judge(table, results)[0]
     assert verdict.holds is False
-    assert "1 of 2 comparisons agree; worst, a vs c: -0.50 points" in verdict.sentence()
+    assert "1 of 2 comparisons agree; the worst, a vs c: -0.50 points" in verdict.sentence()
+    # A comparison that already goes against the paper decides, even with another one unmeasured.
+    against = reproduce.judge(table, [results[0], results[2]])[0]
+    assert against.holds is False
+    assert "0 of 1 comparisons agree (1 not measured)" in against.sentence()
+    # One that goes the paper's way does not: the missing one could still go against it.
     missing = reproduce.judge(table, results[:2])[0]
-    assert missing.holds is None and missing.sentence().startswith("**Not measured**")
+    assert missing.holds is None
+    assert (
+        missing.sentence().startswith("**Not measured**")
+        and "1 of 2 comparisons lack runs" in missing.sentence()
+    )
+
+
+def test_budgets_parse_and_name_their_folders():
+    from shufflenet.cli.reproduce import _budget_images
+
+    assert [_budget_images(text) for text in ("30000", "30k", "1.5M")] == [30_000, 30_000, 1_500_000]
+    for bad in ("lots", "0", "-5k", "inf", "nan"):
+        with pytest.raises(Exception, match="positive number of images"):
+            _budget_images(bad)
+    assert reproduce.Budget(images=30_000).tag == "30k"
+    assert reproduce.Budget(images=1500).tag == "1500"
+    assert reproduce.Budget(images=None, epochs=2).tag == "2ep"
+    assert reproduce.Budget(images=1000).describe(128) == "1,000 training images per run (8 steps of 128)"
+    with pytest.raises(ValueError, match="not both"):
+        reproduce.Budget(images=1000, epochs=2)
 
 
 def test_a_gain_contrast_compares_differences_of_differences():
@@ -175,14 +207,14 @@ def test_runs_train_in_parallel_processes_are_reused_and_the_report_is_written(t
     assert measured["ours"] == pytest.approx(errors["0.25x-g1"] - errors["0.25x-g8"])
     assert measured["paper"] == pytest.approx(57.1 - 52.7)
     assert at_quarter["0.25x-g2 vs 0.25x-g1"]["ours"] is None  # g = 2 was not trained
-    assert record["claims"][2]["holds"] is None
+    assert record["claims"][2]["holds"] is (None if measured["ours"] > 0 else False)
     assert (folders[0] / "shufflenet-t2.png").stat().st_size > 0
     report = (folders[0] / "shufflenet-t2.md").read_text()
     assert "| ShuffleNet 0.25x (g = 8)" in report and "57.1" in report
     assert "0.25x-g8 seed 1: " in out.err
     # Again: every run is reused, nothing trains.
     assert main(argv) == 0
-    assert "4 of 4 runs finished before with these settings: reused" in capsys.readouterr().out
+    assert "4 finished before (reused), 0 to resume, 0 to train" in capsys.readouterr().out
     # A run whose network is built differently now is not taken for the new one.
     run_dir = folders[0] / "shufflenet_v1_g8_x0_25" / "seed0"
     (run_dir / reproduce.ARCHITECTURE_NAME).write_text("0" * 16 + "\n")
@@ -191,7 +223,7 @@ def test_runs_train_in_parallel_processes_are_reused_and_the_report_is_written(t
 
 
 @pytest.mark.slow
-def test_sigterm_stops_the_runs_at_a_checkpoint_and_the_next_call_resumes_them(tmp_path):
+def test_sigterm_stops_the_runs_at_a_checkpoint_starts_no_other_and_the_next_call_resumes(tmp_path):
     import signal
     import subprocess
     import sys
@@ -202,28 +234,44 @@ def test_sigterm_stops_the_runs_at_a_checkpoint_and_the_next_call_resumes_them(t
     data = tmp_path / "fm"
     write_fake_fashion_mnist(data, n_train=640, n_test=20)
     out = tmp_path / "out"
+    # One run at a time for two runs: the second is still waiting when the signal comes.
     argv = [sys.executable, "-m", "shufflenet", "reproduce", "shufflenet-t2", "--only", "0.25x-g3",
-            "--seeds", "2", "--budget", "20000", "--data-dir", str(data), "--output", str(out),
+            "--seeds", "2", "--jobs", "1", "--budget", "20000", "--data-dir", str(data), "--output", str(out),
             "--set", "batch_size=32", "--set", "lr=0.01", "--no-progress"]  # fmt: skip
     parent = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    run_dirs: list = []
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # both runs are training once their TensorBoard folders exist
-        run_dirs = list(out.glob("*/shufflenet_v1_g3_x0_25/seed*/tensorboard"))
-        if len(run_dirs) == 2:
-            break
+    first: list = []
+    while time.monotonic() < deadline and not first:  # the run is training once its TensorBoard folder exists
+        first = list(out.glob("*/shufflenet_v1_g3_x0_25/seed0/tensorboard"))
         time.sleep(0.5)
-    assert len(run_dirs) == 2, parent.communicate()
+    assert first, parent.communicate()
     time.sleep(3)
     parent.send_signal(signal.SIGTERM)
     _, err = parent.communicate(timeout=120)
     assert parent.returncode == 128 + signal.SIGTERM, err
     assert "run the same command again to resume" in err
-    for tensorboard in run_dirs:
-        assert (tensorboard.parent / "checkpoint.pt").is_file()
-        assert not (tensorboard.parent / "summary.json").exists()
-    finished = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    seed0 = first[0].parent
+    assert (seed0 / "checkpoint.pt").is_file() and not (seed0 / "summary.json").exists()
+    assert not (seed0.parent / "seed1").exists()  # never started
+    # --overwrite retrains only runs of other settings: the interrupted one still resumes.
+    finished = subprocess.run([*argv, "--overwrite"], capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr
-    for tensorboard in run_dirs:
-        summary = json.loads((tensorboard.parent / "summary.json").read_text())
+    assert "0 finished before (reused), 1 to resume, 1 to train" in finished.stdout
+    for seed in ("seed0", "seed1"):
+        summary = json.loads((seed0.parent / seed / "summary.json").read_text())
         assert summary["steps"] == math.ceil(20000 / 32)
+
+
+@pytest.mark.slow
+def test_a_failing_run_is_reported_and_the_command_exits_1(tmp_path, capsys):
+    from conftest import write_fake_fashion_mnist
+
+    write_fake_fashion_mnist(tmp_path / "fm", n_train=64, n_test=20)
+    argv = ["reproduce", "shufflenet-t2", "--only", "0.25x-g1", "--seeds", "1", "--budget", "640",
+            "--data-dir", str(tmp_path / "fm"), "--output", str(tmp_path / "out"), "--set", "batch_size=32",
+            "--set", "lr=1e6", "--set", "warmup_epochs=0", "--no-progress"]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "0.25x-g1 seed 0: failed: TrainingDiverged" in err
+    report = next((tmp_path / "out").glob("*/shufflenet-t2.md")).read_text()
+    assert "## Failed runs" in report and "TrainingDiverged" in report

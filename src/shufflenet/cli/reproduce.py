@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import sys
+import textwrap
 from pathlib import Path
 
 from shufflenet.cli._common import CliError, Command, add_set_option, positive_int
@@ -19,14 +20,14 @@ DESCRIPTION = (
     "Train every cell of a paper's table for several seeds on one dataset (Fashion-MNIST by default), in "
     "parallel single-threaded processes on CPU (one after another on a GPU), then write TABLE.md/.json/.png: "
     "mean ± std error per cell beside the paper's figure, a verdict on each of the paper's claims (holds or "
-    "not at this scale, by how much, against the seed-to-seed spread), the order of the cells at each "
+    "not at this scale, by how much, and whether clear of the seed noise), the order of the cells at each "
     "complexity level, and a plot of error against MFLOPs. Every run is an ordinary training run in its own "
     "folder: finished ones are reused, interrupted ones (Ctrl-C, SIGTERM) resume, and tables that share a "
     "cell train it once."
 )
 EPILOG = """\
 examples:
-  shufflenet reproduce --list                         the tables, their cells and their run counts
+  shufflenet reproduce --list                         the tables, their cells and claims
   shufflenet reproduce shufflenet-t2                  Table 2 on Fashion-MNIST, 3 seeds, 30k images per run
   shufflenet reproduce shufflenet-t4 --only '38m-*'   only the cells at 38 MFLOPs
   shufflenet reproduce shift-t1 --dataset cifar10 --data-dir /data/cifar --epochs 30 --device cuda
@@ -41,7 +42,7 @@ def _budget_images(text: str) -> int:
         value = float(text[:-1] if scale > 1 else text) * scale
     except ValueError:
         value = 0
-    if value < 1:
+    if not 1 <= value < 1e12:
         raise argparse.ArgumentTypeError(
             f"must be a positive number of images (e.g. 30000 or 30k), got {text!r}"
         )
@@ -50,6 +51,7 @@ def _budget_images(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
+    parser.description = textwrap.fill(DESCRIPTION, width=100)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
         "table", nargs="?", choices=tuple(TABLES), metavar="TABLE", help=f"one of: {', '.join(TABLES)}"
@@ -155,8 +157,6 @@ def run(args: argparse.Namespace) -> int:
         else reproduce.Budget(images=args.budget or reproduce.DEFAULT_BUDGET)
     )
     overrides = parse_overrides(args.set)
-    if args.device:
-        overrides["device"] = args.device
     folder, runs = reproduce.plan(
         table,
         dataset=args.dataset,
@@ -166,19 +166,22 @@ def run(args: argparse.Namespace) -> int:
         output=Path(args.output),
         overrides=overrides,
         only=(lambda cell: any(fnmatch.fnmatchcase(cell.key, p) for p in args.only)) if args.only else None,
+        device=args.device,
     )
     on_gpu = (args.device or "").startswith("cuda") or (args.device is None and _cuda_available())
     jobs = args.jobs or (1 if on_gpu else max(1, usable_cores() // args.threads))
     cells = len({run.cell for run in runs})
+    how = "the report from the runs finished so far" if args.report_only else f"{jobs} at a time"
     print(
         f"{table.name}: {cells} cells x {args.seeds} seeds = {len(runs)} runs, "
-        f"{budget.describe(runs[0].config.batch_size)}, {jobs} at a time; runs and report in {folder}"
+        f"{budget.describe(runs[0].config.batch_size)}, {how}; runs and report in {folder}"
     )
     outcomes: dict = {}
     if args.report_only:
+        # Only runs of today's networks with these settings: the same test that reuses them.
         for run_ in runs:
-            summary = reproduce.finished_summary(run_.config)
-            if summary is not None:
+            if reproduce.run_state(run_.config) == "finished":
+                summary = reproduce.finished_summary(run_.config)
                 outcomes[(run_.cell, run_.seed)] = reproduce.RunOutcome(summary=summary)
     else:
         try:

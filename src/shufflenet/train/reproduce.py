@@ -30,8 +30,9 @@ from shufflenet._table import markdown_table
 from shufflenet.data.catalog import DATASETS, is_small
 from shufflenet.train.config import TrainConfig, load_config
 from shufflenet.train.paper_tables import Cell, Claim, PaperTable
-from shufflenet.train.reuse import checkpoint_matches, finished_summary
+from shufflenet.train.reuse import checkpoint_matches, finished_summary, settings_differing
 from shufflenet.train.run_dir import previous_run
+from shufflenet.train.sizing import adapt_to_data
 
 RECIPE = "reproduce"
 DEFAULT_BUDGET = 30_000  # training images per run: about 4 minutes for ShuffleNet 1x on one Zen 4 core
@@ -105,8 +106,10 @@ def plan(
     output: Path = Path("runs/reproduce"),
     overrides: dict[str, Any] | None = None,
     only: Callable[[Cell], bool] | None = None,
+    device: str | None = None,
 ) -> tuple[Path, list[PlannedRun]]:
-    """The experiment folder and the runs of ``table``'s cells (those ``only`` keeps), seeds 0..seeds-1."""
+    """The experiment folder and the runs of ``table``'s cells (those ``only`` keeps), seeds 0..seeds-1.
+    ``overrides`` change what the runs learn (and so name a folder of their own); ``device`` does not."""
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, got {seeds}")
     overrides = dict(overrides or {})
@@ -132,6 +135,7 @@ def plan(
                 "progress": False,
                 "cpu_processes": 1,
                 "output": str(folder / _cell_folder(cell) / f"seed{seed}"),
+                "device": device,
                 **table.settings,
                 **overrides,
             }
@@ -140,7 +144,12 @@ def plan(
             else:
                 batch = overrides.get("batch_size", load_config(RECIPE).batch_size)
                 settings["iterations"] = math.ceil(budget.images / batch)
-            runs.append(PlannedRun(cell.key, seed, load_config(RECIPE, settings)))
+            config = load_config(RECIPE, settings)
+            if dataset == "imagefolder":
+                # Sized to the images here, as train() would, so that the settings a finished run saved
+                # (its size and stem) are the ones planned.
+                config = adapt_to_data(config)[0]
+            runs.append(PlannedRun(cell.key, seed, config))
     return folder, runs
 
 
@@ -167,6 +176,19 @@ def run_state(config: TrainConfig) -> str:
     return "new" if previous_run(config.run_dir()) is None else "conflict"
 
 
+def conflict_reason(config: TrainConfig) -> str:
+    """What differs between ``config`` and the run already in its folder, for the refusal's message."""
+    recorded = config.run_dir() / ARCHITECTURE_NAME
+    if recorded.is_file() and recorded.read_text().strip() != architecture(config):
+        return f"a {config.model} built differently from today's"
+    changed = settings_differing(config)
+    return (
+        f"other settings ({', '.join(changed)})"
+        if changed
+        else f"another run ({previous_run(config.run_dir())})"
+    )
+
+
 @dataclass
 class RunOutcome:
     """What a run left: its summary, or the one-line reason it failed."""
@@ -180,9 +202,15 @@ def _child(config: TrainConfig, resume: bool, overwrite: bool, threads: int) -> 
     import torch
 
     from shufflenet.train.distributed import StoppedBySignal, die_with_parent
+
+    parent = os.getppid()
+    die_with_parent()
+    if os.getppid() != parent:  # the parent died before it could be watched
+        raise SystemExit(1)
+    # Its own process group: a Ctrl-C at the terminal reaches only the parent, which asks each run once.
+    os.setpgrp()
     from shufflenet.train.engine import train
 
-    die_with_parent()
     torch.set_num_threads(threads)
     run_dir = config.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -211,10 +239,12 @@ def _outcome(run: PlannedRun, exitcode: int | None) -> RunOutcome:
     failure = run.run_dir / FAILURE_NAME
     if failure.is_file():
         return RunOutcome(error=json.loads(failure.read_text())["error"])
+    log = run.run_dir / LOG_NAME
+    if exitcode == -signal.SIGKILL:
+        return RunOutcome(error=f"killed by SIGKILL, most likely for want of memory; see {log}")
     if exitcode is not None and exitcode < 0:
-        name = signal.Signals(-exitcode).name if -exitcode in signal.valid_signals() else str(-exitcode)
-        return RunOutcome(error=f"killed by {name} (out of memory?); see {run.run_dir / LOG_NAME}")
-    return RunOutcome(error=f"stopped (exit code {exitcode}); see {run.run_dir / LOG_NAME}")
+        return RunOutcome(error=f"killed by signal {-exitcode}; see {log}")
+    return RunOutcome(error=f"stopped (exit code {exitcode}); see {log}")
 
 
 class Interrupted(Exception):
@@ -237,18 +267,17 @@ def execute(
     """Train every run not finished before, ``jobs`` processes at a time, and return each run's outcome.
 
     Finished runs with the same settings are reused and interrupted ones resumed; a folder holding a run of
-    other settings is refused unless ``overwrite``. Ctrl-C (or SIGTERM) stops the runs in progress at a
-    checkpoint and raises :class:`Interrupted`."""
+    other settings is refused unless ``overwrite``. Ctrl-C or SIGTERM asks the runs in progress to stop at
+    a checkpoint, starts no other, and raises :class:`Interrupted`; a second one kills them."""
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     states = {id(run): run_state(run.config) for run in runs}
     conflicts = [run for run in runs if states[id(run)] == "conflict"]
     if conflicts and not overwrite:
-        where = conflicts[0].run_dir
+        count = len(conflicts)
         raise ValueError(
-            f"{where} holds a run with other settings or of a network built differently since "
-            f"({previous_run(where)}); choose another --output, or "
-            f"--overwrite to retrain {len(conflicts)} such run{'s' * (len(conflicts) != 1)}"
+            f"{conflicts[0].run_dir} holds a run of {conflict_reason(conflicts[0].config)}; choose another "
+            f"--output, or --overwrite to retrain it{f' and {count - 1} more' if count > 1 else ''}"
         )
     outcomes = {
         (run.cell, run.seed): RunOutcome(summary=finished_summary(run.config))
@@ -256,8 +285,11 @@ def execute(
         if states[id(run)] == "finished"
     }
     pending = [run for run in runs if states[id(run)] != "finished"]
-    if outcomes:
-        report(f"{len(outcomes)} of {len(runs)} runs finished before with these settings: reused")
+    resuming = sum(states[id(run)] == "resume" for run in pending)
+    report(
+        f"{len(outcomes)} finished before (reused), {resuming} to resume, "
+        f"{len(pending) - resuming} to train; each run's log: RUN_DIR/{LOG_NAME}"
+    )
     if not pending:
         return outcomes
     from tqdm import tqdm
@@ -265,38 +297,34 @@ def execute(
     context = multiprocessing.get_context("spawn")
     active: dict[int, tuple[PlannedRun, multiprocessing.process.BaseProcess, float]] = {}
     bar = tqdm(total=len(pending), desc="runs", unit="run", disable=not progress, file=sys.stderr)
-    stop_requested = False
+    signals: list[int] = []  # the handler only records; the loop below acts, between two waits
 
-    stop_signal = signal.SIGINT
+    def record(signum: int, frame: Any) -> None:
+        signals.append(signum)
 
-    def stop(signum: int, frame: Any) -> None:
-        nonlocal stop_signal
-        stop_signal = signum
-        raise KeyboardInterrupt
-
-    previous_term = signal.signal(signal.SIGTERM, stop)
+    previous = {signum: signal.signal(signum, record) for signum in (signal.SIGINT, signal.SIGTERM)}
+    asked_to_stop = False
     try:
-        while pending or active:
-            while pending and len(active) < jobs and not stop_requested:
+        while active or (pending and not signals):
+            while pending and len(active) < jobs and not signals:
                 run = pending.pop(0)
-                resume = states[id(run)] == "resume"
-                process = context.Process(target=_child, args=(run.config, resume, overwrite, threads))
+                state = states[id(run)]
+                process = context.Process(
+                    target=_child,
+                    args=(run.config, state == "resume", overwrite and state == "conflict", threads),
+                )
                 process.start()
                 active[process.sentinel] = (run, process, time.monotonic())
-            try:
-                ready = wait(list(active), timeout=5)
-            except KeyboardInterrupt:
-                if not stop_requested:
-                    stop_requested = True
-                    report("stopping: the runs in progress save a checkpoint (Ctrl-C again to kill them)")
-                    for _, process, _ in active.values():
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(process.pid, signal.SIGTERM)
-                    continue
+            if signals and not asked_to_stop:
+                asked_to_stop = True
+                report("stopping: the runs in progress save a checkpoint (Ctrl-C again to kill them)")
+                for _, process, _ in active.values():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(process.pid, signal.SIGTERM)
+            if len(signals) > 1:
                 for _, process, _ in active.values():
                     process.kill()
-                raise
-            for sentinel in ready:
+            for sentinel in wait(list(active), timeout=0.5):
                 run, process, started = active.pop(sentinel)
                 process.join()
                 outcome = _outcome(run, process.exitcode)
@@ -304,16 +332,19 @@ def execute(
                 bar.update()
                 if outcome.summary is not None:
                     line = f"{run.cell} seed {run.seed}: {outcome.summary['top1_err']:.2f}% error"
-                elif stop_requested:
-                    line = f"{run.cell} seed {run.seed}: stopped at a checkpoint"
+                elif signals:
+                    line = f"{run.cell} seed {run.seed}: stopped" + (
+                        " at a checkpoint" if len(signals) == 1 else ""
+                    )
                 else:
                     line = f"{run.cell} seed {run.seed}: failed: {outcome.error}"
                 bar.write(f"{line} ({time.monotonic() - started:.0f} s)", file=sys.stderr)
     finally:
-        signal.signal(signal.SIGTERM, previous_term)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         bar.close()
-    if stop_requested:
-        raise Interrupted("stopped; run the same command again to resume where the runs stopped", stop_signal)
+    if signals:
+        raise Interrupted("stopped; run the same command again to resume where the runs stopped", signals[0])
     return outcomes
 
 
@@ -377,64 +408,79 @@ def collect(
     return results
 
 
+# A margin counts as clear of the seed noise beyond this many standard errors (about 95% one-sided).
+CLEAR_MARGIN = 2.0
+
+
 @dataclass(frozen=True)
 class ContrastResult:
-    """One comparison of a claim: ours (points of error), its seed-to-seed spread, and the paper's."""
+    """One comparison of a claim: ours (points of error, signed so the paper's reading is positive), its
+    standard error from the seeds' spread (None with one seed), and the paper's."""
 
     name: str
     ours: float | None
-    spread: float | None
+    error: float | None
     paper: float
+
+    @property
+    def clear(self) -> bool:
+        """Whether our margin, either way, exceeds twice its standard error."""
+        return self.ours is not None and self.error is not None and abs(self.ours) > CLEAR_MARGIN * self.error
+
+    def noise(self) -> str:
+        if self.error is None:
+            return "one seed, no noise estimate"
+        side = "clear of" if self.clear else "within"
+        return f"standard error {self.error:.2f}: {side} the seed noise"
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """A claim judged on our runs: ``holds`` is None when a cell it needs has no result."""
+    """A claim judged on our runs: ``holds`` is None while it can still go either way for want of runs."""
 
     claim: Claim
     contrasts: tuple[ContrastResult, ...]
 
     @property
+    def measured(self) -> list[ContrastResult]:
+        return [c for c in self.contrasts if c.ours is not None]
+
+    @property
     def holds(self) -> bool | None:
-        if any(c.ours is None for c in self.contrasts):
-            return None
-        return all(c.ours > 0 for c in self.contrasts)
+        if any(c.ours <= 0 for c in self.measured):
+            return False
+        return None if len(self.measured) < len(self.contrasts) else True
 
     def sentence(self) -> str:
-        """The claim, whether it holds at this scale, by how much, and against the seed spread."""
+        """The claim, whether it holds at this scale, by how much, and against the seed noise."""
+        measured = self.measured
+        missing = len(self.contrasts) - len(measured)
         if self.holds is None:
-            return f"**Not measured**: {self.claim.text} (a cell it needs has no finished run)."
-        measured = list(self.contrasts)
+            total = len(self.contrasts)
+            return f"**Not measured**: {self.claim.text} ({missing} of {total} comparisons lack runs)."
         worst = min(measured, key=lambda c: c.ours)
-        agreeing = sum(c.ours > 0 for c in measured)
-        spread = "one seed, no spread" if worst.spread is None else f"seed-to-seed spread {worst.spread:.2f}"
-        beyond = worst.spread is not None and abs(worst.ours) > worst.spread
-        size = f"{worst.ours:+.2f} points (paper {worst.paper:+.1f}; {spread})"
+        size = f"{worst.ours:+.2f} points (paper {worst.paper:+.1f}), {worst.noise()}"
         if self.holds:
-            firm = sum(c.spread is not None and c.ours > c.spread for c in measured)
-            where = (
-                ""
-                if len(measured) == 1
-                else f"All {len(measured)} comparisons agree; smallest, {worst.name}: "
+            if len(measured) == 1:
+                return f"**Holds** at this scale: {self.claim.text}. {size}."
+            clear = sum(c.clear for c in measured)
+            return (
+                f"**Holds** at this scale: {self.claim.text}. All {len(measured)} comparisons agree, "
+                f"{clear} of them clear of the seed noise; the smallest, {worst.name}: {size}."
             )
-            strength = (
-                "beyond the seed spread"
-                if firm == len(measured)
-                else f"{firm} of {len(measured)} beyond the seed spread"
-            )
-            return f"**Holds** at this scale: {self.claim.text}. {where}{size}; {strength}."
-        where = (
-            ""
-            if len(measured) == 1
-            else f"{agreeing} of {len(measured)} comparisons agree; worst, {worst.name}: "
+        if len(self.contrasts) == 1:
+            return f"**Does not hold** at this scale: {self.claim.text}. {size}."
+        agreeing = sum(c.ours > 0 for c in measured)
+        unmeasured = f" ({missing} not measured)" if missing else ""
+        return (
+            f"**Does not hold** at this scale: {self.claim.text}. {agreeing} of {len(measured)} comparisons "
+            f"agree{unmeasured}; the worst, {worst.name}: {size}."
         )
-        strength = "beyond the seed spread" if beyond else "within the seed spread"
-        return f"**Does not hold** at this scale: {self.claim.text}. {where}{size}, {strength}."
 
 
 def judge(table: PaperTable, results: Sequence[CellResult]) -> list[Verdict]:
-    """Every claim of ``table`` judged on ``results`` (a contrast's spread: the square root of the sum of
-    its weights squared times each cell's seed variance)."""
+    """Every claim of ``table`` judged on ``results``. A comparison's standard error is that of a weighted
+    sum of independent means: the square root of the sum over its cells of weight^2 x variance / seeds."""
     by_key = {result.cell.key: result for result in results}
     paper = {cell.key: cell.paper_err for cell in table.cells}
     verdicts = []
@@ -446,13 +492,12 @@ def judge(table: PaperTable, results: Sequence[CellResult]) -> list[Verdict]:
                 contrasts.append(ContrastResult(contrast.name, None, None, contrast.value(paper)))
                 continue
             ours = contrast.value({key: by_key[key].mean for key, _ in contrast.weights})
-            stds = [by_key[key].std for key, _ in contrast.weights]
-            spread = (
-                None
-                if any(s is None for s in stds)
-                else math.sqrt(sum((w * s) ** 2 for (_, w), s in zip(contrast.weights, stds, strict=True)))
-            )
-            contrasts.append(ContrastResult(contrast.name, ours, spread, contrast.value(paper)))
+            variances = [
+                None if by_key[key].std is None else (weight * by_key[key].std) ** 2 / len(by_key[key].errors)
+                for key, weight in contrast.weights
+            ]
+            error = None if None in variances else math.sqrt(sum(variances))
+            contrasts.append(ContrastResult(contrast.name, ours, error, contrast.value(paper)))
         verdicts.append(Verdict(claim, tuple(contrasts)))
     return verdicts
 
@@ -520,7 +565,7 @@ def markdown_report(
                     str(number),
                     c.name,
                     "" if c.ours is None else f"{c.ours:+.2f}",
-                    "" if c.spread is None else f"{c.spread:.2f}",
+                    "" if c.error is None else f"{c.error:.2f}",
                     f"{c.paper:+.1f}",
                 ]
             )
@@ -536,8 +581,11 @@ def markdown_report(
         "## Claims\n",
         "\n".join(f"{n}. {v.sentence()} ({v.claim.source})" for n, v in enumerate(verdicts, start=1)) + "\n",
         "Each comparison below is a difference of errors in points, signed so that the paper's reading is "
-        "positive; its spread is the seed-to-seed standard deviation of that difference.\n",
-        markdown_table(["claim", "comparison", "ours", "spread", "paper"], comparisons) + "\n",
+        "positive (a claim holds when all of its comparisons are). Its standard error comes from the seeds' "
+        "spread: the square root of the sum, over its cells, of weight^2 x variance / seeds. A margin beyond "
+        "twice its standard error is clear of the seed noise; one within it could go either way with other "
+        "seeds.\n",
+        markdown_table(["claim", "comparison", "ours", "standard error", "paper"], comparisons) + "\n",
         "## Order at each level (lowest error first)\n",
         markdown_table(["level", "paper", "ours"], _orderings(results)) + "\n",
     ]
