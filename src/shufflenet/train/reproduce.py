@@ -658,7 +658,7 @@ def plot(table: PaperTable, results: Sequence[CellResult], path: Path, *, datase
         axes.set_xscale("log")
         axes.xaxis.set_major_formatter(ScalarFormatter())
         axes.xaxis.set_minor_formatter(NullFormatter())
-        axes.set_xlabel("MFLOPs as the paper counts them (a level's cells spread out in the paper's order)")
+        axes.set_xlabel("MFLOPs, the paper's count (a level's cells spread out)", fontsize=8)
         axes.set_ylabel("top-1 error (%)")
         axes.grid(True, alpha=0.3)
     paper_axes.legend(fontsize=7)
