@@ -11,7 +11,7 @@ from pathlib import Path
 
 from shufflenet.cli._common import CliError, Command, add_set_option, positive_int
 from shufflenet.data.catalog import DATASETS
-from shufflenet.train.paper_tables import TABLES
+from shufflenet.train.paper_tables import DEFAULT_SEEDS, TABLES
 
 HELP = (
     "train a paper's table (ShuffleNet Tables 2-5, ShuffleNet V2 Table 8, shift Table 1) and judge its claims"
@@ -73,7 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "of the 1x nets on one CPU core)",
     )
     length.add_argument("--epochs", type=positive_int, help="full epochs per run, instead of --budget")
-    parser.add_argument("--seeds", type=positive_int, default=3, help="seeds per cell (default: 3)")
+    parser.add_argument(
+        "--seeds", type=positive_int, default=DEFAULT_SEEDS, help=f"seeds per cell (default: {DEFAULT_SEEDS})"
+    )
     parser.add_argument(
         "--only",
         nargs="+",
@@ -179,10 +181,8 @@ def run(args: argparse.Namespace) -> int:
     outcomes: dict = {}
     if args.report_only:
         # Only runs of today's networks with these settings: the same test that reuses them.
-        for run_ in runs:
-            if reproduce.run_state(run_.config) == "finished":
-                summary = reproduce.finished_summary(run_.config)
-                outcomes[(run_.cell, run_.seed)] = reproduce.RunOutcome(summary=summary)
+        states = {id(run_): reproduce.run_state(run_.config) for run_ in runs}
+        outcomes = reproduce.finished_outcomes(runs, states)
     else:
         try:
             outcomes = reproduce.execute(

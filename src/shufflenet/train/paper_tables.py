@@ -12,6 +12,9 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
+# Seeds per cell when a table is reproduced: enough for a spread, few enough for 2 CPU cores.
+DEFAULT_SEEDS = 3
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -61,9 +64,6 @@ class PaperTable:
     claims: tuple[Claim, ...]
     # Settings every cell of this table trains with, over the reproduce recipe's.
     settings: dict[str, Any] = field(default_factory=dict)
-
-    def cell(self, key: str) -> Cell:
-        return next(cell for cell in self.cells if cell.key == key)
 
 
 def beats(better: str, worse: str, name: str | None = None) -> Contrast:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -29,17 +30,17 @@ from shufflenet._system import atomic_write
 from shufflenet._table import markdown_table
 from shufflenet.data.catalog import DATASETS, is_small
 from shufflenet.train.config import TrainConfig, load_config
-from shufflenet.train.paper_tables import Cell, Claim, PaperTable
+from shufflenet.train.paper_tables import DEFAULT_SEEDS, Cell, Claim, PaperTable
 from shufflenet.train.reuse import checkpoint_matches, finished_summary, settings_differing
 from shufflenet.train.run_dir import previous_run
 from shufflenet.train.sizing import adapt_to_data
 
 RECIPE = "reproduce"
 DEFAULT_BUDGET = 30_000  # training images per run: about 4 minutes for ShuffleNet 1x on one Zen 4 core
-DEFAULT_SEEDS = 3
 LOG_NAME = "reproduce.log"
 FAILURE_NAME = "failure.json"
 ARCHITECTURE_NAME = "architecture.txt"
+SUMMARY_NAME = "summary.json"
 
 
 @dataclass(frozen=True)
@@ -125,61 +126,77 @@ def plan(
         model_args = dict(cell.model_args)
         if dataset in DATASETS and is_small(DATASETS[dataset].image_size):
             model_args.setdefault("small_input", True)
+        settings: dict[str, Any] = {
+            "dataset": dataset,
+            "data_dir": data_dir,
+            "model": cell.model,
+            "model_args": model_args,
+            "progress": False,
+            "cpu_processes": 1,
+            "device": device,
+            **table.settings,
+            **overrides,
+        }
+        if budget.epochs is not None:
+            settings["epochs"] = budget.epochs
+        config = load_config(RECIPE, settings)
+        if budget.images is not None:
+            config = dataclasses.replace(config, iterations=math.ceil(budget.images / config.batch_size))
+        if dataset == "imagefolder":
+            # Sized to the images here, as train() would, so that the settings a finished run saved (its
+            # size and stem) are the ones planned; once per cell, as every seed reads the same images.
+            config = adapt_to_data(config)[0]
         for seed in range(seeds):
-            settings: dict[str, Any] = {
-                "dataset": dataset,
-                "data_dir": data_dir,
-                "model": cell.model,
-                "model_args": model_args,
-                "seed": seed,
-                "progress": False,
-                "cpu_processes": 1,
-                "output": str(folder / _cell_folder(cell) / f"seed{seed}"),
-                "device": device,
-                **table.settings,
-                **overrides,
-            }
-            if budget.epochs is not None:
-                settings["epochs"] = budget.epochs
-            else:
-                batch = overrides.get("batch_size", load_config(RECIPE).batch_size)
-                settings["iterations"] = math.ceil(budget.images / batch)
-            config = load_config(RECIPE, settings)
-            if dataset == "imagefolder":
-                # Sized to the images here, as train() would, so that the settings a finished run saved
-                # (its size and stem) are the ones planned.
-                config = adapt_to_data(config)[0]
-            runs.append(PlannedRun(cell.key, seed, config))
+            output = str(folder / _cell_folder(cell) / f"seed{seed}")
+            runs.append(PlannedRun(cell.key, seed, dataclasses.replace(config, seed=seed, output=output)))
     return folder, runs
 
 
 def architecture(config: TrainConfig) -> str:
     """A fingerprint of the network ``config`` builds (every parameter's name and shape): a run trained
     before a model's definition changed under the same name is not taken for a run of the new one."""
+    return _architecture(config.model, json.dumps(config.model_args, sort_keys=True))
+
+
+@functools.cache
+def _architecture(model_name: str, model_args: str) -> str:
+    # Built once per model and switches: a table's seeds (and its other runs of the same cell) share it.
     from shufflenet.registry import create_model
 
-    model = create_model(config.model, **config.model_args)
+    model = create_model(model_name, **json.loads(model_args))
     shapes = [f"{name}:{tuple(tensor.shape)}" for name, tensor in model.state_dict().items()]
     return hashlib.sha256("\n".join(shapes).encode()).hexdigest()[:16]
+
+
+def _architecture_changed(config: TrainConfig) -> bool:
+    recorded = config.run_dir() / ARCHITECTURE_NAME
+    return recorded.is_file() and recorded.read_text().strip() != architecture(config)
 
 
 def run_state(config: TrainConfig) -> str:
     """``finished`` (reused), ``resume`` (interrupted with these settings), ``new``, or ``conflict`` (the
     folder holds a run of other settings, or of a network since built differently)."""
-    recorded = config.run_dir() / ARCHITECTURE_NAME
-    if recorded.is_file() and recorded.read_text().strip() != architecture(config):
+    if _architecture_changed(config):
         return "conflict"
-    if finished_summary(config) is not None:
-        return "finished"
     if checkpoint_matches(config):
-        return "resume"
+        return "finished" if (config.run_dir() / SUMMARY_NAME).is_file() else "resume"
     return "new" if previous_run(config.run_dir()) is None else "conflict"
+
+
+def finished_outcomes(
+    runs: Sequence[PlannedRun], states: dict[int, str]
+) -> dict[tuple[str, int], RunOutcome]:
+    """The summaries of the runs whose state (by ``id(run)``, from :func:`run_state`) is ``finished``."""
+    return {
+        (run.cell, run.seed): RunOutcome(summary=json.loads((run.run_dir / SUMMARY_NAME).read_text()))
+        for run in runs
+        if states[id(run)] == "finished"
+    }
 
 
 def conflict_reason(config: TrainConfig) -> str:
     """What differs between ``config`` and the run already in its folder, for the refusal's message."""
-    recorded = config.run_dir() / ARCHITECTURE_NAME
-    if recorded.is_file() and recorded.read_text().strip() != architecture(config):
+    if _architecture_changed(config):
         return f"a {config.model} built differently from today's"
     changed = settings_differing(config)
     return (
@@ -279,11 +296,7 @@ def execute(
             f"{conflicts[0].run_dir} holds a run of {conflict_reason(conflicts[0].config)}; choose another "
             f"--output, or --overwrite to retrain it{f' and {count - 1} more' if count > 1 else ''}"
         )
-    outcomes = {
-        (run.cell, run.seed): RunOutcome(summary=finished_summary(run.config))
-        for run in runs
-        if states[id(run)] == "finished"
-    }
+    outcomes = finished_outcomes(runs, states)
     pending = [run for run in runs if states[id(run)] != "finished"]
     resuming = sum(states[id(run)] == "resume" for run in pending)
     report(
