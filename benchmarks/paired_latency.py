@@ -1,42 +1,57 @@
-"""The headline latency comparisons, measured paired: every runtime of every model built in this one
-process, then called in turn, one batch each, in a freshly shuffled order per pass, so that the machine's
-drift (10-15% between minutes on the shared 2-core development machine) lands on every cell alike. The
-per-cell benchmark (`shufflenet bench latency`) isolates each cell in its own process instead, which keeps
-runtimes from touching each other but lets two cells of one ratio run minutes apart. Each timed call
-follows one untimed call of the same cell (``--rewarm 1``), so every cell is timed in steady state as in
-the per-cell benchmark; ``--rewarm 0`` times each call right after another cell's, with whatever that
-left in cache (AlexNet's 240 MB of weights leave none).
+"""Latency measured paired: every runtime of every model built in this one process, then called in turn,
+one batch each, in a freshly shuffled order per pass, so that the machine's drift (10-15% between minutes
+on the shared 2-core development machine) lands on every cell alike. The per-cell benchmark
+(`shufflenet bench latency`) isolates each cell in its own process instead, which keeps runtimes from
+touching each other but lets two cells of one ratio run minutes apart. Each timed call follows one
+untimed call of the same cell (``--rewarm 1``), so every cell is timed in steady state as in the
+per-cell benchmark; ``--rewarm 0`` times each call right after another cell's, with whatever that left
+in cache (AlexNet's 240 MB of weights leave none). Each input size is one interleaved run.
 
-    python benchmarks/paired_latency.py [--passes 300] [--rewarm 1] \
+    python benchmarks/paired_latency.py [--passes 300] [--rewarm 1] \\
         [--output benchmarks/results/latency-paired]
+    python benchmarks/paired_latency.py --table8 --passes 40 --output runs/table8   # Zhang et al. 2018
 
-Same models, runtimes and ratios as `shufflenet bench latency` with the headline set; one thread.
+The default set is the headline one of `shufflenet bench latency`; ``--table8`` times the models of Zhang
+et al. 2018's speed claims (Table 8's five nets at its three input sizes, with SE and g = 4/8 beside g = 3)
+and prints those claims as ratios. One thread.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
-
-import numpy as np
-import torch
-from tqdm import tqdm
 
 from shufflenet.bench.latency import (
     HEADLINE_LATENCY_MODELS,
-    LatencyCell,
-    build_benchmark_model,
+    SIZES,
     headline_ratios,
     latency_table,
-    skip_reason,
+    measure_paired,
+    speed_claims,
 )
 from shufflenet.bench.report import format_ratio, write_latency_results
-from shufflenet.deploy.runtimes import build_runner, interleaved_seconds
-from shufflenet.profile import profile
 
 RUNTIMES = ("eager", "eager_cl", "eager_deploy", "ort", "openvino", "engine", "ours")
+# Zhang et al. 2018: Table 8's nets, and the variants of sections 4.3 (SE) and 4.5 (g = 4, 8).
+TABLE8_MODELS = (
+    "shufflenet_v1_g3_x0_5",
+    "shufflenet_v1_g3_x1_0",
+    "shufflenet_v1_g3_x2_0",
+    "mobilenet_v1_x1_0",
+    "torchvision:alexnet",
+    "shufflenet_v1_g3_x1_0[se=true]",
+    "shufflenet_v1_g4_x1_0",
+    "shufflenet_v1_g8_x1_0",
+)
+TABLE8_RUNTIMES = ("ort", "openvino", "engine")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    height, _, width = text.lower().partition("x")
+    if not (height.isdigit() and width.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected HxW like 224x224, got {text!r}")
+    return int(height), int(width)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,40 +68,27 @@ def main(argv: list[str] | None = None) -> int:
         "in cache as in back-to-back inference and in `shufflenet bench latency`; 0: each call starts with "
         "the caches the previous cell left, i.e. cold for small models after AlexNet)",
     )
+    parser.add_argument(
+        "--table8",
+        action="store_true",
+        help="Zhang et al. 2018's speed claims: Table 8's nets at its three sizes on "
+        f"{', '.join(TABLE8_RUNTIMES)} (override with --models/--sizes/--runtimes)",
+    )
+    parser.add_argument("--models", nargs="+", metavar="MODEL", help="model specs, as `bench latency`'s")
+    parser.add_argument("--sizes", nargs="+", type=parse_size, metavar="HxW", help="default 224x224")
+    parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, metavar="NAME", help=", ".join(RUNTIMES))
     parser.add_argument("--output", type=Path, help="write latency.md/.csv/.json into this folder")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    runners, cells = [], []
-    with tempfile.TemporaryDirectory() as folder:
-        for spec in tqdm(HEADLINE_LATENCY_MODELS, desc="building", unit="model"):
-            mflops = profile(build_benchmark_model(spec), input_size=(224, 224)).mflops
-            for runtime in RUNTIMES:
-                if skip_reason(spec, runtime) is not None:
-                    continue
-                # A fresh copy per runtime (same seed, same weights): eager_cl converts its model to
-                # channels_last in place, which must not reach the eager cell.
-                torch.manual_seed(0)
-                model = build_benchmark_model(spec)
-                example = torch.randn(1, 3, 224, 224)
-                workdir = Path(folder) / f"{len(cells)}"
-                workdir.mkdir()
-                run = build_runner(runtime, model, example, threads=1, workdir=workdir)
-                torch.set_num_threads(1)  # build_runner sets it; kept explicit for the eager cells
-                cell = LatencyCell(spec, 224, 224, 1, runtime, warmup=args.warmup, repeats=args.passes)
-                cell.mflops = mflops
-                if hasattr(run, "backend"):
-                    cell.extra["backend"] = run.backend
-                runners.append((run, example.numpy()))
-                cells.append(cell)
-        calls = [lambda run=run, batch=batch: run(batch) for run, batch in runners]
-        times = interleaved_seconds(
-            calls, passes=args.passes, warmup=args.warmup, rewarm=args.rewarm, progress=True
+    models = args.models or (TABLE8_MODELS if args.table8 else HEADLINE_LATENCY_MODELS)
+    sizes = args.sizes or (SIZES if args.table8 else ((224, 224),))
+    runtimes = args.runtimes or (TABLE8_RUNTIMES if args.table8 else RUNTIMES)
+    cells = []
+    for size in sizes:
+        cells += measure_paired(
+            models, size=size, runtimes=runtimes, passes=args.passes, warmup=args.warmup, rewarm=args.rewarm
         )
-    for cell, samples in zip(cells, times, strict=True):
-        cell.median_ms = 1000 * float(np.median(samples))
-        cell.p90_ms = 1000 * float(np.percentile(samples, 90))
     table = latency_table(cells)
-    ratios = headline_ratios(cells)
+    ratios = headline_ratios(cells) + speed_claims(cells)
     print(table)
     for ratio in ratios:
         print(format_ratio(*ratio))

@@ -11,9 +11,11 @@ from shufflenet.bench.latency import (
     latency_benchmark,
     latency_plot,
     latency_table,
+    measure_paired,
     paper_arm_ms,
     parse_model_spec,
     skip_reason,
+    speed_claims,
 )
 from shufflenet.bench.report import write_latency_results
 from shufflenet.cli import main
@@ -35,6 +37,7 @@ def test_paper_arm_figures():
     assert paper_arm_ms("torchvision:alexnet", (224, 224)) == 184.0
     assert paper_arm_ms("shufflenet_v2_x1_0[layout=torchvision]", (224, 224)) == pytest.approx(1000 / 24.4)
     assert paper_arm_ms("mobilenet_v2_x1_0", (480, 640)) is None
+    assert paper_arm_ms("shufflenet_v1_g3_x1_0[se=true]", (224, 224)) is None  # Table 8 has no SE nets
 
 
 def _cell(model, runtime, ms, threads=1):
@@ -203,3 +206,51 @@ def test_latency_record_states_each_ratio_with_how_to_read_it(tmp_path):
     text = written["md"].read_text()
     assert "- AlexNet / V1 0.5x g3, both on openvino (speedup): **15.00** (Zhang et al. 2018" in text
     assert "target" not in text
+
+
+def test_speed_claims_are_ratios_per_size_and_runtime_beside_the_papers():
+    def cell(model, runtime, ms, size=(224, 224), mflops=100.0):
+        return LatencyCell(model, *size, 1, runtime, median_ms=ms, p90_ms=ms, mflops=mflops)
+
+    big = (480, 640)
+    cells = [
+        cell("shufflenet_v1_g3_x0_5", "openvino", 2.0, mflops=38.0),
+        cell("shufflenet_v1_g3_x1_0", "openvino", 5.0, mflops=140.0),
+        cell("shufflenet_v1_g3_x2_0", "openvino", 15.0, mflops=524.0),
+        cell("shufflenet_v1_g3_x1_0[se=true]", "openvino", 7.0),
+        cell("shufflenet_v1_g8_x1_0", "openvino", 6.0),
+        cell("torchvision:alexnet", "openvino", 30.0),
+        cell("shufflenet_v1_g3_x0_5", "openvino", 10.0, size=big),
+        cell("torchvision:alexnet", "openvino", 130.0, size=big),
+        cell("shufflenet_v1_g3_x1_0", "engine", 4.0),
+    ]
+    claims = {what: (value, paper) for what, value, paper in speed_claims(cells)}
+    width, paper = claims["V1 g3 1x / V1 g3 0.5x time, openvino, 224x224 (3.7x the MFLOPs)"]
+    assert width == pytest.approx(2.5) and "2.6 per 4x" in paper and "2.49" in paper  # 37.8 / 15.2 on ARM
+    assert claims["V1 g3 2x / V1 g3 1x time, openvino, 224x224 (3.7x the MFLOPs)"][0] == pytest.approx(3.0)
+    assert claims["V1 g3 1x SE / without SE time, openvino, 224x224"][0] == pytest.approx(1.4)
+    assert claims["V1 g8 1x / V1 g3 1x time, openvino, 224x224"][0] == pytest.approx(1.2)
+    alexnet, paper = claims["AlexNet / V1 g3 0.5x time, openvino, 480x640 (speedup)"]
+    assert alexnet == pytest.approx(13.0) and "13.23" in paper  # 1156.7 / 87.4
+    assert claims["AlexNet / V1 g3 0.5x time, openvino, 224x224 (speedup)"][0] == pytest.approx(15.0)
+    assert not any("engine" in what for what in claims)  # one cell alone makes no ratio
+    assert not any("g4" in what or "MobileNet" in what for what in claims)  # not measured, left out
+
+
+def test_paired_cells_are_timed_in_one_process_in_turn():
+    cells = measure_paired(
+        ["shufflenet_v1_g3_x0_5[num_classes=10,small_input=true]", "shufflenet_v1_g3_x0_5[se=true]"],
+        size=(32, 32),
+        runtimes=["eager", "engine"],
+        passes=3,
+        warmup=1,
+        progress=False,
+    )
+    # The engine cell of the SE net is skipped (the engine has no squeeze-excite), the others timed.
+    assert [(cell.model.split("[")[1][:2], cell.runtime) for cell in cells] == [
+        ("nu", "eager"),
+        ("nu", "engine"),
+        ("se", "eager"),
+    ]
+    assert all(cell.median_ms > 0 and cell.p90_ms >= cell.median_ms and cell.repeats == 3 for cell in cells)
+    assert cells[0].mflops > 5 * cells[2].mflops  # per size and spec: small_input keeps 32 px at stride 8

@@ -19,12 +19,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from shufflenet._table import markdown_table
 from shufflenet.deploy.runtimes import RUNTIMES, build_runner
-from shufflenet.deploy.timing import median_seconds
+from shufflenet.deploy.timing import interleaved_seconds, median_seconds
 from shufflenet.profile import profile
 from shufflenet.registry import create_model
 
@@ -68,7 +69,9 @@ PAPER_ARM_224_IMAGES_PER_S = {
 
 def paper_arm_ms(model: str, size: tuple[int, int]) -> float | None:
     """The paper's single-thread ARM latency for this model and input size, where one was published."""
-    name = model.split("[")[0]
+    name, args = parse_model_spec(model)
+    if args.get("se"):  # Table 8 times the nets without SE (section 4.3 gives only "25-40% slower")
+        return None
     if name in PAPER_ARM_MS and size in SIZES:
         return PAPER_ARM_MS[name][SIZES.index(size)]
     if size == (224, 224) and name in PAPER_ARM_224_IMAGES_PER_S:
@@ -170,6 +173,8 @@ def skip_reason(model: str, runtime: str, threads: int = 1) -> str | None:
         return "the deploy path rewrites our models only"
     if runtime == "engine" and (not model.startswith("shufflenet_v") or threads != 1):
         return "the engine runs our ShuffleNet V1/V2 on one thread"
+    if runtime == "engine" and parse_model_spec(model)[1].get("se"):
+        return "the engine does not run squeeze-excite units"
     return None
 
 
@@ -215,6 +220,51 @@ def latency_benchmark(
             bar.update(1)
     bar.close()
     return [_combine(runs) for runs in measured]
+
+
+def measure_paired(
+    models: Sequence[str],
+    *,
+    size: tuple[int, int] = (224, 224),
+    runtimes: Sequence[str] = RUNTIMES,
+    passes: int = 300,
+    warmup: int = 10,
+    rewarm: int = 1,
+    progress: bool = True,
+) -> list[LatencyCell]:
+    """Every (model, runtime) cell at one input size built in this process, one thread, then called in
+    turn, one batch each, in a fresh shuffled order per pass: the machine's drift lands on every cell
+    alike, so ratios between cells hold even where absolute times drift (unlike ``latency_benchmark``'s
+    one subprocess per cell). ``rewarm`` untimed calls of a cell precede each timed one (steady state)."""
+    torch.set_num_threads(1)
+    runners, cells = [], []
+    specs = tqdm(models, desc=f"building {size[0]}x{size[1]}", unit="model", disable=not progress)
+    with tempfile.TemporaryDirectory() as folder:
+        for spec in specs:
+            mflops = profile(build_benchmark_model(spec), input_size=size).mflops
+            for runtime in runtimes:
+                if skip_reason(spec, runtime) is not None:
+                    continue
+                # A fresh copy per runtime (same seed, same weights): eager_cl converts its model to
+                # channels_last in place, which must not reach the eager cell.
+                torch.manual_seed(0)
+                model = build_benchmark_model(spec)
+                example = torch.randn(1, 3, *size)
+                workdir = Path(folder) / f"{len(cells)}"
+                workdir.mkdir()
+                run = build_runner(runtime, model, example, threads=1, workdir=workdir)
+                torch.set_num_threads(1)  # build_runner sets it; kept explicit for the eager cells
+                cell = LatencyCell(spec, *size, 1, runtime, warmup=warmup, repeats=passes, mflops=mflops)
+                if hasattr(run, "backend"):
+                    cell.extra["backend"] = run.backend
+                runners.append((run, example.numpy()))
+                cells.append(cell)
+        calls = [lambda run=run, batch=batch: run(batch) for run, batch in runners]
+        times = interleaved_seconds(calls, passes=passes, warmup=warmup, rewarm=rewarm, progress=progress)
+    for cell, samples in zip(cells, times, strict=True):
+        cell.median_ms = 1000 * float(np.median(samples))
+        cell.p90_ms = 1000 * float(np.percentile(samples, 90))
+    return cells
 
 
 def _combine(runs: list[LatencyCell]) -> LatencyCell:
@@ -337,6 +387,89 @@ def headline_ratios(cells: Sequence[LatencyCell]) -> list[tuple[str, float | Non
                         "Chen et al. 2019, Table 6: 1.35-1.4 on ARM",
                     )
                 )
+    return [row for row in rows if row[1] is not None]
+
+
+def _label(model: str) -> str:
+    """``shufflenet_v1_g3_x0_5[se=true]`` -> ``V1 g3 0.5x SE`` for the claims' wording."""
+    name, args = parse_model_spec(model)
+    if name.startswith("shufflenet_v1_g"):
+        groups, _, scale = name.removeprefix("shufflenet_v1_g").partition("_x")
+        label = f"V1 g{groups} {float(scale.replace('_', '.')):g}x"
+    else:
+        label = name.removeprefix(ANCHOR_PREFIX)
+    return label + (" SE" if args.get("se") else "")
+
+
+def speed_claims(cells: Sequence[LatencyCell]) -> list[tuple[str, float | None, str]]:
+    """Zhang et al. 2018's claims on actual speed as ratios of measured cells, per input size and runtime:
+    section 4.5 (every 4x MFLOPs costs ~2.6x the time; ~13x over AlexNet; g = 4 and 8 slower than g = 3 in
+    practice), section 4.3 (SE units 25-40% slower on mobile) and Table 8 (MobileNet 1.0 beside 2x).
+    Each row: (what, our ratio, the paper's figure). Rows whose cells were not measured are left out."""
+    rows: list[tuple[str, float | None, str]] = []
+    v1 = {scale: f"shufflenet_v1_g3_x{scale}" for scale in ("0_5", "1_0", "2_0")}
+    sizes = list(dict.fromkeys((cell.height, cell.width) for cell in cells))
+    runtimes = [runtime for runtime in RUNTIMES if any(cell.runtime == runtime for cell in cells)]
+
+    def mflops(model: str, size) -> float | None:
+        return next((c.mflops for c in cells if c.model == model and (c.height, c.width) == size), None)
+
+    def quotient(numerator, denominator):
+        return numerator / denominator if numerator and denominator else None
+
+    for size in sizes:
+        where = f"{size[0]}x{size[1]}"
+
+        def arm(numerator: str, denominator: str, size=size) -> str:
+            figure = quotient(paper_arm_ms(numerator, size), paper_arm_ms(denominator, size))
+            return f"Table 8 on ARM: {figure:.2f}" if figure else "Table 8 has no ARM figure here"
+
+        for runtime in runtimes:
+
+            def time(model: str, runtime=runtime, size=size) -> float | None:
+                return _lookup(cells, model, runtime, size)
+
+            for small, large in ((v1["0_5"], v1["1_0"]), (v1["1_0"], v1["2_0"])):
+                cost = quotient(mflops(large, size), mflops(small, size))
+                rows.append(
+                    (
+                        f"{_label(large)} / {_label(small)} time, {runtime}, {where} "
+                        f"({cost or 0:.1f}x the MFLOPs)",
+                        quotient(time(large), time(small)),
+                        f"section 4.5: ~2.6 per 4x MFLOPs; {arm(large, small)}",
+                    )
+                )
+            rows.append(
+                (
+                    f"AlexNet / V1 g3 0.5x time, {runtime}, {where} (speedup)",
+                    quotient(time("torchvision:alexnet"), time(v1["0_5"])),
+                    f"section 4.5: ~13 (18 in MFLOPs); {arm('torchvision:alexnet', v1['0_5'])}",
+                )
+            )
+            rows.append(
+                (
+                    f"MobileNet V1 1.0 / V1 g3 2x time, {runtime}, {where}",
+                    quotient(time("mobilenet_v1_x1_0"), time(v1["2_0"])),
+                    arm("mobilenet_v1_x1_0", v1["2_0"]),
+                )
+            )
+            for model in v1.values():
+                rows.append(
+                    (
+                        f"{_label(model)} SE / without SE time, {runtime}, {where}",
+                        quotient(time(f"{model}[se=true]"), time(model)),
+                        "section 4.3: 1.25-1.40 on mobile devices",
+                    )
+                )
+                for groups in (4, 8):
+                    other = model.replace("_g3_", f"_g{groups}_")
+                    rows.append(
+                        (
+                            f"{_label(other)} / {_label(model)} time, {runtime}, {where}",
+                            quotient(time(other), time(model)),
+                            "section 4.5: g = 4, 8 'less efficient' than g = 3 in the authors' code",
+                        )
+                    )
     return [row for row in rows if row[1] is not None]
 
 

@@ -85,7 +85,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_latency(args: argparse.Namespace) -> int:
-    from shufflenet.bench.latency import headline_ratios, latency_benchmark, latency_plot, latency_table
+    from shufflenet.bench.latency import (
+        headline_ratios,
+        latency_benchmark,
+        latency_plot,
+        latency_table,
+        speed_claims,
+    )
     from shufflenet.bench.report import format_ratio
     from shufflenet.deploy.runtimes import default_threads
 
@@ -104,7 +110,7 @@ def run_latency(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     table = latency_table(cells)
-    ratios = headline_ratios(cells)
+    ratios = headline_ratios(cells) + speed_claims(cells)
     print(table)
     print("\nmedian ms (p90 ms) per cell, batch", args.batch)
     for ratio in ratios:
