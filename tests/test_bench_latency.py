@@ -7,6 +7,7 @@ import pytest
 
 from shufflenet.bench.latency import (
     LatencyCell,
+    exportable_pooling,
     headline_ratios,
     latency_benchmark,
     latency_plot,
@@ -254,3 +255,17 @@ def test_paired_cells_are_timed_in_one_process_in_turn():
     ]
     assert all(cell.median_ms > 0 and cell.p90_ms >= cell.median_ms and cell.repeats == 3 for cell in cells)
     assert cells[0].mflops > 5 * cells[2].mflops  # per size and spec: small_input keeps 32 px at stride 8
+
+
+def test_adaptive_pools_that_onnx_cannot_express_become_fixed_pools_of_the_same_shape():
+    import torch
+    from torch import nn
+
+    def net():
+        return nn.Sequential(nn.Conv2d(3, 4, 3, stride=8), nn.AdaptiveAvgPool2d((6, 6)), nn.AdaptiveAvgPool2d(1))
+
+    fixed = exportable_pooling(net(), (107, 139))  # 14x18 features: 14 is not a multiple of 6
+    assert isinstance(fixed[1], nn.AvgPool2d) and isinstance(fixed[2], nn.AdaptiveAvgPool2d)  # global stays
+    assert fixed[:2](torch.zeros(1, 3, 107, 139)).shape[-2:] == (6, 6)
+    kept = exportable_pooling(net(), (91, 91))  # 12x12 features: the adaptive pool is a plain one already
+    assert isinstance(kept[1], nn.AdaptiveAvgPool2d)

@@ -121,23 +121,57 @@ def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return name, args
 
 
-def build_benchmark_model(spec: str) -> torch.nn.Module:
-    """A randomly initialised model in eval mode: one of ours, or a torchvision anchor."""
+def build_benchmark_model(spec: str, size: tuple[int, int] = (224, 224)) -> torch.nn.Module:
+    """A randomly initialised model in eval mode for ``size`` inputs: one of ours, or a torchvision anchor."""
     if spec.startswith(ANCHOR_PREFIX):
         import torchvision
 
         name = spec[len(ANCHOR_PREFIX) :]
         if not hasattr(torchvision.models, name):
             raise ValueError(f"torchvision has no model {name!r}")
-        return getattr(torchvision.models, name)().eval()
+        return exportable_pooling(getattr(torchvision.models, name)().eval(), size)
     name, args = parse_model_spec(spec)
     return create_model(name, **args).eval()
+
+
+def exportable_pooling(model: torch.nn.Module, size: tuple[int, int]) -> torch.nn.Module:
+    """Swap each adaptive average pool whose input is not a multiple of its output at ``size`` (AlexNet's
+    6x6 pool at 480x640 and 720x1280, Zhang et al. 2018, Table 8) for a fixed pool of the same output
+    shape: ONNX cannot express the adaptive one, and the pool's cost is negligible either way."""
+    pools = {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.AdaptiveAvgPool2d) and module.output_size not in (1, (1, 1))
+    }
+    if not pools:
+        return model
+    seen: dict[str, tuple[int, int]] = {}
+
+    def record(name: str):
+        def hook(_module, args) -> None:
+            seen[name] = tuple(args[0].shape[-2:])
+
+        return hook
+
+    hooks = [module.register_forward_pre_hook(record(name)) for name, module in pools.items()]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, *size))
+    for hook in hooks:
+        hook.remove()
+    for name, module in pools.items():
+        out = torch.nn.modules.utils._pair(module.output_size)
+        if all(i % o == 0 for i, o in zip(seen[name], out, strict=True)):
+            continue
+        stride = tuple(i // o for i, o in zip(seen[name], out, strict=True))
+        kernel = tuple(i - (o - 1) * s for i, o, s in zip(seen[name], out, stride, strict=True))
+        model.set_submodule(name, torch.nn.AvgPool2d(kernel, stride))
+    return model
 
 
 def measure_cell(cell: LatencyCell) -> LatencyCell:
     """Run one cell in this process (the subprocess body)."""
     torch.manual_seed(0)
-    model = build_benchmark_model(cell.model)
+    model = build_benchmark_model(cell.model, (cell.height, cell.width))
     example = torch.randn(cell.batch, 3, cell.height, cell.width)
     cell.mflops = profile(model, input_size=(cell.height, cell.width)).mflops
     with tempfile.TemporaryDirectory() as folder:
@@ -241,14 +275,14 @@ def measure_paired(
     specs = tqdm(models, desc=f"building {size[0]}x{size[1]}", unit="model", disable=not progress)
     with tempfile.TemporaryDirectory() as folder:
         for spec in specs:
-            mflops = profile(build_benchmark_model(spec), input_size=size).mflops
+            mflops = profile(build_benchmark_model(spec, size), input_size=size).mflops
             for runtime in runtimes:
                 if skip_reason(spec, runtime) is not None:
                     continue
                 # A fresh copy per runtime (same seed, same weights): eager_cl converts its model to
                 # channels_last in place, which must not reach the eager cell.
                 torch.manual_seed(0)
-                model = build_benchmark_model(spec)
+                model = build_benchmark_model(spec, size)
                 example = torch.randn(1, 3, *size)
                 workdir = Path(folder) / f"{len(cells)}"
                 workdir.mkdir()
