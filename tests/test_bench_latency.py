@@ -262,7 +262,9 @@ def test_adaptive_pools_that_onnx_cannot_express_become_fixed_pools_of_the_same_
     from torch import nn
 
     def net():
-        return nn.Sequential(nn.Conv2d(3, 4, 3, stride=8), nn.AdaptiveAvgPool2d((6, 6)), nn.AdaptiveAvgPool2d(1))
+        return nn.Sequential(
+            nn.Conv2d(3, 4, 3, stride=8), nn.AdaptiveAvgPool2d((6, 6)), nn.AdaptiveAvgPool2d(1)
+        )
 
     fixed = exportable_pooling(net(), (107, 139))  # 14x18 features: 14 is not a multiple of 6
     assert isinstance(fixed[1], nn.AvgPool2d) and isinstance(fixed[2], nn.AdaptiveAvgPool2d)  # global stays
