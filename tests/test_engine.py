@@ -286,3 +286,16 @@ def test_shuffle_is_addressing_not_dropped(name):
     _assert_matches(out_shuffled, _reference(shuffled, batch))
     _assert_matches(out_plain, _reference(plain, batch))
     assert np.abs(out_shuffled - out_plain).max() > 100 * TOLERANCE
+
+
+@pytest.mark.parametrize("name", ["shufflenet_v1_g3_x1_0", "shufflenet_v2_x1_0"])
+def test_the_plan_follows_the_lowering_and_reuses_buffers_as_maps_die(name):
+    from shufflenet.deploy.lower import lower
+
+    model = create_model(name).eval()
+    plan = build_engine(model, (224, 224))
+    program = lower(model, (224, 224))
+    every_map = sum(m.channels * m.height * m.width for m in program.maps[1:])
+    held = sum(buffer.size for buffer in plan._buffers)
+    # A few buffers in turn (input, padded image, and a ping-pong of feature maps), not one per map.
+    assert len(plan._buffers) <= 7 and held < every_map / 3

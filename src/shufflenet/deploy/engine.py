@@ -13,6 +13,10 @@ built (Zhang et al. 2018, section 3.1; Ma et al. 2018, section 3):
   where the branches write; only V2's kept half is copied (a few contiguous runs per pixel);
 - BN is folded into the conv before it; the residual add and ReLU are the pointwise conv's epilogue.
 
+The plan is made from the model's one lowering (:mod:`shufflenet.deploy.lower`), which says what to
+compute; this module only says where each map lives (buffers handed out at a map's first write and taken
+back after its last read) and packs the weights for the kernels.
+
 The 1x1 convs run as a register-tiled GEMM (AVX2: 6 pixels x 16 channels, or 4 x 20/24; AVX-512: 12 x 32
 or 8 x 40/48); the depthwise convs and pools are vectorised over channels. ``build_engine(model, (H, W))``
 plans a network for one input size.
@@ -37,10 +41,18 @@ import torch
 from torch import nn
 
 from shufflenet._system import cache_dir, cpu_info
-from shufflenet.blocks import ShuffleV1Unit, ShuffleV2Unit
-from shufflenet.deploy.channels import is_depthwise, shuffle_source
 from shufflenet.deploy.errors import RuntimeUnavailable
-from shufflenet.deploy.fold import fold_conv_bn
+from shufflenet.deploy.lower import (
+    Conv,
+    Copy,
+    GlobalAverage,
+    Operation,
+    Pool,
+    Program,
+    Read,
+    Write,
+    lower,
+)
 from shufflenet.models import ShuffleNetV1, ShuffleNetV2
 
 SOURCE = Path(__file__).with_name("csrc") / "engine.c"
@@ -171,31 +183,6 @@ def _panels(channels: int, lanes: int) -> list[tuple[int, int]]:
     return panels
 
 
-def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[np.ndarray, np.ndarray]:
-    """(weight, bias) as NumPy float32, BN folded in."""
-    if bn is not None:
-        conv = fold_conv_bn(conv, bn)
-    bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels)
-    return conv.weight.detach().float().numpy(), bias.detach().float().numpy()
-
-
-def _conv_bn_pairs(sequence: nn.Sequential) -> list[tuple[nn.Conv2d, nn.BatchNorm2d | None, bool]]:
-    """(conv, following BN or None, followed by ReLU) for each conv of a Conv/BN/ReLU sequence."""
-    modules = list(sequence)
-    pairs = []
-    for index, module in enumerate(modules):
-        if not isinstance(module, nn.Conv2d):
-            continue
-        rest = modules[index + 1 :]
-        bn = rest[0] if rest and isinstance(rest[0], nn.BatchNorm2d) else None
-        after = rest[1:] if bn is not None else rest
-        pairs.append((module, bn, bool(after) and isinstance(after[0], nn.ReLU)))
-    for module in modules:
-        if not isinstance(module, (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.Identity)):
-            raise EngineUnavailable(f"the engine does not run {type(module).__name__} layers")
-    return pairs
-
-
 class _Planner:
     """Collects operations, buffers and the two arenas of a plan, for vectors of ``lanes`` floats."""
 
@@ -309,10 +296,10 @@ class _Planner:
         return _Feature(buffer, height, width, stride, list(range(offset, offset + out_channels)))
 
     def depthwise(
-        self, source: _Feature, weight: np.ndarray, bias: np.ndarray, *, stride: int, relu: bool, role: str
+        self, source: _Feature, weight: np.ndarray, bias: np.ndarray, *, stride: int, relu: bool, target: int
     ) -> _Feature:
         """A 3x3 depthwise conv over ``source``'s physical channels (filters placed where each logical
-        channel lives, so any channel order works); the output keeps the order."""
+        channel lives, so any channel order works) into buffer ``target``; the output keeps the order."""
         channels = source.channels
         if sorted(source.positions) != list(range(channels)):
             raise EngineUnavailable("a depthwise conv needs its input channels packed at the pixel's start")
@@ -323,7 +310,7 @@ class _Planner:
         shifted_bias[source.positions] = bias
         height, width = (source.height - 1) // stride + 1, (source.width - 1) // stride + 1
         out_stride = c_pad
-        buffer = self.buffer(role, height * width * out_stride)
+        buffer = target
         self.op(
             OP_DEPTHWISE,
             source.buffer,
@@ -456,12 +443,9 @@ class Engine:
         return logits
 
 
-def _stem(planner: _Planner, model: nn.Module, channels: int, height: int, width: int) -> _Feature:
-    """conv1 (3x3, BN, ReLU) as a GEMM over the zero-bordered image, then the max pool if the model has
-    one."""
-    conv, bn, _ = _conv_bn_pairs(model.conv1)[0]
-    weight, bias = _folded(conv, bn)
-    stride = conv.stride[0]
+def _stem(planner: _Planner, op: Conv, channels: int, height: int, width: int) -> _Feature:
+    """The first conv (3x3, padding 1, any stride) as a GEMM over the zero-bordered image."""
+    stride = op.stride
     padded = planner.buffer("padded", channels * (height + 2) * (width + 2))
     planner.op(OP_PAD_INPUT, planner.buffer("input", 0), channels, height, width, padded)
     out_h, out_w = (height - 1) // stride + 1, (width - 1) // stride + 1
@@ -470,134 +454,206 @@ def _stem(planner: _Planner, model: nn.Module, channels: int, height: int, width
     c, ky, kx = np.meshgrid(np.arange(channels), np.arange(3), np.arange(3), indexing="ij")
     index = (c * (height + 2) * row + ky * row + kx).ravel()
     source = _Feature(padded, height + 2, width + 2, 1, [])
-    x = planner.pointwise(
+    return planner.pointwise(
         source,
-        weight,
-        bias,
-        groups=1,
-        relu=True,
+        op.weight,
+        op.bias,
+        groups=op.groups,
+        relu=_relu(op.activation),
         role="stem",
         lines=(line_starts, stride),
         index=index,
         size=(out_h, out_w),
     )
-    if isinstance(model.maxpool, nn.MaxPool2d):
-        h, w = (out_h - 1) // 2 + 1, (out_w - 1) // 2 + 1
-        main = planner.buffer("main0", h * w * x.channels)
-        x = planner.pool(x, average=False, target=(main, x.channels, 0))
-    return x
 
 
-def _v1_unit(planner: _Planner, unit: ShuffleV1Unit, x: _Feature, parity: int) -> tuple[_Feature, int]:
-    if not isinstance(unit.se, nn.Identity):
-        raise EngineUnavailable("the engine does not run squeeze-excite units")
-    w1, b1 = _folded(unit.pointwise1, unit.bn1)
-    wd, bd = _folded(unit.depthwise, unit.bn2)
-    w2, b2 = _folded(unit.pointwise2, unit.bn3)
-    mid = planner.pointwise(x, w1, b1, groups=unit.pointwise1.groups, relu=True, role="mid0")
-    shuffle_groups = getattr(unit.shuffle, "groups", 1)
-    if shuffle_groups > 1:  # the shuffle is the order the depthwise conv and pointwise2 read in
-        mid.positions = [mid.positions[s] for s in shuffle_source(mid.channels, shuffle_groups)]
-    mid = planner.depthwise(mid, wd, bd, stride=unit.stride, relu=False, role="mid1")
-    if unit.stride == 1:  # relu(x + branch), written over x
-        target = (x.buffer, x.stride, 0)
-        if x.positions != list(range(x.channels)):
-            raise EngineUnavailable("a residual unit needs its input in channel order")
-        groups = unit.pointwise2.groups
-        return planner.pointwise(mid, w2, b2, groups=groups, relu=True, target=target, residual=x), parity
-    channels = x.channels + w2.shape[0]
-    parity ^= 1
-    buffer = planner.buffer(f"main{parity}", mid.pixels * channels)
-    shortcut = planner.pool(x, average=True, target=(buffer, channels, 0))
-    branch = planner.pointwise(
-        mid, w2, b2, groups=unit.pointwise2.groups, relu=True, target=(buffer, channels, x.channels)
-    )
-    return _Feature(buffer, mid.height, mid.width, channels, shortcut.positions + branch.positions), parity
+def _relu(activation: str) -> bool:
+    if activation not in ("none", "relu"):
+        raise EngineUnavailable(f"the engine does not run {activation} activations")
+    return activation == "relu"
 
 
-def _branch(planner: _Planner, branch: nn.Sequential, x: _Feature, target: tuple[int, int, int]) -> _Feature:
-    """A V2 branch (1x1/depthwise convs with folded BN): temporaries in the mid buffers, the last conv
-    writing to ``target``."""
-    pairs = _conv_bn_pairs(branch)
-    for index, (conv, bn, relu) in enumerate(pairs):
-        weight, bias = _folded(conv, bn)
-        last = index == len(pairs) - 1
-        role = f"mid{index % 2}"
-        if is_depthwise(conv) and conv.kernel_size == (3, 3):
-            x = planner.depthwise(x, weight, bias, stride=conv.stride[0], relu=relu, role=role)
-            if last:
-                raise EngineUnavailable("a branch ending in a depthwise conv")
-        elif conv.kernel_size == (1, 1):
-            x = planner.pointwise(
-                x, weight, bias, groups=conv.groups, relu=relu, target=target if last else None, role=role
+def _reads(op: Operation) -> list[Read]:
+    residual = getattr(op, "residual", None)
+    return [op.source] if residual is None else [op.source, residual]
+
+
+class _Placement:
+    """Where each map of a program lives: buffers handed out when a map is first written and taken back
+    after its last read, so units ping-pong between a few buffers; a residual conv whose input dies with it
+    writes over that input."""
+
+    def __init__(self, planner: _Planner, program: Program) -> None:
+        self.planner, self.program = planner, program
+        self.features: dict[int, _Feature] = {}
+        self.last_read: dict[int, int] = {}
+        self.writers: dict[int, int] = {}
+        for index, op in enumerate(program.operations):
+            for read in _reads(op):
+                self.last_read[read.map] = index
+            self.writers[op.target.map] = self.writers.get(op.target.map, 0) + 1
+        self.last_read[program.output.map] = len(program.operations)
+        self.free: list[str] = []
+        self.roles: dict[int, str] = {}
+        self.count = 0
+
+    def read(self, read: Read) -> _Feature:
+        feature = self.features[read.map]
+        return _Feature(
+            feature.buffer,
+            feature.height,
+            feature.width,
+            feature.stride,
+            [feature.positions[c] for c in read.channels],
+        )
+
+    def target(self, op: Operation) -> tuple[int, int, int]:
+        """(buffer, pixel stride, channel offset) of ``op``'s output, placing its map on first write."""
+        index = op.target.map
+        if index not in self.features:
+            feature = self.program.maps[index]
+            single_conv = self.writers[index] == 1 and isinstance(op, Conv)
+            stride = _round_up(feature.channels) if single_conv else feature.channels
+            if self.free:
+                role = self.free.pop()
+            else:
+                role, self.count = f"map{self.count}", self.count + 1
+            self.roles[index] = role
+            buffer = self.planner.buffer(role, feature.height * feature.width * stride)
+            self.features[index] = _Feature(
+                buffer, feature.height, feature.width, stride, list(range(feature.channels))
             )
+        feature = self.features[index]
+        return feature.buffer, feature.stride, feature.positions[op.target.offset]
+
+    def wrote(self, target: Write, positions: Sequence[int]) -> None:
+        """Record where an operation put each channel it wrote (a depthwise conv, a pool or a copy keeps
+        its input's physical order rather than the logical one)."""
+        feature = self.features[target.map]
+        feature.positions[target.offset : target.offset + len(positions)] = positions
+
+    def in_place(self, op: Conv, index: int) -> bool:
+        """Place ``op`` (operation ``index``)'s output over its residual input where that input dies with
+        it."""
+        residual = op.residual
+        if residual is None or self.last_read[residual.map] != index:
+            return False
+        if self.writers[op.target.map] != 1 or op.target.map in self.features:
+            return False
+        source = self.features[residual.map]
+        if len(residual.channels) != self.program.maps[op.target.map].channels:
+            return False
+        if [source.positions[c] for c in residual.channels] != list(range(len(residual.channels))):
+            return False
+        self.features[op.target.map] = source
+        self.roles[op.target.map] = self.roles.pop(residual.map)
+        self.last_read.pop(residual.map)
+        return True
+
+    def release(self, index: int) -> None:
+        """Return the buffers of maps last read by operation ``index``."""
+        for map_index, last in list(self.last_read.items()):
+            if last == index and map_index in self.roles:
+                self.free.append(self.roles.pop(map_index))
+                del self.last_read[map_index]
+
+
+def _plan(planner: _Planner, program: Program) -> _Feature:
+    """Engine operations for ``program`` (:func:`shufflenet.deploy.lower.lower`); returns where the output
+    is. Raises :class:`EngineUnavailable` for operations the engine's kernels do not cover."""
+    place = _Placement(planner, program)
+    image = program.maps[0]
+    # The input buffer is the caller's batch, never handed out again: map 0 has no role to release.
+    place.features[0] = _Feature(planner.buffer("input", 0), image.height, image.width, 0, [])
+    nonnegative: set[int] = set()
+    for index, op in enumerate(program.operations):
+        if isinstance(op, Conv) and op.source.map == 0:
+            if index != 0 or op.kind != "conv" or op.weight.shape[2:] != (3, 3) or op.padding != 1:
+                raise EngineUnavailable("the engine reads the image with one 3x3 conv (padding 1) first")
+            x = _stem(planner, op, image.channels, image.height, image.width)
+            place.features[op.target.map] = x
+            place.roles[op.target.map] = "stem"
+        elif isinstance(op, Conv) and op.kind == "pointwise":
+            source = place.read(op.source)
+            residual = None
+            if op.residual is not None:
+                residual = place.read(op.residual)
+                if residual.positions != list(
+                    range(residual.positions[0], residual.positions[0] + len(residual.positions))
+                ):
+                    raise EngineUnavailable("a residual must lie in channel order")
+            if place.in_place(op, index):
+                target = (residual.buffer, residual.stride, residual.positions[0])
+            else:
+                target = place.target(op)
+            planner.pointwise(
+                source,
+                op.weight,
+                op.bias,
+                groups=op.groups,
+                relu=_relu(op.activation),
+                target=target,
+                residual=residual,
+            )
+        elif isinstance(op, Conv) and op.kind == "depthwise":
+            if op.weight.shape[2:] != (3, 3) or op.padding != 1 or op.residual is not None:
+                raise EngineUnavailable(
+                    "the engine runs 3x3 depthwise convs with padding 1, without a residual"
+                )
+            source = place.read(op.source)
+            buffer, stride, offset = place.target(op)
+            if offset != 0 or stride != _round_up(len(source.positions)):
+                raise EngineUnavailable("a depthwise conv writes a map of its own")
+            out = planner.depthwise(
+                source, op.weight, op.bias, stride=op.stride, relu=_relu(op.activation), target=buffer
+            )
+            place.wrote(op.target, out.positions)
+        elif isinstance(op, Pool):
+            if (op.kernel, op.stride, op.padding) != (3, 2, 1):
+                raise EngineUnavailable("the engine pools 3x3 windows with stride 2 and padding 1")
+            if op.activation != "none" and not (op.activation == "relu" and op.source.map in nonnegative):
+                raise EngineUnavailable("the engine pools without an activation")
+            out = planner.pool(place.read(op.source), average=op.kind == "average", target=place.target(op))
+            place.wrote(op.target, out.positions)
+        elif isinstance(op, Copy):
+            source = place.read(op.source)
+            place.wrote(op.target, planner.copy(source, range(len(source.positions)), place.target(op)))
+        elif isinstance(op, GlobalAverage):
+            source = place.read(op.source)
+            pooled = planner.buffer("pooled", source.stride)
+            planner.op(OP_GLOBAL_AVG, source.buffer, source.pixels, source.stride, source.stride, pooled)
+            place.features[op.target.map] = _Feature(pooled, 1, 1, source.stride, source.positions)
+            place.roles[op.target.map] = "pooled"
         else:
-            raise EngineUnavailable(f"the engine does not run {conv.kernel_size} convs inside units")
-    return x
-
-
-def _v2_unit(planner: _Planner, unit: ShuffleV2Unit, x: _Feature, parity: int) -> tuple[_Feature, int]:
-    parity ^= 1
-    if unit.stride == 1:
-        half = x.channels // 2
-        channels = x.channels
-        height, width = x.height, x.width
-        buffer = planner.buffer(f"main{parity}", x.pixels * channels)
-        concatenated = planner.copy(x, range(half), (buffer, channels, 0))
-        transformed = _Feature(x.buffer, height, width, x.stride, x.positions[half:])
-        concatenated += _branch(planner, unit.branch2, transformed, (buffer, channels, half)).positions
-    else:
-        width1 = _conv_bn_pairs(unit.branch1)[-1][0].out_channels
-        width2 = _conv_bn_pairs(unit.branch2)[-1][0].out_channels
-        channels = width1 + width2
-        height, width = (x.height - 1) // 2 + 1, (x.width - 1) // 2 + 1
-        buffer = planner.buffer(f"main{parity}", height * width * channels)
-        concatenated = _branch(planner, unit.branch1, x, (buffer, channels, 0)).positions
-        concatenated += _branch(planner, unit.branch2, x, (buffer, channels, width1)).positions
-    # The shuffle is where the next unit finds each channel: logical k is concatenated channel src[k].
-    order = shuffle_source(channels, 2) if unit.shuffle else range(channels)
-    return _Feature(buffer, height, width, channels, [concatenated[k] for k in order]), parity
+            what = {"SqueezeExcite": "squeeze-excite units", "Shift": "shift layers"}.get(type(op).__name__)
+            raise EngineUnavailable(f"the engine does not run {what or type(op).__name__ + ' operations'}")
+        activation = getattr(op, "activation", "none")
+        if activation in ("relu", "relu6") or (isinstance(op, Pool) and op.source.map in nonnegative):
+            nonnegative.add(op.target.map)
+        place.release(index)
+    return place.read(program.output)
 
 
 def build_engine(model: nn.Module, input_size: tuple[int, int], *, isa: str | None = None) -> Engine:
     """Plan ``model`` (a ShuffleNet V1 or V2 in eval mode, 3x3 stem) for ``input_size`` = (H, W) inputs,
     run by the engine compiled for ``isa`` (default: the widest this CPU has, see :func:`engine_isa`).
-    Raises :class:`EngineUnavailable` for other networks or layers the engine does not run, ValueError for
-    a model in training mode or an input size the model refuses. The engine keeps its own copy of the
+    The plan follows the model's one lowering (:func:`shufflenet.deploy.lower.lower`). Raises
+    :class:`EngineUnavailable` for other networks or layers the engine does not run, ValueError for a
+    model in training mode or an input size the model refuses. The engine keeps its own copy of the
     weights: later changes to ``model`` need a new plan. One call runs at a time (a lock guards the
     shared buffers)."""
     if not isinstance(model, (ShuffleNetV1, ShuffleNetV2)):
         raise EngineUnavailable(f"the engine runs ShuffleNet V1 and V2, not {type(model).__name__}")
-    classifier = model.get_classifier()
-    if not isinstance(classifier, nn.Linear):
+    if not isinstance(model.get_classifier(), nn.Linear):
         raise EngineUnavailable("the engine needs a linear classifier (num_classes > 0)")
     if model.training:
         raise ValueError(
-            "the engine folds BN from its running statistics, as in eval mode; call model.eval() first"
+            "the engine folds BN from its running statistics, as in eval mode; call model.eval()"
         )
     height, width = input_size
     model.check_input(torch.empty(1, model.in_chans, height, width))
+    program = lower(model, input_size)
     library = load_library(isa)
     planner = _Planner(library.shufflenet_engine_lanes())
-    with torch.no_grad():
-        x = _stem(planner, model, model.in_chans, height, width)
-        parity = 0
-        for piece in model.pieces[2:]:
-            for unit in model.get_submodule(piece.name):
-                if isinstance(unit, ShuffleV1Unit):
-                    x, parity = _v1_unit(planner, unit, x, parity)
-                elif isinstance(unit, ShuffleV2Unit):
-                    x, parity = _v2_unit(planner, unit, x, parity)
-                else:
-                    raise EngineUnavailable(f"the engine does not run {type(unit).__name__}")
-        if model.head_conv_name is not None:
-            conv, bn, relu = _conv_bn_pairs(model.get_submodule(model.head_conv_name))[0]
-            weight, bias = _folded(conv, bn)
-            x = planner.pointwise(x, weight, bias, groups=1, relu=relu, role="head")
-        pooled = planner.buffer("pooled", x.stride)
-        planner.op(OP_GLOBAL_AVG, x.buffer, x.pixels, x.stride, x.stride, pooled)
-        features = _Feature(pooled, 1, 1, x.stride, x.positions)
-        weight = classifier.weight.detach().float().numpy()[:, :, None, None]
-        bias = classifier.bias.detach().float().numpy()
-        logits = planner.pointwise(features, weight, bias, groups=1, relu=False, role="logits")
+    logits = _plan(planner, program)
     return Engine(library, planner, planner.buffer_ids["input"], logits, (model.in_chans, height, width))
