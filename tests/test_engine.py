@@ -67,6 +67,11 @@ CASES = [
     *[pytest.param(f"shufflenet_v1_g{g}_x0_5", {}, (64, 64), id=f"v1_g{g}_x0_5") for g in (1, 2, 3, 4, 8)],
     pytest.param("shufflenet_v1_g3_x1_0", {"num_classes": 7}, (64, 64), id="v1_g3_x1_0-7cls"),
     pytest.param("shufflenet_v1_g3_x0_5", {"shuffle": False}, (64, 64), id="v1_g3_x0_5-noshuffle"),
+    # MobileNet V1 (stride-2 depthwise convs, no pool) and V2 (ReLU6, linear bottlenecks, residual adds
+    # without an activation, the expansion-1 first block), from the same lowering.
+    pytest.param("mobilenet_v1_x0_5", {"num_classes": 7}, (64, 64), id="mobilenet_v1_x0_5"),
+    pytest.param("mobilenet_v2_x0_5", {}, (64, 64), id="mobilenet_v2_x0_5"),
+    pytest.param("mobilenet_v2_x1_4", {"small_input": True, "in_chans": 1}, (28, 28), id="mobilenet_v2-small"),
     # Stride-1 stem without max pool, one input channel (Fashion-MNIST style).
     pytest.param("shufflenet_v2_x0_5", {"small_input": True, "in_chans": 1}, (28, 28), id="v2-small-28"),
     pytest.param("shufflenet_v1_g3_x0_5", {"small_input": True, "in_chans": 1}, (28, 28), id="v1-small-28"),
@@ -159,7 +164,10 @@ def test_engine_accepts_float64_and_non_contiguous_batches():
 @pytest.mark.parametrize(
     ("build", "message"),
     [
-        pytest.param(lambda: create_model("mobilenet_v2_x0_5"), "MobileNetV2", id="mobilenet_v2"),
+        pytest.param(lambda: create_model("shiftresnet20_ssl"), "shift layers", id="shiftresnet"),
+        pytest.param(
+            lambda: create_model("shufflenet_v1_peer_resnet_38m"), "dense convs of 1x1", id="resnet-peer"
+        ),
         pytest.param(lambda: create_model("shufflenet_v2_x0_5", num_classes=0), "num_classes", id="no-head"),
         pytest.param(
             lambda: create_model("shufflenet_v1_g3_x0_5", se=True), "squeeze-excite", id="v1-squeeze-excite"

@@ -53,7 +53,7 @@ from shufflenet.deploy.lower import (
     Write,
     lower,
 )
-from shufflenet.models import ShuffleNetV1, ShuffleNetV2
+from shufflenet.models._base import ClassifierNet
 
 SOURCE = Path(__file__).with_name("csrc") / "engine.c"
 # Instruction sets the engine compiles for, widest first: (compiler flags, CPU flags they need).
@@ -233,7 +233,7 @@ class _Planner:
         bias: np.ndarray,
         *,
         groups: int,
-        relu: bool,
+        relu: int,
         target: tuple[int, int, int] | None = None,
         role: str = "",
         residual: _Feature | None = None,
@@ -296,7 +296,7 @@ class _Planner:
         return _Feature(buffer, height, width, stride, list(range(offset, offset + out_channels)))
 
     def depthwise(
-        self, source: _Feature, weight: np.ndarray, bias: np.ndarray, *, stride: int, relu: bool, target: int
+        self, source: _Feature, weight: np.ndarray, bias: np.ndarray, *, stride: int, relu: int, target: int
     ) -> _Feature:
         """A 3x3 depthwise conv over ``source``'s physical channels (filters placed where each logical
         channel lives, so any channel order works) into buffer ``target``; the output keeps the order."""
@@ -467,10 +467,12 @@ def _stem(planner: _Planner, op: Conv, channels: int, height: int, width: int) -
     )
 
 
-def _relu(activation: str) -> bool:
-    if activation not in ("none", "relu"):
-        raise EngineUnavailable(f"the engine does not run {activation} activations")
-    return activation == "relu"
+ACTIVATION_CODES = {"none": 0, "relu": 1, "relu6": 2}  # engine.c's ACT_NONE, ACT_RELU, ACT_RELU6
+
+
+def _relu(activation: str) -> int:
+    """engine.c's code for an activation (the kernels' ``relu`` argument)."""
+    return ACTIVATION_CODES[activation]
 
 
 def _reads(op: Operation) -> list[Read]:
@@ -558,6 +560,16 @@ class _Placement:
                 del self.last_read[map_index]
 
 
+def _describe(op: Operation) -> str:
+    if isinstance(op, Conv):
+        size = "x".join(str(k) for k in op.weight.shape[2:])
+        kind = "dense" if op.kind == "conv" else op.kind
+        return f"{kind} convs of {size} kernels with stride {op.stride} after the stem"
+    return {"SqueezeExcite": "squeeze-excite units", "Shift": "shift layers"}.get(
+        type(op).__name__, f"{type(op).__name__} operations"
+    )
+
+
 def _plan(planner: _Planner, program: Program) -> _Feature:
     """Engine operations for ``program`` (:func:`shufflenet.deploy.lower.lower`); returns where the output
     is. Raises :class:`EngineUnavailable` for operations the engine's kernels do not cover."""
@@ -625,8 +637,7 @@ def _plan(planner: _Planner, program: Program) -> _Feature:
             place.features[op.target.map] = _Feature(pooled, 1, 1, source.stride, source.positions)
             place.roles[op.target.map] = "pooled"
         else:
-            what = {"SqueezeExcite": "squeeze-excite units", "Shift": "shift layers"}.get(type(op).__name__)
-            raise EngineUnavailable(f"the engine does not run {what or type(op).__name__ + ' operations'}")
+            raise EngineUnavailable(f"the engine does not run {_describe(op)}")
         activation = getattr(op, "activation", "none")
         if activation in ("relu", "relu6") or (isinstance(op, Pool) and op.source.map in nonnegative):
             nonnegative.add(op.target.map)
@@ -635,15 +646,16 @@ def _plan(planner: _Planner, program: Program) -> _Feature:
 
 
 def build_engine(model: nn.Module, input_size: tuple[int, int], *, isa: str | None = None) -> Engine:
-    """Plan ``model`` (a ShuffleNet V1 or V2 in eval mode, 3x3 stem) for ``input_size`` = (H, W) inputs,
-    run by the engine compiled for ``isa`` (default: the widest this CPU has, see :func:`engine_isa`).
+    """Plan ``model`` (in eval mode: ShuffleNet V1 and V2, MobileNet V1 and V2) for ``input_size`` =
+    (H, W) inputs, run by the engine compiled for ``isa`` (default: the widest this CPU has, see
+    :func:`engine_isa`).
     The plan follows the model's one lowering (:func:`shufflenet.deploy.lower.lower`). Raises
     :class:`EngineUnavailable` for other networks or layers the engine does not run, ValueError for a
     model in training mode or an input size the model refuses. The engine keeps its own copy of the
     weights: later changes to ``model`` need a new plan. One call runs at a time (a lock guards the
     shared buffers)."""
-    if not isinstance(model, (ShuffleNetV1, ShuffleNetV2)):
-        raise EngineUnavailable(f"the engine runs ShuffleNet V1 and V2, not {type(model).__name__}")
+    if not isinstance(model, ClassifierNet):
+        raise EngineUnavailable(f"the engine runs this library's models, not {type(model).__name__}")
     if not isinstance(model.get_classifier(), nn.Linear):
         raise EngineUnavailable("the engine needs a linear classifier (num_classes > 0)")
     if model.training:

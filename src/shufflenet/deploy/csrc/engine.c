@@ -49,6 +49,7 @@ INLINE vec v_fma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
 INLINE vec v_add(vec a, vec b) { return _mm512_add_ps(a, b); }
 INLINE vec v_mul(vec a, vec b) { return _mm512_mul_ps(a, b); }
 INLINE vec v_max(vec a, vec b) { return _mm512_max_ps(a, b); }
+INLINE vec v_min(vec a, vec b) { return _mm512_min_ps(a, b); }
 INLINE __mmask16 v_mask(int count) { return (__mmask16)((1u << count) - 1); }
 INLINE vec v_load_n(const float* p, int count) {
     return count >= LANES ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(v_mask(count), p);
@@ -65,6 +66,8 @@ INLINE hvec h_low(vec v) { return _mm512_castps512_ps256(v); }
 INLINE hvec h_fma(hvec a, hvec b, hvec c) { return _mm256_fmadd_ps(a, b, c); }
 INLINE hvec h_add(hvec a, hvec b) { return _mm256_add_ps(a, b); }
 INLINE hvec h_max(hvec a, hvec b) { return _mm256_max_ps(a, b); }
+INLINE hvec h_min(hvec a, hvec b) { return _mm256_min_ps(a, b); }
+INLINE hvec h_set1(float x) { return _mm256_set1_ps(x); }
 INLINE hvec h_zero(void) { return _mm256_setzero_ps(); }
 INLINE hvec h_load_n(const float* p, int count) {
     return count >= LANES / 2 ? _mm256_loadu_ps(p) : _mm256_maskz_loadu_ps((__mmask8)v_mask(count), p);
@@ -86,6 +89,7 @@ INLINE vec v_fma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
 INLINE vec v_add(vec a, vec b) { return _mm256_add_ps(a, b); }
 INLINE vec v_mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
 INLINE vec v_max(vec a, vec b) { return _mm256_max_ps(a, b); }
+INLINE vec v_min(vec a, vec b) { return _mm256_min_ps(a, b); }
 INLINE vec v_load_n(const float* p, int count) {
     if (count >= LANES) return _mm256_loadu_ps(p);
     const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -97,6 +101,8 @@ INLINE hvec h_low(vec v) { return _mm256_castps256_ps128(v); }
 INLINE hvec h_fma(hvec a, hvec b, hvec c) { return _mm_fmadd_ps(a, b, c); }
 INLINE hvec h_add(hvec a, hvec b) { return _mm_add_ps(a, b); }
 INLINE hvec h_max(hvec a, hvec b) { return _mm_max_ps(a, b); }
+INLINE hvec h_min(hvec a, hvec b) { return _mm_min_ps(a, b); }
+INLINE hvec h_set1(float x) { return _mm_set1_ps(x); }
 INLINE hvec h_zero(void) { return _mm_setzero_ps(); }
 INLINE hvec h_load_n(const float* p, int count) {
     if (count >= 4) return _mm_loadu_ps(p);
@@ -132,15 +138,24 @@ INLINE vec v_zero(void) { return v_set1(0.0f); }
 /* The lanes of this build: engine.py packs weight panels for it. */
 int shufflenet_engine_lanes(void) { return LANES; }
 
+/* Activations (the ``relu`` argument of the kernels): ACT_NONE, ACT_RELU, or ACT_RELU6 (MobileNet V2). */
+enum { ACT_NONE = 0, ACT_RELU = 1, ACT_RELU6 = 2 };
+
+INLINE vec v_activate(vec y, int relu) {
+    if (relu) y = v_max(y, v_zero());
+    if (relu == ACT_RELU6) y = v_min(y, v_set1(6.0f));
+    return y;
+}
+
 INLINE void finish(float* out, const float* res, vec y, int lanes, int relu) {
     if (res) y = v_add(y, v_load_n(res, lanes));
-    if (relu) y = v_max(y, v_zero());
-    v_store_n(out, y, lanes);
+    v_store_n(out, v_activate(y, relu), lanes);
 }
 
 INLINE void finish_half(float* out, const float* res, hvec y, int lanes, int relu) {
     if (res) y = h_add(y, h_load_n(res, lanes));
     if (relu) y = h_max(y, h_zero());
+    if (relu == ACT_RELU6) y = h_min(y, h_set1(6.0f));
     h_store_n(out, y, lanes);
 }
 
@@ -348,9 +363,7 @@ static inline vec depthwise_pixel(const float* in, int H, int W, int in_stride, 
     return v_add(v_add(rows[0], rows[1]), rows[2]);
 }
 
-INLINE void store_activated(float* out, vec y, int relu, int lanes) {
-    v_store_n(out, relu ? v_max(y, v_zero()) : y, lanes);
-}
+INLINE void store_activated(float* out, vec y, int relu, int lanes) { v_store_n(out, v_activate(y, relu), lanes); }
 
 /* ``blocks`` runs of four neighbouring interior outputs of one channel block, the 9 taps held in named
    registers (with the four accumulators, the bias and a load: 15 of AVX2's 16; a tap array would live on
