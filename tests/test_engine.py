@@ -71,7 +71,9 @@ CASES = [
     # without an activation, the expansion-1 first block), from the same lowering.
     pytest.param("mobilenet_v1_x0_5", {"num_classes": 7}, (64, 64), id="mobilenet_v1_x0_5"),
     pytest.param("mobilenet_v2_x0_5", {}, (64, 64), id="mobilenet_v2_x0_5"),
-    pytest.param("mobilenet_v2_x1_4", {"small_input": True, "in_chans": 1}, (28, 28), id="mobilenet_v2-small"),
+    pytest.param(
+        "mobilenet_v2_x1_4", {"small_input": True, "in_chans": 1}, (28, 28), id="mobilenet_v2-small"
+    ),
     # Stride-1 stem without max pool, one input channel (Fashion-MNIST style).
     pytest.param("shufflenet_v2_x0_5", {"small_input": True, "in_chans": 1}, (28, 28), id="v2-small-28"),
     pytest.param("shufflenet_v1_g3_x0_5", {"small_input": True, "in_chans": 1}, (28, 28), id="v1-small-28"),
