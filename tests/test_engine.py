@@ -74,6 +74,12 @@ CASES = [
     pytest.param(
         "mobilenet_v2_x1_4", {"small_input": True, "in_chans": 1}, (28, 28), id="mobilenet_v2-small"
     ),
+    # FE-Net (DW): FE-Blocks (a copied part beside each residual unit's output, residuals read from a
+    # channel offset), 2x2 average pools after or before the expansion, odd sizes dropping a row.
+    pytest.param("fenet_dw_x1_0", {}, (64, 64), id="fenet_dw_x1_0"),
+    pytest.param(
+        "fenet_dw_x1_375", {"pool": "before", "num_classes": 5}, (47, 65), id="fenet_dw-pool-first-odd"
+    ),
     # Stride-1 stem without max pool, one input channel (Fashion-MNIST style).
     pytest.param("shufflenet_v2_x0_5", {"small_input": True, "in_chans": 1}, (28, 28), id="v2-small-28"),
     pytest.param("shufflenet_v1_g3_x0_5", {"small_input": True, "in_chans": 1}, (28, 28), id="v1-small-28"),

@@ -103,7 +103,7 @@ class InputContract:
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(
-                f"{source or 'the input contract'} has a malformed \"input\" entry ({error!r}); re-export it"
+                f'{source or "the input contract"} has a malformed "input" entry ({error!r}); re-export it'
             ) from None
 
     def describe(self) -> str:

@@ -290,7 +290,9 @@ def survey_images(paths: Sequence[str], limit: int = 200) -> ImageSurvey:
         first = f", e.g. {paths[0]}" if paths else ""
         raise ValueError(f"none of the {min(len(paths), limit)} images looked at could be read{first}")
     return ImageSurvey(
-        round(statistics.median(heights)), round(statistics.median(widths)), modes.most_common(1)[0][0],
+        round(statistics.median(heights)),
+        round(statistics.median(widths)),
+        modes.most_common(1)[0][0],
         len(heights),
     )
 

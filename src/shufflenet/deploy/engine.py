@@ -63,7 +63,9 @@ ISAS = {
 }
 COMPILE_FLAGS = ("-O3", "-shared", "-fPIC", "-std=gnu11")
 FIELDS = 24  # int64 fields per operation row, as in engine.c
-OP_PAD_INPUT, OP_POINTWISE, OP_DEPTHWISE, OP_MAXPOOL, OP_AVGPOOL, OP_COPY, OP_GLOBAL_AVG = range(7)
+OP_PAD_INPUT, OP_POINTWISE, OP_DEPTHWISE, OP_MAXPOOL, OP_AVGPOOL, OP_COPY, OP_GLOBAL_AVG, OP_AVGPOOL2 = range(
+    8
+)
 
 
 class EngineUnavailable(RuntimeUnavailable):
@@ -290,7 +292,7 @@ class _Planner:
             offset,
             -1 if residual is None else residual.buffer,
             0 if residual is None else residual.stride,
-            0,
+            0 if residual is None else residual.positions[0],  # a residual lies in channel order from here
             int(relu),
         )
         return _Feature(buffer, height, width, stride, list(range(offset, offset + out_channels)))
@@ -342,6 +344,28 @@ class _Planner:
             OP_AVGPOOL if average else OP_MAXPOOL,
             source.buffer,
             source.height,
+            source.width,
+            source.stride,
+            channels,
+            buffer,
+            height,
+            width,
+            stride,
+            offset,
+        )
+        return _Feature(buffer, height, width, stride, [offset + p for p in source.positions])
+
+    def pool2(self, source: _Feature, target: tuple[int, int, int]) -> _Feature:
+        """2x2 stride-2 average pooling (no padding) over physical channels into ``target`` = (buffer,
+        stride, channel offset)."""
+        channels = source.channels
+        if sorted(source.positions) != list(range(channels)):
+            raise EngineUnavailable("pooling needs its input channels packed at the pixel's start")
+        height, width = source.height // 2, source.width // 2
+        buffer, stride, offset = target
+        self.op(
+            OP_AVGPOOL2,
+            source.buffer,
             source.width,
             source.stride,
             channels,
@@ -418,7 +442,9 @@ class Engine:
         if f[0] == OP_DEPTHWISE:
             return f"depthwise {f[2]}x{f[3]} px, {f[5]} ch, stride {f[6]}"
         names = {OP_PAD_INPUT: "pad input", OP_MAXPOOL: "max pool", OP_AVGPOOL: "average pool"}
-        names.update({OP_COPY: "copy kept half", OP_GLOBAL_AVG: "global average"})
+        names.update(
+            {OP_COPY: "copy kept half", OP_GLOBAL_AVG: "global average", OP_AVGPOOL2: "2x2 average pool"}
+        )
         return names[int(f[0])]
 
     def _run(self, batch: np.ndarray, seconds: np.ndarray | None) -> np.ndarray:
@@ -620,9 +646,16 @@ def _plan(planner: _Planner, program: Program) -> _Feature:
                 source, op.weight, op.bias, stride=op.stride, relu=_relu(op.activation), target=buffer
             )
             place.wrote(op.target, out.positions)
+        elif isinstance(op, Pool) and (op.kind, op.kernel, op.stride, op.padding) == ("average", 2, 2, 0):
+            if op.activation != "none":
+                raise EngineUnavailable("the engine pools without an activation")
+            out = planner.pool2(place.read(op.source), target=place.target(op))
+            place.wrote(op.target, out.positions)
         elif isinstance(op, Pool):
             if (op.kernel, op.stride, op.padding) != (3, 2, 1):
-                raise EngineUnavailable("the engine pools 3x3 windows with stride 2 and padding 1")
+                raise EngineUnavailable(
+                    "the engine pools 3x3 windows with stride 2 and padding 1, or 2x2 ones"
+                )
             if op.activation != "none" and not (op.activation == "relu" and op.source.map in nonnegative):
                 raise EngineUnavailable("the engine pools without an activation")
             out = planner.pool(place.read(op.source), average=op.kind == "average", target=place.target(op))

@@ -6,9 +6,9 @@ PyTorch module, then call with a NumPy batch. Used by export verification and th
 convs are matrix products on NHWC rows (:mod:`shufflenet.deploy.eager`); ``compile``: torch.compile
 (inductor, with freezing for inference); ``ort``: ONNX Runtime on the plain ONNX export; ``openvino``:
 OpenVINO on the same export; ``engine``: our C engine alone (:mod:`shufflenet.deploy.engine`: ShuffleNet
-V1/V2 and MobileNet V1/V2, one thread); ``ours``: our deploy path, the fastest here of that engine and our
-deploy graph (:func:`shufflenet.deploy.optimize`) on OpenVINO, ONNX Runtime or PyTorch, with the
-ShuffleNet V1 shuffle form chosen by timing that backend itself.
+V1/V2, MobileNet V1/V2, FE-Net (DW); one thread); ``ours``: our deploy path, the fastest here of that
+engine and our deploy graph (:func:`shufflenet.deploy.optimize`) on OpenVINO, ONNX Runtime or PyTorch,
+with the ShuffleNet V1 shuffle form chosen by timing that backend itself.
 """
 
 from __future__ import annotations

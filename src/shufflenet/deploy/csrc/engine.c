@@ -22,6 +22,7 @@ enum {
     OP_AVGPOOL = 4,    /* 3x3 stride-2 average pool, padding 1, zero padding counted */
     OP_COPY = 5,       /* per-pixel copy of channel runs */
     OP_GLOBAL_AVG = 6, /* mean over pixels */
+    OP_AVGPOOL2 = 7,   /* 2x2 stride-2 average pool, no padding (FE-Net's IB-Pool) */
 };
 
 enum { FIELDS = 24 };
@@ -490,6 +491,25 @@ static void pool(int average, const float* in, int H, int W, int in_stride, int 
     }
 }
 
+/* 2x2 windows, stride 2, no padding: a trailing odd row or column is dropped, as in PyTorch. */
+static void pool2(const float* in, int W, int in_stride, int C, float* out, int Ho, int Wo, int out_stride,
+                  int out_offset) {
+    const vec quarter = v_set1(0.25f);
+    const size_t row = (size_t)W * in_stride;
+    for (int oy = 0; oy < Ho; oy++) {
+        for (int ox = 0; ox < Wo; ox++) {
+            const float* p = in + ((size_t)(2 * oy) * W + 2 * ox) * in_stride;
+            float* o = out + ((size_t)oy * Wo + ox) * out_stride + out_offset;
+            for (int c0 = 0; c0 < C; c0 += LANES) {
+                const int n = C - c0;
+                const vec top = v_add(v_load_n(p + c0, n), v_load_n(p + in_stride + c0, n));
+                const vec bottom = v_add(v_load_n(p + row + c0, n), v_load_n(p + row + in_stride + c0, n));
+                v_store_n(o + c0, v_mul(v_add(top, bottom), quarter), n);
+            }
+        }
+    }
+}
+
 /* Per pixel, copy channel runs: runs holds (source offset, target offset, length) triples. */
 static void copy_runs(const float* in, int in_stride, int npix, float* out, int out_stride, const int32_t* runs,
                       int n_runs) {
@@ -551,6 +571,10 @@ void shufflenet_engine_run(int n_ops, const int64_t* ops, float* const* buffers,
         case OP_AVGPOOL:
             pool(f[0] == OP_AVGPOOL, buffers[f[1]], (int)f[2], (int)f[3], (int)f[4], (int)f[5], buffers[f[6]],
                  (int)f[7], (int)f[8], (int)f[9], (int)f[10]);
+            break;
+        case OP_AVGPOOL2:
+            pool2(buffers[f[1]], (int)f[2], (int)f[3], (int)f[4], buffers[f[5]], (int)f[6], (int)f[7], (int)f[8],
+                  (int)f[9]);
             break;
         case OP_COPY:
             copy_runs(buffers[f[1]], (int)f[2], (int)f[3], buffers[f[4]], (int)f[5], ints + f[6], (int)f[7]);
