@@ -80,6 +80,10 @@ CASES = [
     pytest.param(
         "fenet_dw_x1_375", {"pool": "before", "num_classes": 5}, (47, 65), id="fenet_dw-pool-first-odd"
     ),
+    # ShiftResNet with 1x1 convolutions only (Chen et al. 2019, Table 1): stride-2 1x1 convs, projection
+    # shortcuts added in the epilogue.
+    pytest.param("shiftresnet20_1x1", {}, (32, 32), id="shiftresnet20_1x1"),
+    pytest.param("shiftresnet20_1x1", {"num_classes": 3}, (33, 31), id="shiftresnet20_1x1-odd"),
     # Stride-1 stem without max pool, one input channel (Fashion-MNIST style).
     pytest.param("shufflenet_v2_x0_5", {"small_input": True, "in_chans": 1}, (28, 28), id="v2-small-28"),
     pytest.param("shufflenet_v1_g3_x0_5", {"small_input": True, "in_chans": 1}, (28, 28), id="v1-small-28"),
@@ -174,7 +178,7 @@ def test_engine_accepts_float64_and_non_contiguous_batches():
     [
         pytest.param(lambda: create_model("shiftresnet20_ssl"), "shift layers", id="shiftresnet"),
         pytest.param(
-            lambda: create_model("shufflenet_v1_peer_resnet_38m"), "dense convs of 1x1", id="resnet-peer"
+            lambda: create_model("shufflenet_v1_peer_resnet_38m"), "dense convs of 3x3", id="resnet-peer"
         ),
         pytest.param(lambda: create_model("shufflenet_v2_x0_5", num_classes=0), "num_classes", id="no-head"),
         pytest.param(

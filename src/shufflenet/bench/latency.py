@@ -200,7 +200,15 @@ def run_cell_subprocess(cell: LatencyCell, timeout: float = 900) -> LatencyCell:
     return LatencyCell(**json.loads(lines[-1]))
 
 
-ENGINE_FAMILIES = ("shufflenet_v1_g", "shufflenet_v2", "mobilenet_v1", "mobilenet_v2", "fenet_dw")
+ENGINE_FAMILIES = (
+    "shufflenet_v1_g",
+    "shufflenet_v2",
+    "mobilenet_v1",
+    "mobilenet_v2",
+    "fenet_dw",
+    "shiftresnet20_1x1",
+    "shiftresnet56_1x1",
+)
 
 
 def skip_reason(model: str, runtime: str, threads: int = 1) -> str | None:

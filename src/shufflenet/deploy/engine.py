@@ -586,6 +586,12 @@ class _Placement:
                 del self.last_read[map_index]
 
 
+def _strided_1x1(op: Conv) -> bool:
+    """A 1x1 conv with a stride (ShiftResNet's and the ResNet peers' projections): a pointwise GEMM over
+    every stride-th pixel."""
+    return op.weight.shape[2:] == (1, 1) and op.padding == 0
+
+
 def _describe(op: Operation) -> str:
     if isinstance(op, Conv):
         size = "x".join(str(k) for k in op.weight.shape[2:])
@@ -611,7 +617,7 @@ def _plan(planner: _Planner, program: Program) -> _Feature:
             x = _stem(planner, op, image.channels, image.height, image.width)
             place.features[op.target.map] = x
             place.roles[op.target.map] = "stem"
-        elif isinstance(op, Conv) and op.kind == "pointwise":
+        elif isinstance(op, Conv) and (op.kind == "pointwise" or _strided_1x1(op)):
             source = place.read(op.source)
             residual = None
             if op.residual is not None:
@@ -624,6 +630,11 @@ def _plan(planner: _Planner, program: Program) -> _Feature:
                 target = (residual.buffer, residual.stride, residual.positions[0])
             else:
                 target = place.target(op)
+            lines, size = None, None
+            if op.stride > 1:  # each output row reads every stride-th pixel of every stride-th input row
+                height, width = program.maps[op.target.map].height, program.maps[op.target.map].width
+                row = op.stride * source.width * source.stride
+                lines, size = ([oy * row for oy in range(height)], op.stride * source.stride), (height, width)
             planner.pointwise(
                 source,
                 op.weight,
@@ -632,6 +643,8 @@ def _plan(planner: _Planner, program: Program) -> _Feature:
                 relu=_relu(op.activation),
                 target=target,
                 residual=residual,
+                lines=lines,
+                size=size,
             )
         elif isinstance(op, Conv) and op.kind == "depthwise":
             if op.weight.shape[2:] != (3, 3) or op.padding != 1 or op.residual is not None:
