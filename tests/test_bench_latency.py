@@ -68,7 +68,10 @@ def test_engine_cells_only_for_our_shufflenets_on_one_thread():
     assert skip_reason("shufflenet_v1_g3_x1_0", "engine") is None
     assert skip_reason("shufflenet_v2_x1_0[layout=torchvision]", "engine") is None
     assert "one thread" in skip_reason("shufflenet_v1_g3_x1_0", "engine", threads=2)
-    assert skip_reason("mobilenet_v2_x1_0", "engine") is None and skip_reason("fenet_x1_0", "engine")
+    assert skip_reason("mobilenet_v2_x1_0", "engine") is None and skip_reason("fenet_x1_0", "engine") is None
+    assert skip_reason("fenet_x1_375_se", "engine") and skip_reason(
+        "shufflenet_v1_g3_x1_0[se=true]", "engine"
+    )
     assert skip_reason("torchvision:alexnet", "engine")
     assert skip_reason("torchvision:alexnet", "ours") and skip_reason("torchvision:alexnet", "ort") is None
     assert skip_reason("torchvision:shufflenet_v2_x1_0", "eager_deploy")

@@ -13,6 +13,7 @@ from shufflenet._testing import trained_looking
 from shufflenet.deploy import engine
 from shufflenet.deploy.engine import EngineUnavailable, build_engine, load_library
 from shufflenet.deploy.runtimes import RuntimeUnavailable
+from shufflenet.ops import SparseShift
 
 try:
     load_library()
@@ -30,9 +31,17 @@ TOLERANCE = 1e-4
 
 def _model(name: str, size: tuple[int, int], **kwargs) -> nn.Module:
     """A model with measured BN statistics, random affine BN and O(1) logits, in eval mode.
-    ``trained_looking`` calls ``randomize_batchnorm``, so folding is exercised away from the identity."""
+    ``trained_looking`` calls ``randomize_batchnorm``, so folding is exercised away from the identity.
+    Sparse shifts get learned-looking displacements: most 0 or 1, some 2-4 pixels, in either direction."""
     kwargs.setdefault("num_classes", 10)
-    return trained_looking(create_model(name, **kwargs), size)
+    model = create_model(name, **kwargs)
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, SparseShift):
+                layer.alpha.copy_(torch.randn(layer.channels, generator=generator) * 1.3)
+                layer.beta.copy_(torch.randn(layer.channels, generator=generator) * 1.3)
+    return trained_looking(model, size)
 
 
 def _batch(model: nn.Module, size: tuple[int, int], n: int = 2, seed: int = 0) -> np.ndarray:
@@ -84,6 +93,12 @@ CASES = [
     # shortcuts added in the epilogue.
     pytest.param("shiftresnet20_1x1", {}, (32, 32), id="shiftresnet20_1x1"),
     pytest.param("shiftresnet20_1x1", {"num_classes": 3}, (33, 31), id="shiftresnet20_1x1-odd"),
+    # Shifts as addressing (Chen et al. 2019): the expansion writes into a zero-bordered map, the next 1x1
+    # conv reads each channel at its displacement, at stride 1 and 2 (ShiftResNet's first stage units).
+    pytest.param("shiftresnet20_ssl", {}, (32, 32), id="shiftresnet20_ssl"),
+    pytest.param("shiftresnet20_grouped", {"num_classes": 3}, (33, 31), id="shiftresnet20_grouped-odd"),
+    pytest.param("fenet_x1_0", {}, (64, 64), id="fenet_x1_0"),
+    pytest.param("fenet_x1_375", {"pool": "before"}, (47, 65), id="fenet_x1_375-pool-first-odd"),
     # Stride-1 stem without max pool, one input channel (Fashion-MNIST style).
     pytest.param("shufflenet_v2_x0_5", {"small_input": True, "in_chans": 1}, (28, 28), id="v2-small-28"),
     pytest.param("shufflenet_v1_g3_x0_5", {"small_input": True, "in_chans": 1}, (28, 28), id="v1-small-28"),
@@ -139,7 +154,7 @@ def test_engine_matches_pytorch(name, kwargs, size, isa):
     _assert_matches(out, reference)
 
 
-@pytest.mark.parametrize("name", ["shufflenet_v1_g3_x0_5", "shufflenet_v2_x0_5"])
+@pytest.mark.parametrize("name", ["shufflenet_v1_g3_x0_5", "shufflenet_v2_x0_5", "fenet_x1_0"])
 def test_batch_rows_equal_single_calls_and_calls_do_not_leak_state(name):
     """Every sample runs the same ops on the same buffers (V1 adds its residual in place, V2 gathers its
     kept half), so a batch, single calls and repeated calls must agree bit for bit."""
@@ -176,7 +191,7 @@ def test_engine_accepts_float64_and_non_contiguous_batches():
 @pytest.mark.parametrize(
     ("build", "message"),
     [
-        pytest.param(lambda: create_model("shiftresnet20_ssl"), "shift layers", id="shiftresnet"),
+        pytest.param(lambda: create_model("fenet_x1_375_se"), "shift between", id="fenet-se"),
         pytest.param(
             lambda: create_model("shufflenet_v1_peer_resnet_38m"), "dense convs of 3x3", id="resnet-peer"
         ),
@@ -319,3 +334,14 @@ def test_the_plan_follows_the_lowering_and_reuses_buffers_as_maps_die(name):
     held = sum(buffer.size for buffer in plan._buffers)
     # A few buffers in turn (input, padded image, and a ping-pong of feature maps), not one per map.
     assert len(plan._buffers) <= 7 and held < every_map / 3
+
+
+def test_shifts_are_addressing_not_operations():
+    """Chen et al. 2019, Fig. 2e: a shift moves no data in the engine, shifted channels included."""
+    from shufflenet.deploy.lower import Shift, lower
+
+    model = _model("shiftresnet20_ssl", (32, 32))
+    program = lower(model, (32, 32))
+    shifts = sum(isinstance(op, Shift) for op in program.operations)
+    plan = build_engine(model, (32, 32))
+    assert shifts == 9 and plan.operations == len(program.operations) - shifts + 1  # + the input's padding

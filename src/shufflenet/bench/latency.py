@@ -200,25 +200,17 @@ def run_cell_subprocess(cell: LatencyCell, timeout: float = 900) -> LatencyCell:
     return LatencyCell(**json.loads(lines[-1]))
 
 
-ENGINE_FAMILIES = (
-    "shufflenet_v1_g",
-    "shufflenet_v2",
-    "mobilenet_v1",
-    "mobilenet_v2",
-    "fenet_dw",
-    "shiftresnet20_1x1",
-    "shiftresnet56_1x1",
-)
+ENGINE_FAMILIES = ("shufflenet_v1_g", "shufflenet_v2", "mobilenet_v1", "mobilenet_v2", "fenet", "shiftresnet")
 
 
 def skip_reason(model: str, runtime: str, threads: int = 1) -> str | None:
     """Cells that do not apply: our deploy path only rewrites our own models; the engine runs our
-    ShuffleNet V1/V2, MobileNet V1/V2 and FE-Net (DW) on one thread."""
+    ShuffleNet V1/V2, MobileNet V1/V2, FE-Net and ShiftResNet (without squeeze-excite) on one thread."""
     if runtime in ("ours", "eager_deploy") and model.startswith(ANCHOR_PREFIX):
         return "the deploy path rewrites our models only"
     if runtime == "engine" and (not model.startswith(ENGINE_FAMILIES) or threads != 1):
-        return "the engine runs our ShuffleNet V1/V2, MobileNet V1/V2 and FE-Net (DW) on one thread"
-    if runtime == "engine" and parse_model_spec(model)[1].get("se"):
+        return "the engine runs our ShuffleNet, MobileNet, FE-Net and ShiftResNet on one thread"
+    if runtime == "engine" and (parse_model_spec(model)[1].get("se") or model.split("[")[0].endswith("_se")):
         return "the engine does not run squeeze-excite units"
     return None
 

@@ -50,6 +50,7 @@ from shufflenet.deploy.lower import (
     Pool,
     Program,
     Read,
+    Shift,
     Write,
     lower,
 )
@@ -242,6 +243,7 @@ class _Planner:
         lines: tuple[Sequence[int], int] | None = None,
         index: Sequence[int] | None = None,
         size: tuple[int, int] | None = None,
+        out_pitch: int = 0,
     ) -> _Feature:
         """A (grouped) 1x1 conv reading ``source``'s logical channels wherever they are; the output goes to
         ``target`` = (buffer, stride, channel offset) or a fresh ``role`` buffer. ``lines`` = (start offset
@@ -294,6 +296,7 @@ class _Planner:
             0 if residual is None else residual.stride,
             0 if residual is None else residual.positions[0],  # a residual lies in channel order from here
             int(relu),
+            out_pitch,
         )
         return _Feature(buffer, height, width, stride, list(range(offset, offset + out_channels)))
 
@@ -524,6 +527,44 @@ class _Placement:
         self.free: list[str] = []
         self.roles: dict[int, str] = {}
         self.count = 0
+        # A shift is addressing: its input map is stored with a zero border of ``margin`` pixels, and the 1x1
+        # convs that read the shifted map read the input at each channel's displacement (Chen et al. 2019,
+        # Fig. 2e: unshifted channels cost nothing, shifted ones no copy either).
+        self.shifts: dict[int, Shift] = {}  # shifted map -> its Shift operation
+        self.margins: dict[int, int] = {}  # bordered map -> margin
+        self.busy_borders: set[str] = set()
+        for op in program.operations:
+            if isinstance(op, Shift):
+                self._check_shift(op)
+                self.shifts[op.target.map] = op
+                self.margins[op.source.map] = max(max(map(abs, op.dy)), max(map(abs, op.dx)))
+                self.last_read[op.source.map] = self.last_read.get(op.target.map, -1)
+
+    def _check_shift(self, shift: Shift) -> None:
+        readers = [op for op in self.program.operations if shift.target.map in [r.map for r in _reads(op)]]
+        others = [
+            op
+            for op in self.program.operations
+            if op is not shift and shift.source.map in [r.map for r in _reads(op)]
+        ]
+        writers = [op for op in self.program.operations if op.target.map == shift.source.map]
+        if (
+            others
+            or len(writers) != 1
+            or not (
+                isinstance(writers[0], Conv)
+                and writers[0].kind == "pointwise"
+                and writers[0].residual is None
+            )
+            or not all(
+                isinstance(op, Conv) and _strided_1x1(op) and op.source.map == shift.target.map
+                for op in readers
+            )
+            or any(getattr(op, "residual", None) and op.residual.map == shift.target.map for op in readers)
+        ):
+            raise EngineUnavailable(
+                "the engine runs a shift between a 1x1 conv and the 1x1 convs that read it"
+            )
 
     def read(self, read: Read) -> _Feature:
         feature = self.features[read.map]
@@ -534,6 +575,43 @@ class _Placement:
             feature.stride,
             [feature.positions[c] for c in read.channels],
         )
+
+    def bordered_target(self, op: Conv) -> tuple[tuple[int, int, int], int]:
+        """((buffer, pixel stride, float offset of the first interior pixel), pixels per row) for the output
+        of ``op`` into a map with a zero border. Bordered buffers are only ever shared between maps of the
+        same geometry, so their borders stay zero."""
+        index = op.target.map
+        feature, margin = self.program.maps[index], self.margins[index]
+        stride = _round_up(feature.channels)
+        pitch = feature.width + 2 * margin
+        geometry = f"border{feature.height}x{feature.width}m{margin}s{stride}"
+        role = geometry
+        suffix = 0
+        while role in self.busy_borders:
+            suffix += 1
+            role = f"{geometry}-{suffix}"
+        self.busy_borders.add(role)
+        self.roles[index] = role
+        buffer = self.planner.buffer(role, (feature.height + 2 * margin) * pitch * stride)
+        self.features[index] = _Feature(
+            buffer, feature.height, feature.width, stride, list(range(feature.channels))
+        )
+        return (buffer, stride, (margin * pitch + margin) * stride), pitch
+
+    def shifted_read(self, op: Conv) -> tuple[_Feature, list[int], tuple[list[int], int]]:
+        """(the bordered input, per-channel offsets, (line starts, step)) for a 1x1 conv reading a shifted
+        map: channel k is read ``dy`` rows up and ``dx`` columns left of the output pixel."""
+        shift = self.shifts[op.source.map]
+        source = self.features[shift.source.map]
+        margin = self.margins[shift.source.map]
+        pitch = source.width + 2 * margin
+        index = []
+        for k in op.source.channels:
+            position = source.positions[shift.source.channels[k]]
+            index.append(position + ((margin - shift.dy[k]) * pitch + (margin - shift.dx[k])) * source.stride)
+        out = self.program.maps[op.target.map]
+        row = op.stride * pitch * source.stride
+        return source, index, ([oy * row for oy in range(out.height)], op.stride * source.stride)
 
     def target(self, op: Operation) -> tuple[int, int, int]:
         """(buffer, pixel stride, channel offset) of ``op``'s output, placing its map on first write."""
@@ -582,7 +660,11 @@ class _Placement:
         """Return the buffers of maps last read by operation ``index``."""
         for map_index, last in list(self.last_read.items()):
             if last == index and map_index in self.roles:
-                self.free.append(self.roles.pop(map_index))
+                role = self.roles.pop(map_index)
+                if role in self.busy_borders:
+                    self.busy_borders.discard(role)  # back to its own geometry's pool, never to the others
+                else:
+                    self.free.append(role)
                 del self.last_read[map_index]
 
 
@@ -597,9 +679,7 @@ def _describe(op: Operation) -> str:
         size = "x".join(str(k) for k in op.weight.shape[2:])
         kind = "dense" if op.kind == "conv" else op.kind
         return f"{kind} convs of {size} kernels with stride {op.stride} after the stem"
-    return {"SqueezeExcite": "squeeze-excite units", "Shift": "shift layers"}.get(
-        type(op).__name__, f"{type(op).__name__} operations"
-    )
+    return {"SqueezeExcite": "squeeze-excite units"}.get(type(op).__name__, f"{type(op).__name__} operations")
 
 
 def _plan(planner: _Planner, program: Program) -> _Feature:
@@ -617,6 +697,39 @@ def _plan(planner: _Planner, program: Program) -> _Feature:
             x = _stem(planner, op, image.channels, image.height, image.width)
             place.features[op.target.map] = x
             place.roles[op.target.map] = "stem"
+        elif isinstance(op, Conv) and op.source.map in place.shifts:
+            source, shifted_index, lines = place.shifted_read(op)
+            out = program.maps[op.target.map]
+            residual = place.read(op.residual) if op.residual is not None else None
+            planner.pointwise(
+                source,
+                op.weight,
+                op.bias,
+                groups=op.groups,
+                relu=_relu(op.activation),
+                target=place.target(op),
+                residual=residual,
+                lines=lines,
+                index=shifted_index,
+                size=(out.height, out.width),
+            )
+        elif isinstance(op, Conv) and op.target.map in place.margins:
+            source = place.read(op.source)
+            target, pitch = place.bordered_target(op)
+            rows = [y * source.width * source.stride for y in range(source.height)]
+            planner.pointwise(
+                source,
+                op.weight,
+                op.bias,
+                groups=op.groups,
+                relu=_relu(op.activation),
+                target=target,
+                lines=(rows, source.stride),
+                size=(source.height, source.width),
+                out_pitch=pitch,
+            )
+        elif isinstance(op, Shift):
+            pass  # addressing: the convs that read its output read its input at each channel's displacement
         elif isinstance(op, Conv) and (op.kind == "pointwise" or _strided_1x1(op)):
             source = place.read(op.source)
             residual = None

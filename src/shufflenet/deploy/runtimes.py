@@ -6,7 +6,7 @@ PyTorch module, then call with a NumPy batch. Used by export verification and th
 convs are matrix products on NHWC rows (:mod:`shufflenet.deploy.eager`); ``compile``: torch.compile
 (inductor, with freezing for inference); ``ort``: ONNX Runtime on the plain ONNX export; ``openvino``:
 OpenVINO on the same export; ``engine``: our C engine alone (:mod:`shufflenet.deploy.engine`: ShuffleNet
-V1/V2, MobileNet V1/V2, FE-Net (DW); one thread); ``ours``: our deploy path, the fastest here of that
+V1/V2, MobileNet V1/V2, FE-Net, ShiftResNet; one thread); ``ours``: our deploy path, the fastest here of that
 engine and our deploy graph (:func:`shufflenet.deploy.optimize`) on OpenVINO, ONNX Runtime or PyTorch,
 with the ShuffleNet V1 shuffle form chosen by timing that backend itself.
 """
@@ -124,9 +124,9 @@ def onnx_timer(backend: str = "openvino", threads: int = 1, repeats: int = 30):
 
 
 def _deploy_runner(model: nn.Module, example: torch.Tensor, threads: int, workdir: Path) -> Runner:
-    """Our deploy path: our C engine (ShuffleNet V1/V2, MobileNet V1/V2, one thread) or the optimized graph on
-    whichever of OpenVINO, ONNX Runtime and PyTorch (eager, channels_last) runs it fastest here, each with
-    the V1 shuffle form timed on that backend; ``runner.backend`` names the one kept. PyTorch is a
+    """Our deploy path: our C engine (ShuffleNet, MobileNet, FE-Net, ShiftResNet; one thread) or the optimized
+    graph on whichever of OpenVINO, ONNX Runtime and PyTorch (eager, channels_last) runs it fastest here,
+    each with the V1 shuffle form timed on that backend; ``runner.backend`` names the one kept. PyTorch is a
     candidate for the shift nets: only it runs their shifts in place, moving just the shifted channels,
     where an exported graph must concatenate."""
     candidates: dict[str, Callable[[], Runner]] = {}

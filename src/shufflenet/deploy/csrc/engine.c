@@ -293,6 +293,7 @@ static void pointwise_rows(Shape shape, int rows, const float* a, size_t step, c
 }
 
 /* out[p, out_offset + g*N + n] = act(bias + sum_k in[pixel p + idx[g*K + k]] * w[g][k][n] (+ res[...]))
+   (output line l starts at pixel l * out_pitch, or l * line_len where out_pitch is 0)
    The pixels come in lines of line_len; pixel j of line l starts at in + line_base[l] + j * step (a 1x1
    conv: one line, step = the input's channel stride; the stem conv: one line per output row, reading its
    3x3 windows from a zero-bordered NCHW image through idx). Output and residual pixels are consecutive.
@@ -302,7 +303,7 @@ static void pointwise_rows(Shape shape, int rows, const float* a, size_t step, c
 static void pointwise(const float* in, const int32_t* line_base, int lines, int line_len, int step,
                       const int32_t* idx, int groups, int K, int N, int n_pad, const float* w, const float* bias,
                       float* out, int out_stride, int out_offset, const float* res, int res_stride,
-                      int res_offset, int relu) {
+                      int res_offset, int relu, int out_pitch) {
     /* Pixels in chunks whose inputs stay in L1 while every weight panel passes over them, unless the
        weights are too big to re-read per chunk (the head conv, the classifier): then whole lines. */
     int chunk = line_len;
@@ -316,6 +317,8 @@ static void pointwise(const float* in, const int32_t* line_base, int lines, int 
         for (int line = 0; line < lines; line++) {
             const float* line_in = in + line_base[line];
             const size_t first = (size_t)line * line_len;
+            /* Output lines out_pitch pixels apart: a map with a zero border that a shift reads around. */
+            const size_t out_first = (size_t)line * (out_pitch ? (size_t)out_pitch : (size_t)line_len);
             for (int c0 = 0; c0 < line_len; c0 += chunk) {
                 const int c1 = c0 + chunk < line_len ? c0 + chunk : line_len;
                 for (int n0 = 0, valid; n0 < N; n0 += valid) {
@@ -330,7 +333,8 @@ static void pointwise(const float* in, const int32_t* line_base, int lines, int 
                         /* Panels before the last are unpadded: this one starts n0 * K floats in. */
                         pointwise_rows(shape, rows, line_in + (size_t)p0 * step, step, gidx, K,
                                        gw + (size_t)n0 * K, panel_stride(valid), bias + g * n_pad + n0,
-                                       out + pixel * out_stride + channel, out_stride, r0, res_stride, valid,
+                                       out + (out_first + p0) * out_stride + channel, out_stride, r0,
+                                       res_stride, valid,
                                        relu);
                     }
                 }
@@ -561,7 +565,7 @@ void shufflenet_engine_run(int n_ops, const int64_t* ops, float* const* buffers,
             pointwise(buffers[f[1]], ints + f[2], (int)f[3], (int)f[4], (int)f[5], ints + f[6], (int)f[7],
                       (int)f[8], (int)f[9], (int)f[10], floats + f[11], floats + f[12], buffers[f[13]],
                       (int)f[14], (int)f[15], f[16] >= 0 ? buffers[f[16]] : 0, (int)f[17], (int)f[18],
-                      (int)f[19]);
+                      (int)f[19], (int)f[20]);
             break;
         case OP_DEPTHWISE:
             depthwise(buffers[f[1]], (int)f[2], (int)f[3], (int)f[4], (int)f[5], (int)f[6], floats + f[7],
