@@ -99,6 +99,10 @@ CASES = [
     pytest.param("shiftresnet20_grouped", {"num_classes": 3}, (33, 31), id="shiftresnet20_grouped-odd"),
     pytest.param("fenet_x1_0", {}, (64, 64), id="fenet_x1_0"),
     pytest.param("fenet_x1_375", {"pool": "before"}, (47, 65), id="fenet_x1_375-pool-first-odd"),
+    # Squeeze-and-excitation (Zhang et al. 2018, Table 5): before the residual add at stride 1, before the
+    # concatenation's ReLU at stride 2.
+    pytest.param("shufflenet_v1_g3_x0_5", {"se": True}, (64, 64), id="v1_g3_x0_5-se"),
+    pytest.param("shufflenet_v1_g3_x2_0_se", {"num_classes": 3}, (47, 65), id="v1_g3_x2_0_se-odd"),
     # Stride-1 stem without max pool, one input channel (Fashion-MNIST style).
     pytest.param("shufflenet_v2_x0_5", {"small_input": True, "in_chans": 1}, (28, 28), id="v2-small-28"),
     pytest.param("shufflenet_v1_g3_x0_5", {"small_input": True, "in_chans": 1}, (28, 28), id="v1-small-28"),
@@ -196,9 +200,6 @@ def test_engine_accepts_float64_and_non_contiguous_batches():
             lambda: create_model("shufflenet_v1_peer_resnet_38m"), "dense convs of 3x3", id="resnet-peer"
         ),
         pytest.param(lambda: create_model("shufflenet_v2_x0_5", num_classes=0), "num_classes", id="no-head"),
-        pytest.param(
-            lambda: create_model("shufflenet_v1_g3_x0_5", se=True), "squeeze-excite", id="v1-squeeze-excite"
-        ),
     ],
 )
 def test_unsupported_models_are_refused_with_the_reason(build, message):

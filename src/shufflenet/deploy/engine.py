@@ -51,6 +51,7 @@ from shufflenet.deploy.lower import (
     Program,
     Read,
     Shift,
+    SqueezeExcite,
     Write,
     lower,
 )
@@ -64,9 +65,18 @@ ISAS = {
 }
 COMPILE_FLAGS = ("-O3", "-shared", "-fPIC", "-std=gnu11")
 FIELDS = 24  # int64 fields per operation row, as in engine.c
-OP_PAD_INPUT, OP_POINTWISE, OP_DEPTHWISE, OP_MAXPOOL, OP_AVGPOOL, OP_COPY, OP_GLOBAL_AVG, OP_AVGPOOL2 = range(
-    8
-)
+# engine.c's opcodes, in its order.
+(
+    OP_PAD_INPUT,
+    OP_POINTWISE,
+    OP_DEPTHWISE,
+    OP_MAXPOOL,
+    OP_AVGPOOL,
+    OP_COPY,
+    OP_GLOBAL_AVG,
+    OP_AVGPOOL2,
+    OP_SCALE,
+) = range(9)
 
 
 class EngineUnavailable(RuntimeUnavailable):
@@ -448,6 +458,7 @@ class Engine:
         names.update(
             {OP_COPY: "copy kept half", OP_GLOBAL_AVG: "global average", OP_AVGPOOL2: "2x2 average pool"}
         )
+        names[OP_SCALE] = "squeeze-excite scale"
         return names[int(f[0])]
 
     def _run(self, batch: np.ndarray, seconds: np.ndarray | None) -> np.ndarray:
@@ -638,7 +649,7 @@ class _Placement:
         feature = self.features[target.map]
         feature.positions[target.offset : target.offset + len(positions)] = positions
 
-    def in_place(self, op: Conv, index: int) -> bool:
+    def in_place(self, op: Conv | SqueezeExcite, index: int) -> bool:
         """Place ``op`` (operation ``index``)'s output over its residual input where that input dies with
         it."""
         residual = op.residual
@@ -666,6 +677,49 @@ class _Placement:
                 else:
                     self.free.append(role)
                 del self.last_read[map_index]
+
+
+def _contiguous(feature: _Feature) -> bool:
+    start = feature.positions[0]
+    return feature.positions == list(range(start, start + len(feature.positions)))
+
+
+def _squeeze_excite(planner: _Planner, place: _Placement, op: SqueezeExcite, index: int) -> None:
+    """Squeeze-and-excitation (Zhang et al. 2018, Table 5): the channel means, two small 1x1 convs on them,
+    then every channel scaled by the sigmoid of its gate, with the residual add and activation."""
+    source = place.read(op.source)
+    residual = place.read(op.residual) if op.residual is not None else None
+    if not _contiguous(source) or (residual is not None and not _contiguous(residual)):
+        raise EngineUnavailable("squeeze-excite reads and adds channels in order")
+    pooled = planner.buffer("se-pooled", source.stride)
+    planner.op(OP_GLOBAL_AVG, source.buffer, source.pixels, source.stride, source.stride, pooled)
+    squeezed = _Feature(pooled, 1, 1, source.stride, source.positions)
+    hidden = planner.pointwise(
+        squeezed, op.reduce_weight[:, :, None, None], op.reduce_bias, groups=1, relu=1, role="se-hidden"
+    )
+    gate = planner.pointwise(
+        hidden, op.expand_weight[:, :, None, None], op.expand_bias, groups=1, relu=0, role="se-gate"
+    )
+    if residual is not None and place.in_place(op, index):
+        buffer, stride, offset = residual.buffer, residual.stride, residual.positions[0]
+    else:
+        buffer, stride, offset = place.target(op)
+    planner.op(
+        OP_SCALE,
+        source.buffer,
+        source.positions[0],
+        source.pixels,
+        source.stride,
+        len(source.positions),
+        gate.buffer,
+        buffer,
+        offset,
+        stride,
+        -1 if residual is None else residual.buffer,
+        0 if residual is None else residual.positions[0],
+        0 if residual is None else residual.stride,
+        _relu(op.activation),
+    )
 
 
 def _strided_1x1(op: Conv) -> bool:
@@ -728,6 +782,8 @@ def _plan(planner: _Planner, program: Program) -> _Feature:
                 size=(source.height, source.width),
                 out_pitch=pitch,
             )
+        elif isinstance(op, SqueezeExcite):
+            _squeeze_excite(planner, place, op, index)
         elif isinstance(op, Shift):
             pass  # addressing: the convs that read its output read its input at each channel's displacement
         elif isinstance(op, Conv) and (op.kind == "pointwise" or _strided_1x1(op)):

@@ -10,6 +10,7 @@
    engine.py picks the widest the CPU has. */
 
 #include <immintrin.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -23,6 +24,7 @@ enum {
     OP_COPY = 5,       /* per-pixel copy of channel runs */
     OP_GLOBAL_AVG = 6, /* mean over pixels */
     OP_AVGPOOL2 = 7,   /* 2x2 stride-2 average pool, no padding (FE-Net's IB-Pool) */
+    OP_SCALE = 8,      /* squeeze-and-excitation's gate: channels times sigmoid(gate), + residual, act */
 };
 
 enum { FIELDS = 24 };
@@ -536,6 +538,23 @@ static void global_average(const float* in, int npix, int in_stride, int C, floa
     for (int c = 0; c < C; c++) out[c] *= scale;
 }
 
+/* out[p, c] = act(in[p, c] * sigmoid(gate[c]) (+ res[p, c])); the gate's logits become sigmoids in place. */
+static void scale_channels(const float* in, int npix, int in_stride, int C, float* gate, float* out,
+                           int out_stride, const float* res, int res_stride, int relu) {
+    for (int c = 0; c < C; c++) gate[c] = 1.0f / (1.0f + expf(-gate[c]));
+    for (int p = 0; p < npix; p++) {
+        const float* x = in + (size_t)p * in_stride;
+        const float* r = res ? res + (size_t)p * res_stride : 0;
+        float* o = out + (size_t)p * out_stride;
+        for (int c0 = 0; c0 < C; c0 += LANES) {
+            const int n = C - c0;
+            vec y = v_mul(v_load_n(x + c0, n), v_load_n(gate + c0, n));
+            if (r) y = v_add(y, v_load_n(r + c0, n));
+            v_store_n(o + c0, v_activate(y, relu), n);
+        }
+    }
+}
+
 /* Copy an NCHW image into the interior of a zero-bordered (H+2) x (W+2) NCHW buffer. */
 static void pad_input(const float* in, int C, int H, int W, float* out) {
     const int Wp = W + 2;
@@ -579,6 +598,11 @@ void shufflenet_engine_run(int n_ops, const int64_t* ops, float* const* buffers,
         case OP_AVGPOOL2:
             pool2(buffers[f[1]], (int)f[2], (int)f[3], (int)f[4], buffers[f[5]], (int)f[6], (int)f[7], (int)f[8],
                   (int)f[9]);
+            break;
+        case OP_SCALE:
+            scale_channels(buffers[f[1]] + f[2], (int)f[3], (int)f[4], (int)f[5], buffers[f[6]],
+                           buffers[f[7]] + f[8], (int)f[9], f[10] >= 0 ? buffers[f[10]] + f[11] : 0, (int)f[12],
+                           (int)f[13]);
             break;
         case OP_COPY:
             copy_runs(buffers[f[1]], (int)f[2], (int)f[3], buffers[f[4]], (int)f[5], ints + f[6], (int)f[7]);
