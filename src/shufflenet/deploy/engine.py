@@ -684,6 +684,49 @@ def _contiguous(feature: _Feature) -> bool:
     return feature.positions == list(range(start, start + len(feature.positions)))
 
 
+def _one_by_one(planner: _Planner, place: _Placement, op: Conv, index: int) -> None:
+    """A 1x1 conv as a GEMM over pixels: reading a shifted map at each channel's displacement, writing
+    into a zero-bordered map for a shift to read, or plain (strided: every stride-th pixel of every
+    stride-th row), its residual added in the epilogue, in place where the residual's map dies here."""
+    residual = place.read(op.residual) if op.residual is not None else None
+    if residual is not None and not _contiguous(residual):
+        raise EngineUnavailable("a residual must lie in channel order")
+    out = place.program.maps[op.target.map]
+    if op.source.map in place.shifts and op.target.map in place.margins:
+        raise EngineUnavailable("the engine runs a 1x1 conv between two shifts only with a copy between them")
+    addressing: dict = {}
+    if op.source.map in place.shifts:
+        source, addressing["index"], addressing["lines"] = place.shifted_read(op)
+        addressing["size"] = (out.height, out.width)
+    else:
+        source = place.read(op.source)
+        if op.stride > 1:
+            row = op.stride * source.width * source.stride
+            addressing["lines"] = ([oy * row for oy in range(out.height)], op.stride * source.stride)
+            addressing["size"] = (out.height, out.width)
+    if op.target.map in place.margins:
+        target, addressing["out_pitch"] = place.bordered_target(op)
+        addressing["lines"] = (
+            [y * source.width * source.stride for y in range(source.height)],
+            source.stride,
+        )
+        addressing["size"] = (source.height, source.width)
+    elif residual is not None and place.in_place(op, index):
+        target = (residual.buffer, residual.stride, residual.positions[0])
+    else:
+        target = place.target(op)
+    planner.pointwise(
+        source,
+        op.weight,
+        op.bias,
+        groups=op.groups,
+        relu=_relu(op.activation),
+        target=target,
+        residual=residual,
+        **addressing,
+    )
+
+
 def _squeeze_excite(planner: _Planner, place: _Placement, op: SqueezeExcite, index: int) -> None:
     """Squeeze-and-excitation (Zhang et al. 2018, Table 5): the channel means, two small 1x1 convs on them,
     then every channel scaled by the sigmoid of its gate, with the residual add and activation."""
@@ -751,70 +794,12 @@ def _plan(planner: _Planner, program: Program) -> _Feature:
             x = _stem(planner, op, image.channels, image.height, image.width)
             place.features[op.target.map] = x
             place.roles[op.target.map] = "stem"
-        elif isinstance(op, Conv) and op.source.map in place.shifts:
-            source, shifted_index, lines = place.shifted_read(op)
-            out = program.maps[op.target.map]
-            residual = place.read(op.residual) if op.residual is not None else None
-            planner.pointwise(
-                source,
-                op.weight,
-                op.bias,
-                groups=op.groups,
-                relu=_relu(op.activation),
-                target=place.target(op),
-                residual=residual,
-                lines=lines,
-                index=shifted_index,
-                size=(out.height, out.width),
-            )
-        elif isinstance(op, Conv) and op.target.map in place.margins:
-            source = place.read(op.source)
-            target, pitch = place.bordered_target(op)
-            rows = [y * source.width * source.stride for y in range(source.height)]
-            planner.pointwise(
-                source,
-                op.weight,
-                op.bias,
-                groups=op.groups,
-                relu=_relu(op.activation),
-                target=target,
-                lines=(rows, source.stride),
-                size=(source.height, source.width),
-                out_pitch=pitch,
-            )
+        elif isinstance(op, Conv) and (op.kind == "pointwise" or _strided_1x1(op)):
+            _one_by_one(planner, place, op, index)
         elif isinstance(op, SqueezeExcite):
             _squeeze_excite(planner, place, op, index)
         elif isinstance(op, Shift):
             pass  # addressing: the convs that read its output read its input at each channel's displacement
-        elif isinstance(op, Conv) and (op.kind == "pointwise" or _strided_1x1(op)):
-            source = place.read(op.source)
-            residual = None
-            if op.residual is not None:
-                residual = place.read(op.residual)
-                if residual.positions != list(
-                    range(residual.positions[0], residual.positions[0] + len(residual.positions))
-                ):
-                    raise EngineUnavailable("a residual must lie in channel order")
-            if place.in_place(op, index):
-                target = (residual.buffer, residual.stride, residual.positions[0])
-            else:
-                target = place.target(op)
-            lines, size = None, None
-            if op.stride > 1:  # each output row reads every stride-th pixel of every stride-th input row
-                height, width = program.maps[op.target.map].height, program.maps[op.target.map].width
-                row = op.stride * source.width * source.stride
-                lines, size = ([oy * row for oy in range(height)], op.stride * source.stride), (height, width)
-            planner.pointwise(
-                source,
-                op.weight,
-                op.bias,
-                groups=op.groups,
-                relu=_relu(op.activation),
-                target=target,
-                residual=residual,
-                lines=lines,
-                size=size,
-            )
         elif isinstance(op, Conv) and op.kind == "depthwise":
             if op.weight.shape[2:] != (3, 3) or op.padding != 1 or op.residual is not None:
                 raise EngineUnavailable(
