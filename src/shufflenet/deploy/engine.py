@@ -345,40 +345,24 @@ class _Planner:
         )
         return _Feature(buffer, height, width, out_stride, list(source.positions))
 
-    def pool(self, source: _Feature, *, average: bool, target: tuple[int, int, int]) -> _Feature:
-        """3x3 stride-2 pooling (padding 1) over physical channels into ``target`` = (buffer, stride,
-        channel offset)."""
+    def pool(
+        self, source: _Feature, *, average: bool, target: tuple[int, int, int], window: int = 3
+    ) -> _Feature:
+        """3x3 stride-2 pooling (padding 1), or with ``window=2`` 2x2 stride-2 average pooling (no padding),
+        over physical channels into ``target`` = (buffer, stride, channel offset)."""
         channels = source.channels
         if sorted(source.positions) != list(range(channels)):
             raise EngineUnavailable("pooling needs its input channels packed at the pixel's start")
-        height, width = (source.height - 1) // 2 + 1, (source.width - 1) // 2 + 1
+        if window == 2:
+            height, width, opcode = source.height // 2, source.width // 2, OP_AVGPOOL2
+        else:
+            height, width = (source.height - 1) // 2 + 1, (source.width - 1) // 2 + 1
+            opcode = OP_AVGPOOL if average else OP_MAXPOOL
         buffer, stride, offset = target
         self.op(
-            OP_AVGPOOL if average else OP_MAXPOOL,
+            opcode,
             source.buffer,
             source.height,
-            source.width,
-            source.stride,
-            channels,
-            buffer,
-            height,
-            width,
-            stride,
-            offset,
-        )
-        return _Feature(buffer, height, width, stride, [offset + p for p in source.positions])
-
-    def pool2(self, source: _Feature, target: tuple[int, int, int]) -> _Feature:
-        """2x2 stride-2 average pooling (no padding) over physical channels into ``target`` = (buffer,
-        stride, channel offset)."""
-        channels = source.channels
-        if sorted(source.positions) != list(range(channels)):
-            raise EngineUnavailable("pooling needs its input channels packed at the pixel's start")
-        height, width = source.height // 2, source.width // 2
-        buffer, stride, offset = target
-        self.op(
-            OP_AVGPOOL2,
-            source.buffer,
             source.width,
             source.stride,
             channels,
@@ -816,7 +800,7 @@ def _plan(planner: _Planner, program: Program) -> _Feature:
         elif isinstance(op, Pool) and (op.kind, op.kernel, op.stride, op.padding) == ("average", 2, 2, 0):
             if op.activation != "none":
                 raise EngineUnavailable("the engine pools without an activation")
-            out = planner.pool2(place.read(op.source), target=place.target(op))
+            out = planner.pool(place.read(op.source), average=True, target=place.target(op), window=2)
             place.wrote(op.target, out.positions)
         elif isinstance(op, Pool):
             if (op.kernel, op.stride, op.padding) != (3, 2, 1):

@@ -23,7 +23,7 @@ enum {
     OP_AVGPOOL = 4,    /* 3x3 stride-2 average pool, padding 1, zero padding counted */
     OP_COPY = 5,       /* per-pixel copy of channel runs */
     OP_GLOBAL_AVG = 6, /* mean over pixels */
-    OP_AVGPOOL2 = 7,   /* 2x2 stride-2 average pool, no padding (FE-Net's IB-Pool) */
+    OP_AVGPOOL2 = 7,   /* 2x2 stride-2 average pool, no padding (FE-Net's IB-Pool); the pools' fields */
     OP_SCALE = 8,      /* squeeze-and-excitation's gate: channels times sigmoid(gate), + residual, act */
 };
 
@@ -596,8 +596,8 @@ void shufflenet_engine_run(int n_ops, const int64_t* ops, float* const* buffers,
                  (int)f[7], (int)f[8], (int)f[9], (int)f[10]);
             break;
         case OP_AVGPOOL2:
-            pool2(buffers[f[1]], (int)f[2], (int)f[3], (int)f[4], buffers[f[5]], (int)f[6], (int)f[7], (int)f[8],
-                  (int)f[9]);
+            pool2(buffers[f[1]], (int)f[3], (int)f[4], (int)f[5], buffers[f[6]], (int)f[7], (int)f[8], (int)f[9],
+                  (int)f[10]);
             break;
         case OP_SCALE:
             scale_channels(buffers[f[1]] + f[2], (int)f[3], (int)f[4], (int)f[5], buffers[f[6]],
