@@ -483,7 +483,7 @@ def _stem(planner: _Planner, op: Conv, channels: int, height: int, width: int) -
         op.weight,
         op.bias,
         groups=op.groups,
-        relu=_relu(op.activation),
+        relu=_activation_code(op.activation),
         role="stem",
         lines=(line_starts, stride),
         index=index,
@@ -494,7 +494,7 @@ def _stem(planner: _Planner, op: Conv, channels: int, height: int, width: int) -
 ACTIVATION_CODES = {"none": 0, "relu": 1, "relu6": 2}  # engine.c's ACT_NONE, ACT_RELU, ACT_RELU6
 
 
-def _relu(activation: str) -> int:
+def _activation_code(activation: str) -> int:
     """engine.c's code for an activation (the kernels' ``relu`` argument)."""
     return ACTIVATION_CODES[activation]
 
@@ -641,12 +641,11 @@ class _Placement:
             return False
         if self.writers[op.target.map] != 1 or op.target.map in self.features:
             return False
-        source = self.features[residual.map]
         if len(residual.channels) != self.program.maps[op.target.map].channels:
             return False
-        if [source.positions[c] for c in residual.channels] != list(range(len(residual.channels))):
+        if self.read(residual).positions != list(range(len(residual.channels))):
             return False
-        self.features[op.target.map] = source
+        self.features[op.target.map] = self.features[residual.map]
         self.roles[op.target.map] = self.roles.pop(residual.map)
         self.last_read.pop(residual.map)
         return True
@@ -704,7 +703,7 @@ def _one_by_one(planner: _Planner, place: _Placement, op: Conv, index: int) -> N
         op.weight,
         op.bias,
         groups=op.groups,
-        relu=_relu(op.activation),
+        relu=_activation_code(op.activation),
         target=target,
         residual=residual,
         **addressing,
@@ -745,7 +744,7 @@ def _squeeze_excite(planner: _Planner, place: _Placement, op: SqueezeExcite, ind
         -1 if residual is None else residual.buffer,
         0 if residual is None else residual.positions[0],
         0 if residual is None else residual.stride,
-        _relu(op.activation),
+        _activation_code(op.activation),
     )
 
 
@@ -794,7 +793,12 @@ def _plan(planner: _Planner, program: Program) -> _Feature:
             if offset != 0 or stride != _round_up(len(source.positions)):
                 raise EngineUnavailable("a depthwise conv writes a map of its own")
             out = planner.depthwise(
-                source, op.weight, op.bias, stride=op.stride, relu=_relu(op.activation), target=buffer
+                source,
+                op.weight,
+                op.bias,
+                stride=op.stride,
+                relu=_activation_code(op.activation),
+                target=buffer,
             )
             place.wrote(op.target, out.positions)
         elif isinstance(op, Pool) and (op.kind, op.kernel, op.stride, op.padding) == ("average", 2, 2, 0):
