@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from shufflenet._system import cache_dir, cpu_info
+from shufflenet.deploy.engine_abi import ACTIVATIONS, HEADER, POOL_WINDOWS, Op, check_library, fields, make_op
 from shufflenet.deploy.errors import RuntimeUnavailable
 from shufflenet.deploy.lower import (
     Conv,
@@ -64,19 +65,6 @@ ISAS = {
     "avx2": (("-mavx2", "-mfma"), {"avx2", "fma"}),
 }
 COMPILE_FLAGS = ("-O3", "-shared", "-fPIC", "-std=gnu11")
-FIELDS = 24  # int64 fields per operation row, as in engine.c
-# engine.c's opcodes, in its order.
-(
-    OP_PAD_INPUT,
-    OP_POINTWISE,
-    OP_DEPTHWISE,
-    OP_MAXPOOL,
-    OP_AVGPOOL,
-    OP_COPY,
-    OP_GLOBAL_AVG,
-    OP_AVGPOOL2,
-    OP_SCALE,
-) = range(9)
 
 
 class EngineUnavailable(RuntimeUnavailable):
@@ -125,7 +113,7 @@ def load_library(isa: str | None = None) -> ctypes.CDLL:
         raise EngineUnavailable("the shufflenet engine is compiled on first use; install a C compiler (cc)")
     flags = (*COMPILE_FLAGS, *ISAS[isa][0])
     identity = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    key = SOURCE.read_bytes() + " ".join((compiler, identity, *flags)).encode()
+    key = SOURCE.read_bytes() + HEADER.read_bytes() + " ".join((compiler, identity, *flags)).encode()
     cache = cache_dir()
     target = cache / f"engine-{isa}-{hashlib.sha256(key).hexdigest()[:16]}.so"
     if not target.exists():
@@ -146,6 +134,7 @@ def load_library(isa: str | None = None) -> ctypes.CDLL:
     library.shufflenet_engine_run.restype = None
     library.shufflenet_engine_run.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 5
     library.shufflenet_engine_lanes.restype = ctypes.c_int
+    check_library(library)
     _LIBRARIES[isa] = library
     return library
 
@@ -201,7 +190,7 @@ class _Planner:
 
     def __init__(self, lanes: int) -> None:
         self.lanes = lanes
-        self.ops: list[list[int]] = []
+        self.ops: list[Op] = []
         self.buffer_sizes: dict[str, int] = {}
         self.buffer_ids: dict[str, int] = {}
         self.floats: list[np.ndarray] = []
@@ -234,8 +223,9 @@ class _Planner:
         self.int_size += flat.size
         return offset
 
-    def op(self, *fields: int) -> None:
-        self.ops.append(list(fields) + [0] * (FIELDS - len(fields)))
+    def op(self, kind: str, **values: int) -> None:
+        """Append an operation of ``kind`` (engine.h's names for the kind and its fields)."""
+        self.ops.append(make_op(kind, **values))
 
     # -- layers -------------------------------------------------------------------------------------
 
@@ -246,7 +236,7 @@ class _Planner:
         bias: np.ndarray,
         *,
         groups: int,
-        relu: int,
+        activation: int,
         target: tuple[int, int, int] | None = None,
         role: str = "",
         residual: _Feature | None = None,
@@ -286,32 +276,40 @@ class _Planner:
             raise EngineUnavailable(f"a conv reads {groups * k_per_group} channels of {len(index)}")
         line_starts, step = lines if lines is not None else ([0], source.stride)
         self.op(
-            OP_POINTWISE,
-            source.buffer,
-            self.add_ints(line_starts),
-            len(line_starts),
-            pixels // len(line_starts),
-            step,
-            self.add_ints(index),
-            groups,
-            k_per_group,
-            n_per_group,
-            n_pad,
-            self.add_floats(packed),
-            self.add_floats(packed_bias),
-            buffer,
-            stride,
-            offset,
-            -1 if residual is None else residual.buffer,
-            0 if residual is None else residual.stride,
-            0 if residual is None else residual.positions[0],  # a residual lies in channel order from here
-            int(relu),
-            out_pitch,
+            "pointwise",
+            source=source.buffer,
+            line_starts=self.add_ints(line_starts),
+            lines=len(line_starts),
+            line_length=pixels // len(line_starts),
+            step=step,
+            index=self.add_ints(index),
+            groups=groups,
+            k_per_group=k_per_group,
+            n_per_group=n_per_group,
+            n_padded=n_pad,
+            weights=self.add_floats(packed),
+            bias=self.add_floats(packed_bias),
+            target=buffer,
+            target_stride=stride,
+            target_offset=offset,
+            residual=-1 if residual is None else residual.buffer,
+            residual_stride=0 if residual is None else residual.stride,
+            # a residual lies in channel order from here
+            residual_offset=0 if residual is None else residual.positions[0],
+            activation=activation,
+            target_pitch=out_pitch,
         )
         return _Feature(buffer, height, width, stride, list(range(offset, offset + out_channels)))
 
     def depthwise(
-        self, source: _Feature, weight: np.ndarray, bias: np.ndarray, *, stride: int, relu: int, target: int
+        self,
+        source: _Feature,
+        weight: np.ndarray,
+        bias: np.ndarray,
+        *,
+        stride: int,
+        activation: int,
+        target: int,
     ) -> _Feature:
         """A 3x3 depthwise conv over ``source``'s physical channels (filters placed where each logical
         channel lives, so any channel order works) into buffer ``target``; the output keeps the order."""
@@ -327,21 +325,21 @@ class _Planner:
         out_stride = c_pad
         buffer = target
         self.op(
-            OP_DEPTHWISE,
-            source.buffer,
-            source.height,
-            source.width,
-            source.stride,
-            c_pad,  # whole 8-channel blocks (see engine.c)
-            stride,
-            self.add_floats(taps),
-            self.add_floats(shifted_bias),
-            buffer,
-            height,
-            width,
-            out_stride,
-            0,
-            int(relu),
+            "depthwise",
+            source=source.buffer,
+            height=source.height,
+            width=source.width,
+            source_stride=source.stride,
+            channels=c_pad,  # whole 8-channel blocks (see engine.c)
+            stride=stride,
+            weights=self.add_floats(taps),
+            bias=self.add_floats(shifted_bias),
+            target=buffer,
+            out_height=height,
+            out_width=width,
+            target_stride=out_stride,
+            target_offset=0,
+            activation=activation,
         )
         return _Feature(buffer, height, width, out_stride, list(source.positions))
 
@@ -354,25 +352,37 @@ class _Planner:
         if sorted(source.positions) != list(range(channels)):
             raise EngineUnavailable("pooling needs its input channels packed at the pixel's start")
         if window == 2:
-            height, width, opcode = source.height // 2, source.width // 2, OP_AVGPOOL2
+            height, width, kind = source.height // 2, source.width // 2, "average_2x2"
         else:
             height, width = (source.height - 1) // 2 + 1, (source.width - 1) // 2 + 1
-            opcode = OP_AVGPOOL if average else OP_MAXPOOL
+            kind = "average_3x3" if average else "max_3x3"
         buffer, stride, offset = target
         self.op(
-            opcode,
-            source.buffer,
-            source.height,
-            source.width,
-            source.stride,
-            channels,
-            buffer,
-            height,
-            width,
-            stride,
-            offset,
+            "pool",
+            window=POOL_WINDOWS[kind],
+            source=source.buffer,
+            height=source.height,
+            width=source.width,
+            source_stride=source.stride,
+            channels=channels,
+            target=buffer,
+            out_height=height,
+            out_width=width,
+            target_stride=stride,
+            target_offset=offset,
         )
         return _Feature(buffer, height, width, stride, [offset + p for p in source.positions])
+
+    def global_average(self, source: _Feature, target: int) -> None:
+        """The mean of each of ``source``'s physical channels into buffer ``target`` (same positions)."""
+        self.op(
+            "global_average",
+            source=source.buffer,
+            pixels=source.pixels,
+            source_stride=source.stride,
+            channels=source.stride,
+            target=target,
+        )
 
     def copy(self, source: _Feature, channels: Sequence[int], target: tuple[int, int, int]) -> list[int]:
         """Copy logical ``channels`` of ``source`` into ``target`` = (buffer, stride, channel offset), in the
@@ -390,7 +400,16 @@ class _Planner:
             else:
                 runs.append([source_offset, target_offset, 1])
         runs_offset = self.add_ints(runs)
-        self.op(OP_COPY, source.buffer, source.stride, source.pixels, buffer, stride, runs_offset, len(runs))
+        self.op(
+            "copy",
+            source=source.buffer,
+            source_stride=source.stride,
+            pixels=source.pixels,
+            target=buffer,
+            target_stride=stride,
+            runs=runs_offset,
+            run_count=len(runs),
+        )
         return placed
 
 
@@ -408,7 +427,7 @@ class Engine:
     ):
         self._library = library
         self.input_shape = input_shape
-        self._ops = np.ascontiguousarray(np.array(planner.ops, dtype=np.int64))
+        self._ops = (Op * len(planner.ops))(*planner.ops)
         self._floats = _aligned_floats(max(planner.float_size, 8))
         if planner.floats:
             np.concatenate(planner.floats, out=self._floats)
@@ -433,17 +452,17 @@ class Engine:
 
     def describe(self, index: int) -> str:
         """A short description of planned operation ``index``."""
-        f = self._ops[index]
-        if f[0] == OP_POINTWISE:
-            return f"pointwise {f[3] * f[4]} px, {f[7]} x ({f[8]} -> {f[9]})"
-        if f[0] == OP_DEPTHWISE:
-            return f"depthwise {f[2]}x{f[3]} px, {f[5]} ch, stride {f[6]}"
-        names = {OP_PAD_INPUT: "pad input", OP_MAXPOOL: "max pool", OP_AVGPOOL: "average pool"}
-        names.update(
-            {OP_COPY: "copy kept half", OP_GLOBAL_AVG: "global average", OP_AVGPOOL2: "2x2 average pool"}
-        )
-        names[OP_SCALE] = "squeeze-excite scale"
-        return names[int(f[0])]
+        kind, op = fields(self._ops[index])
+        if kind == "pointwise":
+            pixels = op.lines * op.line_length
+            return f"pointwise {pixels} px, {op.groups} x ({op.k_per_group} -> {op.n_per_group})"
+        if kind == "depthwise":
+            return f"depthwise {op.height}x{op.width} px, {op.channels} ch, stride {op.stride}"
+        if kind == "pool":
+            window = {code: name for name, code in POOL_WINDOWS.items()}[op.window]
+            return f"{window.replace('_', ' ')} pool"
+        names = {"copy": "copy kept half", "pad_input": "pad input", "scale": "squeeze-excite scale"}
+        return names.get(kind, kind.replace("_", " "))
 
     def _run(self, batch: np.ndarray, seconds: np.ndarray | None) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
@@ -457,7 +476,7 @@ class Engine:
                 self._pointers[self._input_buffer] = batch[index].ctypes.data
                 self._library.shufflenet_engine_run(
                     len(self._ops),
-                    self._ops.ctypes.data,
+                    ctypes.addressof(self._ops),
                     self._pointers,
                     self._floats.ctypes.data,
                     self._ints.ctypes.data,
@@ -471,7 +490,14 @@ def _stem(planner: _Planner, op: Conv, channels: int, height: int, width: int) -
     """The first conv (3x3, padding 1, any stride) as a GEMM over the zero-bordered image."""
     stride = op.stride
     padded = planner.buffer("padded", channels * (height + 2) * (width + 2))
-    planner.op(OP_PAD_INPUT, planner.buffer("input", 0), channels, height, width, padded)
+    planner.op(
+        "pad_input",
+        source=planner.buffer("input", 0),
+        channels=channels,
+        height=height,
+        width=width,
+        target=padded,
+    )
     out_h, out_w = (height - 1) // stride + 1, (width - 1) // stride + 1
     row = width + 2
     line_starts = [stride * oy * row for oy in range(out_h)]
@@ -483,7 +509,7 @@ def _stem(planner: _Planner, op: Conv, channels: int, height: int, width: int) -
         op.weight,
         op.bias,
         groups=op.groups,
-        relu=_activation_code(op.activation),
+        activation=_activation_code(op.activation),
         role="stem",
         lines=(line_starts, stride),
         index=index,
@@ -491,12 +517,9 @@ def _stem(planner: _Planner, op: Conv, channels: int, height: int, width: int) -
     )
 
 
-ACTIVATION_CODES = {"none": 0, "relu": 1, "relu6": 2}  # engine.c's ACT_NONE, ACT_RELU, ACT_RELU6
-
-
 def _activation_code(activation: str) -> int:
-    """engine.c's code for an activation (the kernels' ``relu`` argument)."""
-    return ACTIVATION_CODES[activation]
+    """engine.h's code for an activation."""
+    return ACTIVATIONS[activation]
 
 
 def _reads(op: Operation) -> list[Read]:
@@ -703,7 +726,7 @@ def _one_by_one(planner: _Planner, place: _Placement, op: Conv, index: int) -> N
         op.weight,
         op.bias,
         groups=op.groups,
-        relu=_activation_code(op.activation),
+        activation=_activation_code(op.activation),
         target=target,
         residual=residual,
         **addressing,
@@ -718,33 +741,43 @@ def _squeeze_excite(planner: _Planner, place: _Placement, op: SqueezeExcite, ind
     if not _contiguous(source) or (residual is not None and not _contiguous(residual)):
         raise EngineUnavailable("squeeze-excite reads and adds channels in order")
     pooled = planner.buffer("se-pooled", source.stride)
-    planner.op(OP_GLOBAL_AVG, source.buffer, source.pixels, source.stride, source.stride, pooled)
+    planner.global_average(source, pooled)
     squeezed = _Feature(pooled, 1, 1, source.stride, source.positions)
     hidden = planner.pointwise(
-        squeezed, op.reduce_weight[:, :, None, None], op.reduce_bias, groups=1, relu=1, role="se-hidden"
+        squeezed,
+        op.reduce_weight[:, :, None, None],
+        op.reduce_bias,
+        groups=1,
+        activation=ACTIVATIONS["relu"],
+        role="se-hidden",
     )
     gate = planner.pointwise(
-        hidden, op.expand_weight[:, :, None, None], op.expand_bias, groups=1, relu=0, role="se-gate"
+        hidden,
+        op.expand_weight[:, :, None, None],
+        op.expand_bias,
+        groups=1,
+        activation=ACTIVATIONS["none"],
+        role="se-gate",
     )
     if residual is not None and place.in_place(op, index):
         buffer, stride, offset = residual.buffer, residual.stride, residual.positions[0]
     else:
         buffer, stride, offset = place.target(op)
     planner.op(
-        OP_SCALE,
-        source.buffer,
-        source.positions[0],
-        source.pixels,
-        source.stride,
-        len(source.positions),
-        gate.buffer,
-        buffer,
-        offset,
-        stride,
-        -1 if residual is None else residual.buffer,
-        0 if residual is None else residual.positions[0],
-        0 if residual is None else residual.stride,
-        _activation_code(op.activation),
+        "scale",
+        source=source.buffer,
+        source_offset=source.positions[0],
+        pixels=source.pixels,
+        source_stride=source.stride,
+        channels=len(source.positions),
+        gate=gate.buffer,
+        target=buffer,
+        target_offset=offset,
+        target_stride=stride,
+        residual=-1 if residual is None else residual.buffer,
+        residual_offset=0 if residual is None else residual.positions[0],
+        residual_stride=0 if residual is None else residual.stride,
+        activation=_activation_code(op.activation),
     )
 
 
@@ -797,7 +830,7 @@ def _plan(planner: _Planner, program: Program) -> _Feature:
                 op.weight,
                 op.bias,
                 stride=op.stride,
-                relu=_activation_code(op.activation),
+                activation=_activation_code(op.activation),
                 target=buffer,
             )
             place.wrote(op.target, out.positions)
@@ -821,7 +854,7 @@ def _plan(planner: _Planner, program: Program) -> _Feature:
         elif isinstance(op, GlobalAverage):
             source = place.read(op.source)
             pooled = planner.buffer("pooled", source.stride)
-            planner.op(OP_GLOBAL_AVG, source.buffer, source.pixels, source.stride, source.stride, pooled)
+            planner.global_average(source, pooled)
             place.features[op.target.map] = _Feature(pooled, 1, 1, source.stride, source.positions)
             place.roles[op.target.map] = "pooled"
         else:

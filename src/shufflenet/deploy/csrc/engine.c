@@ -1,7 +1,7 @@
 /* The shufflenet deploy engine: a whole network run as one C call on NHWC float32 buffers.
 
-   The plan (built in shufflenet/deploy/engine.py) is a list of operations, each a fixed-size row of
-   int64 fields; weights live in one float arena and index tables in one int32 arena. Channel
+   The plan (built in shufflenet/deploy/engine.py) is a list of operations, typed in engine.h;
+   weights live in one float arena and index tables in one int32 arena. Channel
    shuffles, splits and concatenations cost nothing here: a pointwise conv reads its input channels
    through an index table (any order, any subset) and writes its outputs at any channel offset of any
    buffer, so the planner turns every data-movement op of the papers' units into addressing.
@@ -15,19 +15,8 @@
 #include <string.h>
 #include <time.h>
 
-enum {
-    OP_PAD_INPUT = 0,  /* NCHW input -> zero-bordered NCHW copy (the stem conv reads it by index) */
-    OP_POINTWISE = 1,  /* grouped GEMM over pixels: 1x1 convs, the stem conv, the classifier */
-    OP_DEPTHWISE = 2,  /* 3x3 depthwise conv, stride 1 or 2, padding 1 */
-    OP_MAXPOOL = 3,    /* 3x3 stride-2 max pool, padding 1 */
-    OP_AVGPOOL = 4,    /* 3x3 stride-2 average pool, padding 1, zero padding counted */
-    OP_COPY = 5,       /* per-pixel copy of channel runs */
-    OP_GLOBAL_AVG = 6, /* mean over pixels */
-    OP_AVGPOOL2 = 7,   /* 2x2 stride-2 average pool, no padding (FE-Net's IB-Pool); the pools' fields */
-    OP_SCALE = 8,      /* squeeze-and-excitation's gate: channels times sigmoid(gate), + residual, act */
-};
+#include "engine.h"
 
-enum { FIELDS = 24 };
 
 #ifndef CHUNK_INPUT_BYTES
 #define CHUNK_INPUT_BYTES 8192
@@ -141,24 +130,27 @@ INLINE vec v_zero(void) { return v_set1(0.0f); }
 /* The lanes of this build: engine.py packs weight panels for it. */
 int shufflenet_engine_lanes(void) { return LANES; }
 
-/* Activations (the ``relu`` argument of the kernels): ACT_NONE, ACT_RELU, or ACT_RELU6 (MobileNet V2). */
-enum { ACT_NONE = 0, ACT_RELU = 1, ACT_RELU6 = 2 };
+/* The plan's layout (engine.py checks it before the first run): the ABI version; *op_size = sizeof(Op). */
+int64_t shufflenet_engine_abi(int64_t* op_size) {
+    *op_size = (int64_t)sizeof(Op);
+    return SHUFFLENET_ENGINE_ABI;
+}
 
-INLINE vec v_activate(vec y, int relu) {
-    if (relu) y = v_max(y, v_zero());
-    if (relu == ACT_RELU6) y = v_min(y, v_set1(6.0f));
+INLINE vec v_activate(vec y, int act) {
+    if (act) y = v_max(y, v_zero());
+    if (act == ACT_RELU6) y = v_min(y, v_set1(6.0f));
     return y;
 }
 
-INLINE void finish(float* out, const float* res, vec y, int lanes, int relu) {
+INLINE void finish(float* out, const float* res, vec y, int lanes, int act) {
     if (res) y = v_add(y, v_load_n(res, lanes));
-    v_store_n(out, v_activate(y, relu), lanes);
+    v_store_n(out, v_activate(y, act), lanes);
 }
 
-INLINE void finish_half(float* out, const float* res, hvec y, int lanes, int relu) {
+INLINE void finish_half(float* out, const float* res, hvec y, int lanes, int act) {
     if (res) y = h_add(y, h_load_n(res, lanes));
-    if (relu) y = h_max(y, h_zero());
-    if (relu == ACT_RELU6) y = h_min(y, h_set1(6.0f));
+    if (act) y = h_max(y, h_zero());
+    if (act == ACT_RELU6) y = h_min(y, h_set1(6.0f));
     h_store_n(out, y, lanes);
 }
 
@@ -185,17 +177,17 @@ INLINE void finish_half(float* out, const float* res, hvec y, int lanes, int rel
     if (ROWS > r) {                                                                                     \
         float* o = out + (size_t)r * out_stride;                                                        \
         const float* rr = res ? res + (size_t)r * res_stride : 0;                                       \
-        if (VECS > 0) finish(o, rr, c##r##0, valid, relu);                                              \
-        if (VECS > 1) finish(o + LANES, rr ? rr + LANES : 0, c##r##1, valid - LANES, relu);             \
-        if (VECS > 2) finish(o + 2 * LANES, rr ? rr + 2 * LANES : 0, c##r##2, valid - 2 * LANES, relu); \
+        if (VECS > 0) finish(o, rr, c##r##0, valid, act);                                              \
+        if (VECS > 1) finish(o + LANES, rr ? rr + LANES : 0, c##r##1, valid - LANES, act);             \
+        if (VECS > 2) finish(o + 2 * LANES, rr ? rr + 2 * LANES : 0, c##r##2, valid - 2 * LANES, act); \
         if (HALF)                                                                                       \
-            finish_half(o + LANES * VECS, rr ? rr + LANES * VECS : 0, q##r, valid - LANES * VECS, relu); \
+            finish_half(o + LANES * VECS, rr ? rr + LANES * VECS : 0, q##r, valid - LANES * VECS, act); \
     }
 #define ROWS_0_TO_15(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7) M(8) M(9) M(10) M(11) M(12) M(13) M(14) M(15)
 
 INLINE void pointwise_tile(const int ROWS, const int VECS, const int HALF, const float* a, size_t step,
                            const int32_t* idx, int K, const float* w, int panel, const float* bias, float* out,
-                           size_t out_stride, const float* res, size_t res_stride, int valid, int relu) {
+                           size_t out_stride, const float* res, size_t res_stride, int valid, int act) {
     const vec b0 = VECS > 0 ? v_load(bias) : v_zero();
     const vec b1 = VECS > 1 ? v_load(bias + LANES) : b0;
     const vec b2 = VECS > 2 ? v_load(bias + 2 * LANES) : b0;
@@ -259,7 +251,7 @@ static Shape panel_shape(int valid) {
 }
 
 #define TILE(R, V, Q) \
-    pointwise_tile(R, V, Q, a, step, idx, K, w, panel, bias, out, out_stride, res, res_stride, valid, relu)
+    pointwise_tile(R, V, Q, a, step, idx, K, w, panel, bias, out, out_stride, res, res_stride, valid, act)
 /* Row counts up to each shape's own: every case is a separate specialised kernel. */
 #define ROWS_UP_TO_4(V, Q)                                                                     \
     case 4: TILE(4, V, Q); break; case 3: TILE(3, V, Q); break; case 2: TILE(2, V, Q); break; \
@@ -278,7 +270,7 @@ static Shape panel_shape(int valid) {
 /* Dispatch to a tile specialised for its shape (constants after inlining). */
 static void pointwise_rows(Shape shape, int rows, const float* a, size_t step, const int32_t* idx, int K,
                            const float* w, int panel, const float* bias, float* out, size_t out_stride,
-                           const float* res, size_t res_stride, int valid, int relu) {
+                           const float* res, size_t res_stride, int valid, int act) {
     if (shape.vecs == 2 && !shape.half) {
         switch (rows) { ROWS_UP_TO(ROWS_MID)(2, 0) }
     } else if (shape.vecs == 3) {
@@ -305,7 +297,7 @@ static void pointwise_rows(Shape shape, int rows, const float* a, size_t step, c
 static void pointwise(const float* in, const int32_t* line_base, int lines, int line_len, int step,
                       const int32_t* idx, int groups, int K, int N, int n_pad, const float* w, const float* bias,
                       float* out, int out_stride, int out_offset, const float* res, int res_stride,
-                      int res_offset, int relu, int out_pitch) {
+                      int res_offset, int act, int out_pitch) {
     /* Pixels in chunks whose inputs stay in L1 while every weight panel passes over them, unless the
        weights are too big to re-read per chunk (the head conv, the classifier): then whole lines. */
     int chunk = line_len;
@@ -337,7 +329,7 @@ static void pointwise(const float* in, const int32_t* line_base, int lines, int 
                                        gw + (size_t)n0 * K, panel_stride(valid), bias + g * n_pad + n0,
                                        out + (out_first + p0) * out_stride + channel, out_stride, r0,
                                        res_stride, valid,
-                                       relu);
+                                       act);
                     }
                 }
             }
@@ -370,14 +362,14 @@ static inline vec depthwise_pixel(const float* in, int H, int W, int in_stride, 
     return v_add(v_add(rows[0], rows[1]), rows[2]);
 }
 
-INLINE void store_activated(float* out, vec y, int relu, int lanes) { v_store_n(out, v_activate(y, relu), lanes); }
+INLINE void store_activated(float* out, vec y, int act, int lanes) { v_store_n(out, v_activate(y, act), lanes); }
 
 /* ``blocks`` runs of four neighbouring interior outputs of one channel block, the 9 taps held in named
    registers (with the four accumulators, the bias and a load: 15 of AVX2's 16; a tap array would live on
    the stack and cost a second load per FMA). Four independent FMA chains hide the FMA latency. ``p``:
    the first window's top-left input; neighbours are ``step`` apart, window rows ``row``, columns ``col``. */
 INLINE void depthwise_span(const float* p, size_t step, size_t row, size_t col, const float* w, size_t C, vec b,
-                           float* o, size_t out_stride, int blocks, int relu, int lanes) {
+                           float* o, size_t out_stride, int blocks, int act, int lanes) {
     const vec k0 = v_load(w), k1 = v_load(w + C), k2 = v_load(w + 2 * C);
     const vec k3 = v_load(w + 3 * C), k4 = v_load(w + 4 * C), k5 = v_load(w + 5 * C);
     const vec k6 = v_load(w + 6 * C), k7 = v_load(w + 7 * C), k8 = v_load(w + 8 * C);
@@ -395,10 +387,10 @@ INLINE void depthwise_span(const float* p, size_t step, size_t row, size_t col, 
         TAP(k3, row) TAP(k4, row + col) TAP(k5, row + 2 * col)
         TAP(k6, 2 * row) TAP(k7, 2 * row + col) TAP(k8, 2 * row + 2 * col)
 #undef TAP
-        store_activated(o, a0, relu, lanes);
-        store_activated(o + out_stride, a1, relu, lanes);
-        store_activated(o + 2 * out_stride, a2, relu, lanes);
-        store_activated(o + 3 * out_stride, a3, relu, lanes);
+        store_activated(o, a0, act, lanes);
+        store_activated(o + out_stride, a1, act, lanes);
+        store_activated(o + 2 * out_stride, a2, act, lanes);
+        store_activated(o + 3 * out_stride, a3, act, lanes);
     }
 }
 
@@ -408,7 +400,7 @@ INLINE void depthwise_span(const float* p, size_t step, size_t row, size_t col, 
    arena block, and are dropped by the exact store. Weights: 9 rows (taps) of C floats. Interior pixels
    go four at a time (depthwise_span), the rest one at a time. */
 static void depthwise(const float* in, int H, int W, int in_stride, int C, int stride, const float* w,
-                      const float* bias, float* out, int Ho, int Wo, int out_stride, int out_offset, int relu) {
+                      const float* bias, float* out, int Ho, int Wo, int out_stride, int out_offset, int act) {
     /* Output columns whose 3 input columns are all inside the map: [1, ox_end). */
     const int ox_end = (W - 2) / stride + 1 < Wo ? (W - 2) / stride + 1 : Wo;
     const int blocks = ox_end > 1 ? (ox_end - 1) / 4 : 0;
@@ -428,15 +420,15 @@ static void depthwise(const float* in, int H, int W, int in_stride, int C, int s
             int ox = 0;
             if (inside && blocks) {
                 const vec left = depthwise_pixel(in, H, W, in_stride, c0, iy0, -1, k, b);
-                store_activated(row_out, left, relu, lanes);
+                store_activated(row_out, left, act, lanes);
                 const float* p = in + ((size_t)iy0 * W + stride - 1) * in_stride + c0;
                 depthwise_span(p, step, row, in_stride, w + c0, C, b, row_out + out_stride, out_stride, blocks,
-                               relu, lanes);
+                               act, lanes);
                 ox = 1 + 4 * blocks;
             }
             for (; ox < Wo; ox++) {
                 const vec acc = depthwise_pixel(in, H, W, in_stride, c0, iy0, ox * stride - 1, k, b);
-                store_activated(row_out + (size_t)ox * out_stride, acc, relu, lanes);
+                store_activated(row_out + (size_t)ox * out_stride, acc, act, lanes);
             }
         }
     }
@@ -540,7 +532,7 @@ static void global_average(const float* in, int npix, int in_stride, int C, floa
 
 /* out[p, c] = act(in[p, c] * sigmoid(gate[c]) (+ res[p, c])); the gate's logits become sigmoids in place. */
 static void scale_channels(const float* in, int npix, int in_stride, int C, float* gate, float* out,
-                           int out_stride, const float* res, int res_stride, int relu) {
+                           int out_stride, const float* res, int res_stride, int act) {
     for (int c = 0; c < C; c++) gate[c] = 1.0f / (1.0f + expf(-gate[c]));
     for (int p = 0; p < npix; p++) {
         const float* x = in + (size_t)p * in_stride;
@@ -550,7 +542,7 @@ static void scale_channels(const float* in, int npix, int in_stride, int C, floa
             const int n = C - c0;
             vec y = v_mul(v_load_n(x + c0, n), v_load_n(gate + c0, n));
             if (r) y = v_add(y, v_load_n(r + c0, n));
-            v_store_n(o + c0, v_activate(y, relu), n);
+            v_store_n(o + c0, v_activate(y, act), n);
         }
     }
 }
@@ -569,47 +561,67 @@ static double seconds_now(void) {
     return (double)now.tv_sec + 1e-9 * (double)now.tv_nsec;
 }
 
-/* Run ``n_ops`` operations (rows of FIELDS int64) over ``buffers``; ``floats``/``ints`` are the arenas.
-   With ``seconds`` non-null, each operation's wall time is added to seconds[i] (the per-op profile). */
-void shufflenet_engine_run(int n_ops, const int64_t* ops, float* const* buffers, const float* floats,
+/* Run ``n_ops`` operations over ``buffers``; ``floats``/``ints`` are the arenas. With ``seconds``
+   non-null, each operation's wall time is added to seconds[i] (the per-op profile). */
+void shufflenet_engine_run(int n_ops, const Op* ops, float* const* buffers, const float* floats,
                            const int32_t* ints, double* seconds) {
     double start = seconds ? seconds_now() : 0.0;
     for (int i = 0; i < n_ops; i++) {
-        const int64_t* f = ops + (size_t)i * FIELDS;
-        switch (f[0]) {
-        case OP_PAD_INPUT:
-            pad_input(buffers[f[1]], (int)f[2], (int)f[3], (int)f[4], buffers[f[5]]);
+        switch (ops[i].code) {
+        case OP_PAD_INPUT: {
+            const PadInputOp* o = &ops[i].as.pad_input;
+            pad_input(buffers[o->source], (int)o->channels, (int)o->height, (int)o->width, buffers[o->target]);
             break;
-        case OP_POINTWISE:
-            pointwise(buffers[f[1]], ints + f[2], (int)f[3], (int)f[4], (int)f[5], ints + f[6], (int)f[7],
-                      (int)f[8], (int)f[9], (int)f[10], floats + f[11], floats + f[12], buffers[f[13]],
-                      (int)f[14], (int)f[15], f[16] >= 0 ? buffers[f[16]] : 0, (int)f[17], (int)f[18],
-                      (int)f[19], (int)f[20]);
+        }
+        case OP_POINTWISE: {
+            const PointwiseOp* o = &ops[i].as.pointwise;
+            pointwise(buffers[o->source], ints + o->line_starts, (int)o->lines, (int)o->line_length, (int)o->step,
+                      ints + o->index, (int)o->groups, (int)o->k_per_group, (int)o->n_per_group, (int)o->n_padded,
+                      floats + o->weights, floats + o->bias, buffers[o->target], (int)o->target_stride,
+                      (int)o->target_offset, o->residual >= 0 ? buffers[o->residual] : 0, (int)o->residual_stride,
+                      (int)o->residual_offset, (int)o->activation, (int)o->target_pitch);
             break;
-        case OP_DEPTHWISE:
-            depthwise(buffers[f[1]], (int)f[2], (int)f[3], (int)f[4], (int)f[5], (int)f[6], floats + f[7],
-                      floats + f[8], buffers[f[9]], (int)f[10], (int)f[11], (int)f[12], (int)f[13], (int)f[14]);
+        }
+        case OP_DEPTHWISE: {
+            const DepthwiseOp* o = &ops[i].as.depthwise;
+            depthwise(buffers[o->source], (int)o->height, (int)o->width, (int)o->source_stride, (int)o->channels,
+                      (int)o->stride, floats + o->weights, floats + o->bias, buffers[o->target],
+                      (int)o->out_height, (int)o->out_width, (int)o->target_stride, (int)o->target_offset,
+                      (int)o->activation);
             break;
-        case OP_MAXPOOL:
-        case OP_AVGPOOL:
-            pool(f[0] == OP_AVGPOOL, buffers[f[1]], (int)f[2], (int)f[3], (int)f[4], (int)f[5], buffers[f[6]],
-                 (int)f[7], (int)f[8], (int)f[9], (int)f[10]);
+        }
+        case OP_POOL: {
+            const PoolOp* o = &ops[i].as.pool;
+            if (o->window == POOL_AVERAGE_2X2)
+                pool2(buffers[o->source], (int)o->width, (int)o->source_stride, (int)o->channels,
+                      buffers[o->target], (int)o->out_height, (int)o->out_width, (int)o->target_stride,
+                      (int)o->target_offset);
+            else
+                pool(o->window == POOL_AVERAGE_3X3, buffers[o->source], (int)o->height, (int)o->width,
+                     (int)o->source_stride, (int)o->channels, buffers[o->target], (int)o->out_height,
+                     (int)o->out_width, (int)o->target_stride, (int)o->target_offset);
             break;
-        case OP_AVGPOOL2:
-            pool2(buffers[f[1]], (int)f[3], (int)f[4], (int)f[5], buffers[f[6]], (int)f[7], (int)f[8], (int)f[9],
-                  (int)f[10]);
+        }
+        case OP_SCALE: {
+            const ScaleOp* o = &ops[i].as.scale;
+            scale_channels(buffers[o->source] + o->source_offset, (int)o->pixels, (int)o->source_stride,
+                           (int)o->channels, buffers[o->gate], buffers[o->target] + o->target_offset,
+                           (int)o->target_stride, o->residual >= 0 ? buffers[o->residual] + o->residual_offset : 0,
+                           (int)o->residual_stride, (int)o->activation);
             break;
-        case OP_SCALE:
-            scale_channels(buffers[f[1]] + f[2], (int)f[3], (int)f[4], (int)f[5], buffers[f[6]],
-                           buffers[f[7]] + f[8], (int)f[9], f[10] >= 0 ? buffers[f[10]] + f[11] : 0, (int)f[12],
-                           (int)f[13]);
+        }
+        case OP_COPY: {
+            const CopyOp* o = &ops[i].as.copy;
+            copy_runs(buffers[o->source], (int)o->source_stride, (int)o->pixels, buffers[o->target],
+                      (int)o->target_stride, ints + o->runs, (int)o->run_count);
             break;
-        case OP_COPY:
-            copy_runs(buffers[f[1]], (int)f[2], (int)f[3], buffers[f[4]], (int)f[5], ints + f[6], (int)f[7]);
+        }
+        case OP_GLOBAL_AVERAGE: {
+            const GlobalAverageOp* o = &ops[i].as.global_average;
+            global_average(buffers[o->source], (int)o->pixels, (int)o->source_stride, (int)o->channels,
+                           buffers[o->target]);
             break;
-        case OP_GLOBAL_AVG:
-            global_average(buffers[f[1]], (int)f[2], (int)f[3], (int)f[4], buffers[f[5]]);
-            break;
+        }
         }
         if (seconds) {
             const double end = seconds_now();

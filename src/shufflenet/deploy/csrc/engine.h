@@ -1,0 +1,149 @@
+/* The shufflenet engine's plan: the one definition of its operations, shared by engine.c and by
+   shufflenet/deploy/engine.py, which builds its ctypes structures from this file and checks them against
+   the compiled library (shufflenet_engine_abi) before it hands over a plan.
+
+   Rules that keep this file readable from Python: every field is an int64_t on a line of its own; the
+   operation with code OP_FOO_BAR has the fields of struct FooBarOp and is the union member foo_bar of Op.
+   Buffers are indices into the run's buffer table (-1: none); "floats" and "ints" fields are offsets
+   into the float and int32 arenas; offsets and strides within a buffer count floats. Change a field or
+   a code and bump SHUFFLENET_ENGINE_ABI. */
+
+#ifndef SHUFFLENET_ENGINE_H
+#define SHUFFLENET_ENGINE_H
+
+#include <stdint.h>
+
+#define SHUFFLENET_ENGINE_ABI 2
+
+enum {
+    OP_PAD_INPUT = 0,      /* NCHW input -> zero-bordered NCHW copy (the stem conv reads it by index) */
+    OP_POINTWISE = 1,      /* grouped GEMM over pixels: 1x1 convs, the stem conv, the classifier */
+    OP_DEPTHWISE = 2,      /* 3x3 depthwise conv, stride 1 or 2, padding 1 */
+    OP_POOL = 3,           /* 3x3 stride-2 pools with padding 1, or 2x2 stride-2 average pools */
+    OP_COPY = 4,           /* per-pixel copy of channel runs */
+    OP_GLOBAL_AVERAGE = 5, /* mean over pixels */
+    OP_SCALE = 6,          /* squeeze-and-excitation's gate: channels times sigmoid(gate), + residual, act */
+};
+
+/* Activations applied in an operation's epilogue. */
+enum { ACT_NONE = 0, ACT_RELU = 1, ACT_RELU6 = 2 };
+
+/* Pool windows. */
+enum { POOL_MAX_3X3 = 0, POOL_AVERAGE_3X3 = 1, POOL_AVERAGE_2X2 = 2 };
+
+typedef struct {
+    int64_t source;
+    int64_t channels;
+    int64_t height;
+    int64_t width;
+    int64_t target;
+} PadInputOp;
+
+/* out[p, target_offset + g*n + j] = act(bias + sum_k in[pixel p + index[g*k_per_group + k]] * w[g][k][j]
+   (+ residual)). Pixels come in ``lines`` lines of ``line_length``; pixel i of line l starts at
+   in + line_starts[l] + i * step; output line l starts at pixel l * target_pitch (0: line_length). */
+typedef struct {
+    int64_t source;
+    int64_t line_starts;
+    int64_t lines;
+    int64_t line_length;
+    int64_t step;
+    int64_t index;
+    int64_t groups;
+    int64_t k_per_group;
+    int64_t n_per_group;
+    int64_t n_padded;
+    int64_t weights;
+    int64_t bias;
+    int64_t target;
+    int64_t target_stride;
+    int64_t target_offset;
+    int64_t residual;
+    int64_t residual_stride;
+    int64_t residual_offset;
+    int64_t activation;
+    int64_t target_pitch;
+} PointwiseOp;
+
+/* Weights: 9 rows (taps) of ``channels`` floats; channels a multiple of 8. */
+typedef struct {
+    int64_t source;
+    int64_t height;
+    int64_t width;
+    int64_t source_stride;
+    int64_t channels;
+    int64_t stride;
+    int64_t weights;
+    int64_t bias;
+    int64_t target;
+    int64_t out_height;
+    int64_t out_width;
+    int64_t target_stride;
+    int64_t target_offset;
+    int64_t activation;
+} DepthwiseOp;
+
+typedef struct {
+    int64_t window;
+    int64_t source;
+    int64_t height;
+    int64_t width;
+    int64_t source_stride;
+    int64_t channels;
+    int64_t target;
+    int64_t out_height;
+    int64_t out_width;
+    int64_t target_stride;
+    int64_t target_offset;
+} PoolOp;
+
+/* ``runs``: (source offset, target offset, length) triples in the int arena. */
+typedef struct {
+    int64_t source;
+    int64_t source_stride;
+    int64_t pixels;
+    int64_t target;
+    int64_t target_stride;
+    int64_t runs;
+    int64_t run_count;
+} CopyOp;
+
+typedef struct {
+    int64_t source;
+    int64_t pixels;
+    int64_t source_stride;
+    int64_t channels;
+    int64_t target;
+} GlobalAverageOp;
+
+/* The gate buffer holds ``channels`` logits; they become sigmoids in place. */
+typedef struct {
+    int64_t source;
+    int64_t source_offset;
+    int64_t pixels;
+    int64_t source_stride;
+    int64_t channels;
+    int64_t gate;
+    int64_t target;
+    int64_t target_offset;
+    int64_t target_stride;
+    int64_t residual;
+    int64_t residual_offset;
+    int64_t residual_stride;
+    int64_t activation;
+} ScaleOp;
+
+typedef struct {
+    int64_t code;
+    union {
+        PadInputOp pad_input;
+        PointwiseOp pointwise;
+        DepthwiseOp depthwise;
+        PoolOp pool;
+        CopyOp copy;
+        GlobalAverageOp global_average;
+        ScaleOp scale;
+    } as;
+} Op;
+
+#endif

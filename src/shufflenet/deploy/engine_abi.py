@@ -1,0 +1,85 @@
+"""The engine's plan layout, read from its one definition (``csrc/engine.h``): the operation codes, the
+activation and pool-window codes, and ctypes structures for every operation, so the Python planner and the
+C kernels cannot disagree on which field is which. :func:`check_library` compares them with what a compiled
+library reports before it is given a plan."""
+
+from __future__ import annotations
+
+import ctypes
+import re
+from pathlib import Path
+from typing import Any
+
+HEADER = Path(__file__).with_name("csrc") / "engine.h"
+
+
+class AbiMismatch(RuntimeError):
+    """A compiled engine whose plan layout differs from engine.h's."""
+
+
+def _enum(text: str, prefix: str) -> dict[str, int]:
+    return {name.lower(): int(value) for name, value in re.findall(rf"\b{prefix}_(\w+) = (\d+)", text)}
+
+
+def _camel_to_snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _parse(text: str) -> tuple[int, dict[str, int], dict[str, int], dict[str, int], dict[str, type]]:
+    version = int(re.search(r"#define SHUFFLENET_ENGINE_ABI (\d+)", text).group(1))
+    structures: dict[str, type] = {}
+    for body, name in re.findall(r"typedef struct \{\n((?:    int64_t \w+;\n)+)\} (\w+)Op;", text):
+        fields = [(field, ctypes.c_int64) for field in re.findall(r"int64_t (\w+);", body)]
+        structures[_camel_to_snake(name)] = type(f"{name}Op", (ctypes.Structure,), {"_fields_": fields})
+    opcodes = _enum(text, "OP")
+    if set(opcodes) != set(structures):
+        raise AbiMismatch(f"{HEADER.name}: opcodes {sorted(opcodes)} but structures {sorted(structures)}")
+    return version, opcodes, _enum(text, "ACT"), _enum(text, "POOL"), structures
+
+
+ABI_VERSION, OPCODES, ACTIVATIONS, POOL_WINDOWS, STRUCTURES = _parse(HEADER.read_text())
+
+
+class _Operations(ctypes.Union):
+    _fields_ = [(name, structure) for name, structure in STRUCTURES.items()]
+
+
+class Op(ctypes.Structure):
+    """One planned operation: its code and, under ``as_``, the fields of its kind (engine.h's ``Op``)."""
+
+    _fields_ = [("code", ctypes.c_int64), ("as_", _Operations)]
+
+
+KINDS = {code: name for name, code in OPCODES.items()}
+
+
+def make_op(kind: str, **fields: int) -> Op:
+    """An operation of ``kind`` (engine.h's union member name, e.g. ``"pointwise"``) with ``fields``;
+    every field of the kind must be given."""
+    structure = STRUCTURES[kind]
+    missing = {name for name, _ in structure._fields_} - set(fields)
+    if missing:
+        raise TypeError(f"a {kind} operation needs {', '.join(sorted(missing))}")
+    op = Op(code=OPCODES[kind])
+    setattr(op.as_, kind, structure(**fields))
+    return op
+
+
+def fields(op: Op) -> tuple[str, Any]:
+    """(kind, the kind's structure) of ``op``."""
+    kind = KINDS[op.code]
+    return kind, getattr(op.as_, kind)
+
+
+def check_library(library: ctypes.CDLL) -> None:
+    """Raise :class:`AbiMismatch` unless ``library`` was built from this engine.h (same ABI version and
+    operation size)."""
+    library.shufflenet_engine_abi.restype = ctypes.c_int64
+    library.shufflenet_engine_abi.argtypes = [ctypes.POINTER(ctypes.c_int64)]
+    size = ctypes.c_int64()
+    version = library.shufflenet_engine_abi(ctypes.byref(size))
+    if version != ABI_VERSION or size.value != ctypes.sizeof(Op):
+        raise AbiMismatch(
+            f"the engine library has plan layout v{version} ({size.value}-byte operations), this package "
+            f"v{ABI_VERSION} ({ctypes.sizeof(Op)} bytes); delete the cached build to recompile it"
+        )
