@@ -188,7 +188,6 @@ def test_small_images_of_ones_own_are_evaluated_as_they_are_decoded_for_training
     assert not torch.allclose(imagenet_protocol(image), expected, atol=0.1)
 
 
-
 def test_export_calibrates_an_own_image_model_on_the_images_as_it_was_trained(tmp_path):
     from torchvision.transforms import v2
 

@@ -40,8 +40,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from shufflenet._system import cache_dir, cpu_info
-from shufflenet.deploy.engine_abi import ACTIVATIONS, HEADER, POOL_WINDOWS, Op, check_library, fields, make_op
+from shufflenet._system import atomic_write, cache_dir, cpu_info
+from shufflenet.deploy.engine_abi import (
+    ACTIVATIONS,
+    HEADER,
+    POOL_WINDOWS,
+    Op,
+    check_library,
+    fields,
+    make_op,
+    make_plan_header,
+)
 from shufflenet.deploy.errors import RuntimeUnavailable
 from shufflenet.deploy.lower import (
     Conv,
@@ -58,13 +67,22 @@ from shufflenet.deploy.lower import (
 )
 from shufflenet.models._base import ClassifierNet
 
-SOURCE = Path(__file__).with_name("csrc") / "engine.c"
-# Instruction sets the engine compiles for, widest first: (compiler flags, CPU flags they need).
+CSRC = Path(__file__).with_name("csrc")
+SOURCE = CSRC / "engine.c"
+# What a build compiles from: the kernels, the plan's layout, the vector layer.
+SOURCES = (SOURCE, HEADER, CSRC / "vector.h")
+RUNNER_SOURCE = CSRC / "runner.c"
+# Instruction sets the engine compiles for (csrc/vector.h): (compiler flags, x86 CPU flags they need,
+# floats per vector). NEON is part of every aarch64 CPU; the plain-C build runs anywhere, slowly.
 ISAS = {
-    "avx512": (("-mavx512f", "-mavx512vl", "-mavx2", "-mfma"), {"avx512f", "avx512vl", "avx2", "fma"}),
-    "avx2": (("-mavx2", "-mfma"), {"avx2", "fma"}),
+    "avx512": (("-mavx512f", "-mavx512vl", "-mavx2", "-mfma"), {"avx512f", "avx512vl", "avx2", "fma"}, 16),
+    "avx2": (("-mavx2", "-mfma"), {"avx2", "fma"}, 8),
+    "neon": ((), set(), 4),
+    "generic": ((), set(), 8),
 }
+X86_ISAS = ("avx512", "avx2")
 COMPILE_FLAGS = ("-O3", "-shared", "-fPIC", "-std=gnu11")
+AARCH64_CROSS_COMPILER = "aarch64-linux-gnu-gcc"
 
 
 class EngineUnavailable(RuntimeUnavailable):
@@ -75,61 +93,90 @@ def _cpu_flags() -> set[str]:
     return set(cpu_info().get("flags", "").split())
 
 
+def _machine() -> str:
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def isas_here() -> list[str]:
+    """The instruction sets whose engine build this machine loads, widest first (plain C last)."""
+    if _machine() == "aarch64":
+        return ["neon", "generic"]
+    if _machine() == "x86_64":
+        flags = _cpu_flags()
+        return [isa for isa in X86_ISAS if ISAS[isa][1] <= flags] + ["generic"]
+    return ["generic"]
+
+
 def engine_isa() -> str:
-    """The instruction set the engine is built for here: ``$SHUFFLENET_ENGINE_ISA`` (``avx512`` or
-    ``avx2``) if set, else the widest this CPU supports. Raises :class:`EngineUnavailable` where none
-    runs."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        raise EngineUnavailable("the shufflenet engine needs an x86-64 CPU with AVX2 and FMA")
-    flags = _cpu_flags()
-    if not flags:
-        raise EngineUnavailable("could not confirm AVX2 and FMA support: /proc/cpuinfo (Linux) is unreadable")
+    """The instruction set the engine is built for here: ``$SHUFFLENET_ENGINE_ISA`` (``avx512``, ``avx2``,
+    ``neon`` or ``generic``) if set, else the widest this CPU runs (plain C where no vector build
+    does). Raises :class:`EngineUnavailable` for a choice this CPU cannot run."""
+    here = isas_here()
     chosen = os.environ.get("SHUFFLENET_ENGINE_ISA")
-    if chosen is not None and chosen not in ISAS:
+    if chosen is None:
+        return here[0]
+    if chosen not in ISAS:
         raise EngineUnavailable(f"SHUFFLENET_ENGINE_ISA={chosen!r}: use one of {', '.join(ISAS)} or unset it")
-    if chosen is not None:
-        missing = " ".join(sorted(ISAS[chosen][1] - flags))
-        if missing:
-            raise EngineUnavailable(f"SHUFFLENET_ENGINE_ISA={chosen}: this CPU lacks {missing}; unset it")
-        return chosen
-    for isa, (_, needs) in ISAS.items():
-        if needs <= flags:
-            return isa
-    raise EngineUnavailable("the shufflenet engine needs an x86-64 CPU with AVX2 and FMA")
+    if chosen not in here:
+        missing = " ".join(sorted(ISAS[chosen][1] - _cpu_flags())) or f"{chosen} (a {_machine()} CPU)"
+        raise EngineUnavailable(f"SHUFFLENET_ENGINE_ISA={chosen}: this CPU lacks {missing}; unset it")
+    return chosen
 
 
 _LIBRARIES: dict[str, ctypes.CDLL] = {}
 
 
-def load_library(isa: str | None = None) -> ctypes.CDLL:
-    """The engine compiled for ``isa`` (default :func:`engine_isa`), built on first use into
-    ``$SHUFFLENET_CACHE`` (default ~/.cache/shufflenet) and reused while the source is unchanged. Raises
-    :class:`EngineUnavailable` without a suitable x86-64 CPU or a C compiler (``$CC``, default ``cc``)."""
-    isa = isa or engine_isa()
-    if isa in _LIBRARIES:
-        return _LIBRARIES[isa]
-    compiler = shutil.which(os.environ.get("CC", "cc"))
-    if compiler is None:
-        raise EngineUnavailable("the shufflenet engine is compiled on first use; install a C compiler (cc)")
-    flags = (*COMPILE_FLAGS, *ISAS[isa][0])
+def _build(
+    name: str,
+    compiler: str,
+    flags: Sequence[str],
+    sources: Sequence[Path],
+    suffix: str,
+    link: Sequence[str] = (),
+) -> Path:
+    """``sources`` compiled into ``$SHUFFLENET_CACHE/<name>-<hash><suffix>`` (``link``: libraries after
+    them), reused while the sources, the compiler and the flags are unchanged; older builds of ``name``
+    are deleted."""
     identity = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    key = SOURCE.read_bytes() + HEADER.read_bytes() + " ".join((compiler, identity, *flags)).encode()
+    key = b"".join(path.read_bytes() for path in SOURCES) + RUNNER_SOURCE.read_bytes()
+    key += " ".join((compiler, identity, *flags, *link)).encode()
     cache = cache_dir()
-    target = cache / f"engine-{isa}-{hashlib.sha256(key).hexdigest()[:16]}.so"
+    target = cache / f"{name}-{hashlib.sha256(key).hexdigest()[:16]}{suffix}"
     if not target.exists():
         cache.mkdir(parents=True, exist_ok=True)
         # Compile beside the target, then rename: a concurrent or interrupted build never leaves half a file.
         with tempfile.TemporaryDirectory(dir=cache) as folder:
             built = Path(folder) / target.name
             result = subprocess.run(
-                [compiler, *flags, str(SOURCE), "-o", str(built)], capture_output=True, text=True
+                [compiler, *flags, *map(str, sources), *link, "-o", str(built)],
+                capture_output=True,
+                text=True,
             )
             if result.returncode != 0:
-                raise EngineUnavailable(f"compiling {SOURCE.name} failed: {result.stderr.strip()[:500]}")
+                names = " ".join(source.name for source in sources)
+                raise EngineUnavailable(f"compiling {names} failed: {result.stderr.strip()[:500]}")
             os.replace(built, target)
-        for stale in cache.glob(f"engine-{isa}-*.so"):  # builds of older sources or other compilers
+        for stale in cache.glob(f"{name}-*{suffix}"):  # builds of older sources or other compilers
             if stale != target:
                 stale.unlink(missing_ok=True)
+    return target
+
+
+def load_library(isa: str | None = None) -> ctypes.CDLL:
+    """The engine compiled for ``isa`` (default :func:`engine_isa`), built on first use into
+    ``$SHUFFLENET_CACHE`` (default ~/.cache/shufflenet) and reused while the source is unchanged. Raises
+    :class:`EngineUnavailable` for an instruction set this CPU lacks or without a C compiler (``$CC``,
+    default ``cc``)."""
+    isa = isa or engine_isa()
+    if isa in _LIBRARIES:
+        return _LIBRARIES[isa]
+    if isa not in isas_here():
+        raise EngineUnavailable(f"this {_machine()} CPU cannot load the engine built for {isa}")
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if compiler is None:
+        raise EngineUnavailable("the shufflenet engine is compiled on first use; install a C compiler (cc)")
+    target = _build(f"engine-{isa}", compiler, (*COMPILE_FLAGS, *ISAS[isa][0]), [SOURCE], ".so")
     library = ctypes.CDLL(str(target))
     library.shufflenet_engine_run.restype = None
     library.shufflenet_engine_run.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 5
@@ -137,6 +184,48 @@ def load_library(isa: str | None = None) -> ctypes.CDLL:
     check_library(library)
     _LIBRARIES[isa] = library
     return library
+
+
+def build_runner(isa: str) -> tuple[list[str], Path]:
+    """The engine as a program that runs a saved plan (``csrc/runner.c``; see :meth:`Plan.save`),
+    compiled for ``isa``: (the command prefix that runs it here, the executable). An aarch64 (NEON) build
+    on another CPU is cross-compiled (``aarch64-linux-gnu-gcc``, static) and runs under ``qemu-aarch64``.
+    Raises :class:`EngineUnavailable` where the compiler or emulator is missing."""
+    if isa not in ISAS:
+        raise EngineUnavailable(f"no engine build for {isa!r}: use one of {', '.join(ISAS)}")
+    flags = ["-O3", "-std=gnu11", *ISAS[isa][0]]
+    prefix: list[str] = []
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if isa == "neon" and _machine() != "aarch64":
+        compiler = shutil.which(AARCH64_CROSS_COMPILER)
+        emulator = shutil.which("qemu-aarch64")
+        if compiler is None or emulator is None:
+            raise EngineUnavailable(
+                "the aarch64 engine runs here under emulation: install gcc-aarch64-linux-gnu and qemu-user"
+            )
+        flags.append("-static")
+        prefix = [emulator]
+    elif isa not in isas_here():
+        raise EngineUnavailable(f"this {_machine()} CPU cannot run the engine built for {isa}")
+    if compiler is None:
+        raise EngineUnavailable("the shufflenet engine is compiled on first use; install a C compiler (cc)")
+    executable = _build(f"runner-{isa}", compiler, flags, [RUNNER_SOURCE, SOURCE], "", link=["-lm"])
+    return [*prefix, str(executable)], executable
+
+
+def run_saved_plan(command: Sequence[str], plan: str | os.PathLike, batch: np.ndarray) -> np.ndarray:
+    """Logits of ``batch`` (N x C x H x W) from the runner ``command`` (:func:`build_runner`) on a saved
+    plan. Raises :class:`EngineUnavailable` with the runner's message if it fails."""
+    batch = np.ascontiguousarray(batch, dtype=np.float32)
+    with tempfile.TemporaryDirectory() as folder:
+        images, logits = Path(folder) / "input.f32", Path(folder) / "logits.f32"
+        images.write_bytes(batch.tobytes())
+        result = subprocess.run(
+            [*command, str(plan), str(images), str(logits)], capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            raise EngineUnavailable(result.stderr.strip() or f"the runner failed ({result.returncode})")
+        return np.fromfile(logits, np.float32).reshape(batch.shape[0], -1)
 
 
 def _round_up(value: int, multiple: int = 8) -> int:
@@ -174,13 +263,14 @@ class _Feature:
 def _panels(channels: int, lanes: int) -> list[tuple[int, int]]:
     """(start, stop) of each weight panel, as engine.c's panel_width and panel_stride cut ``channels``
     output channels for vectors of ``lanes`` floats: two vectors at a time, except that 2.5 or 3 vectors'
-    worth remaining make one panel; a last narrower panel is padded to a half vector, at least 16."""
+    worth remaining make one panel; a last narrower panel is padded to a half vector, at least 16 floats
+    (8 for 4-float vectors)."""
     panels, start = [], 0
     while start < channels:
         remaining = channels - start
         wide = remaining in (5 * lanes // 2, 3 * lanes) or remaining < 2 * lanes
         width = remaining if wide else 2 * lanes
-        panels.append((start, start + max(_round_up(width, lanes // 2), 16)))
+        panels.append((start, start + max(_round_up(width, lanes // 2), min(16, 2 * lanes))))
         start += width
     return panels
 
@@ -413,31 +503,70 @@ class _Planner:
         return placed
 
 
+@dataclass
+class Plan:
+    """A network planned for the engine at one input size, for vectors of ``lanes`` floats: the
+    operations (engine.h), the float and int32 arenas, the size of every buffer in floats, which buffer
+    is the caller's input and where the logits are."""
+
+    lanes: int
+    ops: list[Op]
+    floats: np.ndarray
+    ints: np.ndarray
+    buffer_floats: list[int]
+    input_buffer: int
+    input_shape: tuple[int, int, int]
+    output: _Feature
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the plan as a file that ``runner.c`` runs (engine.h's PlanFile header, then the buffer
+        sizes, the logits' positions, the operations and the two arenas), written whole or not at all."""
+        output = self.output
+        header = make_plan_header(
+            lanes=self.lanes,
+            ops=len(self.ops),
+            floats=self.floats.size,
+            ints=self.ints.size,
+            buffers=len(self.buffer_floats),
+            input_buffer=self.input_buffer,
+            input_channels=self.input_shape[0],
+            input_height=self.input_shape[1],
+            input_width=self.input_shape[2],
+            output_buffer=output.buffer,
+            outputs=output.channels,
+        )
+        parts = [
+            bytes(header),
+            np.asarray(self.buffer_floats, np.int64).tobytes(),
+            np.asarray(output.positions, np.int64).tobytes(),
+            bytes((Op * len(self.ops))(*self.ops)),
+            self.floats.astype(np.float32).tobytes(),
+            self.ints.astype(np.int32).tobytes(),
+        ]
+        data = b"".join(parts)
+        atomic_write(Path(path), lambda handle: handle.write(data))
+
+
 class Engine:
     """A planned network: call it with an NCHW float32 batch (any batch size, the planned H x W) to get
     the logits as NumPy."""
 
-    def __init__(
-        self,
-        library: ctypes.CDLL,
-        planner: _Planner,
-        input_buffer: int,
-        output: _Feature,
-        input_shape: tuple[int, ...],
-    ):
+    def __init__(self, library: ctypes.CDLL, plan: Plan):
+        if library.shufflenet_engine_lanes() != plan.lanes:
+            raise EngineUnavailable(
+                f"the plan packs weights for {plan.lanes}-float vectors, the library runs "
+                f"{library.shufflenet_engine_lanes()}; plan for this library's instruction set"
+            )
         self._library = library
-        self.input_shape = input_shape
-        self._ops = (Op * len(planner.ops))(*planner.ops)
-        self._floats = _aligned_floats(max(planner.float_size, 8))
-        if planner.floats:
-            np.concatenate(planner.floats, out=self._floats)
-        self._ints = np.concatenate(planner.ints) if planner.ints else np.zeros(1, np.int32)
-        order = sorted(planner.buffer_ids, key=planner.buffer_ids.get)
-        self._buffers = [_aligned_floats(planner.buffer_sizes[role]) for role in order]
+        self.plan = plan
+        self.input_shape = plan.input_shape
+        self._ops = (Op * len(plan.ops))(*plan.ops)
+        self._floats, self._ints = plan.floats, plan.ints
+        self._buffers = [_aligned_floats(size) for size in plan.buffer_floats]
         self._pointers = (ctypes.c_void_p * len(self._buffers))(*[b.ctypes.data for b in self._buffers])
-        self._input_buffer = input_buffer
-        self._output = output
-        self.operations = len(planner.ops)
+        self._input_buffer = plan.input_buffer
+        self._output = plan.output
+        self.operations = len(plan.ops)
         self._lock = threading.Lock()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -875,6 +1004,14 @@ def build_engine(model: nn.Module, input_size: tuple[int, int], *, isa: str | No
     model in training mode or an input size the model refuses. The engine keeps its own copy of the
     weights: later changes to ``model`` need a new plan. One call runs at a time (a lock guards the
     shared buffers)."""
+    library = load_library(isa)
+    return Engine(library, plan_engine(model, input_size, lanes=library.shufflenet_engine_lanes()))
+
+
+def plan_engine(model: nn.Module, input_size: tuple[int, int], *, lanes: int) -> Plan:
+    """Plan ``model`` (eval mode) for ``input_size`` = (H, W) inputs and an engine build with vectors of
+    ``lanes`` floats (:data:`ISA_LANES`), without loading that build: :meth:`Plan.save` writes it for
+    :func:`build_runner`'s program, on this machine or another. Raises as :func:`build_engine`."""
     if not isinstance(model, ClassifierNet):
         raise EngineUnavailable(f"the engine runs this library's models, not {type(model).__name__}")
     if not isinstance(model.get_classifier(), nn.Linear):
@@ -885,8 +1022,19 @@ def build_engine(model: nn.Module, input_size: tuple[int, int], *, isa: str | No
         )
     height, width = input_size
     model.check_input(torch.empty(1, model.in_chans, height, width))
-    program = lower(model, input_size)
-    library = load_library(isa)
-    planner = _Planner(library.shufflenet_engine_lanes())
-    logits = _plan(planner, program)
-    return Engine(library, planner, planner.buffer_ids["input"], logits, (model.in_chans, height, width))
+    planner = _Planner(lanes)
+    logits = _plan(planner, lower(model, input_size))
+    floats = _aligned_floats(max(planner.float_size, 8))
+    if planner.floats:
+        np.concatenate(planner.floats, out=floats)
+    order = sorted(planner.buffer_ids, key=planner.buffer_ids.get)
+    return Plan(
+        lanes=lanes,
+        ops=planner.ops,
+        floats=floats,
+        ints=np.concatenate(planner.ints) if planner.ints else np.zeros(1, np.int32),
+        buffer_floats=[planner.buffer_sizes[role] for role in order],
+        input_buffer=planner.buffer_ids["input"],
+        input_shape=(model.in_chans, height, width),
+        output=logits,
+    )

@@ -25,19 +25,25 @@ def _camel_to_snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-def _parse(text: str) -> tuple[int, dict[str, int], dict[str, int], dict[str, int], dict[str, type]]:
-    version = int(re.search(r"#define SHUFFLENET_ENGINE_ABI (\d+)", text).group(1))
+def _structures(text: str) -> dict[str, type]:
+    """Every ``typedef struct`` of int64_t fields, by its C name."""
     structures: dict[str, type] = {}
-    for body, name in re.findall(r"typedef struct \{\n((?:    int64_t \w+;\n)+)\} (\w+)Op;", text):
+    for body, name in re.findall(r"typedef struct \{\n((?:    int64_t \w+;\n)+)\} (\w+);", text):
         fields = [(field, ctypes.c_int64) for field in re.findall(r"int64_t (\w+);", body)]
-        structures[_camel_to_snake(name)] = type(f"{name}Op", (ctypes.Structure,), {"_fields_": fields})
-    opcodes = _enum(text, "OP")
-    if set(opcodes) != set(structures):
-        raise AbiMismatch(f"{HEADER.name}: opcodes {sorted(opcodes)} but structures {sorted(structures)}")
-    return version, opcodes, _enum(text, "ACT"), _enum(text, "POOL"), structures
+        structures[name] = type(name, (ctypes.Structure,), {"_fields_": fields})
+    return structures
 
 
-ABI_VERSION, OPCODES, ACTIVATIONS, POOL_WINDOWS, STRUCTURES = _parse(HEADER.read_text())
+_TEXT = HEADER.read_text()
+ABI_VERSION = int(re.search(r"#define SHUFFLENET_ENGINE_ABI (\d+)", _TEXT).group(1))
+PLAN_MAGIC = int(re.search(r"#define SHUFFLENET_PLAN_MAGIC (0x[0-9a-f]+)LL", _TEXT).group(1), 16)
+OPCODES, ACTIVATIONS, POOL_WINDOWS = _enum(_TEXT, "OP"), _enum(_TEXT, "ACT"), _enum(_TEXT, "POOL")
+_ALL = _structures(_TEXT)
+PlanFile = _ALL.pop("PlanFile")
+# The operation structures by union member name: PointwiseOp -> "pointwise".
+STRUCTURES = {_camel_to_snake(name[: -len("Op")]): structure for name, structure in _ALL.items()}
+if set(OPCODES) != set(STRUCTURES):
+    raise AbiMismatch(f"{HEADER.name}: opcodes {sorted(OPCODES)} but structures {sorted(STRUCTURES)}")
 
 
 class _Operations(ctypes.Union):
@@ -63,6 +69,11 @@ def make_op(kind: str, **fields: int) -> Op:
     op = Op(code=OPCODES[kind])
     setattr(op.as_, kind, structure(**fields))
     return op
+
+
+def make_plan_header(**values: int) -> PlanFile:
+    """A saved plan's header with this layout's magic number, version and operation size."""
+    return PlanFile(magic=PLAN_MAGIC, abi=ABI_VERSION, op_size=ctypes.sizeof(Op), **values)
 
 
 def fields(op: Op) -> tuple[str, Any]:

@@ -6,10 +6,11 @@
    through an index table (any order, any subset) and writes its outputs at any channel offset of any
    buffer, so the planner turns every data-movement op of the papers' units into addressing.
 
-   Compiled for AVX2 + FMA (cc -O3 -mavx2 -mfma -shared -fPIC) or AVX-512 (-mavx512f -mavx512vl -mfma):
-   engine.py picks the widest the CPU has. */
+   The kernels are written once over the vector layer of vector.h, compiled for AVX-512, AVX2 + FMA,
+   NEON (aarch64) or plain C: engine.py picks the widest the CPU has. runner.c wraps the same kernels in
+   a program that runs a saved plan, for CPUs that cannot load the library into Python (an aarch64
+   build under emulation, a device without Python). */
 
-#include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -25,107 +26,7 @@
 #define CHUNK_WEIGHT_BYTES 262144
 #endif
 
-/* The vector layer: every kernel below is written once over ``vec`` (LANES floats) and ``hvec`` (half as
-   many: the narrow part of a GEMM tile). AVX-512 builds (-mavx512f -mavx512vl) use 512/256-bit vectors and
-   mask registers for partial loads and stores; AVX2 builds 256/128-bit vectors, partial stores in 4/2/1
-   pieces (AVX2's masked store, vmaskmovps, is microcoded on AMD Zen). */
-#define INLINE static inline __attribute__((always_inline))
-#ifdef __AVX512F__
-#define LANES 16
-typedef __m512 vec;
-typedef __m256 hvec;
-INLINE vec v_load(const float* p) { return _mm512_loadu_ps(p); }
-INLINE vec v_broadcast(const float* p) { return _mm512_set1_ps(*p); }
-INLINE vec v_set1(float x) { return _mm512_set1_ps(x); }
-INLINE vec v_fma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
-INLINE vec v_add(vec a, vec b) { return _mm512_add_ps(a, b); }
-INLINE vec v_mul(vec a, vec b) { return _mm512_mul_ps(a, b); }
-INLINE vec v_max(vec a, vec b) { return _mm512_max_ps(a, b); }
-INLINE vec v_min(vec a, vec b) { return _mm512_min_ps(a, b); }
-INLINE __mmask16 v_mask(int count) { return (__mmask16)((1u << count) - 1); }
-INLINE vec v_load_n(const float* p, int count) {
-    return count >= LANES ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(v_mask(count), p);
-}
-INLINE void v_store_n(float* p, vec v, int count) {
-    if (count >= LANES)
-        _mm512_storeu_ps(p, v);
-    else
-        _mm512_mask_storeu_ps(p, v_mask(count), v);
-}
-INLINE hvec h_load(const float* p) { return _mm256_loadu_ps(p); }
-INLINE hvec h_broadcast(const float* p) { return _mm256_broadcast_ss(p); }
-INLINE hvec h_low(vec v) { return _mm512_castps512_ps256(v); }
-INLINE hvec h_fma(hvec a, hvec b, hvec c) { return _mm256_fmadd_ps(a, b, c); }
-INLINE hvec h_add(hvec a, hvec b) { return _mm256_add_ps(a, b); }
-INLINE hvec h_max(hvec a, hvec b) { return _mm256_max_ps(a, b); }
-INLINE hvec h_min(hvec a, hvec b) { return _mm256_min_ps(a, b); }
-INLINE hvec h_set1(float x) { return _mm256_set1_ps(x); }
-INLINE hvec h_zero(void) { return _mm256_setzero_ps(); }
-INLINE hvec h_load_n(const float* p, int count) {
-    return count >= LANES / 2 ? _mm256_loadu_ps(p) : _mm256_maskz_loadu_ps((__mmask8)v_mask(count), p);
-}
-INLINE void h_store_n(float* p, hvec v, int count) {
-    if (count >= LANES / 2)
-        _mm256_storeu_ps(p, v);
-    else
-        _mm256_mask_storeu_ps(p, (__mmask8)v_mask(count), v);
-}
-#else
-#define LANES 8
-typedef __m256 vec;
-typedef __m128 hvec;
-INLINE vec v_load(const float* p) { return _mm256_loadu_ps(p); }
-INLINE vec v_broadcast(const float* p) { return _mm256_broadcast_ss(p); }
-INLINE vec v_set1(float x) { return _mm256_set1_ps(x); }
-INLINE vec v_fma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
-INLINE vec v_add(vec a, vec b) { return _mm256_add_ps(a, b); }
-INLINE vec v_mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
-INLINE vec v_max(vec a, vec b) { return _mm256_max_ps(a, b); }
-INLINE vec v_min(vec a, vec b) { return _mm256_min_ps(a, b); }
-INLINE vec v_load_n(const float* p, int count) {
-    if (count >= LANES) return _mm256_loadu_ps(p);
-    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(count), lanes));
-}
-INLINE hvec h_load(const float* p) { return _mm_loadu_ps(p); }
-INLINE hvec h_broadcast(const float* p) { return _mm_broadcast_ss(p); }
-INLINE hvec h_low(vec v) { return _mm256_castps256_ps128(v); }
-INLINE hvec h_fma(hvec a, hvec b, hvec c) { return _mm_fmadd_ps(a, b, c); }
-INLINE hvec h_add(hvec a, hvec b) { return _mm_add_ps(a, b); }
-INLINE hvec h_max(hvec a, hvec b) { return _mm_max_ps(a, b); }
-INLINE hvec h_min(hvec a, hvec b) { return _mm_min_ps(a, b); }
-INLINE hvec h_set1(float x) { return _mm_set1_ps(x); }
-INLINE hvec h_zero(void) { return _mm_setzero_ps(); }
-INLINE hvec h_load_n(const float* p, int count) {
-    if (count >= 4) return _mm_loadu_ps(p);
-    const __m128i lanes = _mm_setr_epi32(0, 1, 2, 3);
-    return _mm_maskload_ps(p, _mm_cmpgt_epi32(_mm_set1_epi32(count), lanes));
-}
-INLINE void h_store_n(float* p, hvec v, int count) {
-    if (count >= 4) {
-        _mm_storeu_ps(p, v);
-        return;
-    }
-    if (count >= 2) {
-        _mm_storel_pi((__m64*)p, v);
-        v = _mm_movehl_ps(v, v);
-        p += 2;
-        count -= 2;
-    }
-    if (count) _mm_store_ss(p, v);
-}
-INLINE void v_store_n(float* p, vec v, int count) {
-    if (count >= LANES) {
-        _mm256_storeu_ps(p, v);
-    } else if (count > 4) {
-        _mm_storeu_ps(p, _mm256_castps256_ps128(v));
-        h_store_n(p + 4, _mm256_extractf128_ps(v, 1), count - 4);
-    } else {
-        h_store_n(p, _mm256_castps256_ps128(v), count);
-    }
-}
-#endif
-INLINE vec v_zero(void) { return v_set1(0.0f); }
+#include "vector.h"
 
 /* The lanes of this build: engine.py packs weight panels for it. */
 int shufflenet_engine_lanes(void) { return LANES; }
@@ -216,7 +117,8 @@ typedef struct {
 /* Output channels are cut into panels of 2 vectors (AVX2 16 channels, AVX-512 32), except that 2.5 or 3
    vectors' worth remaining make one panel (a 4 x 20 or 4 x 24 AVX2 tile beats 16 plus a narrow remainder
    tile: fewer broadcasts per FMA). Each panel is stored K rows of its stride: its width rounded up to a
-   half vector, at least 16 floats (rows stay 64-byte aligned). engine.py packs the weights by the same
+   half vector, at least 16 floats (rows stay 64-byte aligned; NEON: at least 8, two of its vectors, so
+   that only a last panel is ever padded). engine.py packs the weights by the same
    rules. */
 static int panel_width(int remaining) {
     return remaining == 5 * LANES / 2 || remaining == 3 * LANES || remaining < 2 * LANES ? remaining : 2 * LANES;
@@ -224,11 +126,12 @@ static int panel_width(int remaining) {
 
 static int panel_stride(int valid) {
     const int rounded = (valid + LANES / 2 - 1) / (LANES / 2) * (LANES / 2);
-    return rounded > 16 ? rounded : 16;
+    const int least = 2 * LANES < 16 ? 2 * LANES : 16;
+    return rounded > least ? rounded : least;
 }
 
 /* Tile rows for 2.5-3 vectors, 1.5-2 and 0.5-1; chunks of pixels are a multiple of each. */
-#if LANES == 16
+#if LANES == 16 || defined(__aarch64__) /* 32 vector registers */
 #define ROWS_WIDE 8
 #define ROWS_MID 12
 #define ROWS_NARROW 16

@@ -146,4 +146,32 @@ typedef struct {
     } as;
 } Op;
 
+/* A saved plan (runner.c reads it; engine.py's Plan.save writes it), little-endian: this header, then
+   int64 buffer_floats[buffers] (each buffer's size), int64 output_positions[outputs] (where each logit
+   lies in the output buffer), Op ops[ops], float floats[floats], int32_t ints[ints]. */
+#define SHUFFLENET_PLAN_MAGIC 0x4e414c5045464e53LL /* "SNFEPLAN" */
+
+typedef struct {
+    int64_t magic;
+    int64_t abi;
+    int64_t op_size;
+    int64_t lanes;
+    int64_t ops;
+    int64_t floats;
+    int64_t ints;
+    int64_t buffers;
+    int64_t input_buffer;
+    int64_t input_channels;
+    int64_t input_height;
+    int64_t input_width;
+    int64_t output_buffer;
+    int64_t outputs;
+} PlanFile;
+
+/* The library's entry points. */
+int64_t shufflenet_engine_abi(int64_t* op_size);
+int shufflenet_engine_lanes(void);
+void shufflenet_engine_run(int n_ops, const Op* ops, float* const* buffers, const float* floats,
+                           const int32_t* ints, double* seconds);
+
 #endif
