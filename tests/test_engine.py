@@ -180,6 +180,39 @@ def test_batch_rows_equal_single_calls_and_calls_do_not_leak_state(name):
     _assert_matches(first, _reference(model, batch))
 
 
+@pytest.mark.parametrize(
+    ("name", "kwargs", "size"),
+    [
+        ("shufflenet_v2_x0_5", {}, (64, 64)),  # copies, pools, pixel-split GEMMs, a panel-split head
+        ("shufflenet_v1_g3_x0_5", {"se": True}, (47, 65)),  # grouped GEMMs, the scale op, odd rows
+        ("mobilenet_v2_x0_5", {}, (64, 64)),  # stride-2 depthwise convs, in-place residuals
+        ("shiftresnet20_ssl", {}, (33, 31)),  # shifted reads: one line per output row
+        ("fenet_x1_0", {}, (32, 32)),  # bordered writes, 2x2 pools
+    ],
+)
+def test_threads_split_the_work_and_give_the_single_thread_logits_bit_for_bit(name, kwargs, size):
+    """Each output element is computed by the same code whichever thread owns it, so any thread count,
+    more threads than cores included (the barrier must yield), gives exactly the one-thread logits."""
+    model = _model(name, size, **kwargs)
+    batch = _batch(model, size, n=2)
+    alone = build_engine(model, size, threads=1)(batch)
+    _assert_matches(alone, _reference(model, batch))
+    for threads in (2, 3, 5):
+        run = build_engine(model, size, threads=threads)
+        assert run.threads == threads
+        np.testing.assert_array_equal(run(batch), alone)
+        np.testing.assert_array_equal(run(batch), alone)  # the pool wakes again for a second call
+
+
+def test_threads_default_to_the_usable_cores_and_must_be_positive():
+    from shufflenet._system import usable_cores
+
+    model = _model("shufflenet_v2_x0_5", (32, 32))
+    assert build_engine(model, (32, 32)).threads == usable_cores()
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        build_engine(model, (32, 32), threads=0)
+
+
 def test_engine_accepts_float64_and_non_contiguous_batches():
     """The batch is converted to contiguous float32 before its pointer goes to C."""
     size = (32, 32)

@@ -16,11 +16,11 @@ from shufflenet.deploy.runtimes import RUNTIMES
 LATENCY_DESCRIPTION = (
     "Median and p90 latency of each model at each input size and thread count on each runtime: eager, "
     "eager channels_last, eager_deploy (our deploy graph in eager, channels_last), torch.compile, ONNX "
-    "Runtime, OpenVINO, engine (our C engine: ShuffleNet V1/V2, one thread) and ours (the fastest of the "
-    "engine and the deploy graph on OpenVINO, ONNX Runtime or PyTorch). Each cell runs in a fresh subprocess "
-    "after warm-up. Prints a Markdown table with the papers' ARM figures beside and the headline comparisons "
-    "(ours against the other runtimes, the shuffle's cost, the speedup over AlexNet); --output also writes "
-    "latency.md/.csv/.json and latency.png (latency vs MFLOPs)."
+    "Runtime, OpenVINO, engine (our C engine: ShuffleNet, MobileNet, FE-Net, ShiftResNet) and ours (the "
+    "fastest of the engine and the deploy graph on OpenVINO, ONNX Runtime or PyTorch). Each cell runs in "
+    "a fresh subprocess after warm-up. Prints a Markdown table with the papers' ARM figures beside and the "
+    "headline comparisons (ours against the other runtimes, the shuffle's cost, the speedup over "
+    "AlexNet); --output also writes latency.md/.csv/.json and latency.png (latency vs MFLOPs)."
 )
 GUIDELINES_DESCRIPTION = (
     "The four guideline experiments of Ma et al. 2018, section 2 (56x56 input, 10 stacked blocks, the "

@@ -32,6 +32,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shufflenet._system import atomic_write, cache_dir, cpu_info
+from shufflenet._system import atomic_write, cache_dir, cpu_info, usable_cores
 from shufflenet.deploy.engine_abi import (
     ACTIVATIONS,
     HEADER,
@@ -81,7 +82,7 @@ ISAS = {
     "generic": ((), set(), 8),
 }
 X86_ISAS = ("avx512", "avx2")
-COMPILE_FLAGS = ("-O3", "-shared", "-fPIC", "-std=gnu11")
+COMPILE_FLAGS = ("-O3", "-shared", "-fPIC", "-std=gnu11", "-pthread")
 AARCH64_CROSS_COMPILER = "aarch64-linux-gnu-gcc"
 
 
@@ -179,8 +180,12 @@ def load_library(isa: str | None = None) -> ctypes.CDLL:
     target = _build(f"engine-{isa}", compiler, (*COMPILE_FLAGS, *ISAS[isa][0]), [SOURCE], ".so")
     library = ctypes.CDLL(str(target))
     library.shufflenet_engine_run.restype = None
-    library.shufflenet_engine_run.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 5
+    library.shufflenet_engine_run.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 5
     library.shufflenet_engine_lanes.restype = ctypes.c_int
+    library.shufflenet_pool_create.restype = ctypes.c_void_p
+    library.shufflenet_pool_create.argtypes = [ctypes.c_int]
+    library.shufflenet_pool_destroy.restype = None
+    library.shufflenet_pool_destroy.argtypes = [ctypes.c_void_p]
     check_library(library)
     _LIBRARIES[isa] = library
     return library
@@ -193,7 +198,7 @@ def build_runner(isa: str) -> tuple[list[str], Path]:
     Raises :class:`EngineUnavailable` where the compiler or emulator is missing."""
     if isa not in ISAS:
         raise EngineUnavailable(f"no engine build for {isa!r}: use one of {', '.join(ISAS)}")
-    flags = ["-O3", "-std=gnu11", *ISAS[isa][0]]
+    flags = ["-O3", "-std=gnu11", "-pthread", *ISAS[isa][0]]
     prefix: list[str] = []
     compiler = shutil.which(os.environ.get("CC", "cc"))
     if isa == "neon" and _machine() != "aarch64":
@@ -551,7 +556,7 @@ class Engine:
     """A planned network: call it with an NCHW float32 batch (any batch size, the planned H x W) to get
     the logits as NumPy."""
 
-    def __init__(self, library: ctypes.CDLL, plan: Plan):
+    def __init__(self, library: ctypes.CDLL, plan: Plan, threads: int = 1):
         if library.shufflenet_engine_lanes() != plan.lanes:
             raise EngineUnavailable(
                 f"the plan packs weights for {plan.lanes}-float vectors, the library runs "
@@ -568,6 +573,14 @@ class Engine:
         self._output = plan.output
         self.operations = len(plan.ops)
         self._lock = threading.Lock()
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        self.threads = threads
+        self._pool = library.shufflenet_pool_create(threads)
+        if not self._pool:
+            raise EngineUnavailable(f"could not start {threads} engine threads")
+        # The pool's threads end with the engine (they sleep between calls and cost nothing meanwhile).
+        weakref.finalize(self, library.shufflenet_pool_destroy, self._pool)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self._run(batch, None)
@@ -604,6 +617,7 @@ class Engine:
             for index in range(batch.shape[0]):
                 self._pointers[self._input_buffer] = batch[index].ctypes.data
                 self._library.shufflenet_engine_run(
+                    self._pool,
                     len(self._ops),
                     ctypes.addressof(self._ops),
                     self._pointers,
@@ -995,23 +1009,28 @@ def _plan(planner: _Planner, program: Program) -> _Feature:
     return place.read(program.output)
 
 
-def build_engine(model: nn.Module, input_size: tuple[int, int], *, isa: str | None = None) -> Engine:
-    """Plan ``model`` (in eval mode: ShuffleNet V1 and V2, MobileNet V1 and V2) for ``input_size`` =
-    (H, W) inputs, run by the engine compiled for ``isa`` (default: the widest this CPU has, see
-    :func:`engine_isa`).
+def build_engine(
+    model: nn.Module, input_size: tuple[int, int], *, isa: str | None = None, threads: int | None = None
+) -> Engine:
+    """Plan ``model`` (in eval mode: every registered family but FE-Net with SE and the dense Table 4
+    peers) for ``input_size`` = (H, W) inputs, run by the engine compiled for ``isa`` (default: the widest
+    this CPU has, see :func:`engine_isa`) on ``threads`` threads (default: every core this process may
+    use), which split each operation's work between them.
     The plan follows the model's one lowering (:func:`shufflenet.deploy.lower.lower`). Raises
     :class:`EngineUnavailable` for other networks or layers the engine does not run, ValueError for a
     model in training mode or an input size the model refuses. The engine keeps its own copy of the
     weights: later changes to ``model`` need a new plan. One call runs at a time (a lock guards the
     shared buffers)."""
     library = load_library(isa)
-    return Engine(library, plan_engine(model, input_size, lanes=library.shufflenet_engine_lanes()))
+    plan = plan_engine(model, input_size, lanes=library.shufflenet_engine_lanes())
+    return Engine(library, plan, threads=usable_cores() if threads is None else threads)
 
 
 def plan_engine(model: nn.Module, input_size: tuple[int, int], *, lanes: int) -> Plan:
     """Plan ``model`` (eval mode) for ``input_size`` = (H, W) inputs and an engine build with vectors of
-    ``lanes`` floats (:data:`ISA_LANES`), without loading that build: :meth:`Plan.save` writes it for
-    :func:`build_runner`'s program, on this machine or another. Raises as :func:`build_engine`."""
+    ``lanes`` floats (the last of an :data:`ISAS` entry), without loading that build: :meth:`Plan.save`
+    writes it for :func:`build_runner`'s program, on this machine or another. Raises as
+    :func:`build_engine`."""
     if not isinstance(model, ClassifierNet):
         raise EngineUnavailable(f"the engine runs this library's models, not {type(model).__name__}")
     if not isinstance(model.get_classifier(), nn.Linear):

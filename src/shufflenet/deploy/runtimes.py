@@ -6,7 +6,7 @@ PyTorch module, then call with a NumPy batch. Used by export verification and th
 convs are matrix products on NHWC rows (:mod:`shufflenet.deploy.eager`); ``compile``: torch.compile
 (inductor, with freezing for inference); ``ort``: ONNX Runtime on the plain ONNX export; ``openvino``:
 OpenVINO on the same export; ``engine``: our C engine alone (:mod:`shufflenet.deploy.engine`: ShuffleNet
-V1/V2, MobileNet V1/V2, FE-Net, ShiftResNet; one thread); ``ours``: our deploy path, the fastest here of that
+V1/V2, MobileNet V1/V2, FE-Net, ShiftResNet); ``ours``: our deploy path, the fastest here of that
 engine and our deploy graph (:func:`shufflenet.deploy.optimize`) on OpenVINO, ONNX Runtime or PyTorch,
 with the ShuffleNet V1 shuffle form chosen by timing that backend itself.
 """
@@ -124,14 +124,13 @@ def onnx_timer(backend: str = "openvino", threads: int = 1, repeats: int = 30):
 
 
 def _deploy_runner(model: nn.Module, example: torch.Tensor, threads: int, workdir: Path) -> Runner:
-    """Our deploy path: our C engine (ShuffleNet, MobileNet, FE-Net, ShiftResNet; one thread) or the optimized
+    """Our deploy path: our C engine (ShuffleNet, MobileNet, FE-Net, ShiftResNet) or the optimized
     graph on whichever of OpenVINO, ONNX Runtime and PyTorch (eager, channels_last) runs it fastest here,
     each with the V1 shuffle form timed on that backend; ``runner.backend`` names the one kept. PyTorch is a
     candidate for the shift nets: only it runs their shifts in place, moving just the shifted channels,
     where an exported graph must concatenate."""
     candidates: dict[str, Callable[[], Runner]] = {}
-    if threads == 1:
-        candidates["engine"] = lambda: _engine_runner(model, example)
+    candidates["engine"] = lambda: _engine_runner(model, example, threads)
     for backend in ONNX_BACKENDS:
         candidates[backend] = lambda backend=backend: ONNX_BACKENDS[backend](
             export_onnx(
@@ -176,8 +175,8 @@ def _eager_deploy_runner(model: nn.Module, example: torch.Tensor) -> Runner:
     return _torch_runner(deployed, channels_last=True)
 
 
-def _engine_runner(model: nn.Module, example: torch.Tensor) -> Runner:
-    return build_engine(model, tuple(example.shape[-2:]))
+def _engine_runner(model: nn.Module, example: torch.Tensor, threads: int) -> Runner:
+    return build_engine(model, tuple(example.shape[-2:]), threads=threads)
 
 
 def build_runner(
@@ -204,7 +203,7 @@ def build_runner(
     if runtime == "eager_deploy":
         return _eager_deploy_runner(model, example)
     if runtime == "engine":
-        return _engine_runner(model, example)
+        return _engine_runner(model, example, threads)
     path = export_onnx(model, workdir / "plain.onnx", example)
     return ort_runner(path, threads) if runtime == "ort" else openvino_runner(path, threads)
 

@@ -12,6 +12,10 @@
    build under emulation, a device without Python). */
 
 #include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -197,10 +201,16 @@ static void pointwise_rows(Shape shape, int rows, const float* a, size_t step, c
    Weights are packed per group in panels of output channels (widths by panel_width), each panel K rows
    of its panel_stride (only a last partial panel is wider than its channels, padded with zeros), so a
    panel is one contiguous stream; biases as n_pad floats per group (n_pad: the panels' strides summed). */
-static void pointwise(const float* in, const int32_t* line_base, int lines, int line_len, int step,
+/* A thread's share of a pointwise conv: lines [line_begin, line_end), pixels [pixel_begin, pixel_end) of
+   each line, output channels [channel_begin, channel_end) of each group (panel boundaries). */
+typedef struct {
+    int line_begin, line_end, pixel_begin, pixel_end, channel_begin, channel_end;
+} Part;
+
+static void pointwise(const float* in, const int32_t* line_base, int line_len, int step,
                       const int32_t* idx, int groups, int K, int N, int n_pad, const float* w, const float* bias,
                       float* out, int out_stride, int out_offset, const float* res, int res_stride,
-                      int res_offset, int act, int out_pitch) {
+                      int res_offset, int act, int out_pitch, Part part) {
     /* Pixels in chunks whose inputs stay in L1 while every weight panel passes over them, unless the
        weights are too big to re-read per chunk (the head conv, the classifier): then whole lines. */
     int chunk = line_len;
@@ -211,14 +221,14 @@ static void pointwise(const float* in, const int32_t* line_base, int lines, int 
     for (int g = 0; g < groups; g++) {
         const int32_t* gidx = idx + (size_t)g * K;
         const float* gw = w + (size_t)g * K * n_pad;
-        for (int line = 0; line < lines; line++) {
+        for (int line = part.line_begin; line < part.line_end; line++) {
             const float* line_in = in + line_base[line];
             const size_t first = (size_t)line * line_len;
             /* Output lines out_pitch pixels apart: a map with a zero border that a shift reads around. */
             const size_t out_first = (size_t)line * (out_pitch ? (size_t)out_pitch : (size_t)line_len);
-            for (int c0 = 0; c0 < line_len; c0 += chunk) {
-                const int c1 = c0 + chunk < line_len ? c0 + chunk : line_len;
-                for (int n0 = 0, valid; n0 < N; n0 += valid) {
+            for (int c0 = part.pixel_begin; c0 < part.pixel_end; c0 += chunk) {
+                const int c1 = c0 + chunk < part.pixel_end ? c0 + chunk : part.pixel_end;
+                for (int n0 = part.channel_begin, valid; n0 < part.channel_end; n0 += valid) {
                     valid = panel_width(N - n0);
                     const Shape shape = panel_shape(valid);
                     const size_t channel = (size_t)out_offset + (size_t)g * N + n0;
@@ -303,7 +313,8 @@ INLINE void depthwise_span(const float* p, size_t step, size_t row, size_t col, 
    arena block, and are dropped by the exact store. Weights: 9 rows (taps) of C floats. Interior pixels
    go four at a time (depthwise_span), the rest one at a time. */
 static void depthwise(const float* in, int H, int W, int in_stride, int C, int stride, const float* w,
-                      const float* bias, float* out, int Ho, int Wo, int out_stride, int out_offset, int act) {
+                      const float* bias, float* out, int Ho, int Wo, int out_stride, int out_offset, int act,
+                      int oy_begin, int oy_end) {
     /* Output columns whose 3 input columns are all inside the map: [1, ox_end). */
     const int ox_end = (W - 2) / stride + 1 < Wo ? (W - 2) / stride + 1 : Wo;
     const int blocks = ox_end > 1 ? (ox_end - 1) / 4 : 0;
@@ -311,7 +322,8 @@ static void depthwise(const float* in, int H, int W, int in_stride, int C, int s
     /* Rows outermost: the three input rows a row of outputs needs stay in cache across channel blocks
        (the stride-2 maps of the first stages exceed L2, so a channel-block-outer sweep would re-stream
        them from L3 once per block). */
-    for (int oy = 0; oy < Ho; oy++) {
+    (void)Ho;
+    for (int oy = oy_begin; oy < oy_end; oy++) {
         const int iy0 = oy * stride - 1;
         const int inside = iy0 >= 0 && iy0 + 2 < H;
         for (int c0 = 0; c0 < C; c0 += LANES) {
@@ -355,11 +367,11 @@ static inline vec pool_border(int average, const float* in, int H, int W, int in
    AvgPool2d's count_include_pad). Interior windows skip the bounds checks and reduce as a tree. Loads are
    whole vectors (AVX2's masked load is slow on AMD Zen): lanes past the last channel read the next pixel
    or the buffer's 16-float slack and are dropped by the exact store. */
-static void pool(int average, const float* in, int H, int W, int in_stride, int C, float* out, int Ho, int Wo,
-                 int out_stride, int out_offset) {
+static void pool(int average, const float* in, int H, int W, int in_stride, int C, float* out, int Wo,
+                 int out_stride, int out_offset, int oy_begin, int oy_end) {
     const vec ninth = v_set1(1.0f / 9.0f);
     const int ox_end = (W - 2) / 2 + 1 < Wo ? (W - 2) / 2 + 1 : Wo; /* windows inside the map: ox in [1, end) */
-    for (int oy = 0; oy < Ho; oy++) {
+    for (int oy = oy_begin; oy < oy_end; oy++) {
         const int iy0 = oy * 2 - 1;
         const int inside = iy0 >= 0 && iy0 + 2 < H;
         for (int ox = 0; ox < Wo; ox++) {
@@ -393,11 +405,11 @@ static void pool(int average, const float* in, int H, int W, int in_stride, int 
 }
 
 /* 2x2 windows, stride 2, no padding: a trailing odd row or column is dropped, as in PyTorch. */
-static void pool2(const float* in, int W, int in_stride, int C, float* out, int Ho, int Wo, int out_stride,
-                  int out_offset) {
+static void pool2(const float* in, int W, int in_stride, int C, float* out, int Wo, int out_stride,
+                  int out_offset, int oy_begin, int oy_end) {
     const vec quarter = v_set1(0.25f);
     const size_t row = (size_t)W * in_stride;
-    for (int oy = 0; oy < Ho; oy++) {
+    for (int oy = oy_begin; oy < oy_end; oy++) {
         for (int ox = 0; ox < Wo; ox++) {
             const float* p = in + ((size_t)(2 * oy) * W + 2 * ox) * in_stride;
             float* o = out + ((size_t)oy * Wo + ox) * out_stride + out_offset;
@@ -412,9 +424,9 @@ static void pool2(const float* in, int W, int in_stride, int C, float* out, int 
 }
 
 /* Per pixel, copy channel runs: runs holds (source offset, target offset, length) triples. */
-static void copy_runs(const float* in, int in_stride, int npix, float* out, int out_stride, const int32_t* runs,
-                      int n_runs) {
-    for (int p = 0; p < npix; p++) {
+static void copy_runs(const float* in, int in_stride, float* out, int out_stride, const int32_t* runs,
+                      int n_runs, int p_begin, int p_end) {
+    for (int p = p_begin; p < p_end; p++) {
         const float* source = in + (size_t)p * in_stride;
         float* target = out + (size_t)p * out_stride;
         for (int r = 0; r < n_runs; r++) {
@@ -425,19 +437,22 @@ static void copy_runs(const float* in, int in_stride, int npix, float* out, int 
     }
 }
 
-static void global_average(const float* in, int npix, int in_stride, int C, float* out) {
-    for (int c = 0; c < C; c++) out[c] = 0.0f;
+/* The mean over pixels of channels [c_begin, c_end). */
+static void global_average(const float* in, int npix, int in_stride, float* out, int c_begin, int c_end) {
+    for (int c = c_begin; c < c_end; c++) out[c] = 0.0f;
     for (int p = 0; p < npix; p++)
-        for (int c = 0; c < C; c++) out[c] += in[(size_t)p * in_stride + c];
+        for (int c = c_begin; c < c_end; c++) out[c] += in[(size_t)p * in_stride + c];
     const float scale = 1.0f / (float)npix;
-    for (int c = 0; c < C; c++) out[c] *= scale;
+    for (int c = c_begin; c < c_end; c++) out[c] *= scale;
 }
 
-/* out[p, c] = act(in[p, c] * sigmoid(gate[c]) (+ res[p, c])); the gate's logits become sigmoids in place. */
-static void scale_channels(const float* in, int npix, int in_stride, int C, float* gate, float* out,
-                           int out_stride, const float* res, int res_stride, int act) {
-    for (int c = 0; c < C; c++) gate[c] = 1.0f / (1.0f + expf(-gate[c]));
-    for (int p = 0; p < npix; p++) {
+/* out[p, c] = act(in[p, c] * sigmoid(gate[c]) (+ res[p, c])) for pixels [p_begin, p_end); every thread
+   takes the sigmoids itself (C of them: less than one pixel's work), so no thread writes the gate. */
+static void scale_channels(const float* in, int in_stride, int C, const float* logits, float* out,
+                           int out_stride, const float* res, int res_stride, int act, int p_begin, int p_end) {
+    float gate[C + LANES];
+    for (int c = 0; c < C; c++) gate[c] = 1.0f / (1.0f + expf(-logits[c]));
+    for (int p = p_begin; p < p_end; p++) {
         const float* x = in + (size_t)p * in_stride;
         const float* r = res ? res + (size_t)p * res_stride : 0;
         float* o = out + (size_t)p * out_stride;
@@ -451,9 +466,9 @@ static void scale_channels(const float* in, int npix, int in_stride, int C, floa
 }
 
 /* Copy an NCHW image into the interior of a zero-bordered (H+2) x (W+2) NCHW buffer. */
-static void pad_input(const float* in, int C, int H, int W, float* out) {
+static void pad_input(const float* in, int H, int W, float* out, int c_begin, int c_end) {
     const int Wp = W + 2;
-    for (int c = 0; c < C; c++)
+    for (int c = c_begin; c < c_end; c++)
         for (int y = 0; y < H; y++)
             memcpy(out + ((size_t)c * (H + 2) + y + 1) * Wp + 1, in + ((size_t)c * H + y) * W, sizeof(float) * W);
 }
@@ -464,72 +479,228 @@ static double seconds_now(void) {
     return (double)now.tv_sec + 1e-9 * (double)now.tv_nsec;
 }
 
-/* Run ``n_ops`` operations over ``buffers``; ``floats``/``ints`` are the arenas. With ``seconds``
-   non-null, each operation's wall time is added to seconds[i] (the per-op profile). */
-void shufflenet_engine_run(int n_ops, const Op* ops, float* const* buffers, const float* floats,
-                           const int32_t* ints, double* seconds) {
-    double start = seconds ? seconds_now() : 0.0;
-    for (int i = 0; i < n_ops; i++) {
-        switch (ops[i].code) {
-        case OP_PAD_INPUT: {
-            const PadInputOp* o = &ops[i].as.pad_input;
-            pad_input(buffers[o->source], (int)o->channels, (int)o->height, (int)o->width, buffers[o->target]);
-            break;
+/* [begin, end) of ``total`` items for thread t of T: near-equal shares, boundaries on multiples of
+   ``align``. */
+static void share(int total, int align, int t, int T, int* begin, int* end) {
+    const int units = (total + align - 1) / align;
+    const int first = (int)((int64_t)units * t / T), last = (int)((int64_t)units * (t + 1) / T);
+    *begin = first * align < total ? first * align : total;
+    *end = last * align < total ? last * align : total;
+}
+
+/* A pointwise conv's share for thread t of T: whole lines where there are several (the stem, strided and
+   shifted reads), else pixels in runs of whole chunks, else (a few pixels: the classifier, the SE convs)
+   whole weight panels of output channels. */
+static Part pointwise_part(const PointwiseOp* o, int t, int T) {
+    Part part = {0, (int)o->lines, 0, (int)o->line_length, 0, (int)o->n_per_group};
+    if (T == 1) return part;
+    if (o->lines >= 2 * T) {
+        share((int)o->lines, 1, t, T, &part.line_begin, &part.line_end);
+    } else if (o->lines * o->line_length >= CHUNK_ROWS * T) {
+        share((int)o->line_length, CHUNK_ROWS, t, T, &part.pixel_begin, &part.pixel_end);
+    } else {
+        int panels = 0, begin, end;
+        for (int n0 = 0; n0 < o->n_per_group; n0 += panel_width((int)o->n_per_group - n0)) panels++;
+        share(panels, 1, t, T, &begin, &end);
+        part.channel_begin = part.channel_end = (int)o->n_per_group;
+        for (int n0 = 0, panel = 0; n0 < o->n_per_group; n0 += panel_width((int)o->n_per_group - n0), panel++) {
+            if (panel == begin) part.channel_begin = n0;
+            if (panel == end) part.channel_end = n0;
         }
-        case OP_POINTWISE: {
-            const PointwiseOp* o = &ops[i].as.pointwise;
-            pointwise(buffers[o->source], ints + o->line_starts, (int)o->lines, (int)o->line_length, (int)o->step,
-                      ints + o->index, (int)o->groups, (int)o->k_per_group, (int)o->n_per_group, (int)o->n_padded,
-                      floats + o->weights, floats + o->bias, buffers[o->target], (int)o->target_stride,
-                      (int)o->target_offset, o->residual >= 0 ? buffers[o->residual] : 0, (int)o->residual_stride,
-                      (int)o->residual_offset, (int)o->activation, (int)o->target_pitch);
-            break;
-        }
-        case OP_DEPTHWISE: {
-            const DepthwiseOp* o = &ops[i].as.depthwise;
-            depthwise(buffers[o->source], (int)o->height, (int)o->width, (int)o->source_stride, (int)o->channels,
-                      (int)o->stride, floats + o->weights, floats + o->bias, buffers[o->target],
-                      (int)o->out_height, (int)o->out_width, (int)o->target_stride, (int)o->target_offset,
-                      (int)o->activation);
-            break;
-        }
-        case OP_POOL: {
-            const PoolOp* o = &ops[i].as.pool;
-            if (o->window == POOL_AVERAGE_2X2)
-                pool2(buffers[o->source], (int)o->width, (int)o->source_stride, (int)o->channels,
-                      buffers[o->target], (int)o->out_height, (int)o->out_width, (int)o->target_stride,
-                      (int)o->target_offset);
-            else
-                pool(o->window == POOL_AVERAGE_3X3, buffers[o->source], (int)o->height, (int)o->width,
-                     (int)o->source_stride, (int)o->channels, buffers[o->target], (int)o->out_height,
-                     (int)o->out_width, (int)o->target_stride, (int)o->target_offset);
-            break;
-        }
-        case OP_SCALE: {
-            const ScaleOp* o = &ops[i].as.scale;
-            scale_channels(buffers[o->source] + o->source_offset, (int)o->pixels, (int)o->source_stride,
-                           (int)o->channels, buffers[o->gate], buffers[o->target] + o->target_offset,
-                           (int)o->target_stride, o->residual >= 0 ? buffers[o->residual] + o->residual_offset : 0,
-                           (int)o->residual_stride, (int)o->activation);
-            break;
-        }
-        case OP_COPY: {
-            const CopyOp* o = &ops[i].as.copy;
-            copy_runs(buffers[o->source], (int)o->source_stride, (int)o->pixels, buffers[o->target],
-                      (int)o->target_stride, ints + o->runs, (int)o->run_count);
-            break;
-        }
-        case OP_GLOBAL_AVERAGE: {
-            const GlobalAverageOp* o = &ops[i].as.global_average;
-            global_average(buffers[o->source], (int)o->pixels, (int)o->source_stride, (int)o->channels,
-                           buffers[o->target]);
-            break;
-        }
-        }
-        if (seconds) {
+    }
+    return part;
+}
+
+/* Thread t of T runs its share of one operation. */
+static void run_share(const Op* op, float* const* buffers, const float* floats, const int32_t* ints, int t, int T) {
+    int begin, end;
+    switch (op->code) {
+    case OP_PAD_INPUT: {
+        const PadInputOp* o = &op->as.pad_input;
+        share((int)o->channels, 1, t, T, &begin, &end);
+        pad_input(buffers[o->source], (int)o->height, (int)o->width, buffers[o->target], begin, end);
+        break;
+    }
+    case OP_POINTWISE: {
+        const PointwiseOp* o = &op->as.pointwise;
+        pointwise(buffers[o->source], ints + o->line_starts, (int)o->line_length, (int)o->step,
+                  ints + o->index, (int)o->groups, (int)o->k_per_group, (int)o->n_per_group, (int)o->n_padded,
+                  floats + o->weights, floats + o->bias, buffers[o->target], (int)o->target_stride,
+                  (int)o->target_offset, o->residual >= 0 ? buffers[o->residual] : 0, (int)o->residual_stride,
+                  (int)o->residual_offset, (int)o->activation, (int)o->target_pitch, pointwise_part(o, t, T));
+        break;
+    }
+    case OP_DEPTHWISE: {
+        const DepthwiseOp* o = &op->as.depthwise;
+        share((int)o->out_height, 1, t, T, &begin, &end);
+        depthwise(buffers[o->source], (int)o->height, (int)o->width, (int)o->source_stride, (int)o->channels,
+                  (int)o->stride, floats + o->weights, floats + o->bias, buffers[o->target], (int)o->out_height,
+                  (int)o->out_width, (int)o->target_stride, (int)o->target_offset, (int)o->activation, begin, end);
+        break;
+    }
+    case OP_POOL: {
+        const PoolOp* o = &op->as.pool;
+        share((int)o->out_height, 1, t, T, &begin, &end);
+        if (o->window == POOL_AVERAGE_2X2)
+            pool2(buffers[o->source], (int)o->width, (int)o->source_stride, (int)o->channels, buffers[o->target],
+                  (int)o->out_width, (int)o->target_stride, (int)o->target_offset, begin, end);
+        else
+            pool(o->window == POOL_AVERAGE_3X3, buffers[o->source], (int)o->height, (int)o->width,
+                 (int)o->source_stride, (int)o->channels, buffers[o->target], (int)o->out_width,
+                 (int)o->target_stride, (int)o->target_offset, begin, end);
+        break;
+    }
+    case OP_SCALE: {
+        const ScaleOp* o = &op->as.scale;
+        share((int)o->pixels, 1, t, T, &begin, &end);
+        scale_channels(buffers[o->source] + o->source_offset, (int)o->source_stride, (int)o->channels,
+                       buffers[o->gate], buffers[o->target] + o->target_offset, (int)o->target_stride,
+                       o->residual >= 0 ? buffers[o->residual] + o->residual_offset : 0, (int)o->residual_stride,
+                       (int)o->activation, begin, end);
+        break;
+    }
+    case OP_COPY: {
+        const CopyOp* o = &op->as.copy;
+        share((int)o->pixels, 1, t, T, &begin, &end);
+        copy_runs(buffers[o->source], (int)o->source_stride, buffers[o->target], (int)o->target_stride,
+                  ints + o->runs, (int)o->run_count, begin, end);
+        break;
+    }
+    case OP_GLOBAL_AVERAGE: {
+        const GlobalAverageOp* o = &op->as.global_average;
+        share((int)o->channels, 16, t, T, &begin, &end); /* whole cache lines per thread */
+        global_average(buffers[o->source], (int)o->pixels, (int)o->source_stride, buffers[o->target], begin, end);
+        break;
+    }
+    }
+}
+
+/* The thread pool: T - 1 workers and the caller run every operation of a network together, each its share
+   (run_share), meeting at a barrier after each operation. Workers sleep on a condition variable between
+   runs; at the barriers they spin briefly, then yield the core (a shared or oversubscribed machine). */
+typedef struct {
+    int threads;
+    pthread_t* workers;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    int64_t generation; /* runs started; a worker runs each once */
+    int stop;
+    /* the run in progress */
+    int n_ops;
+    const Op* ops;
+    float* const* buffers;
+    const float* floats;
+    const int32_t* ints;
+    double* seconds;
+    /* the barrier */
+    atomic_int arrived;
+    atomic_int phase;
+} Pool;
+
+typedef struct {
+    Pool* pool;
+    int index;
+} Worker;
+
+static void barrier(Pool* pool) {
+    if (pool->threads == 1) return;
+    const int phase = atomic_load_explicit(&pool->phase, memory_order_acquire);
+    if (atomic_fetch_add_explicit(&pool->arrived, 1, memory_order_acq_rel) == pool->threads - 1) {
+        atomic_store_explicit(&pool->arrived, 0, memory_order_relaxed);
+        atomic_store_explicit(&pool->phase, phase + 1, memory_order_release);
+        return;
+    }
+    for (int spins = 0; atomic_load_explicit(&pool->phase, memory_order_acquire) == phase; spins++)
+        if (spins > 4000) sched_yield();
+}
+
+/* Thread t's part of a run: every operation's share, a barrier after each. Thread 0 keeps the profile. */
+static void run_all(Pool* pool, int t) {
+    double start = pool->seconds && t == 0 ? seconds_now() : 0.0;
+    for (int i = 0; i < pool->n_ops; i++) {
+        run_share(pool->ops + i, pool->buffers, pool->floats, pool->ints, t, pool->threads);
+        barrier(pool);
+        if (pool->seconds && t == 0) {
             const double end = seconds_now();
-            seconds[i] += end - start;
+            pool->seconds[i] += end - start;
             start = end;
         }
     }
+}
+
+static void* work(void* argument) {
+    Worker* worker = argument;
+    Pool* pool = worker->pool;
+    int64_t done = 0;
+    for (;;) {
+        pthread_mutex_lock(&pool->lock);
+        while (pool->generation == done && !pool->stop) pthread_cond_wait(&pool->wake, &pool->lock);
+        const int stop = pool->stop;
+        done = pool->generation;
+        pthread_mutex_unlock(&pool->lock);
+        if (stop) break;
+        run_all(pool, worker->index);
+    }
+    free(worker);
+    return NULL;
+}
+
+void shufflenet_pool_destroy(void* handle);
+
+/* A pool of ``threads`` threads (the caller's included), or NULL if the system refuses them. */
+void* shufflenet_pool_create(int threads) {
+    Pool* pool = calloc(1, sizeof(Pool));
+    if (!pool) return NULL;
+    pool->threads = threads < 1 ? 1 : threads;
+    pthread_mutex_init(&pool->lock, NULL);
+    pthread_cond_init(&pool->wake, NULL);
+    pool->workers = calloc((size_t)pool->threads, sizeof(pthread_t));
+    if (!pool->workers) {
+        free(pool);
+        return NULL;
+    }
+    for (int t = 1; t < pool->threads; t++) {
+        Worker* worker = malloc(sizeof(Worker));
+        if (worker) *worker = (Worker){pool, t};
+        if (!worker || pthread_create(&pool->workers[t], NULL, work, worker) != 0) {
+            free(worker);
+            pool->threads = t; /* the workers started so far, joined by destroy */
+            shufflenet_pool_destroy(pool);
+            return NULL;
+        }
+    }
+    return pool;
+}
+
+void shufflenet_pool_destroy(void* handle) {
+    Pool* pool = handle;
+    if (!pool) return;
+    pthread_mutex_lock(&pool->lock);
+    pool->stop = 1;
+    pthread_cond_broadcast(&pool->wake);
+    pthread_mutex_unlock(&pool->lock);
+    for (int t = 1; t < pool->threads; t++) pthread_join(pool->workers[t], NULL);
+    pthread_mutex_destroy(&pool->lock);
+    pthread_cond_destroy(&pool->wake);
+    free(pool->workers);
+    free(pool);
+}
+
+/* Run ``n_ops`` operations over ``buffers`` on ``pool``'s threads; ``floats``/``ints`` are the arenas. With
+   ``seconds`` non-null, each operation's wall time is added to seconds[i] (the per-op profile). One run at
+   a time per pool. */
+void shufflenet_engine_run(void* handle, int n_ops, const Op* ops, float* const* buffers, const float* floats,
+                           const int32_t* ints, double* seconds) {
+    Pool* pool = handle;
+    pthread_mutex_lock(&pool->lock);
+    pool->n_ops = n_ops;
+    pool->ops = ops;
+    pool->buffers = buffers;
+    pool->floats = floats;
+    pool->ints = ints;
+    pool->seconds = seconds;
+    pool->generation++;
+    pthread_cond_broadcast(&pool->wake);
+    pthread_mutex_unlock(&pool->lock);
+    run_all(pool, 0);
 }

@@ -13,7 +13,7 @@
 
 #include <stdint.h>
 
-#define SHUFFLENET_ENGINE_ABI 2
+#define SHUFFLENET_ENGINE_ABI 3
 
 enum {
     OP_PAD_INPUT = 0,      /* NCHW input -> zero-bordered NCHW copy (the stem conv reads it by index) */
@@ -168,10 +168,12 @@ typedef struct {
     int64_t outputs;
 } PlanFile;
 
-/* The library's entry points. */
+/* The library's entry points: a pool of threads (the caller's included) runs plans. */
 int64_t shufflenet_engine_abi(int64_t* op_size);
 int shufflenet_engine_lanes(void);
-void shufflenet_engine_run(int n_ops, const Op* ops, float* const* buffers, const float* floats,
+void* shufflenet_pool_create(int threads);
+void shufflenet_pool_destroy(void* pool);
+void shufflenet_engine_run(void* pool, int n_ops, const Op* ops, float* const* buffers, const float* floats,
                            const int32_t* ints, double* seconds);
 
 #endif

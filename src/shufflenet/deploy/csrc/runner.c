@@ -1,13 +1,14 @@
 /* Runs a saved engine plan (engine.py's Plan.save) without Python: on a CPU whose build cannot be
    loaded into this Python (an aarch64 build under qemu-aarch64), or on a device with only a C compiler.
 
-   usage: runner PLAN INPUT OUTPUT [REPEATS]
+   usage: runner PLAN INPUT OUTPUT [REPEATS [THREADS]]
      INPUT   float32 NCHW images, N x C x H x W as planned (N from the file's size)
      OUTPUT  float32 logits, N x classes (written whole: a temporary file, then renamed)
      REPEATS with REPEATS > 0, also run the batch that many more times and print the mean milliseconds
              per image on stderr
+     THREADS threads to run each image on (default 1)
 
-   Build: cc -O3 [the instruction set's flags] runner.c engine.c -o runner */
+   Build: cc -O3 -pthread [the instruction set's flags] runner.c engine.c -lm -o runner */
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,8 +55,8 @@ static double now(void) {
 }
 
 int main(int argc, char** argv) {
-    if (argc < 4 || argc > 5) {
-        fprintf(stderr, "usage: %s PLAN INPUT OUTPUT [REPEATS]\n", argv[0]);
+    if (argc < 4 || argc > 6) {
+        fprintf(stderr, "usage: %s PLAN INPUT OUTPUT [REPEATS [THREADS]]\n", argv[0]);
         return 2;
     }
     size_t plan_size, input_size;
@@ -95,17 +96,20 @@ int main(int argc, char** argv) {
     const size_t batch = input_size / (4 * image);
     float* logits = malloc(4 * batch * (size_t)head.outputs);
     if (!logits) return fail("out of memory", argv[2]);
-    const int repeats = argc == 5 ? atoi(argv[4]) : 0;
+    const int repeats = argc >= 5 ? atoi(argv[4]) : 0;
+    void* pool = shufflenet_pool_create(argc == 6 ? atoi(argv[5]) : 1);
+    if (!pool) return fail("cannot start the threads", argv[1]);
     double start = 0.0;
     for (int pass = 0; pass <= repeats; pass++) {
         if (pass == 1) start = now();
         for (size_t n = 0; n < batch; n++) {
             buffers[head.input_buffer] = input + n * image;
-            shufflenet_engine_run((int)head.ops, ops, buffers, floats, ints, NULL);
+            shufflenet_engine_run(pool, (int)head.ops, ops, buffers, floats, ints, NULL);
             for (int64_t k = 0; k < head.outputs; k++)
                 logits[n * (size_t)head.outputs + (size_t)k] = buffers[head.output_buffer][positions[k]];
         }
     }
+    shufflenet_pool_destroy(pool);
     if (repeats > 0) fprintf(stderr, "%.4f ms per image\n", 1e3 * (now() - start) / ((double)repeats * batch));
 
     char temporary[4096];
