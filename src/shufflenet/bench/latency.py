@@ -24,7 +24,8 @@ import torch
 from tqdm import tqdm
 
 from shufflenet._table import markdown_table
-from shufflenet.deploy.runtimes import RUNTIMES, build_runner
+from shufflenet.deploy.errors import RuntimeUnavailable
+from shufflenet.deploy.runtimes import RUNTIMES, agrees, build_runner
 from shufflenet.deploy.timing import interleaved_seconds, median_seconds
 from shufflenet.profile import profile
 from shufflenet.registry import create_model
@@ -269,41 +270,71 @@ def measure_paired(
     passes: int = 300,
     warmup: int = 10,
     rewarm: int = 1,
+    threads: int = 1,
+    batch: int = 1,
     progress: bool = True,
 ) -> list[LatencyCell]:
-    """Every (model, runtime) cell at one input size built in this process, one thread, then called in
-    turn, one batch each, in a fresh shuffled order per pass: the machine's drift lands on every cell
-    alike, so ratios between cells hold even where absolute times drift (unlike ``latency_benchmark``'s
-    one subprocess per cell). ``rewarm`` untimed calls of a cell precede each timed one (steady state)."""
-    torch.set_num_threads(1)
-    runners, cells = [], []
+    """Every (model, runtime) cell at one input size, thread count and batch built in this process, then
+    called in turn, one batch each, in a fresh shuffled order per pass: the machine's drift lands on every
+    cell alike, so ratios between cells hold even where absolute times drift (unlike
+    ``latency_benchmark``'s one subprocess per cell). ``rewarm`` untimed calls of a cell precede each
+    timed one (steady state). Each cell's output is checked against eager PyTorch first (its largest
+    error relative to the largest logit in ``extra["error"]``); a cell that cannot be built or computes
+    something else gets ``error`` and is not timed."""
+    torch.set_num_threads(threads)
+    runners, timed = [], []
+    cells: list[LatencyCell] = []
     specs = tqdm(models, desc=f"building {size[0]}x{size[1]}", unit="model", disable=not progress)
     with tempfile.TemporaryDirectory() as folder:
         for spec in specs:
             mflops = profile(build_benchmark_model(spec, size), input_size=size).mflops
+            torch.manual_seed(0)
+            example = torch.randn(batch, 3, *size)
+            with torch.inference_mode():
+                reference = build_seeded(spec, size)(example).float().numpy()
             for runtime in runtimes:
                 if skip_reason(spec, runtime) is not None:
                     continue
+                cell = LatencyCell(
+                    spec, *size, threads, runtime, batch=batch, warmup=warmup, repeats=passes, mflops=mflops
+                )
+                cells.append(cell)
                 # A fresh copy per runtime (same seed, same weights): eager_cl converts its model to
                 # channels_last in place, which must not reach the eager cell.
-                torch.manual_seed(0)
-                model = build_benchmark_model(spec, size)
-                example = torch.randn(1, 3, *size)
                 workdir = Path(folder) / f"{len(cells)}"
                 workdir.mkdir()
-                run = build_runner(runtime, model, example, threads=1, workdir=workdir)
-                torch.set_num_threads(1)  # build_runner sets it; kept explicit for the eager cells
-                cell = LatencyCell(spec, *size, 1, runtime, warmup=warmup, repeats=passes, mflops=mflops)
+                try:
+                    run = build_runner(
+                        runtime, build_seeded(spec, size), example, threads=threads, workdir=workdir
+                    )
+                    output = run(example.numpy())
+                except RuntimeUnavailable as error:
+                    cell.error = str(error)
+                    continue
+                torch.set_num_threads(threads)  # build_runner sets it; kept explicit for the eager cells
+                scale = max(float(np.abs(reference).max()), 1e-6)
+                cell.extra["error"] = float(np.abs(output - reference).max()) / scale
+                # Reduced-precision defaults round every activation; a wrong network is off by O(1).
+                if not agrees(output, reference, 0.1 if runtime in REDUCED_PRECISION else 1e-3):
+                    cell.error = f"wrong output: off by {cell.extra['error']:.2g} of the largest logit"
+                    continue
                 if hasattr(run, "backend"):
                     cell.extra["backend"] = run.backend
                 runners.append((run, example.numpy()))
-                cells.append(cell)
+                timed.append(cell)
         calls = [lambda run=run, batch=batch: run(batch) for run, batch in runners]
         times = interleaved_seconds(calls, passes=passes, warmup=warmup, rewarm=rewarm, progress=progress)
-    for cell, samples in zip(cells, times, strict=True):
+    for cell, samples in zip(timed, times, strict=True):
         cell.median_ms = 1000 * float(np.median(samples))
         cell.p90_ms = 1000 * float(np.percentile(samples, 90))
     return cells
+
+
+def build_seeded(spec: str, size: tuple[int, int]) -> torch.nn.Module:
+    """The benchmark model ``spec`` with the weights of seed 0, in eval mode: every runtime of a paired
+    run gets the same network."""
+    torch.manual_seed(0)
+    return build_benchmark_model(spec, size).eval()
 
 
 def _combine(runs: list[LatencyCell]) -> LatencyCell:
@@ -332,6 +363,42 @@ def _lookup(cells: Sequence[LatencyCell], model: str, runtime: str, size=(224, 2
 
 
 OURS_FASTER_BELOW_1 = "below 1: ours is faster"
+# Runtimes timed at their default precision, not fp32 (checked against eager with a looser tolerance).
+REDUCED_PRECISION = ("openvino_default", "ncnn_default")
+# The fp32 peers of the engine (Ma et al. 2018 and the mobile frameworks): ONNX Runtime, OpenVINO forced to
+# fp32, ncnn forced to fp32, MNN at high precision.
+FP32_PEERS = ("ort", "openvino", "ncnn", "mnn")
+
+
+def peer_ratios(cells: Sequence[LatencyCell]) -> list[tuple[str, float | None, str]]:
+    """For each model, size and thread count measured: the engine's median over the fastest fp32 peer's
+    (naming it), and over each default-precision cell measured (OpenVINO's bf16, ncnn's fp16)."""
+    rows = []
+    keys = dict.fromkeys((c.model, (c.height, c.width), c.threads, c.batch) for c in cells)
+    for model, size, threads, batch in keys:
+        group = {
+            c.runtime: c.median_ms
+            for c in cells
+            if (c.model, (c.height, c.width), c.threads, c.batch) == (model, size, threads, batch)
+            and c.median_ms is not None
+        }
+        engine = group.get("engine")
+        where = f"{model}, {size[0]}x{size[1]}, {threads} thread{'s' if threads > 1 else ''}, batch {batch}"
+        peers = {name: group[name] for name in FP32_PEERS if name in group}
+        if engine is None or not peers:
+            continue
+        best = min(peers, key=peers.get)
+        rows.append(
+            (f"{where}: engine / fastest fp32 peer ({best})", engine / peers[best], OURS_FASTER_BELOW_1)
+        )
+        for default in REDUCED_PRECISION:
+            if default in group:
+                rows.append(
+                    (f"{where}: engine (fp32) / {default}", engine / group[default], OURS_FASTER_BELOW_1)
+                )
+    return rows
+
+
 OURS_FASTER_ABOVE_1 = "above 1: ours is faster"
 ALEXNET_PAPER = "Zhang et al. 2018, section 4.5: ~13x on ARM"
 

@@ -5,10 +5,13 @@ PyTorch module, then call with a NumPy batch. Used by export verification and th
 (:func:`shufflenet.deploy.optimize`, no channel padding) in PyTorch eager, channels_last, where its 1x1
 convs are matrix products on NHWC rows (:mod:`shufflenet.deploy.eager`); ``compile``: torch.compile
 (inductor, with freezing for inference); ``ort``: ONNX Runtime on the plain ONNX export; ``openvino``:
-OpenVINO on the same export; ``engine``: our C engine alone (:mod:`shufflenet.deploy.engine`: ShuffleNet
-V1/V2, MobileNet V1/V2, FE-Net, ShiftResNet); ``ours``: our deploy path, the fastest here of that
-engine and our deploy graph (:func:`shufflenet.deploy.optimize`) on OpenVINO, ONNX Runtime or PyTorch,
-with the ShuffleNet V1 shuffle form chosen by timing that backend itself.
+OpenVINO on the same export, fp32 (``openvino_default``: at its default precision, bf16 on CPUs with
+AVX512_BF16); ``ncnn`` (fp32) and ``ncnn_default`` (its fp16 defaults) through pnnx, and ``mnn`` on the
+ONNX export (:mod:`shufflenet.deploy.peers`); ``engine``: our C engine alone
+(:mod:`shufflenet.deploy.engine`: ShuffleNet V1/V2, MobileNet V1/V2, FE-Net, ShiftResNet); ``ours``: our
+deploy path, the fastest here of that engine and our deploy graph (:func:`shufflenet.deploy.optimize`)
+on OpenVINO, ONNX Runtime or PyTorch, with the ShuffleNet V1 shuffle form chosen by timing that backend
+itself.
 """
 
 from __future__ import annotations
@@ -26,9 +29,23 @@ from shufflenet._system import usable_cores
 from shufflenet.deploy.engine import build_engine
 from shufflenet.deploy.errors import RuntimeUnavailable, require_package
 from shufflenet.deploy.optimize import optimize
+from shufflenet.deploy.peers import mnn_runner, ncnn_runner
 from shufflenet.deploy.timing import eager_timer, interleaved_seconds, median_seconds
 
-RUNTIMES = ("eager", "eager_cl", "eager_deploy", "compile", "ort", "openvino", "engine", "ours")
+RUNTIMES = (
+    "eager",
+    "eager_cl",
+    "eager_deploy",
+    "compile",
+    "ort",
+    "openvino",
+    "openvino_default",
+    "ncnn",
+    "ncnn_default",
+    "mnn",
+    "engine",
+    "ours",
+)
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
@@ -69,14 +86,24 @@ def ort_session(onnx_path: str | Path, threads: int):
 
 
 def openvino_compiled(
-    model_path: str | Path, threads: int, device: str = "CPU", extra_config: dict | None = None
+    model_path: str | Path,
+    threads: int,
+    device: str = "CPU",
+    extra_config: dict | None = None,
+    *,
+    precision: str | None = "f32",
 ):
-    """An OpenVINO compiled model: latency hint, fp32 inference precision, ``threads`` threads, plus any
-    ``extra_config`` (e.g. ``{"PERF_COUNT": True}`` for per-node profiles)."""
+    """An OpenVINO compiled model: latency hint, ``precision`` (default f32; None keeps OpenVINO's
+    default, bf16 on CPUs with AVX512_BF16 or AMX), ``threads`` threads without pinning them to cores
+    (other processes share these machines), plus any ``extra_config`` (e.g. ``{"PERF_COUNT": True}``
+    for per-node profiles)."""
     ov = require_package("openvino", "openvino")
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", **(extra_config or {})}
+    config = {"PERFORMANCE_HINT": "LATENCY", **(extra_config or {})}
+    if precision is not None:
+        config["INFERENCE_PRECISION_HINT"] = precision
     if device == "CPU":
         config["INFERENCE_NUM_THREADS"] = threads
+        config["ENABLE_CPU_PINNING"] = False
     return ov.Core().compile_model(str(model_path), device, config)
 
 
@@ -86,8 +113,8 @@ def ort_runner(onnx_path: Path, threads: int) -> Runner:
     return lambda batch: session.run(None, {name: batch})[0]
 
 
-def openvino_runner(model_path: Path, threads: int) -> Runner:
-    request = openvino_compiled(model_path, threads).create_infer_request()
+def openvino_runner(model_path: Path, threads: int, *, precision: str | None = "f32") -> Runner:
+    request = openvino_compiled(model_path, threads, precision=precision).create_infer_request()
 
     def run(batch: np.ndarray) -> np.ndarray:
         return request.infer({0: batch}, share_inputs=True, share_outputs=True)[0].copy()
@@ -142,15 +169,27 @@ def _deploy_runner(model: nn.Module, example: torch.Tensor, threads: int, workdi
         )
     candidates["torch"] = lambda: _eager_deploy_runner(model, example)
     runners: dict[str, Runner] = {}
+    with torch.inference_mode():
+        reference = model(example).float().numpy()
     for backend, build in candidates.items():
         try:
-            runners[backend] = build()
+            run = build()
         except RuntimeUnavailable:  # the engine: another CPU, no compiler, or a network it does not run
             continue
+        # A backend is kept only if it computes the model: OpenVINO 2026.4 gets the shift nets wrong.
+        if agrees(run(example.numpy()), reference):
+            runners[backend] = run
     best = fastest(runners, example.numpy())
     run = runners[best]
     run.backend = best
     return run
+
+
+def agrees(output: np.ndarray, reference: np.ndarray, tolerance: float = 1e-3) -> bool:
+    """Whether ``output`` equals ``reference`` within ``tolerance`` of its largest magnitude (fp32
+    runtimes differ from eager by ~1e-5 of it; a wrong network by far more)."""
+    scale = max(float(np.abs(reference).max()), 1e-6)
+    return output.shape == reference.shape and float(np.abs(output - reference).max()) <= tolerance * scale
 
 
 def fastest(runners: dict[str, Runner], batch: np.ndarray, *, passes: int = 30) -> str:
@@ -204,7 +243,13 @@ def build_runner(
         return _eager_deploy_runner(model, example)
     if runtime == "engine":
         return _engine_runner(model, example, threads)
+    if runtime in ("ncnn", "ncnn_default"):
+        return ncnn_runner(model, example, threads, workdir, defaults=runtime == "ncnn_default")
     path = export_onnx(model, workdir / "plain.onnx", example)
+    if runtime == "mnn":
+        return mnn_runner(path, threads)
+    if runtime == "openvino_default":
+        return openvino_runner(path, threads, precision=None)
     return ort_runner(path, threads) if runtime == "ort" else openvino_runner(path, threads)
 
 

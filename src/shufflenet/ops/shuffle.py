@@ -46,7 +46,12 @@ def concat_shuffle(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
             f"concat_shuffle expects two NCHW tensors of one shape, got {tuple(first.shape)} and "
             f"{tuple(second.shape)}"
         )
-    if torch.is_grad_enabled() and (first.requires_grad or second.requires_grad):
+    # A trace (TorchScript, pnnx) cannot record a Python autograd function: it gets the plain form.
+    if (
+        torch.is_grad_enabled()
+        and (first.requires_grad or second.requires_grad)
+        and not torch.jit.is_tracing()
+    ):
         return _ConcatShuffle.apply(first, second)
     return _interleave(first, second)
 

@@ -1,0 +1,77 @@
+"""The engine beside the inference frameworks users pick for these nets: ONNX Runtime, OpenVINO (fp32, and
+its default precision: bf16 on CPUs with AVX512_BF16), ncnn through pnnx (fp32, and its fp16 defaults) and
+MNN (fp32), all in one process, called in interleaved passes (see paired_latency.py), every cell's output
+checked against eager PyTorch first (a cell that computes something else is reported, not timed). One
+interleaved run per thread count; ratios are the engine's median over the fastest fp32 peer's.
+
+    pip install -e '.[peers]'     # ncnn, pnnx, mnn (pinned)
+    python benchmarks/peer_latency.py [--threads 1 2] [--batch 1] [--passes 100] \\
+        [--output benchmarks/results/<cpu>/peers]
+
+Defaults: ShuffleNet V2 1x, ShuffleNet V1 (g = 3) 1x, MobileNet V2 1.0 and FE-Net 1.0x at 224x224, batch 1,
+on 1 thread and on every core this process may use. ``--batch 32`` gives throughput (ms per batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from shufflenet._system import usable_cores
+from shufflenet.bench.latency import latency_table, measure_paired, peer_ratios
+from shufflenet.bench.report import format_ratio, write_latency_results
+
+MODELS = ("shufflenet_v2_x1_0", "shufflenet_v1_g3_x1_0", "mobilenet_v2_x1_0", "fenet_x1_0")
+RUNTIMES = ("ort", "openvino", "openvino_default", "ncnn", "ncnn_default", "mnn", "engine")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", nargs="+", default=MODELS, metavar="MODEL", help="model specs")
+    parser.add_argument("--runtimes", nargs="+", default=RUNTIMES, metavar="NAME", help=", ".join(RUNTIMES))
+    parser.add_argument(
+        "--threads",
+        nargs="+",
+        type=int,
+        help=f"thread counts, one interleaved run each (default 1 {usable_cores()})",
+    )
+    parser.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    parser.add_argument("--size", type=int, default=224, help="square input size (default 224)")
+    parser.add_argument("--passes", type=int, default=100, help="timed calls per cell (default 100)")
+    parser.add_argument("--warmup", type=int, default=10, help="calls per cell before timing (default 10)")
+    parser.add_argument("--output", type=Path, help="write latency.md/.csv/.json into this folder")
+    args = parser.parse_args(argv)
+    if args.batch < 1 or args.passes < 1 or args.size < 32:
+        parser.error("--batch and --passes must be positive and --size at least 32")
+    thread_counts = args.threads or sorted({1, usable_cores()})
+    cells = []
+    for threads in thread_counts:
+        cells += measure_paired(
+            args.models,
+            size=(args.size, args.size),
+            runtimes=args.runtimes,
+            passes=args.passes,
+            warmup=args.warmup,
+            threads=threads,
+            batch=args.batch,
+        )
+    table = latency_table(cells)
+    ratios = peer_ratios(cells)
+    print(table)
+    for cell in cells:
+        if cell.error:
+            print(f"- {cell.model} on {cell.runtime}, {cell.threads} thread(s): {cell.error}")
+    for ratio in ratios:
+        print(format_ratio(*ratio))
+    if args.output:
+        command = [Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]
+        for path in write_latency_results(cells, table, ratios, args.output, command=command).values():
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
