@@ -614,12 +614,43 @@ static void barrier(Pool* pool) {
         if (spins > 4000) sched_yield();
 }
 
-/* Thread t's part of a run: every operation's share, a barrier after each. Thread 0 keeps the profile. */
+/* Multiply-adds (or moves) in an operation: one below SERIAL_WORK runs on thread 0 alone, as splitting it
+   would cost more in barriers than it saves. */
+#ifndef SERIAL_WORK
+#define SERIAL_WORK 16384
+#endif
+static int64_t work_of(const Op* op) {
+    switch (op->code) {
+    case OP_POINTWISE: {
+        const PointwiseOp* o = &op->as.pointwise;
+        return o->lines * o->line_length * o->groups * o->k_per_group * o->n_per_group;
+    }
+    case OP_DEPTHWISE: return 9 * op->as.depthwise.out_height * op->as.depthwise.out_width * op->as.depthwise.channels;
+    case OP_POOL: return 9 * op->as.pool.out_height * op->as.pool.out_width * op->as.pool.channels;
+    case OP_SCALE: return op->as.scale.pixels * op->as.scale.channels;
+    case OP_GLOBAL_AVERAGE: return op->as.global_average.pixels * op->as.global_average.channels;
+    case OP_PAD_INPUT: return op->as.pad_input.channels * op->as.pad_input.height * op->as.pad_input.width;
+    case OP_COPY: return op->as.copy.pixels * op->as.copy.source_stride;
+    }
+    return 0;
+}
+
+static int is_split(const Pool* pool, int i) { return pool->threads > 1 && work_of(pool->ops + i) >= SERIAL_WORK; }
+
+/* Thread t's part of a run: its share of every split operation; thread 0 runs the small ones alone. A
+   barrier follows each operation unless it and the next both run on thread 0 alone (then program order
+   suffices), and ends the run. Thread 0 keeps the profile. */
 static void run_all(Pool* pool, int t) {
     double start = pool->seconds && t == 0 ? seconds_now() : 0.0;
+    int split = pool->n_ops > 0 && is_split(pool, 0);
     for (int i = 0; i < pool->n_ops; i++) {
-        run_share(pool->ops + i, pool->buffers, pool->floats, pool->ints, t, pool->threads);
-        barrier(pool);
+        if (split)
+            run_share(pool->ops + i, pool->buffers, pool->floats, pool->ints, t, pool->threads);
+        else if (t == 0)
+            run_share(pool->ops + i, pool->buffers, pool->floats, pool->ints, 0, 1);
+        const int next = i + 1 < pool->n_ops && is_split(pool, i + 1);
+        if (split || next || i + 1 == pool->n_ops) barrier(pool);
+        split = next;
         if (pool->seconds && t == 0) {
             const double end = seconds_now();
             pool->seconds[i] += end - start;
