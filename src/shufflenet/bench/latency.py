@@ -206,15 +206,12 @@ ENGINE_FAMILIES = ("shufflenet_v1_g", "shufflenet_v2", "mobilenet_v1", "mobilene
 
 def skip_reason(model: str, runtime: str) -> str | None:
     """Cells that do not apply: our deploy path only rewrites our own models; the engine runs our
-    ShuffleNet V1/V2, MobileNet V1/V2, FE-Net (without squeeze-excite) and ShiftResNet, at any thread
-    count."""
+    ShuffleNet V1/V2, MobileNet V1/V2, FE-Net and ShiftResNet (not the dense Table 4 peers), at any
+    thread count."""
     if runtime in ("ours", "eager_deploy") and model.startswith(ANCHOR_PREFIX):
         return "the deploy path rewrites our models only"
     if runtime == "engine" and not model.startswith(ENGINE_FAMILIES):
         return "the engine runs our ShuffleNet, MobileNet, FE-Net and ShiftResNet"
-    name, args = parse_model_spec(model)
-    if runtime == "engine" and name.startswith("fenet") and (args.get("se") or name.endswith("_se")):
-        return "the engine does not run FE-Net's squeeze-excite units (between a shift and its conv)"
     return None
 
 

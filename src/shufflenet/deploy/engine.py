@@ -468,6 +468,32 @@ class _Planner:
         )
         return _Feature(buffer, height, width, stride, [offset + p for p in source.positions])
 
+    def gather(
+        self,
+        source: _Feature,
+        index: Sequence[int],
+        lines: tuple[Sequence[int], int],
+        line_length: int,
+        target: tuple[int, int, int],
+    ) -> None:
+        """Copy channels read at ``index`` offsets (lines of pixels as the pointwise conv's) into
+        ``target`` = (buffer, stride, channel offset), in order."""
+        line_starts, step = lines
+        buffer, stride, offset = target
+        self.op(
+            "gather",
+            source=source.buffer,
+            line_starts=self.add_ints(line_starts),
+            lines=len(line_starts),
+            line_length=line_length,
+            step=step,
+            index=self.add_ints(index),
+            channels=len(index),
+            target=buffer,
+            target_stride=stride,
+            target_offset=offset,
+        )
+
     def global_average(self, source: _Feature, target: int) -> None:
         """The mean of each of ``source``'s physical channels into buffer ``target`` (same positions)."""
         self.op(
@@ -691,17 +717,21 @@ class _Placement:
         # A shift is addressing: its input map is stored with a zero border of ``margin`` pixels, and the 1x1
         # convs that read the shifted map read the input at each channel's displacement (Chen et al. 2019,
         # Fig. 2e: unshifted channels cost nothing, shifted ones no copy either).
-        self.shifts: dict[int, Shift] = {}  # shifted map -> its Shift operation
+        # A shift read by anything but 1x1 convs (FE-Net's squeeze-excite) is made real by a gather with the
+        # same addressing.
+        self.shifts: dict[int, Shift] = {}  # shifted map -> its Shift operation, read by addressing
         self.margins: dict[int, int] = {}  # bordered map -> margin
         self.busy_borders: set[str] = set()
         for op in program.operations:
             if isinstance(op, Shift):
-                self._check_shift(op)
-                self.shifts[op.target.map] = op
                 self.margins[op.source.map] = max(max(map(abs, op.dy)), max(map(abs, op.dx)))
-                self.last_read[op.source.map] = self.last_read.get(op.target.map, -1)
+                if self._addressable(op):
+                    self.shifts[op.target.map] = op
+                    self.last_read[op.source.map] = self.last_read.get(op.target.map, -1)
 
-    def _check_shift(self, shift: Shift) -> None:
+    def _addressable(self, shift: Shift) -> bool:
+        """Whether only 1x1 convs read ``shift``'s output (so they can read its input at each channel's
+        displacement). Raises unless a 1x1 conv alone writes its input and nothing else reads that."""
         readers = [op for op in self.program.operations if shift.target.map in [r.map for r in _reads(op)]]
         others = [
             op
@@ -717,15 +747,13 @@ class _Placement:
                 and writers[0].kind == "pointwise"
                 and writers[0].residual is None
             )
-            or not all(
-                isinstance(op, Conv) and _strided_1x1(op) and op.source.map == shift.target.map
-                for op in readers
-            )
-            or any(getattr(op, "residual", None) and op.residual.map == shift.target.map for op in readers)
         ):
             raise EngineUnavailable(
-                "the engine runs a shift between a 1x1 conv and the 1x1 convs that read it"
+                "the engine runs a shift of a map that one 1x1 conv writes and only it reads"
             )
+        return all(
+            isinstance(op, Conv) and _strided_1x1(op) and op.source.map == shift.target.map for op in readers
+        ) and not any(getattr(op, "residual", None) and op.residual.map == shift.target.map for op in readers)
 
     def read(self, read: Read) -> _Feature:
         feature = self.features[read.map]
@@ -759,20 +787,21 @@ class _Placement:
         )
         return (buffer, stride, (margin * pitch + margin) * stride), pitch
 
-    def shifted_read(self, op: Conv) -> tuple[_Feature, list[int], tuple[list[int], int]]:
-        """(the bordered input, per-channel offsets, (line starts, step)) for a 1x1 conv reading a shifted
-        map: channel k is read ``dy`` rows up and ``dx`` columns left of the output pixel."""
-        shift = self.shifts[op.source.map]
+    def shifted_read(
+        self, shift: Shift, channels: Sequence[int], stride: int, out_height: int
+    ) -> tuple[_Feature, list[int], tuple[list[int], int]]:
+        """(the bordered input, per-channel offsets, (line starts, step)) for reading ``channels`` of
+        ``shift``'s output at ``stride``: channel k is read ``dy`` rows up and ``dx`` columns left of the
+        output pixel."""
         source = self.features[shift.source.map]
         margin = self.margins[shift.source.map]
         pitch = source.width + 2 * margin
         index = []
-        for k in op.source.channels:
+        for k in channels:
             position = source.positions[shift.source.channels[k]]
             index.append(position + ((margin - shift.dy[k]) * pitch + (margin - shift.dx[k])) * source.stride)
-        out = self.program.maps[op.target.map]
-        row = op.stride * pitch * source.stride
-        return source, index, ([oy * row for oy in range(out.height)], op.stride * source.stride)
+        row = stride * pitch * source.stride
+        return source, index, ([oy * row for oy in range(out_height)], stride * source.stride)
 
     def target(self, op: Operation) -> tuple[int, int, int]:
         """(buffer, pixel stride, channel offset) of ``op``'s output, placing its map on first write."""
@@ -845,7 +874,10 @@ def _one_by_one(planner: _Planner, place: _Placement, op: Conv, index: int) -> N
         raise EngineUnavailable("the engine runs a 1x1 conv between two shifts only with a copy between them")
     addressing: dict = {}
     if op.source.map in place.shifts:
-        source, addressing["index"], addressing["lines"] = place.shifted_read(op)
+        shift = place.shifts[op.source.map]
+        source, addressing["index"], addressing["lines"] = place.shifted_read(
+            shift, op.source.channels, op.stride, out.height
+        )
         addressing["size"] = (out.height, out.width)
     else:
         source = place.read(op.source)
@@ -957,8 +989,13 @@ def _plan(planner: _Planner, program: Program) -> _Feature:
             _one_by_one(planner, place, op, index)
         elif isinstance(op, SqueezeExcite):
             _squeeze_excite(planner, place, op, index)
-        elif isinstance(op, Shift):
+        elif isinstance(op, Shift) and op.target.map in place.shifts:
             pass  # addressing: the convs that read its output read its input at each channel's displacement
+        elif isinstance(op, Shift):
+            out = program.maps[op.target.map]
+            source, index, lines = place.shifted_read(op, range(out.channels), 1, out.height)
+            buffer, stride, offset = place.target(op)
+            planner.gather(source, index, lines, out.width, (buffer, stride, offset))
         elif isinstance(op, Conv) and op.kind == "depthwise":
             if op.weight.shape[2:] != (3, 3) or op.padding != 1 or op.residual is not None:
                 raise EngineUnavailable(

@@ -465,6 +465,18 @@ static void scale_channels(const float* in, int in_stride, int C, const float* l
     }
 }
 
+/* Lines [l_begin, l_end) of a gather: channel c of pixel i of line l from in + line_base[l] + i * step +
+   idx[c]; outputs consecutive. */
+static void gather(const float* in, const int32_t* line_base, int line_len, int step, const int32_t* idx, int C,
+                   float* out, int out_stride, int out_offset, int l_begin, int l_end) {
+    for (int l = l_begin; l < l_end; l++)
+        for (int i = 0; i < line_len; i++) {
+            const float* source = in + line_base[l] + (size_t)i * step;
+            float* target = out + ((size_t)l * line_len + i) * out_stride + out_offset;
+            for (int c = 0; c < C; c++) target[c] = source[idx[c]];
+        }
+}
+
 /* Copy an NCHW image into the interior of a zero-bordered (H+2) x (W+2) NCHW buffer. */
 static void pad_input(const float* in, int H, int W, float* out, int c_begin, int c_end) {
     const int Wp = W + 2;
@@ -566,6 +578,13 @@ static void run_share(const Op* op, float* const* buffers, const float* floats, 
                   ints + o->runs, (int)o->run_count, begin, end);
         break;
     }
+    case OP_GATHER: {
+        const GatherOp* o = &op->as.gather;
+        share((int)o->lines, 1, t, T, &begin, &end);
+        gather(buffers[o->source], ints + o->line_starts, (int)o->line_length, (int)o->step, ints + o->index,
+               (int)o->channels, buffers[o->target], (int)o->target_stride, (int)o->target_offset, begin, end);
+        break;
+    }
     case OP_GLOBAL_AVERAGE: {
         const GlobalAverageOp* o = &op->as.global_average;
         share((int)o->channels, 16, t, T, &begin, &end); /* whole cache lines per thread */
@@ -631,6 +650,7 @@ static int64_t work_of(const Op* op) {
     case OP_GLOBAL_AVERAGE: return op->as.global_average.pixels * op->as.global_average.channels;
     case OP_PAD_INPUT: return op->as.pad_input.channels * op->as.pad_input.height * op->as.pad_input.width;
     case OP_COPY: return op->as.copy.pixels * op->as.copy.source_stride;
+    case OP_GATHER: return op->as.gather.lines * op->as.gather.line_length * op->as.gather.channels;
     }
     return 0;
 }

@@ -13,7 +13,7 @@
 
 #include <stdint.h>
 
-#define SHUFFLENET_ENGINE_ABI 3
+#define SHUFFLENET_ENGINE_ABI 4
 
 enum {
     OP_PAD_INPUT = 0,      /* NCHW input -> zero-bordered NCHW copy (the stem conv reads it by index) */
@@ -23,6 +23,7 @@ enum {
     OP_COPY = 4,           /* per-pixel copy of channel runs */
     OP_GLOBAL_AVERAGE = 5, /* mean over pixels */
     OP_SCALE = 6,          /* squeeze-and-excitation's gate: channels times sigmoid(gate), + residual, act */
+    OP_GATHER = 7,         /* per-pixel copy of channels read through an index table (a shift made real) */
 };
 
 /* Activations applied in an operation's epilogue. */
@@ -133,6 +134,21 @@ typedef struct {
     int64_t activation;
 } ScaleOp;
 
+/* out[p, target_offset + c] = in[line_starts[l] + i * step + index[c]] for pixel i of line l: the
+   pointwise conv's addressing without the GEMM (a shift read by an operation that is not a 1x1 conv). */
+typedef struct {
+    int64_t source;
+    int64_t line_starts;
+    int64_t lines;
+    int64_t line_length;
+    int64_t step;
+    int64_t index;
+    int64_t channels;
+    int64_t target;
+    int64_t target_stride;
+    int64_t target_offset;
+} GatherOp;
+
 typedef struct {
     int64_t code;
     union {
@@ -143,6 +159,7 @@ typedef struct {
         CopyOp copy;
         GlobalAverageOp global_average;
         ScaleOp scale;
+        GatherOp gather;
     } as;
 } Op;
 
