@@ -102,7 +102,9 @@ def test_aarch64_neon_build_matches_pytorch_under_emulation(name, kwargs, size, 
     batch, reference = _batch_and_reference(model, size)
     plan = plan_engine(model, size, lanes=ISAS["neon"][2])
     plan.save(tmp_path / "model.plan")
-    _assert_matches(run_saved_plan(command, tmp_path / "model.plan", batch), reference)
+    alone = run_saved_plan(command, tmp_path / "model.plan", batch)
+    _assert_matches(alone, reference)
+    np.testing.assert_array_equal(run_saved_plan(command, tmp_path / "model.plan", batch, threads=3), alone)
 
 
 def _saved_plan(tmp_path, lanes):

@@ -218,15 +218,18 @@ def build_runner(isa: str) -> tuple[list[str], Path]:
     return [*prefix, str(executable)], executable
 
 
-def run_saved_plan(command: Sequence[str], plan: str | os.PathLike, batch: np.ndarray) -> np.ndarray:
+def run_saved_plan(
+    command: Sequence[str], plan: str | os.PathLike, batch: np.ndarray, *, threads: int = 1
+) -> np.ndarray:
     """Logits of ``batch`` (N x C x H x W) from the runner ``command`` (:func:`build_runner`) on a saved
-    plan. Raises :class:`EngineUnavailable` with the runner's message if it fails."""
+    plan, on ``threads`` threads. Raises :class:`EngineUnavailable` with the runner's message if it
+    fails."""
     batch = np.ascontiguousarray(batch, dtype=np.float32)
     with tempfile.TemporaryDirectory() as folder:
         images, logits = Path(folder) / "input.f32", Path(folder) / "logits.f32"
         images.write_bytes(batch.tobytes())
         result = subprocess.run(
-            [*command, str(plan), str(images), str(logits)], capture_output=True, text=True
+            [*command, str(plan), str(images), str(logits), "0", str(threads)], capture_output=True, text=True
         )
         if result.returncode != 0:
             raise EngineUnavailable(result.stderr.strip() or f"the runner failed ({result.returncode})")
