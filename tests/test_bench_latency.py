@@ -73,7 +73,7 @@ def test_engine_cells_only_for_the_families_it_runs():
         skip_reason("fenet_x1_375_se", "engine") is None
         and skip_reason("fenet_x1_0[se=true]", "engine") is None
     )
-    assert skip_reason("shufflenet_v1_peer_resnet_38m", "engine")  # dense 3x3 convs
+    assert skip_reason("shufflenet_v1_peer_resnet_38m", "engine") is None  # dense 3x3 convs too
     assert skip_reason("shufflenet_v1_g3_x1_0[se=true]", "engine") is None
     assert skip_reason("torchvision:alexnet", "engine")
     assert skip_reason("torchvision:alexnet", "ours") and skip_reason("torchvision:alexnet", "ort") is None
@@ -249,7 +249,7 @@ def test_paired_cells_are_timed_in_one_process_in_turn():
     cells = measure_paired(
         [
             "shufflenet_v1_g3_x0_5[num_classes=10,small_input=true]",
-            "shufflenet_v1_peer_resnet_13m[num_classes=10]",
+            "torchvision:shufflenet_v2_x0_5",
         ],
         size=(32, 32),
         runtimes=["eager", "engine"],
@@ -257,11 +257,11 @@ def test_paired_cells_are_timed_in_one_process_in_turn():
         warmup=1,
         progress=False,
     )
-    # The engine cell of the ResNet peer is skipped (dense 3x3 convs), the others timed.
-    assert [(cell.model.split("_")[2], cell.runtime) for cell in cells] == [
-        ("g3", "eager"),
-        ("g3", "engine"),
-        ("peer", "eager"),
+    # The engine cell of torchvision's net is skipped (the engine runs this library's models).
+    assert [(cell.model.split("_")[0], cell.runtime) for cell in cells] == [
+        ("shufflenet", "eager"),
+        ("shufflenet", "engine"),
+        ("torchvision:shufflenet", "eager"),
     ]
     assert all(cell.median_ms > 0 and cell.p90_ms >= cell.median_ms and cell.repeats == 3 for cell in cells)
     assert cells[0].mflops != cells[2].mflops and cells[0].mflops == cells[1].mflops  # counted per spec

@@ -1,21 +1,25 @@
-"""Our own inference engine for ShuffleNet V1 and V2 (batch-1 CPU latency): the whole network as one C call
-on NHWC float32 buffers (``csrc/engine.c``, compiled on first use for AVX-512 or AVX2 + FMA, whichever
-is the widest the CPU has).
+"""Our own inference engine (batch-1 CPU latency) for every registered model: the whole network as one C
+call on NHWC float32 buffers (``csrc/engine.c`` over the vector layer of ``csrc/vector.h``, compiled on
+first use for AVX-512, AVX2 + FMA, NEON or plain C, the widest the CPU runs), on a persistent pool of
+threads that split each operation.
 
 Why it is faster than running the deploy graph in ONNX Runtime or OpenVINO: in those runtimes every channel
-shuffle, split and concatenation is a data-movement op, and an op that their blocked (NCHWc) kernels do not
-support costs two layout reorders around it. Here those ops are addressing, decided once when the plan is
-built (Zhang et al. 2018, section 3.1; Ma et al. 2018, section 3):
+shuffle, split, concatenation and shift is a data-movement op, and an op that their blocked (NCHWc) kernels
+do not support costs two layout reorders around it. Here those ops are addressing, decided once when the
+plan is built (Zhang et al. 2018, section 3.1; Ma et al. 2018, section 3; Chen et al. 2019, Fig. 2):
 
 - a pointwise (1x1) conv reads its input channels through an index table, so a channel shuffle, or the
-  split of V2's unit, is the order in which the next conv reads, and costs nothing;
+  split of V2's unit, is the order in which the next conv reads, and costs nothing; a shift is the offset
+  at which it reads each channel of a zero-bordered map;
 - every conv writes its output at a channel offset of a shared buffer, so V2's and V1's concatenations are
   where the branches write; only V2's kept half is copied (a few contiguous runs per pixel);
-- BN is folded into the conv before it; the residual add and ReLU are the pointwise conv's epilogue.
+- BN is folded into the conv before it; the residual add and ReLU/ReLU6 are the conv's epilogue.
 
 The plan is made from the model's one lowering (:mod:`shufflenet.deploy.lower`), which says what to
 compute; this module only says where each map lives (buffers handed out at a map's first write and taken
-back after its last read) and packs the weights for the kernels.
+back after its last read) and packs the weights for the kernels. The plan's layout is defined once, in
+``csrc/engine.h`` (:mod:`shufflenet.deploy.engine_abi`); a plan can be saved and run without Python
+(``csrc/runner.c``).
 
 The 1x1 convs run as a register-tiled GEMM (AVX2: 6 pixels x 16 channels, or 4 x 20/24; AVX-512: 12 x 32
 or 8 x 40/48); the depthwise convs and pools are vectorised over channels. ``build_engine(model, (H, W))``
@@ -478,9 +482,11 @@ class _Planner:
         lines: tuple[Sequence[int], int],
         line_length: int,
         target: tuple[int, int, int],
+        target_pitch: int = 0,
     ) -> None:
         """Copy channels read at ``index`` offsets (lines of pixels as the pointwise conv's) into
-        ``target`` = (buffer, stride, channel offset), in order."""
+        ``target`` = (buffer, stride, channel offset), in order; output lines ``target_pitch`` pixels
+        apart (0: packed)."""
         line_starts, step = lines
         buffer, stride, offset = target
         self.op(
@@ -495,6 +501,7 @@ class _Planner:
             target=buffer,
             target_stride=stride,
             target_offset=offset,
+            target_pitch=target_pitch,
         )
 
     def global_average(self, source: _Feature, target: int) -> None:
@@ -911,6 +918,50 @@ def _one_by_one(planner: _Planner, place: _Placement, op: Conv, index: int) -> N
     )
 
 
+def _dense_3x3(planner: _Planner, place: _Placement, op: Conv, index: int) -> None:
+    """A dense (or grouped) 3x3 conv with padding 1 after the stem (the Table 4 peers' VGG-like, ResNet and
+    ResNeXt units): its input copied into a zero-bordered map of its own, then a GEMM whose index table
+    reads each output pixel's 3x3 window there, as the stem reads the image."""
+    source = place.read(op.source)
+    residual = place.read(op.residual) if op.residual is not None else None
+    if residual is not None and not _contiguous(residual):
+        raise EngineUnavailable("a residual must lie in channel order")
+    channels, height, width = source.channels, source.height, source.width
+    stride, pitch = _round_up(channels), width + 2
+    # A buffer per conv: nothing else writes it, so its border stays zero.
+    bordered = planner.buffer(f"bordered-{index}", (height + 2) * pitch * stride)
+    planner.gather(
+        source,
+        source.positions,
+        ([y * width * source.stride for y in range(height)], source.stride),
+        width,
+        (bordered, stride, (pitch + 1) * stride),
+        target_pitch=pitch,
+    )
+    out = place.program.maps[op.target.map]
+    in_per_group = channels // op.groups
+    c, ky, kx = np.meshgrid(np.arange(in_per_group), np.arange(3), np.arange(3), indexing="ij")
+    window = ((ky * pitch + kx) * stride + c).ravel()
+    taps = np.concatenate([window + group * in_per_group for group in range(op.groups)])
+    row = op.stride * pitch * stride
+    if residual is not None and place.in_place(op, index):
+        target = (residual.buffer, residual.stride, residual.positions[0])
+    else:
+        target = place.target(op)
+    planner.pointwise(
+        _Feature(bordered, height + 2, width + 2, stride, list(range(channels))),
+        op.weight,
+        op.bias,
+        groups=op.groups,
+        activation=_activation_code(op.activation),
+        target=target,
+        residual=residual,
+        lines=([oy * row for oy in range(out.height)], op.stride * stride),
+        index=taps,
+        size=(out.height, out.width),
+    )
+
+
 def _squeeze_excite(planner: _Planner, place: _Placement, op: SqueezeExcite, index: int) -> None:
     """Squeeze-and-excitation (Zhang et al. 2018, Table 5): the channel means, two small 1x1 convs on them,
     then every channel scaled by the sigmoid of its gate, with the residual add and activation."""
@@ -990,6 +1041,8 @@ def _plan(planner: _Planner, program: Program) -> _Feature:
             place.roles[op.target.map] = "stem"
         elif isinstance(op, Conv) and (op.kind == "pointwise" or _strided_1x1(op)):
             _one_by_one(planner, place, op, index)
+        elif isinstance(op, Conv) and op.kind == "conv" and op.weight.shape[2:] == (3, 3) and op.padding == 1:
+            _dense_3x3(planner, place, op, index)
         elif isinstance(op, SqueezeExcite):
             _squeeze_excite(planner, place, op, index)
         elif isinstance(op, Shift) and op.target.map in place.shifts:
@@ -1052,10 +1105,9 @@ def _plan(planner: _Planner, program: Program) -> _Feature:
 def build_engine(
     model: nn.Module, input_size: tuple[int, int], *, isa: str | None = None, threads: int | None = None
 ) -> Engine:
-    """Plan ``model`` (in eval mode: every registered family but FE-Net with SE and the dense Table 4
-    peers) for ``input_size`` = (H, W) inputs, run by the engine compiled for ``isa`` (default: the widest
-    this CPU has, see :func:`engine_isa`) on ``threads`` threads (default: every core this process may
-    use), which split each operation's work between them.
+    """Plan ``model`` (in eval mode: any registered model) for ``input_size`` = (H, W) inputs, run by the
+    engine compiled for ``isa`` (default: the widest this CPU has, see :func:`engine_isa`) on ``threads``
+    threads (default: every core this process may use), which split each operation's work between them.
     The plan follows the model's one lowering (:func:`shufflenet.deploy.lower.lower`). Raises
     :class:`EngineUnavailable` for other networks or layers the engine does not run, ValueError for a
     model in training mode or an input size the model refuses. The engine keeps its own copy of the

@@ -468,11 +468,12 @@ static void scale_channels(const float* in, int in_stride, int C, const float* l
 /* Lines [l_begin, l_end) of a gather: channel c of pixel i of line l from in + line_base[l] + i * step +
    idx[c]; outputs consecutive. */
 static void gather(const float* in, const int32_t* line_base, int line_len, int step, const int32_t* idx, int C,
-                   float* out, int out_stride, int out_offset, int l_begin, int l_end) {
+                   float* out, int out_stride, int out_offset, int out_pitch, int l_begin, int l_end) {
+    const size_t pitch = out_pitch ? (size_t)out_pitch : (size_t)line_len;
     for (int l = l_begin; l < l_end; l++)
         for (int i = 0; i < line_len; i++) {
             const float* source = in + line_base[l] + (size_t)i * step;
-            float* target = out + ((size_t)l * line_len + i) * out_stride + out_offset;
+            float* target = out + ((size_t)l * pitch + i) * out_stride + out_offset;
             for (int c = 0; c < C; c++) target[c] = source[idx[c]];
         }
 }
@@ -582,7 +583,8 @@ static void run_share(const Op* op, float* const* buffers, const float* floats, 
         const GatherOp* o = &op->as.gather;
         share((int)o->lines, 1, t, T, &begin, &end);
         gather(buffers[o->source], ints + o->line_starts, (int)o->line_length, (int)o->step, ints + o->index,
-               (int)o->channels, buffers[o->target], (int)o->target_stride, (int)o->target_offset, begin, end);
+               (int)o->channels, buffers[o->target], (int)o->target_stride, (int)o->target_offset,
+               (int)o->target_pitch, begin, end);
         break;
     }
     case OP_GLOBAL_AVERAGE: {

@@ -13,7 +13,7 @@
 
 #include <stdint.h>
 
-#define SHUFFLENET_ENGINE_ABI 4
+#define SHUFFLENET_ENGINE_ABI 5
 
 enum {
     OP_PAD_INPUT = 0,      /* NCHW input -> zero-bordered NCHW copy (the stem conv reads it by index) */
@@ -135,7 +135,9 @@ typedef struct {
 } ScaleOp;
 
 /* out[p, target_offset + c] = in[line_starts[l] + i * step + index[c]] for pixel i of line l: the
-   pointwise conv's addressing without the GEMM (a shift read by an operation that is not a 1x1 conv). */
+   pointwise conv's addressing without the GEMM (a shift read by an operation that is not a 1x1 conv, a
+   map copied into a zero-bordered one for a dense 3x3 conv). Output line l starts at pixel
+   l * target_pitch (0: line_length). */
 typedef struct {
     int64_t source;
     int64_t line_starts;
@@ -147,6 +149,7 @@ typedef struct {
     int64_t target;
     int64_t target_stride;
     int64_t target_offset;
+    int64_t target_pitch;
 } GatherOp;
 
 typedef struct {
