@@ -147,7 +147,8 @@ def test_runs_are_keyed_by_what_they_learn_so_tables_share_cells(tmp_path):
     )
     assert changed.name.startswith("fashion-mnist-1k-") and changed != folder2
     shift_run = reproduce.plan(TABLES["shift-t1"], budget=budget, seeds=1, output=tmp_path)[1][0]
-    assert shift_run.config.shift_norm == "l2"  # the table's own settings
+    assert shift_run.config.shift_norm == "l2"  # the table's own settings: the shift paper's protocol
+    assert (shift_run.config.optimizer, shift_run.config.lr, shift_run.config.momentum) == ("sgd", 0.1, 0.9)
     with pytest.raises(ValueError, match="no cell of shufflenet-t2"):
         reproduce.plan(TABLES["shufflenet-t2"], output=tmp_path, only=lambda cell: False)
 

@@ -425,10 +425,21 @@ SHIFT_T1 = PaperTable(
             ),
         ),
     ),
-    # The paper's L2 shift loss (section 4.1), at lambda 0 for these rows. The shift layers train about
-    # 1.5x faster on CPU in the contiguous layout than in channels_last (the fashion-mnist-shift recipe's
-    # choice too); the layout changes no result.
-    settings={"shift_norm": "l2", "shift_lambda": 0.0, "channels_last": False},
+    # The paper's protocol (section 4.1): SGD at lr 0.1 with momentum 0.9 and weight decay 5e-4, the L2 shift
+    # loss at lambda 0 for these rows. Not the reproduce recipe's AdamW: an AdamW step moves a parameter by
+    # about the learning rate, so in 235 steps at 2e-3 no displacement (alpha, beta) can travel the 0.5 that
+    # changes its rounded shift, and the SSL nets trained exactly as the grouped-shift ones (measured: the
+    # same error to the hundredth, seed for seed). The shift layers train about 1.5x faster on CPU in the
+    # contiguous layout than in channels_last; the layout changes no result.
+    settings={
+        "optimizer": "sgd",
+        "lr": 0.1,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "shift_norm": "l2",
+        "shift_lambda": 0.0,
+        "channels_last": False,
+    },
 )
 
 TABLES = {
