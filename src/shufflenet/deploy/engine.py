@@ -74,8 +74,8 @@ from shufflenet.models._base import ClassifierNet
 
 CSRC = Path(__file__).with_name("csrc")
 SOURCE = CSRC / "engine.c"
-# What a build compiles from: the kernels, the plan's layout, the vector layer.
-SOURCES = (SOURCE, HEADER, CSRC / "vector.h")
+# What every build includes besides its sources: the plan's layout, the vector layer.
+HEADERS = (HEADER, CSRC / "vector.h")
 RUNNER_SOURCE = CSRC / "runner.c"
 # Instruction sets the engine compiles for (csrc/vector.h): (compiler flags, x86 CPU flags they need,
 # floats per vector). NEON is part of every aarch64 CPU; the plain-C build runs anywhere, slowly.
@@ -132,6 +132,14 @@ def engine_isa() -> str:
 _LIBRARIES: dict[str, ctypes.CDLL] = {}
 
 
+def _compiler() -> str:
+    """The C compiler (``$CC``, default ``cc``), or :class:`EngineUnavailable` saying to install one."""
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if compiler is None:
+        raise EngineUnavailable("the shufflenet engine is compiled on first use; install a C compiler (cc)")
+    return compiler
+
+
 def _build(
     name: str,
     compiler: str,
@@ -144,7 +152,7 @@ def _build(
     them), reused while the sources, the compiler and the flags are unchanged; older builds of ``name``
     are deleted."""
     identity = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    key = b"".join(path.read_bytes() for path in SOURCES) + RUNNER_SOURCE.read_bytes()
+    key = b"".join(path.read_bytes() for path in (*sources, *HEADERS))
     key += " ".join((compiler, identity, *flags, *link)).encode()
     cache = cache_dir()
     target = cache / f"{name}-{hashlib.sha256(key).hexdigest()[:16]}{suffix}"
@@ -178,10 +186,7 @@ def load_library(isa: str | None = None) -> ctypes.CDLL:
         return _LIBRARIES[isa]
     if isa not in isas_here():
         raise EngineUnavailable(f"this {_machine()} CPU cannot load the engine built for {isa}")
-    compiler = shutil.which(os.environ.get("CC", "cc"))
-    if compiler is None:
-        raise EngineUnavailable("the shufflenet engine is compiled on first use; install a C compiler (cc)")
-    target = _build(f"engine-{isa}", compiler, (*COMPILE_FLAGS, *ISAS[isa][0]), [SOURCE], ".so")
+    target = _build(f"engine-{isa}", _compiler(), (*COMPILE_FLAGS, *ISAS[isa][0]), [SOURCE], ".so")
     library = ctypes.CDLL(str(target))
     library.shufflenet_engine_run.restype = None
     library.shufflenet_engine_run.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 5
@@ -204,7 +209,6 @@ def build_runner(isa: str) -> tuple[list[str], Path]:
         raise EngineUnavailable(f"no engine build for {isa!r}: use one of {', '.join(ISAS)}")
     flags = ["-O3", "-std=gnu11", "-pthread", *ISAS[isa][0]]
     prefix: list[str] = []
-    compiler = shutil.which(os.environ.get("CC", "cc"))
     if isa == "neon" and _machine() != "aarch64":
         compiler = shutil.which(AARCH64_CROSS_COMPILER)
         emulator = shutil.which("qemu-aarch64")
@@ -216,8 +220,8 @@ def build_runner(isa: str) -> tuple[list[str], Path]:
         prefix = [emulator]
     elif isa not in isas_here():
         raise EngineUnavailable(f"this {_machine()} CPU cannot run the engine built for {isa}")
-    if compiler is None:
-        raise EngineUnavailable("the shufflenet engine is compiled on first use; install a C compiler (cc)")
+    else:
+        compiler = _compiler()
     executable = _build(f"runner-{isa}", compiler, flags, [RUNNER_SOURCE, SOURCE], "", link=["-lm"])
     return [*prefix, str(executable)], executable
 
@@ -665,6 +669,13 @@ class Engine:
         return logits
 
 
+def _window_taps(channels: int, *, channel_step: int, row_step: int, pixel_step: int) -> np.ndarray:
+    """Offsets of a 3x3 window's taps from its top-left input, in a conv weight's (channel, ky, kx)
+    order, for a map whose channels, rows and pixels lie the given numbers of floats apart."""
+    c, ky, kx = np.meshgrid(np.arange(channels), np.arange(3), np.arange(3), indexing="ij")
+    return (c * channel_step + ky * row_step + kx * pixel_step).ravel()
+
+
 def _stem(planner: _Planner, op: Conv, channels: int, height: int, width: int) -> _Feature:
     """The first conv (3x3, padding 1, any stride) as a GEMM over the zero-bordered image."""
     stride = op.stride
@@ -680,8 +691,7 @@ def _stem(planner: _Planner, op: Conv, channels: int, height: int, width: int) -
     out_h, out_w = (height - 1) // stride + 1, (width - 1) // stride + 1
     row = width + 2
     line_starts = [stride * oy * row for oy in range(out_h)]
-    c, ky, kx = np.meshgrid(np.arange(channels), np.arange(3), np.arange(3), indexing="ij")
-    index = (c * (height + 2) * row + ky * row + kx).ravel()
+    index = _window_taps(channels, channel_step=(height + 2) * row, row_step=row, pixel_step=1)
     source = _Feature(padded, height + 2, width + 2, 1, [])
     return planner.pointwise(
         source,
@@ -855,6 +865,23 @@ class _Placement:
         self.last_read.pop(residual.map)
         return True
 
+    def residual(self, op: Conv | SqueezeExcite) -> _Feature | None:
+        """``op``'s residual input, if any; the epilogue adds it channel by channel, so it must lie in
+        channel order."""
+        if op.residual is None:
+            return None
+        residual = self.read(op.residual)
+        if not _contiguous(residual):
+            raise EngineUnavailable("a residual must lie in channel order")
+        return residual
+
+    def output(self, op: Conv | SqueezeExcite, residual: _Feature | None, index: int) -> tuple[int, int, int]:
+        """(buffer, pixel stride, channel offset) for ``op``'s output: over its ``residual`` where that
+        map dies with operation ``index``, else ``op``'s own map."""
+        if residual is not None and self.in_place(op, index):
+            return residual.buffer, residual.stride, residual.positions[0]
+        return self.target(op)
+
     def release(self, index: int) -> None:
         """Return the buffers of maps last read by operation ``index``."""
         for map_index, last in list(self.last_read.items()):
@@ -876,9 +903,7 @@ def _one_by_one(planner: _Planner, place: _Placement, op: Conv, index: int) -> N
     """A 1x1 conv as a GEMM over pixels: reading a shifted map at each channel's displacement, writing
     into a zero-bordered map for a shift to read, or plain (strided: every stride-th pixel of every
     stride-th row), its residual added in the epilogue, in place where the residual's map dies here."""
-    residual = place.read(op.residual) if op.residual is not None else None
-    if residual is not None and not _contiguous(residual):
-        raise EngineUnavailable("a residual must lie in channel order")
+    residual = place.residual(op)
     out = place.program.maps[op.target.map]
     if op.source.map in place.shifts and op.target.map in place.margins:
         raise EngineUnavailable("the engine runs a 1x1 conv between two shifts only with a copy between them")
@@ -902,10 +927,8 @@ def _one_by_one(planner: _Planner, place: _Placement, op: Conv, index: int) -> N
             source.stride,
         )
         addressing["size"] = (source.height, source.width)
-    elif residual is not None and place.in_place(op, index):
-        target = (residual.buffer, residual.stride, residual.positions[0])
     else:
-        target = place.target(op)
+        target = place.output(op, residual, index)
     planner.pointwise(
         source,
         op.weight,
@@ -923,9 +946,7 @@ def _dense_3x3(planner: _Planner, place: _Placement, op: Conv, index: int) -> No
     ResNeXt units): its input copied into a zero-bordered map of its own, then a GEMM whose index table
     reads each output pixel's 3x3 window there, as the stem reads the image."""
     source = place.read(op.source)
-    residual = place.read(op.residual) if op.residual is not None else None
-    if residual is not None and not _contiguous(residual):
-        raise EngineUnavailable("a residual must lie in channel order")
+    residual = place.residual(op)
     channels, height, width = source.channels, source.height, source.width
     stride, pitch = _round_up(channels), width + 2
     # A buffer per conv: nothing else writes it, so its border stays zero.
@@ -940,14 +961,10 @@ def _dense_3x3(planner: _Planner, place: _Placement, op: Conv, index: int) -> No
     )
     out = place.program.maps[op.target.map]
     in_per_group = channels // op.groups
-    c, ky, kx = np.meshgrid(np.arange(in_per_group), np.arange(3), np.arange(3), indexing="ij")
-    window = ((ky * pitch + kx) * stride + c).ravel()
+    window = _window_taps(in_per_group, channel_step=1, row_step=pitch * stride, pixel_step=stride)
     taps = np.concatenate([window + group * in_per_group for group in range(op.groups)])
     row = op.stride * pitch * stride
-    if residual is not None and place.in_place(op, index):
-        target = (residual.buffer, residual.stride, residual.positions[0])
-    else:
-        target = place.target(op)
+    target = place.output(op, residual, index)
     planner.pointwise(
         _Feature(bordered, height + 2, width + 2, stride, list(range(channels))),
         op.weight,
@@ -966,9 +983,9 @@ def _squeeze_excite(planner: _Planner, place: _Placement, op: SqueezeExcite, ind
     """Squeeze-and-excitation (Zhang et al. 2018, Table 5): the channel means, two small 1x1 convs on them,
     then every channel scaled by the sigmoid of its gate, with the residual add and activation."""
     source = place.read(op.source)
-    residual = place.read(op.residual) if op.residual is not None else None
-    if not _contiguous(source) or (residual is not None and not _contiguous(residual)):
-        raise EngineUnavailable("squeeze-excite reads and adds channels in order")
+    if not _contiguous(source):
+        raise EngineUnavailable("squeeze-excite reads its channels in order")
+    residual = place.residual(op)
     pooled = planner.buffer("se-pooled", source.stride)
     planner.global_average(source, pooled)
     squeezed = _Feature(pooled, 1, 1, source.stride, source.positions)
@@ -988,10 +1005,7 @@ def _squeeze_excite(planner: _Planner, place: _Placement, op: SqueezeExcite, ind
         activation=ACTIVATIONS["none"],
         role="se-gate",
     )
-    if residual is not None and place.in_place(op, index):
-        buffer, stride, offset = residual.buffer, residual.stride, residual.positions[0]
-    else:
-        buffer, stride, offset = place.target(op)
+    buffer, stride, offset = place.output(op, residual, index)
     planner.op(
         "scale",
         source=source.buffer,
