@@ -3,7 +3,7 @@ depthwise convs, pools, copies, ...), for several models side by side, in interl
 round of every model, then the next) so the machine's drift lands on all of them alike.
 
     python benchmarks/engine_profile.py fenet_dw_x1_0 fenet_x1_0 [--size 224] [--threads 1] \\
-        [--rounds 20] [--output benchmarks/results/<cpu>/engine-profile-fenet.md]
+        [--rounds 20] [--output benchmarks/results/<cpu>/engine-profile-fenet]
 
 Made for Chen et al. 2019's Table 6 claim (FE-Net with sparse shifts 1.35-1.4x faster than with depthwise
 convs): in the engine a shift is addressing, so FE-Net's time is its 1x1 convs, whatever its shift
@@ -13,8 +13,6 @@ pattern; FE-Net (DW) spends the difference in its depthwise convs.
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -23,7 +21,8 @@ import numpy as np
 import torch
 
 from shufflenet import create_model
-from shufflenet._system import atomic_write, cpu_info
+from shufflenet._table import markdown_table
+from shufflenet.bench.report import environment, write_record
 from shufflenet.deploy.engine import build_engine, engine_isa
 
 
@@ -43,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="engine threads (default 1)")
     parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds (default 20)")
     parser.add_argument("--repeats", type=int, default=10, help="runs per model per round (default 10)")
-    parser.add_argument("--output", type=Path, help="also write the table to this Markdown file")
+    parser.add_argument("--output", type=Path, help="write engine_profile.md/.csv/.json into this folder")
     args = parser.parse_args(argv)
     size = (args.size, args.size)
     engines, batches = {}, {}
@@ -63,28 +62,30 @@ def main(argv: list[str] | None = None) -> int:
     medians = {
         name: {kind: 1e3 * float(np.median(per[kind])) for kind in per} for name, per in totals.items()
     }
-    lines = ["| operation | " + " | ".join(args.models) + " |", "|---|" + "---:|" * len(args.models)]
-    for kind in kinds:
-        cells = [f"{medians[name].get(kind, 0.0):.2f}" for name in args.models]
-        lines.append(f"| {kind} ms | " + " | ".join(cells) + " |")
     sums = {name: sum(medians[name].values()) for name in args.models}
-    lines.append("| **total ms** | " + " | ".join(f"**{sums[name]:.2f}**" for name in args.models) + " |")
+    rows = [
+        [f"{kind} ms", *(f"{medians[name].get(kind, 0.0):.2f}" for name in args.models)] for kind in kinds
+    ]
+    rows.append(["**total ms**", *(f"**{sums[name]:.2f}**" for name in args.models)])
+    table = markdown_table(["operation", *args.models], rows)
     first = args.models[0]
-    ratios = [f"{first} / {name}: {sums[first] / sums[name]:.2f}" for name in args.models[1:]]
-    cpu = cpu_info().get("model name", platform.processor())
-    command = " ".join(argv if argv is not None else sys.argv[1:])
-    header = (
-        f"Engine profile ({engine_isa()}, {args.threads} thread(s), {args.size}x{args.size}, batch 1), "
-        f"medians of {args.rounds} interleaved rounds of {args.repeats} runs; {cpu}; torch "
-        f"{torch.__version__}; {datetime.date.today()}.\n"
-        f"Command: python benchmarks/engine_profile.py {command}\n"
+    ratios = "\n".join(f"- {first} / {name}: {sums[first] / sums[name]:.2f}" for name in args.models[1:])
+    body = (
+        f"Engine {engine_isa()}, {args.threads} thread(s), {args.size}x{args.size}, batch 1: medians of "
+        f"{args.rounds} interleaved rounds of {args.repeats} runs.\n\n{table}\n\n{ratios}\n"
     )
-    text = header + "\n" + "\n".join(lines) + "\n\n" + "\n".join(f"- {ratio}" for ratio in ratios) + "\n"
-    print(text)
+    print(body)
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(args.output, lambda handle: handle.write(text.encode()))
-        print(f"wrote {args.output}")
+        command = [Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]
+        records = [
+            {"model": name, **{kind: medians[name].get(kind, 0.0) for kind in kinds}, "total": sums[name]}
+            for name in args.models
+        ]
+        title = "Where the engine's time goes"
+        for path in write_record(
+            args.output, "engine_profile", title, body, records, environment(command)
+        ).values():
+            print(f"wrote {path}")
     return 0
 
 

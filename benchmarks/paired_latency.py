@@ -30,7 +30,7 @@ from shufflenet.bench.latency import (
     measure_paired,
     speed_claims,
 )
-from shufflenet.bench.report import format_ratio, write_latency_results
+from shufflenet.bench.report import report_latency
 
 RUNTIMES = ("eager", "eager_cl", "eager_deploy", "ort", "openvino", "engine", "ours")
 # Zhang et al. 2018: Table 8's nets, and the variants of sections 4.3 (SE) and 4.5 (g = 4, 8).
@@ -89,13 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     table = latency_table(cells)
     ratios = headline_ratios(cells) + speed_claims(cells)
-    print(table)
-    for ratio in ratios:
-        print(format_ratio(*ratio))
-    if args.output:
-        command = [Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]
-        for path in write_latency_results(cells, table, ratios, args.output, command=command).values():
-            print(f"wrote {path}")
+    command = [Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]
+    report_latency(cells, table, ratios, args.output, command=command)
     return 0
 
 

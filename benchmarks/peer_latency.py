@@ -20,7 +20,7 @@ from pathlib import Path
 
 from shufflenet._system import usable_cores
 from shufflenet.bench.latency import latency_table, measure_paired, peer_ratios
-from shufflenet.bench.report import format_ratio, write_latency_results
+from shufflenet.bench.report import report_latency
 
 MODELS = ("shufflenet_v2_x1_0", "shufflenet_v1_g3_x1_0", "mobilenet_v2_x1_0", "fenet_x1_0")
 RUNTIMES = ("ort", "openvino", "openvino_default", "ncnn", "ncnn_default", "mnn", "engine")
@@ -60,16 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     table = latency_table(cells)
     ratios = peer_ratios(cells)
-    print(table)
-    for cell in cells:
-        if cell.error:
-            print(f"- {cell.model} on {cell.runtime}, {cell.threads} thread(s): {cell.error}")
-    for ratio in ratios:
-        print(format_ratio(*ratio))
-    if args.output:
-        command = [Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]
-        for path in write_latency_results(cells, table, ratios, args.output, command=command).values():
-            print(f"wrote {path}")
+    command = [Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]
+    report_latency(cells, table, ratios, args.output, command=command)
     return 0
 
 

@@ -104,3 +104,24 @@ def write_latency_results(
     return write_record(
         folder, "latency", "Latency: ours beside the usual runtimes", body, rows, environment(command)
     )
+
+
+def report_latency(
+    cells: Sequence,
+    table: str,
+    ratios: Sequence[tuple[str, float | None, str]],
+    output: Path | None,
+    *,
+    command: Sequence[str],
+) -> None:
+    """Print a latency benchmark's table, the cells that failed (and why) and its ratios; with ``output``,
+    also write its record there (:func:`write_latency_results`)."""
+    print(table)
+    for cell in cells:
+        if cell.error:
+            print(f"- {cell.model} on {cell.runtime}, {cell.threads} thread(s): {cell.error}")
+    for ratio in ratios:
+        print(format_ratio(*ratio))
+    if output:
+        for path in write_latency_results(cells, table, ratios, output, command=command).values():
+            print(f"wrote {path}")
