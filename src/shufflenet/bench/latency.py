@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from shufflenet._table import markdown_table
 from shufflenet.deploy.errors import RuntimeUnavailable
-from shufflenet.deploy.runtimes import RUNTIMES, agrees, build_runner
+from shufflenet.deploy.runtimes import RUNTIMES, agrees, build_runner, relative_error
 from shufflenet.deploy.timing import interleaved_seconds, median_seconds
 from shufflenet.profile import profile
 from shufflenet.registry import create_model
@@ -284,11 +284,12 @@ def measure_paired(
     specs = tqdm(models, desc=f"building {size[0]}x{size[1]}", unit="model", disable=not progress)
     with tempfile.TemporaryDirectory() as folder:
         for spec in specs:
-            mflops = profile(build_benchmark_model(spec, size), input_size=size).mflops
+            eager = build_seeded(spec, size)
+            mflops = profile(eager, input_size=size).mflops
             torch.manual_seed(0)
             example = torch.randn(batch, 3, *size)
             with torch.inference_mode():
-                reference = build_seeded(spec, size)(example).float().numpy()
+                reference = eager(example).float().numpy()
             for runtime in runtimes:
                 if skip_reason(spec, runtime) is not None:
                     continue
@@ -309,11 +310,16 @@ def measure_paired(
                     cell.error = str(error)
                     continue
                 torch.set_num_threads(threads)  # build_runner sets it; kept explicit for the eager cells
-                scale = max(float(np.abs(reference).max()), 1e-6)
-                cell.extra["error"] = float(np.abs(output - reference).max()) / scale
+                if output.shape == reference.shape:
+                    cell.extra["error"] = relative_error(output, reference)
                 # Reduced-precision defaults round every activation; a wrong network is off by O(1).
                 if not agrees(output, reference, 0.1 if runtime in REDUCED_PRECISION else 1e-3):
-                    cell.error = f"wrong output: off by {cell.extra['error']:.2g} of the largest logit"
+                    error = cell.extra.get("error")
+                    cell.error = (
+                        f"wrong output: off by {error:.2g} of the largest logit"
+                        if error is not None
+                        else f"wrong output shape {output.shape}, expected {reference.shape}"
+                    )
                     continue
                 if hasattr(run, "backend"):
                     cell.extra["backend"] = run.backend

@@ -185,11 +185,17 @@ def _deploy_runner(model: nn.Module, example: torch.Tensor, threads: int, workdi
     return run
 
 
+def relative_error(output: np.ndarray, reference: np.ndarray) -> float:
+    """The largest difference between ``output`` and ``reference`` (same shape), as a fraction of the
+    reference's largest magnitude."""
+    scale = max(float(np.abs(reference).max()), 1e-6)
+    return float(np.abs(output - reference).max()) / scale
+
+
 def agrees(output: np.ndarray, reference: np.ndarray, tolerance: float = 1e-3) -> bool:
     """Whether ``output`` equals ``reference`` within ``tolerance`` of its largest magnitude (fp32
     runtimes differ from eager by ~1e-5 of it; a wrong network by far more)."""
-    scale = max(float(np.abs(reference).max()), 1e-6)
-    return output.shape == reference.shape and float(np.abs(output - reference).max()) <= tolerance * scale
+    return output.shape == reference.shape and relative_error(output, reference) <= tolerance
 
 
 def fastest(runners: dict[str, Runner], batch: np.ndarray, *, passes: int = 30) -> str:
