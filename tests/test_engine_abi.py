@@ -67,15 +67,7 @@ class _FakeLibrary:
             ctypes.cast(size_out, ctypes.POINTER(ctypes.c_int64)).contents.value = size
             return version
 
-        self.shufflenet_engine_abi = _Callable(abi)
-
-
-class _Callable:
-    def __init__(self, function):
-        self.function = function
-
-    def __call__(self, *args):
-        return self.function(*args)
+        self.shufflenet_engine_abi = abi  # a function takes restype/argtypes attributes as ctypes' do
 
 
 @pytest.mark.parametrize(
