@@ -643,6 +643,8 @@ class Engine:
         if kind == "pool":
             window = {code: name for name, code in POOL_WINDOWS.items()}[op.window]
             return f"{window.replace('_', ' ')} pool"
+        if kind == "bands":
+            return f"bands of {op.band_rows} rows through the next {op.operations} operations"
         names = {"copy": "copy kept half", "pad_input": "pad input", "scale": "squeeze-excite scale"}
         return names.get(kind, kind.replace("_", " "))
 
@@ -719,10 +721,14 @@ def _reads(op: Operation) -> list[Read]:
 class _Placement:
     """Where each map of a program lives: buffers handed out when a map is first written and taken back
     after its last read, so units ping-pong between a few buffers; a residual conv whose input dies with it
-    writes over that input."""
+    writes over that input. With ``bands`` (see :func:`_with_bands`) a buffer rests ``BAND_REST``
+    operations before it is handed out again and nothing is written in place, so that a unit's 1x1 and
+    depthwise convs write maps that none of them reads: they can run band by band."""
 
-    def __init__(self, planner: _Planner, program: Program) -> None:
+    def __init__(self, planner: _Planner, program: Program, *, bands: bool = False) -> None:
         self.planner, self.program = planner, program
+        self.rest = BAND_REST if bands else 0
+        self.next_index = 0
         self.features: dict[int, _Feature] = {}
         self.last_read: dict[int, int] = {}
         self.writers: dict[int, int] = {}
@@ -731,7 +737,7 @@ class _Placement:
                 self.last_read[read.map] = index
             self.writers[op.target.map] = self.writers.get(op.target.map, 0) + 1
         self.last_read[program.output.map] = len(program.operations)
-        self.free: list[str] = []
+        self.free: list[tuple[str, int]] = []  # (role, the operation that last read it)
         self.roles: dict[int, str] = {}
         self.count = 0
         # A shift is addressing: its input map is stored with a zero border of ``margin`` pixels, and the 1x1
@@ -830,8 +836,10 @@ class _Placement:
             feature = self.program.maps[index]
             single_conv = self.writers[index] == 1 and isinstance(op, Conv)
             stride = _round_up(feature.channels) if single_conv else feature.channels
-            if self.free:
-                role = self.free.pop()
+            rested = [entry for entry in self.free if self.next_index - entry[1] > self.rest]
+            if rested:
+                role = rested[-1][0]
+                self.free.remove(rested[-1])
             else:
                 role, self.count = f"map{self.count}", self.count + 1
             self.roles[index] = role
@@ -852,7 +860,7 @@ class _Placement:
         """Place ``op`` (operation ``index``)'s output over its residual input where that input dies with
         it."""
         residual = op.residual
-        if residual is None or self.last_read[residual.map] != index:
+        if residual is None or self.last_read[residual.map] != index or self.rest:
             return False
         if self.writers[op.target.map] != 1 or op.target.map in self.features:
             return False
@@ -890,8 +898,9 @@ class _Placement:
                 if role in self.busy_borders:
                     self.busy_borders.discard(role)  # back to its own geometry's pool, never to the others
                 else:
-                    self.free.append(role)
+                    self.free.append((role, index))
                 del self.last_read[map_index]
+        self.next_index = index + 1
 
 
 def _contiguous(feature: _Feature) -> bool:
@@ -1038,10 +1047,11 @@ def _describe(op: Operation) -> str:
     return {"SqueezeExcite": "squeeze-excite units"}.get(type(op).__name__, f"{type(op).__name__} operations")
 
 
-def _plan(planner: _Planner, program: Program) -> _Feature:
+def _plan(planner: _Planner, program: Program, *, bands: bool = False) -> _Feature:
     """Engine operations for ``program`` (:func:`shufflenet.deploy.lower.lower`); returns where the output
-    is. Raises :class:`EngineUnavailable` for operations the engine's kernels do not cover."""
-    place = _Placement(planner, program)
+    is, placing maps for band runs with ``bands``. Raises :class:`EngineUnavailable` for operations the
+    engine's kernels do not cover."""
+    place = _Placement(planner, program, bands=bands)
     image = program.maps[0]
     # The input buffer is the caller's batch, never handed out again: map 0 has no role to release.
     place.features[0] = _Feature(planner.buffer("input", 0), image.height, image.width, 0, [])
@@ -1063,9 +1073,9 @@ def _plan(planner: _Planner, program: Program) -> _Feature:
             pass  # addressing: the convs that read its output read its input at each channel's displacement
         elif isinstance(op, Shift):
             out = program.maps[op.target.map]
-            source, index, lines = place.shifted_read(op, range(out.channels), 1, out.height)
+            source, offsets, lines = place.shifted_read(op, range(out.channels), 1, out.height)
             buffer, stride, offset = place.target(op)
-            planner.gather(source, index, lines, out.width, (buffer, stride, offset))
+            planner.gather(source, offsets, lines, out.width, (buffer, stride, offset))
         elif isinstance(op, Conv) and op.kind == "depthwise":
             if op.weight.shape[2:] != (3, 3) or op.padding != 1 or op.residual is not None:
                 raise EngineUnavailable(
@@ -1116,8 +1126,108 @@ def _plan(planner: _Planner, program: Program) -> _Feature:
     return place.read(program.output)
 
 
+MAX_BAND_OPERATIONS = 16  # engine.c's MAX_BAND_OPERATIONS
+BAND_REST = 3
+BAND_BYTES = 192 * 1024
+"""About how many bytes of intermediate rows a band run computes per band: well inside a core's L2, so each
+row is still there when the next operation reads it."""
+
+
+def _reads_and_writes(op: Op) -> tuple[set[int], int]:
+    kind, fields_ = fields(op)
+    reads = {fields_.source}
+    if kind == "pointwise" and fields_.residual >= 0:
+        reads.add(fields_.residual)
+    return reads, fields_.target
+
+
+def _bandable(op: Op) -> bool:
+    """A 1x1 conv over one line of pixels written packed, or a depthwise conv: its output rows depend on
+    a few input rows only."""
+    kind, fields_ = fields(op)
+    return kind == "depthwise" or (kind == "pointwise" and fields_.lines == 1 and fields_.target_pitch == 0)
+
+
+def _band_run(ops: Sequence[Op], start: int) -> list[Op]:
+    """The longest run of operations from ``start`` that can run band by band: each bandable and reading
+    the map the one before wrote, none writing what an earlier one of the run reads or writes (the run
+    computes rows out of program order), no residual read from a map the run writes."""
+    run: list[Op] = []
+    written: set[int] = set()
+    read: set[int] = set()
+    for op in ops[start : start + MAX_BAND_OPERATIONS]:
+        if not _bandable(op):
+            break
+        reads, target = _reads_and_writes(op)
+        source = fields(op)[1].source
+        if run and source != _reads_and_writes(run[-1])[1]:
+            break
+        if target in written or target in read or (reads - {source}) & written:
+            break
+        run.append(op)
+        written.add(target)
+        read |= reads
+    return run if len(run) > 1 and any(fields(op)[0] == "depthwise" for op in run) else []
+
+
+def _band_heights(run: Sequence[Op]) -> list[int]:
+    """Each operation's output height: a depthwise conv knows its own; a 1x1 conv keeps its input's."""
+    heights: list[int | None] = [None] * len(run)
+    current = None
+    for position, op in enumerate(run):
+        kind, fields_ = fields(op)
+        if kind == "depthwise":
+            heights[:position] = [fields_.height if h is None else h for h in heights[:position]]
+            current = fields_.out_height
+        heights[position] = current if kind == "pointwise" else fields_.out_height
+    return [int(h) for h in heights]
+
+
+def _band_rows(run: Sequence[Op], heights: Sequence[int]) -> int:
+    """Rows of the last operation per band, so the band's rows of every operation take about
+    :data:`BAND_BYTES`: a last-operation row stands for ``rows`` rows of each earlier one."""
+    footprint, rows = 0.0, 1.0
+    for op, height in zip(reversed(run), reversed(heights), strict=True):
+        kind, fields_ = fields(op)
+        pixels = fields_.line_length // height if kind == "pointwise" else fields_.out_width
+        footprint += rows * pixels * fields_.target_stride * 4
+        if kind == "depthwise":
+            rows *= fields_.stride
+    return max(1, int(BAND_BYTES // footprint))
+
+
+def _with_bands(planner: _Planner) -> list[Op]:
+    """The plan's operations with each run of 1x1 and depthwise convs that can (:func:`_band_run`) put
+    under one band operation (engine.h's BandsOp), so the maps between them are produced and consumed a
+    few rows at a time while they are in cache, not written whole to memory and read back."""
+    ops, result, index = planner.ops, [], 0
+    while index < len(ops):
+        run = _band_run(ops, index)
+        if not run:
+            result.append(ops[index])
+            index += 1
+            continue
+        heights = _band_heights(run)
+        result.append(
+            make_op(
+                "bands",
+                operations=len(run),
+                band_rows=_band_rows(run, heights),
+                heights=planner.add_ints(heights),
+            )
+        )
+        result += run
+        index += len(run)
+    return result
+
+
 def build_engine(
-    model: nn.Module, input_size: tuple[int, int], *, isa: str | None = None, threads: int | None = None
+    model: nn.Module,
+    input_size: tuple[int, int],
+    *,
+    isa: str | None = None,
+    threads: int | None = None,
+    bands: bool = True,
 ) -> Engine:
     """Plan ``model`` (in eval mode: any registered model) for ``input_size`` = (H, W) inputs, run by the
     engine compiled for ``isa`` (default: the widest this CPU has, see :func:`engine_isa`) on ``threads``
@@ -1126,13 +1236,14 @@ def build_engine(
     :class:`EngineUnavailable` for other networks or layers the engine does not run, ValueError for a
     model in training mode or an input size the model refuses. The engine keeps its own copy of the
     weights: later changes to ``model`` need a new plan. One call runs at a time (a lock guards the
-    shared buffers)."""
+    shared buffers). ``bands=False`` runs every operation over its whole map (the same outputs, bit for
+    bit; see :func:`_with_bands`)."""
     library = load_library(isa)
-    plan = plan_engine(model, input_size, lanes=library.shufflenet_engine_lanes())
+    plan = plan_engine(model, input_size, lanes=library.shufflenet_engine_lanes(), bands=bands)
     return Engine(library, plan, threads=usable_cores() if threads is None else threads)
 
 
-def plan_engine(model: nn.Module, input_size: tuple[int, int], *, lanes: int) -> Plan:
+def plan_engine(model: nn.Module, input_size: tuple[int, int], *, lanes: int, bands: bool = True) -> Plan:
     """Plan ``model`` (eval mode) for ``input_size`` = (H, W) inputs and an engine build with vectors of
     ``lanes`` floats (the last of an :data:`ISAS` entry), without loading that build: :meth:`Plan.save`
     writes it for :func:`build_runner`'s program, on this machine or another. Raises as
@@ -1148,7 +1259,9 @@ def plan_engine(model: nn.Module, input_size: tuple[int, int], *, lanes: int) ->
     height, width = input_size
     model.check_input(torch.empty(1, model.in_chans, height, width))
     planner = _Planner(lanes)
-    logits = _plan(planner, lower(model, input_size))
+    logits = _plan(planner, lower(model, input_size), bands=bands)
+    if bands:
+        planner.ops = _with_bands(planner)
     floats = _aligned_floats(max(planner.float_size, 8))
     if planner.floats:
         np.concatenate(planner.floats, out=floats)

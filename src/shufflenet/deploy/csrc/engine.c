@@ -524,8 +524,87 @@ static Part pointwise_part(const PointwiseOp* o, int t, int T) {
     return part;
 }
 
-/* Thread t of T runs its share of one operation. */
-static void run_share(const Op* op, float* const* buffers, const float* floats, const int32_t* ints, int t, int T) {
+static void run_pointwise(const PointwiseOp* o, float* const* buffers, const float* floats, const int32_t* ints,
+                          Part part) {
+    pointwise(buffers[o->source], ints + o->line_starts, (int)o->line_length, (int)o->step, ints + o->index,
+              (int)o->groups, (int)o->k_per_group, (int)o->n_per_group, (int)o->n_padded, floats + o->weights,
+              floats + o->bias, buffers[o->target], (int)o->target_stride, (int)o->target_offset,
+              o->residual >= 0 ? buffers[o->residual] : 0, (int)o->residual_stride, (int)o->residual_offset,
+              (int)o->activation, (int)o->target_pitch, part);
+}
+
+static void run_depthwise(const DepthwiseOp* o, float* const* buffers, const float* floats, int oy_begin, int oy_end) {
+    depthwise(buffers[o->source], (int)o->height, (int)o->width, (int)o->source_stride, (int)o->channels,
+              (int)o->stride, floats + o->weights, floats + o->bias, buffers[o->target], (int)o->out_height,
+              (int)o->out_width, (int)o->target_stride, (int)o->target_offset, (int)o->activation, oy_begin, oy_end);
+}
+
+/* The most operations one OP_BANDS runs (engine.py groups no more). */
+#define MAX_BAND_OPERATIONS 16
+
+/* Output rows [begin, end) of one operation of a band run: a 1x1 conv over a one-line map (rows are runs
+   of its line's pixels) or a depthwise conv. */
+static void run_rows(const Op* op, float* const* buffers, const float* floats, const int32_t* ints, int height,
+                     int begin, int end) {
+    if (op->code == OP_DEPTHWISE) {
+        run_depthwise(&op->as.depthwise, buffers, floats, begin, end);
+        return;
+    }
+    const PointwiseOp* o = &op->as.pointwise;
+    const int width = (int)o->line_length / height;
+    run_pointwise(o, buffers, floats, ints, (Part){0, 1, begin * width, end * width, 0, (int)o->n_per_group});
+}
+
+/* The input rows [*begin, *end) that output rows [begin, end) of ``op`` read (a 3x3 window with padding 1
+   for a depthwise conv, the same rows for a 1x1 conv), within the input's ``height`` rows. */
+static void rows_read(const Op* op, int begin, int end, int height, int* in_begin, int* in_end) {
+    if (op->code != OP_DEPTHWISE) {
+        *in_begin = begin, *in_end = end;
+        return;
+    }
+    const int stride = (int)op->as.depthwise.stride;
+    *in_begin = begin * stride - 1 > 0 ? begin * stride - 1 : 0;
+    *in_end = (end - 1) * stride + 2 < height ? (end - 1) * stride + 2 : height;
+}
+
+/* Thread t of T runs its share of a band run (BandsOp in engine.h): per band of the last operation's
+   rows, each operation's rows that the band needs and this thread has not yet computed, first to last.
+   With ``seconds`` (the profile's entries for the band run and its operations), each operation's time
+   moves from the band run's entry to its own. */
+static void run_bands(const Op* op, float* const* buffers, const float* floats, const int32_t* ints, int t, int T,
+                      double* seconds) {
+    const BandsOp* o = &op->as.bands;
+    const Op* ops = op + 1;
+    const int n = (int)o->operations;
+    const int32_t* heights = ints + o->heights;
+    int begin, end, done[MAX_BAND_OPERATIONS], need_begin[MAX_BAND_OPERATIONS], need_end[MAX_BAND_OPERATIONS];
+    share(heights[n - 1], 1, t, T, &begin, &end);
+    for (int i = 0; i < n; i++) done[i] = -1; /* no row yet */
+    for (int y = begin; y < end; y += (int)o->band_rows) {
+        need_begin[n - 1] = y;
+        need_end[n - 1] = y + (int)o->band_rows < end ? y + (int)o->band_rows : end;
+        for (int i = n - 1; i > 0; i--)
+            rows_read(ops + i, need_begin[i], need_end[i], heights[i - 1], &need_begin[i - 1], &need_end[i - 1]);
+        for (int i = 0; i < n; i++) {
+            /* The rows needed never move back band to band: what is done ends where the new ones start. */
+            const int from = done[i] > need_begin[i] ? done[i] : need_begin[i];
+            if (from < need_end[i]) {
+                const double start = seconds ? seconds_now() : 0.0;
+                run_rows(ops + i, buffers, floats, ints, heights[i], from, need_end[i]);
+                if (seconds) {
+                    const double elapsed = seconds_now() - start;
+                    seconds[1 + i] += elapsed;
+                    seconds[0] -= elapsed;
+                }
+            }
+            done[i] = need_end[i];
+        }
+    }
+}
+
+/* Thread t of T runs its share of one operation (``seconds``: see run_bands). */
+static void run_share(const Op* op, float* const* buffers, const float* floats, const int32_t* ints, int t, int T,
+                      double* seconds) {
     int begin, end;
     switch (op->code) {
     case OP_PAD_INPUT: {
@@ -534,23 +613,12 @@ static void run_share(const Op* op, float* const* buffers, const float* floats, 
         pad_input(buffers[o->source], (int)o->height, (int)o->width, buffers[o->target], begin, end);
         break;
     }
-    case OP_POINTWISE: {
-        const PointwiseOp* o = &op->as.pointwise;
-        pointwise(buffers[o->source], ints + o->line_starts, (int)o->line_length, (int)o->step,
-                  ints + o->index, (int)o->groups, (int)o->k_per_group, (int)o->n_per_group, (int)o->n_padded,
-                  floats + o->weights, floats + o->bias, buffers[o->target], (int)o->target_stride,
-                  (int)o->target_offset, o->residual >= 0 ? buffers[o->residual] : 0, (int)o->residual_stride,
-                  (int)o->residual_offset, (int)o->activation, (int)o->target_pitch, pointwise_part(o, t, T));
+    case OP_POINTWISE: run_pointwise(&op->as.pointwise, buffers, floats, ints, pointwise_part(&op->as.pointwise, t, T)); break;
+    case OP_DEPTHWISE:
+        share((int)op->as.depthwise.out_height, 1, t, T, &begin, &end);
+        run_depthwise(&op->as.depthwise, buffers, floats, begin, end);
         break;
-    }
-    case OP_DEPTHWISE: {
-        const DepthwiseOp* o = &op->as.depthwise;
-        share((int)o->out_height, 1, t, T, &begin, &end);
-        depthwise(buffers[o->source], (int)o->height, (int)o->width, (int)o->source_stride, (int)o->channels,
-                  (int)o->stride, floats + o->weights, floats + o->bias, buffers[o->target], (int)o->out_height,
-                  (int)o->out_width, (int)o->target_stride, (int)o->target_offset, (int)o->activation, begin, end);
-        break;
-    }
+    case OP_BANDS: run_bands(op, buffers, floats, ints, t, T, seconds); break;
     case OP_POOL: {
         const PoolOp* o = &op->as.pool;
         share((int)o->out_height, 1, t, T, &begin, &end);
@@ -653,9 +721,17 @@ static int64_t work_of(const Op* op) {
     case OP_PAD_INPUT: return op->as.pad_input.channels * op->as.pad_input.height * op->as.pad_input.width;
     case OP_COPY: return op->as.copy.pixels * op->as.copy.source_stride;
     case OP_GATHER: return op->as.gather.lines * op->as.gather.line_length * op->as.gather.channels;
+    case OP_BANDS: {
+        int64_t work = 0;
+        for (int64_t i = 1; i <= op->as.bands.operations; i++) work += work_of(op + i);
+        return work;
+    }
     }
     return 0;
 }
+
+/* The index of the operation run after operation i: a band run's operations run inside it. */
+static int after(const Pool* pool, int i) { return i + 1 + (pool->ops[i].code == OP_BANDS ? (int)pool->ops[i].as.bands.operations : 0); }
 
 static int is_split(const Pool* pool, int i) { return pool->threads > 1 && work_of(pool->ops + i) >= SERIAL_WORK; }
 
@@ -665,13 +741,15 @@ static int is_split(const Pool* pool, int i) { return pool->threads > 1 && work_
 static void run_all(Pool* pool, int t) {
     double start = pool->seconds && t == 0 ? seconds_now() : 0.0;
     int split = pool->n_ops > 0 && is_split(pool, 0);
-    for (int i = 0; i < pool->n_ops; i++) {
+    for (int i = 0; i < pool->n_ops; i = after(pool, i)) {
+        double* seconds = pool->seconds && t == 0 ? pool->seconds + i : NULL;
         if (split)
-            run_share(pool->ops + i, pool->buffers, pool->floats, pool->ints, t, pool->threads);
+            run_share(pool->ops + i, pool->buffers, pool->floats, pool->ints, t, pool->threads, seconds);
         else if (t == 0)
-            run_share(pool->ops + i, pool->buffers, pool->floats, pool->ints, 0, 1);
-        const int next = i + 1 < pool->n_ops && is_split(pool, i + 1);
-        if (split || next || i + 1 == pool->n_ops) barrier(pool);
+            run_share(pool->ops + i, pool->buffers, pool->floats, pool->ints, 0, 1, seconds);
+        const int following = after(pool, i);
+        const int next = following < pool->n_ops && is_split(pool, following);
+        if (split || next || following >= pool->n_ops) barrier(pool);
         split = next;
         if (pool->seconds && t == 0) {
             const double end = seconds_now();
