@@ -1134,10 +1134,14 @@ row is still there when the next operation reads it."""
 
 
 def _reads_and_writes(op: Op) -> tuple[set[int], int]:
+    """(the buffers ``op`` reads, the buffer it writes)."""
     kind, fields_ = fields(op)
+    if kind == "bands":
+        return set(), -1
     reads = {fields_.source}
-    if kind == "pointwise" and fields_.residual >= 0:
-        reads.add(fields_.residual)
+    for name in ("residual", "gate"):
+        if getattr(fields_, name, -1) >= 0:
+            reads.add(getattr(fields_, name))
     return reads, fields_.target
 
 
@@ -1196,10 +1200,51 @@ def _band_rows(run: Sequence[Op], heights: Sequence[int]) -> int:
     return max(1, int(BAND_BYTES // footprint))
 
 
+def _row_floats(op: Op, height: int) -> int:
+    kind, fields_ = fields(op)
+    width = fields_.out_width if kind == "depthwise" else fields_.line_length // height
+    return width * fields_.target_stride
+
+
+def _windows(ops: Sequence[Op], start: int, run: Sequence[Op], band_rows: int) -> list[int]:
+    """For each operation of the run starting at ``ops[start]``, the rows of its scratch window (engine.h's
+    BandsOp), or 0 where its map must be written out: the last operation's, and any map that something
+    after the run reads or that shares its buffer with other channels. A window holds the most rows of
+    the map that one band reads: ``band_rows`` of the last operation, and through each depthwise conv
+    back, ``(rows - 1) * stride + 3``."""
+    spans = [band_rows] * len(run)
+    for position in range(len(run) - 1, 0, -1):
+        kind, fields_ = fields(run[position])
+        span = spans[position]
+        spans[position - 1] = (span - 1) * fields_.stride + 3 if kind == "depthwise" else span
+    after = ops[start + len(run) :]
+    windows = []
+    for position, op in enumerate(run[:-1]):
+        kind, fields_ = fields(op)
+        whole = fields_.target_offset == 0 and (
+            kind == "depthwise" or _round_up(fields_.groups * fields_.n_per_group) >= fields_.target_stride
+        )
+        windows.append(spans[position] if whole and not _read_before_written(after, fields_.target) else 0)
+    return [*windows, 0]
+
+
+def _read_before_written(ops: Sequence[Op], buffer: int) -> bool:
+    """Whether some operation of ``ops`` reads ``buffer`` before any writes it (the end of the run counts
+    as a read: the caller takes the logits from there)."""
+    for op in ops:
+        reads, target = _reads_and_writes(op)
+        if buffer in reads:
+            return True
+        if target == buffer:
+            return False
+    return True
+
+
 def _with_bands(planner: _Planner) -> list[Op]:
     """The plan's operations with each run of 1x1 and depthwise convs that can (:func:`_band_run`) put
     under one band operation (engine.h's BandsOp), so the maps between them are produced and consumed a
-    few rows at a time while they are in cache, not written whole to memory and read back."""
+    few rows at a time while they are in cache: a map that only the next operation reads lives in a few
+    rows of scratch and is never written to memory; the others are written whole, but read back at once."""
     ops, result, index = planner.ops, [], 0
     while index < len(ops):
         run = _band_run(ops, index)
@@ -1208,12 +1253,21 @@ def _with_bands(planner: _Planner) -> list[Op]:
             index += 1
             continue
         heights = _band_heights(run)
+        band_rows = _band_rows(run, heights)
+        windows = _windows(ops, index, run, band_rows)
+        scratch = sum(
+            (rows * _row_floats(op, height) + 31) // 16 * 16
+            for op, height, rows in zip(run, heights, windows, strict=True)
+            if rows
+        )
         result.append(
             make_op(
                 "bands",
                 operations=len(run),
-                band_rows=_band_rows(run, heights),
+                band_rows=band_rows,
                 heights=planner.add_ints(heights),
+                windows=planner.add_ints(windows),
+                scratch_floats=scratch,
             )
         )
         result += run

@@ -157,12 +157,17 @@ typedef struct {
    depthwise convs, each reading the one before) band by band: ``band_rows`` output rows of the last,
    after just the rows of each earlier one that the band needs and no earlier band computed, so a band's
    intermediate rows are still in cache when the next operation reads them. ``heights``: each
-   operation's output height (int arena). A thread runs whole bands of its share of the last operation's
-   rows, recomputing the few rows where its share meets a neighbour's (the same values). */
+   operation's output height (int arena). ``windows``: for each operation, 0, or the rows of a window in
+   the thread's scratch that its output lives in instead of its buffer (a map only the next operation
+   reads: it never goes to memory); ``scratch_floats``: the scratch the windows take. A thread runs whole
+   bands of its share of the last operation's rows, recomputing the few rows where its share meets a
+   neighbour's (the same values). */
 typedef struct {
     int64_t operations;
     int64_t band_rows;
     int64_t heights;
+    int64_t windows;
+    int64_t scratch_floats;
 } BandsOp;
 
 typedef struct {
