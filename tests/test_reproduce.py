@@ -78,6 +78,21 @@ def test_a_claim_is_clear_of_the_seed_noise_only_beyond_twice_its_standard_error
     assert "-2.00 points (paper +2.0), one seed, no noise estimate" in one_seed.sentence()
 
 
+def test_cells_that_trained_identically_are_named_as_such():
+    """Chen et al. 2019's SSL at lambda 0 trains as the grouped shift until a displacement crosses a
+    rounding boundary: equal errors seed for seed say so, rather than only "does not hold"."""
+    table = _table({"a": 8.3, "b": 9.4}, Claim("a beats b", "s", (beats("a", "b"),)))
+    same = reproduce.judge(table, [_result("a", (17.14, 16.76, 16.77)), _result("b", (17.14, 16.76, 16.77))])[
+        0
+    ]
+    assert same.holds is False and same.contrasts[0].identical
+    assert "In a vs b the two cells' errors are identical seed for seed" in same.sentence()
+    close = reproduce.judge(
+        table, [_result("a", (17.14, 16.76, 16.77)), _result("b", (17.14, 16.76, 16.78))]
+    )[0]
+    assert not close.contrasts[0].identical and "identical" not in close.sentence()
+
+
 def test_a_claim_with_several_comparisons_needs_all_of_them_and_names_the_worst():
     claim = Claim("a beats b and c", "s", (beats("a", "b"), beats("a", "c")))
     table = _table({"a": 1.0, "b": 2.0, "c": 3.0}, claim)

@@ -434,6 +434,7 @@ class ContrastResult:
     ours: float | None
     error: float | None
     paper: float
+    identical: bool = False  # two cells whose errors are equal seed for seed: in effect one network
 
     @property
     def clear(self) -> bool:
@@ -465,7 +466,17 @@ class Verdict:
         return None if len(self.measured) < len(self.contrasts) else True
 
     def sentence(self) -> str:
-        """The claim, whether it holds at this scale, by how much, and against the seed noise."""
+        """The claim, whether it holds at this scale, by how much, and against the seed noise; and which
+        comparisons set two cells that trained identically side by side."""
+        identical = [c.name for c in self.contrasts if c.identical]
+        if not identical:
+            return self._verdict()
+        return (
+            f"{self._verdict()} In {', '.join(identical)} the two cells' errors are identical seed for seed: "
+            "they trained as one network, so the margin is 0 rather than a loss."
+        )
+
+    def _verdict(self) -> str:
         measured = self.measured
         missing = len(self.contrasts) - len(measured)
         if self.holds is None:
@@ -510,7 +521,8 @@ def judge(table: PaperTable, results: Sequence[CellResult]) -> list[Verdict]:
                 for key, weight in contrast.weights
             ]
             error = None if None in variances else math.sqrt(sum(variances))
-            contrasts.append(ContrastResult(contrast.name, ours, error, contrast.value(paper)))
+            identical = len(cells) == 2 and cells[0].errors == cells[1].errors
+            contrasts.append(ContrastResult(contrast.name, ours, error, contrast.value(paper), identical))
         verdicts.append(Verdict(claim, tuple(contrasts)))
     return verdicts
 
