@@ -30,8 +30,7 @@ def kind_of(description: str) -> str:
     words = description.split()
     if words[0] == "pointwise":
         return "1x1 conv (GEMM)" if " 1 px" not in description else "classifier / SE convs"
-    names = {"depthwise": "depthwise conv", "pad": "input padding", "bands": "band runs' own time"}
-    return names.get(words[0], " ".join(words[:2]))
+    return {"depthwise": "depthwise conv", "pad": "input padding"}.get(words[0], " ".join(words[:2]))
 
 
 def main(argv: list[str] | None = None) -> int:

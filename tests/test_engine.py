@@ -1,7 +1,6 @@
 """The C inference engine (shufflenet.deploy.engine) against PyTorch: same logits for every ShuffleNet
 variant and awkward input size, no state between calls, clear refusals, and a cached compiled library."""
 
-import itertools
 import re
 
 import numpy as np
@@ -12,8 +11,7 @@ from torch import nn
 from shufflenet import create_model
 from shufflenet._testing import trained_looking
 from shufflenet.deploy import engine
-from shufflenet.deploy.engine import BAND_REST, EngineUnavailable, build_engine, load_library, plan_engine
-from shufflenet.deploy.engine_abi import fields
+from shufflenet.deploy.engine import EngineUnavailable, build_engine, load_library
 from shufflenet.deploy.runtimes import RuntimeUnavailable
 from shufflenet.ops import SparseShift
 
@@ -189,50 +187,23 @@ def test_batch_rows_equal_single_calls_and_calls_do_not_leak_state(name):
     [
         ("shufflenet_v2_x0_5", {}, (64, 64)),  # copies, pools, pixel-split GEMMs, a panel-split head
         ("shufflenet_v1_g3_x0_5", {"se": True}, (47, 65)),  # grouped GEMMs, the scale op, odd rows
-        ("mobilenet_v2_x0_5", {}, (64, 64)),  # stride-2 depthwise convs, in-place residuals (no bands)
+        ("mobilenet_v2_x0_5", {}, (64, 64)),  # stride-2 depthwise convs, in-place residuals
         ("shiftresnet20_ssl", {}, (33, 31)),  # shifted reads: one line per output row
-        ("fenet_dw_x1_0", {}, (32, 32)),  # bordered writes, 2x2 pools, band runs of three convs
+        ("fenet_x1_0", {}, (32, 32)),  # bordered writes, 2x2 pools
     ],
 )
 def test_threads_split_the_work_and_give_the_single_thread_logits_bit_for_bit(name, kwargs, size):
-    """Each output element is computed by the same code whichever thread owns it and whether its
-    operation runs over the whole map or band by band (:func:`_with_bands`), so any thread count, more
-    threads than cores included (the barrier must yield), with or without band runs, gives exactly the
-    one-thread logits."""
+    """Each output element is computed by the same code whichever thread owns it, so any thread count,
+    more threads than cores included (the barrier must yield), gives exactly the one-thread logits."""
     model = _model(name, size, **kwargs)
     batch = _batch(model, size, n=2)
-    alone = build_engine(model, size, threads=1, bands=False)(batch)
+    alone = build_engine(model, size, threads=1)(batch)
     _assert_matches(alone, _reference(model, batch))
-    for threads, bands in [(1, True), (2, False), (2, True), (3, True), (5, False), (5, True)]:
-        run = build_engine(model, size, threads=threads, bands=bands)
+    for threads in (2, 3, 5):
+        run = build_engine(model, size, threads=threads)
         assert run.threads == threads
         np.testing.assert_array_equal(run(batch), alone)
         np.testing.assert_array_equal(run(batch), alone)  # the pool wakes again for a second call
-
-
-@pytest.mark.parametrize(
-    ("name", "runs"),
-    [
-        ("mobilenet_v2_x1_0", 12),  # expansion, depthwise, projection; a unit's into the next's
-        ("mobilenet_v1_x1_0", 7),  # depthwise, pointwise, depthwise, ...
-        ("shufflenet_v2_x1_0", 17),  # each unit's branch
-    ],
-)
-def test_band_runs_join_each_units_1x1_and_depthwise_convs(name, runs):
-    """Every unit's 1x1 -> depthwise -> 1x1 path runs band by band, each map between them written by one
-    operation and read by the next."""
-    plan = plan_engine(create_model(name).eval(), (224, 224), lanes=16)
-    kinds = [fields(op)[0] for op in plan.ops]
-    starts = [index for index, kind in enumerate(kinds) if kind == "bands"]
-    assert len(starts) == runs
-    for start in starts:
-        run = plan.ops[start + 1 : start + 1 + fields(plan.ops[start])[1].operations]
-        assert "depthwise" in [fields(op)[0] for op in run] and len(run) >= 2
-        for before, after in itertools.pairwise(run):
-            assert fields(after)[1].source == fields(before)[1].target
-        targets = [fields(op)[1].target for op in run]
-        assert len(set(targets)) == len(targets)
-        assert not set(targets) & {fields(run[0])[1].source}
 
 
 def test_threads_default_to_the_usable_cores_and_must_be_positive():
@@ -409,22 +380,17 @@ def test_shuffle_is_addressing_not_dropped(name):
     assert np.abs(out_shuffled - out_plain).max() > 100 * TOLERANCE
 
 
-@pytest.mark.parametrize("bands", [False, True])
 @pytest.mark.parametrize("name", ["shufflenet_v1_g3_x1_0", "shufflenet_v2_x1_0"])
-def test_the_plan_follows_the_lowering_and_reuses_buffers_as_maps_die(name, bands):
+def test_the_plan_follows_the_lowering_and_reuses_buffers_as_maps_die(name):
     from shufflenet.deploy.lower import lower
 
     model = create_model(name).eval()
-    plan = build_engine(model, (224, 224), bands=bands)
+    plan = build_engine(model, (224, 224))
     program = lower(model, (224, 224))
     every_map = sum(m.channels * m.height * m.width for m in program.maps[1:])
     held = sum(buffer.size for buffer in plan._buffers)
-    # A few buffers in turn (input, padded image, and a ping-pong of feature maps), not one per map;
-    # band runs rest each buffer a few operations before reusing it, so they take a few more.
-    if bands:
-        assert len(plan._buffers) <= 7 + BAND_REST and held < every_map / 2
-    else:
-        assert len(plan._buffers) <= 7 and held < every_map / 3
+    # A few buffers in turn (input, padded image, and a ping-pong of feature maps), not one per map.
+    assert len(plan._buffers) <= 7 and held < every_map / 3
 
 
 def test_shifts_are_addressing_not_operations():

@@ -643,8 +643,6 @@ class Engine:
         if kind == "pool":
             window = {code: name for name, code in POOL_WINDOWS.items()}[op.window]
             return f"{window.replace('_', ' ')} pool"
-        if kind == "bands":
-            return f"bands of {op.band_rows} rows through the next {op.operations} operations"
         names = {"copy": "copy kept half", "pad_input": "pad input", "scale": "squeeze-excite scale"}
         return names.get(kind, kind.replace("_", " "))
 
@@ -721,14 +719,10 @@ def _reads(op: Operation) -> list[Read]:
 class _Placement:
     """Where each map of a program lives: buffers handed out when a map is first written and taken back
     after its last read, so units ping-pong between a few buffers; a residual conv whose input dies with it
-    writes over that input. With ``bands`` (see :func:`_with_bands`) a buffer rests ``BAND_REST``
-    operations before it is handed out again and nothing is written in place, so that a unit's 1x1 and
-    depthwise convs write maps that none of them reads: they can run band by band."""
+    writes over that input."""
 
-    def __init__(self, planner: _Planner, program: Program, *, bands: bool = False) -> None:
+    def __init__(self, planner: _Planner, program: Program) -> None:
         self.planner, self.program = planner, program
-        self.rest = BAND_REST if bands else 0
-        self.next_index = 0
         self.features: dict[int, _Feature] = {}
         self.last_read: dict[int, int] = {}
         self.writers: dict[int, int] = {}
@@ -737,7 +731,7 @@ class _Placement:
                 self.last_read[read.map] = index
             self.writers[op.target.map] = self.writers.get(op.target.map, 0) + 1
         self.last_read[program.output.map] = len(program.operations)
-        self.free: list[tuple[str, int]] = []  # (role, the operation that last read it)
+        self.free: list[str] = []
         self.roles: dict[int, str] = {}
         self.count = 0
         # A shift is addressing: its input map is stored with a zero border of ``margin`` pixels, and the 1x1
@@ -836,10 +830,8 @@ class _Placement:
             feature = self.program.maps[index]
             single_conv = self.writers[index] == 1 and isinstance(op, Conv)
             stride = _round_up(feature.channels) if single_conv else feature.channels
-            rested = [entry for entry in self.free if self.next_index - entry[1] > self.rest]
-            if rested:
-                role = rested[-1][0]
-                self.free.remove(rested[-1])
+            if self.free:
+                role = self.free.pop()
             else:
                 role, self.count = f"map{self.count}", self.count + 1
             self.roles[index] = role
@@ -860,7 +852,7 @@ class _Placement:
         """Place ``op`` (operation ``index``)'s output over its residual input where that input dies with
         it."""
         residual = op.residual
-        if residual is None or self.last_read[residual.map] != index or self.rest:
+        if residual is None or self.last_read[residual.map] != index:
             return False
         if self.writers[op.target.map] != 1 or op.target.map in self.features:
             return False
@@ -898,9 +890,8 @@ class _Placement:
                 if role in self.busy_borders:
                     self.busy_borders.discard(role)  # back to its own geometry's pool, never to the others
                 else:
-                    self.free.append((role, index))
+                    self.free.append(role)
                 del self.last_read[map_index]
-        self.next_index = index + 1
 
 
 def _contiguous(feature: _Feature) -> bool:
@@ -1047,11 +1038,10 @@ def _describe(op: Operation) -> str:
     return {"SqueezeExcite": "squeeze-excite units"}.get(type(op).__name__, f"{type(op).__name__} operations")
 
 
-def _plan(planner: _Planner, program: Program, *, bands: bool = False) -> _Feature:
+def _plan(planner: _Planner, program: Program) -> _Feature:
     """Engine operations for ``program`` (:func:`shufflenet.deploy.lower.lower`); returns where the output
-    is, placing maps for band runs with ``bands``. Raises :class:`EngineUnavailable` for operations the
-    engine's kernels do not cover."""
-    place = _Placement(planner, program, bands=bands)
+    is. Raises :class:`EngineUnavailable` for operations the engine's kernels do not cover."""
+    place = _Placement(planner, program)
     image = program.maps[0]
     # The input buffer is the caller's batch, never handed out again: map 0 has no role to release.
     place.features[0] = _Feature(planner.buffer("input", 0), image.height, image.width, 0, [])
@@ -1126,162 +1116,8 @@ def _plan(planner: _Planner, program: Program, *, bands: bool = False) -> _Featu
     return place.read(program.output)
 
 
-MAX_BAND_OPERATIONS = 16  # engine.c's MAX_BAND_OPERATIONS
-BAND_REST = 3
-BAND_BYTES = 192 * 1024
-"""About how many bytes of intermediate rows a band run computes per band: well inside a core's L2, so each
-row is still there when the next operation reads it."""
-
-
-def _reads_and_writes(op: Op) -> tuple[set[int], int]:
-    """(the buffers ``op`` reads, the buffer it writes)."""
-    kind, fields_ = fields(op)
-    if kind == "bands":
-        return set(), -1
-    reads = {fields_.source}
-    for name in ("residual", "gate"):
-        if getattr(fields_, name, -1) >= 0:
-            reads.add(getattr(fields_, name))
-    return reads, fields_.target
-
-
-def _bandable(op: Op) -> bool:
-    """A 1x1 conv over one line of pixels written packed, or a depthwise conv: its output rows depend on
-    a few input rows only."""
-    kind, fields_ = fields(op)
-    return kind == "depthwise" or (kind == "pointwise" and fields_.lines == 1 and fields_.target_pitch == 0)
-
-
-def _band_run(ops: Sequence[Op], start: int) -> list[Op]:
-    """The longest run of operations from ``start`` that can run band by band: each bandable and reading
-    the map the one before wrote, none writing what an earlier one of the run reads or writes (the run
-    computes rows out of program order), no residual read from a map the run writes."""
-    run: list[Op] = []
-    written: set[int] = set()
-    read: set[int] = set()
-    for op in ops[start : start + MAX_BAND_OPERATIONS]:
-        if not _bandable(op):
-            break
-        reads, target = _reads_and_writes(op)
-        source = fields(op)[1].source
-        if run and source != _reads_and_writes(run[-1])[1]:
-            break
-        if target in written or target in read or (reads - {source}) & written:
-            break
-        run.append(op)
-        written.add(target)
-        read |= reads
-    return run if len(run) > 1 and any(fields(op)[0] == "depthwise" for op in run) else []
-
-
-def _band_heights(run: Sequence[Op]) -> list[int]:
-    """Each operation's output height: a depthwise conv knows its own; a 1x1 conv keeps its input's."""
-    heights: list[int | None] = [None] * len(run)
-    current = None
-    for position, op in enumerate(run):
-        kind, fields_ = fields(op)
-        if kind == "depthwise":
-            heights[:position] = [fields_.height if h is None else h for h in heights[:position]]
-            current = fields_.out_height
-        heights[position] = current if kind == "pointwise" else fields_.out_height
-    return [int(h) for h in heights]
-
-
-def _band_rows(run: Sequence[Op], heights: Sequence[int]) -> int:
-    """Rows of the last operation per band, so the band's rows of every operation take about
-    :data:`BAND_BYTES`: a last-operation row stands for ``rows`` rows of each earlier one."""
-    footprint, rows = 0.0, 1.0
-    for op, height in zip(reversed(run), reversed(heights), strict=True):
-        kind, fields_ = fields(op)
-        pixels = fields_.line_length // height if kind == "pointwise" else fields_.out_width
-        footprint += rows * pixels * fields_.target_stride * 4
-        if kind == "depthwise":
-            rows *= fields_.stride
-    return max(1, int(BAND_BYTES // footprint))
-
-
-def _row_floats(op: Op, height: int) -> int:
-    kind, fields_ = fields(op)
-    width = fields_.out_width if kind == "depthwise" else fields_.line_length // height
-    return width * fields_.target_stride
-
-
-def _windows(ops: Sequence[Op], start: int, run: Sequence[Op], band_rows: int) -> list[int]:
-    """For each operation of the run starting at ``ops[start]``, the rows of its scratch window (engine.h's
-    BandsOp), or 0 where its map must be written out: the last operation's, and any map that something
-    after the run reads or that shares its buffer with other channels. A window holds the most rows of
-    the map that one band reads: ``band_rows`` of the last operation, and through each depthwise conv
-    back, ``(rows - 1) * stride + 3``."""
-    spans = [band_rows] * len(run)
-    for position in range(len(run) - 1, 0, -1):
-        kind, fields_ = fields(run[position])
-        span = spans[position]
-        spans[position - 1] = (span - 1) * fields_.stride + 3 if kind == "depthwise" else span
-    after = ops[start + len(run) :]
-    windows = []
-    for position, op in enumerate(run[:-1]):
-        kind, fields_ = fields(op)
-        whole = fields_.target_offset == 0 and (
-            kind == "depthwise" or _round_up(fields_.groups * fields_.n_per_group) >= fields_.target_stride
-        )
-        windows.append(spans[position] if whole and not _read_before_written(after, fields_.target) else 0)
-    return [*windows, 0]
-
-
-def _read_before_written(ops: Sequence[Op], buffer: int) -> bool:
-    """Whether some operation of ``ops`` reads ``buffer`` before any writes it (the end of the run counts
-    as a read: the caller takes the logits from there)."""
-    for op in ops:
-        reads, target = _reads_and_writes(op)
-        if buffer in reads:
-            return True
-        if target == buffer:
-            return False
-    return True
-
-
-def _with_bands(planner: _Planner) -> list[Op]:
-    """The plan's operations with each run of 1x1 and depthwise convs that can (:func:`_band_run`) put
-    under one band operation (engine.h's BandsOp), so the maps between them are produced and consumed a
-    few rows at a time while they are in cache: a map that only the next operation reads lives in a few
-    rows of scratch and is never written to memory; the others are written whole, but read back at once."""
-    ops, result, index = planner.ops, [], 0
-    while index < len(ops):
-        run = _band_run(ops, index)
-        if not run:
-            result.append(ops[index])
-            index += 1
-            continue
-        heights = _band_heights(run)
-        band_rows = _band_rows(run, heights)
-        windows = _windows(ops, index, run, band_rows)
-        scratch = sum(
-            (rows * _row_floats(op, height) + 31) // 16 * 16
-            for op, height, rows in zip(run, heights, windows, strict=True)
-            if rows
-        )
-        result.append(
-            make_op(
-                "bands",
-                operations=len(run),
-                band_rows=band_rows,
-                heights=planner.add_ints(heights),
-                windows=planner.add_ints(windows),
-                scratch_floats=scratch,
-            )
-        )
-        result += run
-        index += len(run)
-    return result
-
-
 def build_engine(
-    model: nn.Module,
-    input_size: tuple[int, int],
-    *,
-    isa: str | None = None,
-    threads: int | None = None,
-    bands: bool = True,
+    model: nn.Module, input_size: tuple[int, int], *, isa: str | None = None, threads: int | None = None
 ) -> Engine:
     """Plan ``model`` (in eval mode: any registered model) for ``input_size`` = (H, W) inputs, run by the
     engine compiled for ``isa`` (default: the widest this CPU has, see :func:`engine_isa`) on ``threads``
@@ -1290,14 +1126,13 @@ def build_engine(
     :class:`EngineUnavailable` for other networks or layers the engine does not run, ValueError for a
     model in training mode or an input size the model refuses. The engine keeps its own copy of the
     weights: later changes to ``model`` need a new plan. One call runs at a time (a lock guards the
-    shared buffers). ``bands=False`` runs every operation over its whole map (the same outputs, bit for
-    bit; see :func:`_with_bands`)."""
+    shared buffers)."""
     library = load_library(isa)
-    plan = plan_engine(model, input_size, lanes=library.shufflenet_engine_lanes(), bands=bands)
+    plan = plan_engine(model, input_size, lanes=library.shufflenet_engine_lanes())
     return Engine(library, plan, threads=usable_cores() if threads is None else threads)
 
 
-def plan_engine(model: nn.Module, input_size: tuple[int, int], *, lanes: int, bands: bool = True) -> Plan:
+def plan_engine(model: nn.Module, input_size: tuple[int, int], *, lanes: int) -> Plan:
     """Plan ``model`` (eval mode) for ``input_size`` = (H, W) inputs and an engine build with vectors of
     ``lanes`` floats (the last of an :data:`ISAS` entry), without loading that build: :meth:`Plan.save`
     writes it for :func:`build_runner`'s program, on this machine or another. Raises as
@@ -1313,9 +1148,7 @@ def plan_engine(model: nn.Module, input_size: tuple[int, int], *, lanes: int, ba
     height, width = input_size
     model.check_input(torch.empty(1, model.in_chans, height, width))
     planner = _Planner(lanes)
-    logits = _plan(planner, lower(model, input_size), bands=bands)
-    if bands:
-        planner.ops = _with_bands(planner)
+    logits = _plan(planner, lower(model, input_size))
     floats = _aligned_floats(max(planner.float_size, 8))
     if planner.floats:
         np.concatenate(planner.floats, out=floats)

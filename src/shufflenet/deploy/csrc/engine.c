@@ -524,126 +524,8 @@ static Part pointwise_part(const PointwiseOp* o, int t, int T) {
     return part;
 }
 
-static void run_pointwise(const PointwiseOp* o, const float* in, float* out, float* const* buffers,
-                          const float* floats, const int32_t* ints, Part part) {
-    pointwise(in, ints + o->line_starts, (int)o->line_length, (int)o->step, ints + o->index, (int)o->groups,
-              (int)o->k_per_group, (int)o->n_per_group, (int)o->n_padded, floats + o->weights, floats + o->bias, out,
-              (int)o->target_stride, (int)o->target_offset, o->residual >= 0 ? buffers[o->residual] : 0,
-              (int)o->residual_stride, (int)o->residual_offset, (int)o->activation, (int)o->target_pitch, part);
-}
-
-static void run_depthwise(const DepthwiseOp* o, const float* in, float* out, const float* floats, int oy_begin,
-                          int oy_end) {
-    depthwise(in, (int)o->height, (int)o->width, (int)o->source_stride, (int)o->channels, (int)o->stride,
-              floats + o->weights, floats + o->bias, out, (int)o->out_height, (int)o->out_width,
-              (int)o->target_stride, (int)o->target_offset, (int)o->activation, oy_begin, oy_end);
-}
-
-/* The most operations one OP_BANDS runs (engine.py groups no more). */
-#define MAX_BAND_OPERATIONS 16
-
-/* Floats in one output row of a band run's operation whose output is ``height`` rows. */
-static size_t row_floats(const Op* op, int height) {
-    if (op->code == OP_DEPTHWISE) return (size_t)op->as.depthwise.out_width * (size_t)op->as.depthwise.target_stride;
-    const PointwiseOp* o = &op->as.pointwise;
-    return (size_t)(o->line_length / height) * (size_t)o->target_stride;
-}
-
-/* Output rows [begin, end) of one operation of a band run, reading ``in`` and writing ``out`` (row 0 of
-   each map; a map in a window of scratch rows has its row 0 before the window): a 1x1 conv over a one-line
-   map (rows are runs of its line's pixels) or a depthwise conv. */
-static void run_rows(const Op* op, const float* in, float* out, float* const* buffers, const float* floats,
-                     const int32_t* ints, int height, int begin, int end) {
-    if (op->code == OP_DEPTHWISE) {
-        run_depthwise(&op->as.depthwise, in, out, floats, begin, end);
-        return;
-    }
-    const PointwiseOp* o = &op->as.pointwise;
-    const int width = (int)o->line_length / height;
-    run_pointwise(o, in, out, buffers, floats, ints, (Part){0, 1, begin * width, end * width, 0, (int)o->n_per_group});
-}
-
-/* The input rows [*begin, *end) that output rows [begin, end) of ``op`` read (a 3x3 window with padding 1
-   for a depthwise conv, the same rows for a 1x1 conv), within the input's ``height`` rows. */
-static void rows_read(const Op* op, int begin, int end, int height, int* in_begin, int* in_end) {
-    if (op->code != OP_DEPTHWISE) {
-        *in_begin = begin, *in_end = end;
-        return;
-    }
-    const int stride = (int)op->as.depthwise.stride;
-    *in_begin = begin * stride - 1 > 0 ? begin * stride - 1 : 0;
-    *in_end = (end - 1) * stride + 2 < height ? (end - 1) * stride + 2 : height;
-}
-
-static int64_t band_source(const Op* op) { return op->code == OP_DEPTHWISE ? op->as.depthwise.source : op->as.pointwise.source; }
-static int64_t band_target(const Op* op) { return op->code == OP_DEPTHWISE ? op->as.depthwise.target : op->as.pointwise.target; }
-
-/* Where row 0 of a map would be if row ``base`` of it is at ``window`` (the kernels address rows from
-   row 0; only rows inside the window are touched). */
-static float* row_zero(float* window, int base, size_t floats_per_row) {
-    return (float*)((uintptr_t)window - (uintptr_t)base * floats_per_row * sizeof(float));
-}
-
-/* Thread t of T runs its share of a band run (BandsOp in engine.h): per band of the last operation's
-   rows, each operation's rows that the band needs and this thread has not yet computed, first to last.
-   An operation with a window (``windows[i]`` rows) writes into this thread's ``scratch`` instead of its
-   buffer: before a band, the rows still needed move to the window's start. With ``seconds`` (the
-   profile's entries for the band run and its operations), each operation's time moves from the band
-   run's entry to its own. */
-static void run_bands(const Op* op, float* const* buffers, const float* floats, const int32_t* ints, int t, int T,
-                      float* scratch, double* seconds) {
-    const BandsOp* o = &op->as.bands;
-    const Op* ops = op + 1;
-    const int n = (int)o->operations;
-    const int32_t* heights = ints + o->heights;
-    const int32_t* windows = ints + o->windows;
-    int begin, end, done[MAX_BAND_OPERATIONS], need_begin[MAX_BAND_OPERATIONS], need_end[MAX_BAND_OPERATIONS];
-    int base[MAX_BAND_OPERATIONS];
-    float* window[MAX_BAND_OPERATIONS];
-    size_t width[MAX_BAND_OPERATIONS];
-    float* next = scratch;
-    for (int i = 0; i < n; i++) {
-        done[i] = -1; /* no row yet */
-        width[i] = row_floats(ops + i, heights[i]);
-        window[i] = windows[i] && scratch ? next : NULL; /* no scratch: the maps' own buffers */
-        next += windows[i] ? ((size_t)windows[i] * width[i] + 31) / 16 * 16 : 0; /* + 16 floats of slack */
-    }
-    share(heights[n - 1], 1, t, T, &begin, &end);
-    for (int y = begin; y < end; y += (int)o->band_rows) {
-        need_begin[n - 1] = y;
-        need_end[n - 1] = y + (int)o->band_rows < end ? y + (int)o->band_rows : end;
-        for (int i = n - 1; i > 0; i--)
-            rows_read(ops + i, need_begin[i], need_end[i], heights[i - 1], &need_begin[i - 1], &need_end[i - 1]);
-        for (int i = 0; i < n; i++) {
-            /* The rows needed never move back band to band: what is done ends where the new ones start. */
-            const int from = done[i] > need_begin[i] ? done[i] : need_begin[i];
-            if (window[i] && (done[i] < 0 || need_end[i] > base[i] + windows[i])) {
-                const int kept = from - need_begin[i]; /* rows computed before and needed again */
-                if (kept > 0)
-                    memmove(window[i], window[i] + (size_t)(need_begin[i] - base[i]) * width[i],
-                            (size_t)kept * width[i] * sizeof(float));
-                base[i] = need_begin[i];
-            }
-            if (from < need_end[i]) {
-                const double start = seconds ? seconds_now() : 0.0;
-                const float* in = i > 0 && window[i - 1] ? row_zero(window[i - 1], base[i - 1], width[i - 1])
-                                                        : buffers[band_source(ops + i)];
-                float* out = window[i] ? row_zero(window[i], base[i], width[i]) : buffers[band_target(ops + i)];
-                run_rows(ops + i, in, out, buffers, floats, ints, heights[i], from, need_end[i]);
-                if (seconds) {
-                    const double elapsed = seconds_now() - start;
-                    seconds[1 + i] += elapsed;
-                    seconds[0] -= elapsed;
-                }
-            }
-            done[i] = need_end[i];
-        }
-    }
-}
-
-/* Thread t of T runs its share of one operation (``scratch`` and ``seconds``: see run_bands). */
-static void run_share(const Op* op, float* const* buffers, const float* floats, const int32_t* ints, int t, int T,
-                      float* scratch, double* seconds) {
+/* Thread t of T runs its share of one operation. */
+static void run_share(const Op* op, float* const* buffers, const float* floats, const int32_t* ints, int t, int T) {
     int begin, end;
     switch (op->code) {
     case OP_PAD_INPUT: {
@@ -654,16 +536,21 @@ static void run_share(const Op* op, float* const* buffers, const float* floats, 
     }
     case OP_POINTWISE: {
         const PointwiseOp* o = &op->as.pointwise;
-        run_pointwise(o, buffers[o->source], buffers[o->target], buffers, floats, ints, pointwise_part(o, t, T));
+        pointwise(buffers[o->source], ints + o->line_starts, (int)o->line_length, (int)o->step,
+                  ints + o->index, (int)o->groups, (int)o->k_per_group, (int)o->n_per_group, (int)o->n_padded,
+                  floats + o->weights, floats + o->bias, buffers[o->target], (int)o->target_stride,
+                  (int)o->target_offset, o->residual >= 0 ? buffers[o->residual] : 0, (int)o->residual_stride,
+                  (int)o->residual_offset, (int)o->activation, (int)o->target_pitch, pointwise_part(o, t, T));
         break;
     }
     case OP_DEPTHWISE: {
         const DepthwiseOp* o = &op->as.depthwise;
         share((int)o->out_height, 1, t, T, &begin, &end);
-        run_depthwise(o, buffers[o->source], buffers[o->target], floats, begin, end);
+        depthwise(buffers[o->source], (int)o->height, (int)o->width, (int)o->source_stride, (int)o->channels,
+                  (int)o->stride, floats + o->weights, floats + o->bias, buffers[o->target], (int)o->out_height,
+                  (int)o->out_width, (int)o->target_stride, (int)o->target_offset, (int)o->activation, begin, end);
         break;
     }
-    case OP_BANDS: run_bands(op, buffers, floats, ints, t, T, scratch, seconds); break;
     case OP_POOL: {
         const PoolOp* o = &op->as.pool;
         share((int)o->out_height, 1, t, T, &begin, &end);
@@ -726,9 +613,6 @@ typedef struct {
     const float* floats;
     const int32_t* ints;
     double* seconds;
-    /* each thread's scratch rows for band runs (BandsOp.scratch_floats floats, the most of any run) */
-    float** scratch;
-    int64_t scratch_floats;
     /* the barrier */
     atomic_int arrived;
     atomic_int phase;
@@ -769,17 +653,9 @@ static int64_t work_of(const Op* op) {
     case OP_PAD_INPUT: return op->as.pad_input.channels * op->as.pad_input.height * op->as.pad_input.width;
     case OP_COPY: return op->as.copy.pixels * op->as.copy.source_stride;
     case OP_GATHER: return op->as.gather.lines * op->as.gather.line_length * op->as.gather.channels;
-    case OP_BANDS: {
-        int64_t work = 0;
-        for (int64_t i = 1; i <= op->as.bands.operations; i++) work += work_of(op + i);
-        return work;
-    }
     }
     return 0;
 }
-
-/* The index of the operation run after operation i: a band run's operations run inside it. */
-static int after(const Pool* pool, int i) { return i + 1 + (pool->ops[i].code == OP_BANDS ? (int)pool->ops[i].as.bands.operations : 0); }
 
 static int is_split(const Pool* pool, int i) { return pool->threads > 1 && work_of(pool->ops + i) >= SERIAL_WORK; }
 
@@ -789,16 +665,13 @@ static int is_split(const Pool* pool, int i) { return pool->threads > 1 && work_
 static void run_all(Pool* pool, int t) {
     double start = pool->seconds && t == 0 ? seconds_now() : 0.0;
     int split = pool->n_ops > 0 && is_split(pool, 0);
-    for (int i = 0; i < pool->n_ops; i = after(pool, i)) {
-        double* seconds = pool->seconds && t == 0 ? pool->seconds + i : NULL;
-        float* scratch = pool->scratch ? pool->scratch[t] : NULL;
+    for (int i = 0; i < pool->n_ops; i++) {
         if (split)
-            run_share(pool->ops + i, pool->buffers, pool->floats, pool->ints, t, pool->threads, scratch, seconds);
+            run_share(pool->ops + i, pool->buffers, pool->floats, pool->ints, t, pool->threads);
         else if (t == 0)
-            run_share(pool->ops + i, pool->buffers, pool->floats, pool->ints, 0, 1, scratch, seconds);
-        const int following = after(pool, i);
-        const int next = following < pool->n_ops && is_split(pool, following);
-        if (split || next || following >= pool->n_ops) barrier(pool);
+            run_share(pool->ops + i, pool->buffers, pool->floats, pool->ints, 0, 1);
+        const int next = i + 1 < pool->n_ops && is_split(pool, i + 1);
+        if (split || next || i + 1 == pool->n_ops) barrier(pool);
         split = next;
         if (pool->seconds && t == 0) {
             const double end = seconds_now();
@@ -852,34 +725,6 @@ void* shufflenet_pool_create(int threads) {
     return pool;
 }
 
-static void free_scratch(Pool* pool) {
-    if (pool->scratch)
-        for (int t = 0; t < pool->threads; t++) free(pool->scratch[t]);
-    free(pool->scratch);
-    pool->scratch = NULL;
-    pool->scratch_floats = 0;
-}
-
-/* Give every thread the scratch rows the band runs of ``ops`` need (while the workers sleep). Where memory
-   runs out, band runs write their maps' own buffers instead (the same results). */
-static void ensure_scratch(Pool* pool, int n_ops, const Op* ops) {
-    int64_t need = 0;
-    for (int i = 0; i < n_ops; i++)
-        if (ops[i].code == OP_BANDS && ops[i].as.bands.scratch_floats > need) need = ops[i].as.bands.scratch_floats;
-    if (need <= pool->scratch_floats) return;
-    free_scratch(pool);
-    pool->scratch = calloc((size_t)pool->threads, sizeof(float*));
-    for (int t = 0; pool->scratch && t < pool->threads; t++) {
-        void* memory = NULL;
-        if (posix_memalign(&memory, 64, (size_t)need * sizeof(float)) != 0) {
-            free_scratch(pool);
-            return;
-        }
-        pool->scratch[t] = memory;
-    }
-    if (pool->scratch) pool->scratch_floats = need;
-}
-
 void shufflenet_pool_destroy(void* handle) {
     Pool* pool = handle;
     if (!pool) return;
@@ -890,7 +735,6 @@ void shufflenet_pool_destroy(void* handle) {
     for (int t = 1; t < pool->threads; t++) pthread_join(pool->workers[t], NULL);
     pthread_mutex_destroy(&pool->lock);
     pthread_cond_destroy(&pool->wake);
-    free_scratch(pool);
     free(pool->workers);
     free(pool);
 }
@@ -901,7 +745,6 @@ void shufflenet_pool_destroy(void* handle) {
 void shufflenet_engine_run(void* handle, int n_ops, const Op* ops, float* const* buffers, const float* floats,
                            const int32_t* ints, double* seconds) {
     Pool* pool = handle;
-    ensure_scratch(pool, n_ops, ops);
     pthread_mutex_lock(&pool->lock);
     pool->n_ops = n_ops;
     pool->ops = ops;

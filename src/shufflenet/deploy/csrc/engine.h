@@ -13,7 +13,7 @@
 
 #include <stdint.h>
 
-#define SHUFFLENET_ENGINE_ABI 6
+#define SHUFFLENET_ENGINE_ABI 5
 
 enum {
     OP_PAD_INPUT = 0,      /* NCHW input -> zero-bordered NCHW copy (the stem conv reads it by index) */
@@ -24,7 +24,6 @@ enum {
     OP_GLOBAL_AVERAGE = 5, /* mean over pixels */
     OP_SCALE = 6,          /* squeeze-and-excitation's gate: channels times sigmoid(gate), + residual, act */
     OP_GATHER = 7,         /* per-pixel copy of channels read through an index table (a shift made real) */
-    OP_BANDS = 8,          /* the operations that follow it, run together band by band of output rows */
 };
 
 /* Activations applied in an operation's epilogue. */
@@ -153,23 +152,6 @@ typedef struct {
     int64_t target_pitch;
 } GatherOp;
 
-/* Runs the ``operations`` operations that follow it in the plan (1x1 convs over one line of pixels and 3x3
-   depthwise convs, each reading the one before) band by band: ``band_rows`` output rows of the last,
-   after just the rows of each earlier one that the band needs and no earlier band computed, so a band's
-   intermediate rows are still in cache when the next operation reads them. ``heights``: each
-   operation's output height (int arena). ``windows``: for each operation, 0, or the rows of a window in
-   the thread's scratch that its output lives in instead of its buffer (a map only the next operation
-   reads: it never goes to memory); ``scratch_floats``: the scratch the windows take. A thread runs whole
-   bands of its share of the last operation's rows, recomputing the few rows where its share meets a
-   neighbour's (the same values). */
-typedef struct {
-    int64_t operations;
-    int64_t band_rows;
-    int64_t heights;
-    int64_t windows;
-    int64_t scratch_floats;
-} BandsOp;
-
 typedef struct {
     int64_t code;
     union {
@@ -181,7 +163,6 @@ typedef struct {
         GlobalAverageOp global_average;
         ScaleOp scale;
         GatherOp gather;
-        BandsOp bands;
     } as;
 } Op;
 
