@@ -259,33 +259,52 @@ static inline void window_range(int H, int W, int iy0, int ix0, int* ky0, int* k
     *kx1 = ix0 + 3 > W ? W - ix0 : 3;
 }
 
-/* One output vector of the depthwise conv at a pixel the 4-pixel path does not cover (the map's border,
-   or the last interior columns): the taps inside the map, one FMA chain per window row so the FMA
-   latency overlaps. */
-static inline vec depthwise_pixel(const float* in, int H, int W, int in_stride, int c0, int iy0, int ix0,
-                                  const vec* k, vec acc) {
-    int ky0, ky1, kx0, kx1;
-    window_range(H, W, iy0, ix0, &ky0, &ky1, &kx0, &kx1);
-    vec rows[3] = {acc, v_zero(), v_zero()};
-    for (int ky = ky0; ky < ky1; ky++) {
-        const float* p = in + ((size_t)(iy0 + ky) * W + ix0) * in_stride + c0;
-        for (int kx = kx0; kx < kx1; kx++)
-            rows[ky] = v_fma(v_load(p + (size_t)kx * in_stride), k[ky * 3 + kx], rows[ky]);
-    }
-    return v_add(v_add(rows[0], rows[1]), rows[2]);
-}
-
 INLINE void store_activated(float* out, vec y, int act, int lanes) { v_store_n(out, v_activate(y, act), lanes); }
 
-/* ``blocks`` runs of four neighbouring interior outputs of one channel block, the 9 taps held in named
-   registers (with the four accumulators, the bias and a load: 15 of AVX2's 16; a tap array would live on
-   the stack and cost a second load per FMA). Four independent FMA chains hide the FMA latency. ``p``:
-   the first window's top-left input; neighbours are ``step`` apart, window rows ``row``, columns ``col``. */
-INLINE void depthwise_span(const float* p, size_t step, size_t row, size_t col, const float* w, size_t C, vec b,
-                           float* o, size_t out_stride, int blocks, int act, int lanes) {
-    const vec k0 = v_load(w), k1 = v_load(w + C), k2 = v_load(w + 2 * C);
-    const vec k3 = v_load(w + 3 * C), k4 = v_load(w + 4 * C), k5 = v_load(w + 5 * C);
-    const vec k6 = v_load(w + 6 * C), k7 = v_load(w + 7 * C), k8 = v_load(w + 8 * C);
+/* The 9 taps of one channel block with the window rows and columns that fall outside the map zeroed:
+   a border output then runs the interior code, its outside taps reading a row or column inside the map
+   (clamped) and adding 0 times it. */
+typedef struct {
+    vec k[9];
+} Taps;
+
+INLINE Taps taps_inside(const Taps* all, int row_inside[3], int column_inside[3]) {
+    Taps taps;
+    for (int t = 0; t < 9; t++) taps.k[t] = row_inside[t / 3] && column_inside[t % 3] ? all->k[t] : v_zero();
+    return taps;
+}
+
+/* Where window row (column) 0, 1, 2 at input row (column) ``first`` is read: clamped into [0, size), with
+   ``inside[i]`` saying whether it really is there. */
+INLINE void window_lines(int first, int size, int inside[3], int line[3]) {
+    for (int i = 0; i < 3; i++) {
+        const int at = first + i;
+        inside[i] = at >= 0 && at < size;
+        line[i] = at < 0 ? 0 : at >= size ? size - 1 : at;
+    }
+}
+
+/* ``blocks`` runs of four neighbouring outputs of one channel block (or one output, ``single``), the 9 taps
+   in registers. Four independent FMA chains hide the FMA latency. ``r0``: the first window's top-left
+   input; neighbours are ``step`` apart, window rows ``row1`` and ``row2`` past the first (equal where a
+   border row is clamped), columns ``col1`` and ``col2`` past the first. */
+INLINE void depthwise_span(const float* r0, size_t step, size_t row1, size_t row2, size_t col1, size_t col2,
+                           const Taps* taps, vec b, float* o, size_t out_stride, int blocks, int single, int act,
+                           int lanes) {
+    const vec k0 = taps->k[0], k1 = taps->k[1], k2 = taps->k[2], k3 = taps->k[3], k4 = taps->k[4];
+    const vec k5 = taps->k[5], k6 = taps->k[6], k7 = taps->k[7], k8 = taps->k[8];
+    if (single) {
+        vec a0 = v_fma(v_load(r0), k0, b), a1 = v_mul(v_load(r0 + row1), k3), a2 = v_mul(v_load(r0 + row2), k6);
+        a0 = v_fma(v_load(r0 + col1), k1, a0);
+        a1 = v_fma(v_load(r0 + row1 + col1), k4, a1);
+        a2 = v_fma(v_load(r0 + row2 + col1), k7, a2);
+        a0 = v_fma(v_load(r0 + col2), k2, a0);
+        a1 = v_fma(v_load(r0 + row1 + col2), k5, a1);
+        a2 = v_fma(v_load(r0 + row2 + col2), k8, a2);
+        store_activated(o, v_add(v_add(a0, a1), a2), act, lanes);
+        return;
+    }
+    const float* p = r0;
     for (int i = 0; i < blocks; i++, p += 4 * step, o += 4 * out_stride) {
         vec a0 = b, a1 = b, a2 = b, a3 = b;
 #define TAP(k, offset)                                    \
@@ -296,9 +315,9 @@ INLINE void depthwise_span(const float* p, size_t step, size_t row, size_t col, 
         a2 = v_fma(v_load(q + 2 * step), k, a2);          \
         a3 = v_fma(v_load(q + 3 * step), k, a3);          \
     }
-        TAP(k0, 0) TAP(k1, col) TAP(k2, 2 * col)
-        TAP(k3, row) TAP(k4, row + col) TAP(k5, row + 2 * col)
-        TAP(k6, 2 * row) TAP(k7, 2 * row + col) TAP(k8, 2 * row + 2 * col)
+        TAP(k0, 0) TAP(k1, col1) TAP(k2, col2)
+        TAP(k3, row1) TAP(k4, row1 + col1) TAP(k5, row1 + col2)
+        TAP(k6, row2) TAP(k7, row2 + col1) TAP(k8, row2 + col2)
 #undef TAP
         store_activated(o, a0, act, lanes);
         store_activated(o + out_stride, a1, act, lanes);
@@ -310,40 +329,53 @@ INLINE void depthwise_span(const float* p, size_t step, size_t row, size_t col, 
 /* 3x3 depthwise conv, padding 1, over C channels (C a multiple of 8; the planner pads it) in blocks of
    LANES channels, the last block of an AVX-512 build possibly half full. Loads are whole vectors: lanes
    past the channels read the next pixel, the next tap row or the 16-float slack of every buffer and
-   arena block, and are dropped by the exact store. Weights: 9 rows (taps) of C floats. Interior pixels
-   go four at a time (depthwise_span), the rest one at a time. */
+   arena block, and are dropped by the exact store. Weights: 9 rows (taps) of C floats. Outputs whose
+   window lies inside the map go four at a time; the border ones (the first and last columns, the first
+   and last rows) run the same code one at a time, with the taps outside the map zeroed (taps_inside). */
 static void depthwise(const float* in, int H, int W, int in_stride, int C, int stride, const float* w,
                       const float* bias, float* out, int Ho, int Wo, int out_stride, int out_offset, int act,
                       int oy_begin, int oy_end) {
     /* Output columns whose 3 input columns are all inside the map: [1, ox_end). */
     const int ox_end = (W - 2) / stride + 1 < Wo ? (W - 2) / stride + 1 : Wo;
     const int blocks = ox_end > 1 ? (ox_end - 1) / 4 : 0;
-    const size_t row = (size_t)W * in_stride, step = (size_t)stride * in_stride;
+    const size_t step = (size_t)stride * in_stride;
+    const size_t col1 = (size_t)in_stride, col2 = 2 * (size_t)in_stride;
     /* Rows outermost: the three input rows a row of outputs needs stay in cache across channel blocks
        (the stride-2 maps of the first stages exceed L2, so a channel-block-outer sweep would re-stream
        them from L3 once per block). */
     (void)Ho;
     for (int oy = oy_begin; oy < oy_end; oy++) {
-        const int iy0 = oy * stride - 1;
-        const int inside = iy0 >= 0 && iy0 + 2 < H;
+        int row_inside[3], rows[3];
+        window_lines(oy * stride - 1, H, row_inside, rows);
+        const size_t row1 = (size_t)(rows[1] - rows[0]) * W * in_stride;
+        const size_t row2 = (size_t)(rows[2] - rows[0]) * W * in_stride;
+        const float* first_row = in + (size_t)rows[0] * W * in_stride;
+        int all_columns[3] = {1, 1, 1};
         for (int c0 = 0; c0 < C; c0 += LANES) {
             const int lanes = C - c0;
-            vec k[9];
-            for (int t = 0; t < 9; t++) k[t] = v_load(w + t * C + c0);
+            Taps all;
+            for (int t = 0; t < 9; t++) all.k[t] = v_load(w + t * C + c0);
+            const Taps taps = taps_inside(&all, row_inside, all_columns);
             const vec b = v_load(bias + c0);
             float* row_out = out + (size_t)oy * Wo * out_stride + out_offset + c0;
+            const float* r0 = first_row + c0;
             int ox = 0;
-            if (inside && blocks) {
-                const vec left = depthwise_pixel(in, H, W, in_stride, c0, iy0, -1, k, b);
-                store_activated(row_out, left, act, lanes);
-                const float* p = in + ((size_t)iy0 * W + stride - 1) * in_stride + c0;
-                depthwise_span(p, step, row, in_stride, w + c0, C, b, row_out + out_stride, out_stride, blocks,
-                               act, lanes);
-                ox = 1 + 4 * blocks;
+            if (blocks) {
+                depthwise_span(r0 + (size_t)(stride - 1) * in_stride, step, row1, row2, col1, col2, &taps, b,
+                               row_out + out_stride, out_stride, blocks, 0, act, lanes);
+                for (ox = 1 + 4 * blocks; ox < ox_end; ox++)
+                    depthwise_span(r0 + (size_t)(ox * stride - 1) * in_stride, step, row1, row2, col1, col2,
+                                   &taps, b, row_out + (size_t)ox * out_stride, out_stride, 1, 1, act, lanes);
             }
-            for (; ox < Wo; ox++) {
-                const vec acc = depthwise_pixel(in, H, W, in_stride, c0, iy0, ox * stride - 1, k, b);
-                store_activated(row_out + (size_t)ox * out_stride, acc, act, lanes);
+            /* The border columns (and every column of a map too narrow for a block). */
+            for (int x = 0; x < Wo; x = x == 0 && blocks ? ox : x + 1) {
+                int column_inside[3], columns[3];
+                window_lines(x * stride - 1, W, column_inside, columns);
+                const Taps edge = taps_inside(&taps, all_columns, column_inside);
+                const float* p = r0 + (size_t)columns[0] * in_stride;
+                depthwise_span(p, step, row1, row2, (size_t)(columns[1] - columns[0]) * in_stride,
+                               (size_t)(columns[2] - columns[0]) * in_stride, &edge, b,
+                               row_out + (size_t)x * out_stride, out_stride, 1, 1, act, lanes);
             }
         }
     }
