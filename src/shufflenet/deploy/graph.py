@@ -62,6 +62,7 @@ class Step:
     residual: ReadPlan | None
     target: int
     offset: int
+    channels: int
     activation: str
 
 
@@ -133,6 +134,7 @@ class ProgramSegment(nn.Module):
                     None if residual is None else self._plan(residual, copy=False, permuted="gather"),
                     operation.target.map,
                     operation.target.offset,
+                    out_channels(operation),
                     getattr(operation, "activation", "none"),
                 )
             )
@@ -204,7 +206,7 @@ class ProgramSegment(nn.Module):
     def _map(self, maps: dict, index: int) -> torch.Tensor:
         value = maps[index]
         if isinstance(value, list):  # the parts of a concatenation, by offset
-            value = torch.cat([part for _, part in sorted(value, key=lambda item: item[0])], 1)
+            value = torch.cat([part for _, _, part in sorted(value, key=lambda item: item[0])], 1)
             maps[index] = value
         return value
 
@@ -214,8 +216,8 @@ class ProgramSegment(nn.Module):
         if not isinstance(value, list) or plan.map in self.joined or plan.kind not in ("whole", "slice"):
             return None
         start, stop = (0, self.maps[plan.map]) if plan.kind == "whole" else (plan.start, plan.stop)
-        for offset, part in value:
-            if offset <= start and stop <= offset + part.shape[1]:
+        for offset, width, part in value:
+            if offset <= start and stop <= offset + width:
                 return part[:, start - offset : stop - offset]
         return None
 
@@ -229,7 +231,8 @@ class ProgramSegment(nn.Module):
         for step in self.steps:
             operation = step.operation
             if step.source.kind == "runs":
-                parts = [read(ReadPlan(step.source.map, "slice", a, b)) for a, b in step.source.runs]
+                runs = step.source.runs
+                parts = [(b - a, read(ReadPlan(step.source.map, "slice", a, b))) for a, b in runs]
             else:
                 source = read(step.source)
                 if step.layer is not None:
@@ -244,18 +247,17 @@ class ProgramSegment(nn.Module):
                     out = F.relu(out, inplace=not isinstance(operation, Copy))
                 elif step.activation == "relu6":
                     out = F.relu6(out, inplace=not isinstance(operation, Copy))
-                parts = [out]
-            width = self.maps[step.target]
+                parts = [(step.channels, out)]
             offset = step.offset
-            for part in parts:
-                if offset == 0 and part.shape[1] == width:
+            for width, part in parts:  # widths known here, not read off tensors (a tracer would track them)
+                if offset == 0 and width == self.maps[step.target]:
                     maps[step.target] = part
                 else:
                     existing = maps.get(step.target)
                     if not isinstance(existing, list):
                         existing = maps[step.target] = []
-                    existing.append((offset, part))
-                offset += part.shape[1]
+                    existing.append((offset, width, part))
+                offset += width
         return read(self.output)
 
 
