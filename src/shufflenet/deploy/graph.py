@@ -326,6 +326,7 @@ class DeployGraph(nn.Module):
             self.segment_names.append(attribute)
 
     def segments(self) -> list[ProgramSegment]:
+        """The segments, in the order they run."""
         return [getattr(self, name) for name in self.segment_names]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
