@@ -238,7 +238,7 @@ class ProgramSegment(nn.Module):
                 if step.layer is not None:
                     out = self.layers[step.layer](source)
                 elif isinstance(operation, GlobalAverage):
-                    out = source.mean((2, 3), keepdim=True)
+                    out = F.adaptive_avg_pool2d(source, 1)  # one GlobalAveragePool node in exports
                 else:  # a copy of one run
                     out = source
                 if step.residual is not None:
