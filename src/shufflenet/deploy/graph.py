@@ -98,9 +98,12 @@ class ProgramSegment(nn.Module):
         self._indices = 0
         selected = [program.operations[i] for i in operations]
         readers: dict[int, int] = defaultdict(int)
+        copied = set()  # maps a copy writes into: they may be views of their source
         for operation in program.operations:
             for read in reads_of(operation):
                 readers[read.map] += 1
+            if isinstance(operation, Copy):
+                copied.add(operation.target.map)
         if program.output is not None:
             readers[program.output.map] += 1
         writers: dict[int, list[tuple[int, int]]] = defaultdict(list)
@@ -122,7 +125,7 @@ class ProgramSegment(nn.Module):
         self.maps = {index: program.maps[index].channels for index in writers}
         self.maps.setdefault(source, program.maps[source].channels)
         for operation in selected:
-            layer = self._layer(operation, readers, source)
+            layer = self._layer(operation, readers, source, copied)
             if layer is not None:
                 self.layers.append(layer)
             residual = getattr(operation, "residual", None)
@@ -166,7 +169,9 @@ class ProgramSegment(nn.Module):
         self.register_buffer(name, torch.tensor(channels, dtype=torch.long), persistent=False)
         return ReadPlan(read.map, "gather", index=name)
 
-    def _layer(self, operation: Operation, readers: dict[int, int], source: int) -> nn.Module | None:
+    def _layer(
+        self, operation: Operation, readers: dict[int, int], source: int, copied: set[int]
+    ) -> nn.Module | None:
         if isinstance(operation, Conv):
             out, per_group, kernel, _ = operation.weight.shape
             conv = nn.Conv2d(
@@ -186,8 +191,9 @@ class ProgramSegment(nn.Module):
             return nn.AvgPool2d(operation.kernel, operation.stride, operation.padding)
         if isinstance(operation, Shift):
             order, segments = shift_segments(torch.tensor(operation.dy), torch.tensor(operation.dx))
-            # In place only over a map that this shift alone reads and that this segment made itself.
-            alone = readers[operation.source.map] == 1 and operation.source.map != source
+            # In place only over a map that this shift alone reads and that this segment computed itself.
+            index = operation.source.map
+            alone = readers[index] == 1 and index != source and index not in copied
             return SegmentShift(segments, order, in_place=alone)
         if isinstance(operation, SqueezeExcite):
             return _SqueezeExcite(operation)
