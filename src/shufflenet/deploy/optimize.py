@@ -46,7 +46,7 @@ from torch import nn
 
 from shufflenet.deploy.graph import DeployGraph, ProgramSegment, segment_bounds
 from shufflenet.deploy.layout import fold_permuted_reads, is_grouped, lay_out, pad_channels
-from shufflenet.deploy.lower import Program, lower
+from shufflenet.deploy.lower import Program, Read, lower
 from shufflenet.deploy.timing import eager_timer
 from shufflenet.models import ShuffleNetV2
 
@@ -67,7 +67,10 @@ def _permuted_grouped_reads(program: Program, operations: range) -> bool:
     )
 
 
-def _segment(program: Program, folded: Program, bounds, form: str) -> ProgramSegment:
+def _segment(
+    program: Program, folded: Program, bounds: tuple[str, range, int, Read], form: str
+) -> ProgramSegment:
+    """One piece of the graph; with ``form`` "fold" its permuted grouped reads folded into dense convs."""
     _, operations, source, output = bounds
     permuted = "explicit" if form == "explicit" else "gather"
     chosen = folded if form == "fold" else program
