@@ -13,10 +13,10 @@ from shufflenet._testing import trained_looking
 from shufflenet.blocks import ShuffleV2Unit
 from shufflenet.deploy import fold_conv_bn, optimize
 from shufflenet.deploy.export import FP32_TOLERANCE, ExportError, export_model
-from shufflenet.deploy.optimize import ZERO, DeployShuffleV1Unit, DeployShuffleV2Unit
+from shufflenet.deploy.lower import Conv, Copy
 from shufflenet.ops import SegmentShift, SparseShift
 
-optimize_module = importlib.import_module("shufflenet.deploy.optimize")
+graph_module = importlib.import_module("shufflenet.deploy.graph")
 
 
 def _trained_looking(model: nn.Module) -> nn.Module:
@@ -30,6 +30,33 @@ def _trained_looking(model: nn.Module) -> nn.Module:
 def _max_diff(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
     with torch.inference_mode():
         return (a(x) - b(x)).abs().max().item()
+
+
+def _steps(deployed: nn.Module) -> list:
+    """Every step of the deploy graph (one per operation of its laid-out program), in order."""
+    return [step for segment in deployed.segments() for step in segment.steps]
+
+
+def _split_reads(deployed: nn.Module) -> list[tuple[tuple[int, int], list[tuple[int, int]], int]]:
+    """For each ShuffleNet V2 stride-1 unit (a map read in parts by a copy, the kept half, and by a conv,
+    the transformed half): the conv's slice, the copy's runs, and the map's width."""
+    steps = _steps(deployed)
+    found = []
+    for copy_step in steps:
+        if not isinstance(copy_step.operation, Copy):
+            continue
+        plan = copy_step.source
+        runs = list(plan.runs) if plan.kind == "runs" else [(plan.start, plan.stop)]
+        (conv_plan,) = [
+            step.source
+            for step in steps
+            if isinstance(step.operation, Conv)
+            and step.source.map == plan.map
+            and step.source.kind != "whole"
+        ]
+        width = deployed.program.maps[plan.map].channels
+        found.append(((conv_plan.start, conv_plan.stop) if conv_plan.kind == "slice" else None, runs, width))
+    return found
 
 
 def test_fold_conv_bn_equals_conv_then_bn():
@@ -73,20 +100,23 @@ def test_v2_deploy_runs_no_shuffle_and_reads_contiguous_slices(monkeypatch):
         raise AssertionError("the deploy graph must not shuffle")
 
     monkeypatch.setattr("shufflenet.blocks.shufflenet_v2.channel_shuffle", forbidden)
-    monkeypatch.setattr(optimize_module, "channel_shuffle", forbidden)
+    monkeypatch.setattr(graph_module, "channel_shuffle", forbidden)
     x = torch.randn(1, 3, 64, 64)
     with torch.inference_mode():
         expected = deployed(x)
-    units = [m for m in deployed.modules() if isinstance(m, DeployShuffleV2Unit)]
-    assert len(units) == 16
-    stride_one = [unit for unit in units if unit.branch1 is None]
-    assert len(stride_one) == 13 and all(unit.transformed is not None for unit in stride_one)
-    # Each transformed half is one (start, stop) slice of half the channels.
-    assert all(
-        stop - start == 2 * unit.branch2[0].in_channels // 2
-        for unit in stride_one
-        for start, stop in [unit.transformed]
-    )
+    steps = _steps(deployed)
+    # No read shuffles or gathers: every read is the whole map, a slice or (a copy's) slices.
+    assert {step.source.kind for step in steps} <= {"whole", "slice", "runs"}
+    writers = {}
+    for step in steps:
+        writers.setdefault(step.target, []).append(step)
+    assert sum(len(parts) > 1 for parts in writers.values()) == 16  # one concatenation per unit
+    split = _split_reads(deployed)
+    assert len(split) == 13 and all(transformed is not None for transformed, _, _ in split)
+    # Each transformed half is one (start, stop) slice, exactly what its conv reads.
+    for step in steps:
+        if isinstance(step.operation, Conv) and step.source.kind == "slice":
+            assert step.source.stop - step.source.start == step.operation.weight.shape[1]
     monkeypatch.undo()
     with torch.inference_mode():
         assert (model(x) - expected).abs().max() < 1e-4
@@ -116,53 +146,51 @@ def test_v2_channel_padding_aligns_every_conv_and_keeps_outputs(name, args):
     # ONNX Runtime's NCHWc kernels need input widths that are multiples of 4 (depthwise: padded to 8).
     for conv in _trunk_convs(deployed):
         assert conv.in_channels % (8 if conv.groups > 1 else 4) == 0, conv
-    units = [m for m in deployed.modules() if isinstance(m, DeployShuffleV2Unit)]
-    originals = [m for m in model.modules() if isinstance(m, ShuffleV2Unit)]
-    for unit, original in zip(units, originals, strict=True):
-        if unit.branch1 is not None:
-            continue
+    originals = [m for m in model.modules() if isinstance(m, ShuffleV2Unit) and m.stride == 1]
+    split = _split_reads(deployed)
+    for (transformed, kept_runs, width), original in zip(split, originals, strict=True):
         # One transformed slice, disjoint from the kept ones and with them covering the input (ONNX
         # Runtime fuses them into one Split); the kept ones hold just the real half: no zero channels.
-        start, stop = unit.transformed
-        assert stop - start == unit.branch2[0].in_channels
-        pieces = sorted([*unit.pieces_before, unit.transformed, *unit.pieces_after])
-        assert pieces[0][0] == 0 and all(a[1] == b[0] for a, b in itertools.pairwise(pieces))
-        kept = sum(b - a for a, b in [*unit.pieces_before, *unit.pieces_after])
+        pieces = sorted([*kept_runs, transformed])
+        assert pieces[0][0] == 0 and pieces[-1][1] == width
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(pieces))
+        kept = sum(b - a for a, b in kept_runs)
         assert kept == original.branch2[0].in_channels
     unpadded = optimize(model, channel_multiple=1)
     shapes = [conv.weight.shape for conv in _trunk_convs(unpadded)]
-    assert shapes == [conv.weight.shape for conv in _trunk_convs(model)]  # 1: today's graph, unpadded
+    # 1: today's graph, unpadded (the classifier is a 1x1 conv on the pooled map)
+    expected = [conv.weight.shape for conv in _trunk_convs(model)]
+    assert shapes == [*expected, (*model.fc.weight.shape, 1, 1)]
 
 
-def test_permuted_inputs_and_outputs_widen_for_zero_channels():
-    order = [2, ZERO, 0, 4, 1, 3, ZERO, ZERO]  # ZERO: an all-zero channel, read with zero weights
-    x = torch.randn(2, 5, 6, 6)
-    padded = torch.cat((x, torch.zeros(2, 1, 6, 6)), 1)[:, [c if c != ZERO else 5 for c in order]]
-    for first in (nn.Conv2d(5, 5, 3, padding=1, groups=5), nn.Conv2d(5, 5, 1)):
-        sequence = nn.Sequential(first, nn.ReLU(), nn.Conv2d(5, 3, 1)).eval()
-        permuted = copy.deepcopy(sequence)
-        optimize_module._permute_inputs(permuted, order)
-        assert permuted[0].in_channels == 8
-        assert torch.allclose(permuted(padded), sequence(x), atol=1e-6)
-        optimize_module._permute_outputs(permuted, [1, ZERO, 0, 2])
-        out = permuted(padded)
-        assert torch.equal(out[:, 1], torch.zeros_like(out[:, 1]))
-        assert torch.allclose(out[:, [0, 2, 3]], sequence(x)[:, [1, 0, 2]], atol=1e-6)
+def _second_pointwise(deployed: nn.Module) -> list:
+    """The steps of each V1 unit's second 1x1 conv: the convs that read a depthwise conv's output."""
+    steps = _steps(deployed)
+    depthwise_maps = {
+        step.target
+        for step in steps
+        if isinstance(step.operation, Conv) and step.operation.kind == "depthwise"
+    }
+    return [s for s in steps if isinstance(s.operation, Conv) and s.source.map in depthwise_maps]
 
 
 def test_v1_fold_has_no_shuffle_and_explicit_shuffles_after_the_stride():
     model = _trained_looking(create_model("shufflenet_v1_g3_x0_5", num_classes=10))
     folded = optimize(model, v1_shuffle="fold")
-    units = [m for m in folded.modules() if isinstance(m, DeployShuffleV1Unit)]
-    assert all(unit.shuffle_groups == 1 for unit in units)
-    assert all(unit.pointwise2.groups == 1 for unit in units[1:])  # dense: the shuffle is in its weights
+    assert not any(step.source.kind in ("shuffle", "gather") for step in _steps(folded))
+    second = _second_pointwise(folded)
+    assert len(second) == 16
+    assert all(step.operation.groups == 1 for step in second[1:])  # dense: the shuffle is in its weights
     explicit = optimize(model, v1_shuffle="explicit")
-    units = [m for m in explicit.modules() if isinstance(m, DeployShuffleV1Unit)]
-    assert units[0].shuffle_groups == 1  # the first unit's first 1x1 is ungrouped: nothing to shuffle
-    assert all(unit.shuffle_groups == 3 and unit.pointwise2.groups == 3 for unit in units[1:])
+    second = _second_pointwise(explicit)
+    # the first unit's first 1x1 is ungrouped: nothing to shuffle
+    assert second[0].source.kind == "whole" and second[0].operation.groups == 3
+    # The others shuffle the depthwise conv's output, after its stride.
+    assert all(s.source.kind == "shuffle" and s.source.groups == 3 for s in second[1:])
+    assert all(s.operation.groups == 3 for s in second[1:])
     gather = optimize(model, v1_shuffle="gather")
-    units = [m for m in gather.modules() if isinstance(m, DeployShuffleV1Unit)]
-    assert all(unit.shuffle_index is not None and unit.pointwise2.groups == 3 for unit in units[1:])
+    second = _second_pointwise(gather)
+    assert all(s.source.kind == "gather" and s.operation.groups == 3 for s in second[1:])
 
 
 def test_v1_auto_picks_the_faster_form_per_stage():
@@ -170,7 +198,7 @@ def test_v1_auto_picks_the_faster_form_per_stage():
     calls = []
 
     def timer(module, example):
-        form = module[0].form
+        form = module.form
         calls.append((form, tuple(example.shape)))
         return {"fold": 2.0, "explicit": 3.0, "gather": 1.0}[form]  # pretend the gather is fastest
 

@@ -10,7 +10,7 @@ from torch import nn
 from shufflenet import create_model
 from shufflenet.deploy import optimize
 from shufflenet.deploy.eager import PointwiseConv2d, StridedMaxPool2d, nhwc_rows, use_eager_kernels
-from shufflenet.deploy.optimize import DeployShuffleV2Unit
+from shufflenet.deploy.graph import ProgramSegment
 
 CHANNELS_LAST = torch.channels_last
 
@@ -113,15 +113,15 @@ def test_deploy_graph_eager_path_matches_the_model(layout: str) -> None:
             torch.testing.assert_close(deployed(batch), expected, rtol=1e-4, atol=1e-4)
 
 
-def test_deploy_unit_eager_path_equals_its_export_path() -> None:
+def test_deploy_stage_eager_path_equals_its_export_path() -> None:
     deployed = optimize(_v2_with_statistics(), channel_multiple=4)
     x = torch.randn(1, 3, 64, 64).contiguous(memory_format=CHANNELS_LAST)
     with torch.no_grad():
         features = deployed.maxpool(deployed.conv1(x))
-        for unit in [*deployed.stage2, *deployed.stage3]:
-            assert isinstance(unit, DeployShuffleV2Unit)
-            fast = unit(features)
-            rows = torch.jit.trace(unit, features)(features)  # traced: the cat-of-convs graph
+        for stage in (deployed.stage2, deployed.stage3):
+            assert isinstance(stage, ProgramSegment)
+            fast = stage(features)
+            rows = torch.jit.trace(stage, features)(features)  # traced: the cat-of-convs graph
             torch.testing.assert_close(fast, rows, rtol=1e-5, atol=1e-5)
             assert fast.is_contiguous(memory_format=CHANNELS_LAST)
             features = fast

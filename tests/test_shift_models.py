@@ -5,8 +5,9 @@ from torch import nn
 from shufflenet import create_model, list_models, model_card, profile
 from shufflenet.blocks import CSCUnit, FEBlock, InvertedBottleneck, PoolBottleneck, fe_block_split
 from shufflenet.blocks.common import SqueezeExcite
+from shufflenet.deploy import optimize
 from shufflenet.models import FENet, ShiftResNet
-from shufflenet.ops import GroupedShift, SparseShift, shift_layers, shift_sparsity
+from shufflenet.ops import GroupedShift, SegmentShift, SparseShift, shift_layers, shift_sparsity
 from shufflenet.train.config import load_config
 
 # Reference parameter counts of ShiftResNet as the ShiftNet release builds it (Wu et al. 2018's CSC units,
@@ -216,8 +217,16 @@ def test_fenet_se_gates_the_expanded_channels_after_the_shift():
         nn.init.zeros_(unit.se.expand.weight)
         nn.init.constant_(unit.se.expand.bias, -100.0)
         torch.testing.assert_close(unit(x), x)
-    # The SE between shift and projection would not follow the deploy regrouping: such units opt out.
-    assert unit.shift_path is None and InvertedBottleneck(8, 8, expansion=2).shift_path is not None
+    # The deploy graph's layout carries the shift's grouping through the SE (a per-channel gate whose
+    # weights it permutes alike): the shift runs grouped and in place there too.
+    model = create_model("fenet_x1_375_se", num_classes=10, small_input=True).eval()
+    deployed = optimize(model, channel_multiple=1)
+    shifts = [m for m in deployed.modules() if isinstance(m, SegmentShift)]
+    assert len(shifts) == sum(isinstance(m, SparseShift) for m in model.modules())
+    assert all(m.order is None and m.in_place for m in shifts)
+    batch = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(batch), model(batch), rtol=1e-4, atol=1e-4)
 
 
 def test_imagenet_fenet_recipe_is_the_papers():

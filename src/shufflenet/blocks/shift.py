@@ -49,9 +49,6 @@ class CSCUnit(nn.Module):
     1x1 would drop three quarters of the positions before the shift could move any of them.
     """
 
-    # The 1x1 convs around the shift, for graph rewrites (shufflenet.deploy) that regroup its channels.
-    shift_path = ("expand", "shift", "reduce")
-
     def __init__(
         self,
         in_channels: int,
@@ -95,8 +92,6 @@ class InvertedBottleneck(nn.Module):
     in the same unit; Chen et al. 2019, Fig. 7 reports FE-Net with SE without saying where it sits.
     """
 
-    shift_path: tuple[str, str, str] | None = ("expand", "spatial", "project")  # as CSCUnit.shift_path
-
     def __init__(
         self,
         in_channels: int,
@@ -121,10 +116,6 @@ class InvertedBottleneck(nn.Module):
         else:
             raise ValueError(f"spatial must be one of {', '.join(SPATIAL_OPS)}, got {spatial!r}")
         self.se = SqueezeExcite(mid, reduction=SE_REDUCTION) if se else nn.Identity()
-        if se:
-            # The shift's deploy form regroups the expanded channels inside the 1x1 convs around it, which
-            # the per-channel SE between them would not follow: such units keep their SSL as it is.
-            self.shift_path = None
         self.project = ConvBNAct(mid, out_channels, activation=None)
         self.residual = residual
 

@@ -167,6 +167,9 @@ class Program:
     maps: list[FeatureMap] = field(default_factory=list)
     operations: list[Operation] = field(default_factory=list)
     output: Read | None = None
+    pieces: list[tuple[str, int]] = field(default_factory=list)
+    """``(name, first operation)`` for each trunk piece, the head conv and the classifier ("head"), in
+    order: where a backend that runs the program piece by piece may cut it."""
 
     def new_map(self, channels: int, height: int, width: int) -> int:
         self.maps.append(FeatureMap(channels, height, width))
@@ -552,10 +555,13 @@ def lower(model: nn.Module, input_size: tuple[int, int]) -> Program:
     program = Program()
     lowering = _Lowering(program)
     x = program.whole(program.new_map(model.in_chans, height, width))
-    for module in model.trunk_modules():
+    for piece, module in zip(model.pieces, model.trunk_modules(), strict=True):
+        program.pieces.append((piece.name, len(program.operations)))
         x = lowering.module(x, module)
     if model.head_conv_name is not None:
+        program.pieces.append((model.head_conv_name, len(program.operations)))
         x = lowering.module(x, model.get_submodule(model.head_conv_name))
+    program.pieces.append(("head", len(program.operations)))
     pooled = Write(program.new_map(len(x.channels), 1, 1))
     lowering.emit(GlobalAverage(x, pooled))
     x = _written(pooled, len(x.channels))
