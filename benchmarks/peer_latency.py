@@ -42,17 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=224, help="square input size (default 224)")
     parser.add_argument("--passes", type=int, default=100, help="timed calls per cell (default 100)")
     parser.add_argument("--warmup", type=int, default=10, help="calls per cell before timing (default 10)")
-    parser.add_argument(
-        "--settle",
-        type=float,
-        default=0.05,
-        help="idle seconds before each cell's turn, so the threads another runtime leaves spinning after "
-        "its call are asleep (default 0.05; 0: back to back)",
-    )
     parser.add_argument("--output", type=Path, help="write latency.md/.csv/.json into this folder")
     args = parser.parse_args(argv)
-    if args.batch < 1 or args.passes < 1 or args.size < 32 or args.settle < 0:
-        parser.error("--batch and --passes must be positive, --size at least 32, --settle not negative")
+    if args.batch < 1 or args.passes < 1 or args.size < 32:
+        parser.error("--batch and --passes must be positive and --size at least 32")
     thread_counts = args.threads or sorted({1, usable_cores()})
     cells = []
     for threads in thread_counts:
@@ -64,7 +57,6 @@ def main(argv: list[str] | None = None) -> int:
             warmup=args.warmup,
             threads=threads,
             batch=args.batch,
-            settle=args.settle,
         )
     table = latency_table(cells)
     ratios = peer_ratios(cells)

@@ -204,21 +204,6 @@ def test_interleaved_passes_rewarm_each_call_right_before_timing_it():
         assert sorted(pair[0] for pair in pairs[start : start + 3]) == ["a", "b", "c"]
 
 
-def test_interleaved_passes_settle_idle_before_each_turn_not_inside_it(monkeypatch):
-    """``settle`` sleeps before a call's turn (its rewarm call and its timed call), never between the two,
-    and the sleep is not part of the timed sample."""
-    from shufflenet.deploy import timing
-
-    log: list[str] = []
-    monkeypatch.setattr(timing.time, "sleep", lambda seconds: log.append(f"sleep {seconds}"))
-    calls = [lambda name=name: log.append(name) for name in "ab"]
-    times = timing.interleaved_seconds(calls, passes=2, warmup=0, rewarm=1, settle=0.25)
-    assert [len(samples) for samples in times] == [2, 2]
-    turns = [log[i : i + 3] for i in range(0, len(log), 3)]
-    assert len(turns) == 4 and all(turn[0] == "sleep 0.25" and turn[1] == turn[2] for turn in turns)
-    assert all(max(samples) < 0.25 for samples in times)
-
-
 def test_latency_record_states_each_ratio_with_how_to_read_it(tmp_path):
     cells = [
         _cell("shufflenet_v1_g3_x0_5", "openvino", 2.0),

@@ -37,16 +37,12 @@ def interleaved_seconds(
     passes: int,
     warmup: int,
     rewarm: int = 0,
-    settle: float = 0.0,
     progress: bool = False,
 ) -> list[list[float]]:
     """Seconds of each call in each of ``passes`` passes, after ``warmup`` calls of each. Every pass calls
     every one once, in a fresh random order (seeded), so drift in the machine's speed lands on all alike.
     With ``rewarm`` > 0, each timed call follows that many untimed calls of the same one: its weights are
-    back in cache, as when it runs back to back (steady state), rather than evicted by the call before.
-    With ``settle`` > 0, that many seconds pass idle before each call's turn: the worker threads that a
-    multi-threaded runtime leaves spinning after its call (ONNX Runtime's pool, OpenMP's wait policy) go
-    to sleep rather than take cores from the next call."""
+    back in cache, as when it runs back to back (steady state), rather than evicted by the call before."""
     for call in calls:
         for _ in range(warmup):
             call()
@@ -61,8 +57,6 @@ def interleaved_seconds(
     for _ in rounds:
         shuffler.shuffle(order)
         for index in order:
-            if settle > 0:
-                time.sleep(settle)
             for _ in range(rewarm):
                 calls[index]()
             start = time.perf_counter()
