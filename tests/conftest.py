@@ -6,8 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 from shufflenet._testing import randomize_batchnorm  # noqa: F401  (tests import it from here)
+from shufflenet.ops import SparseShift
 
 
 @pytest.fixture(autouse=True)
@@ -48,3 +50,20 @@ def image_folder(tmp_path) -> tuple[Path, Path]:
     bad = root / "train" / "dog" / "broken.png"
     bad.write_bytes(random.Random(0).randbytes(300))
     return root, bad
+
+
+def lowering_ready(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BN statistics and affine terms (so folding is exercised) and learned-looking shifts,
+    some larger than one pixel, in eval mode."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
+                module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+                module.weight.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
+            elif isinstance(module, SparseShift):
+                module.alpha.copy_(torch.randn(module.channels, generator=generator) * 1.2)
+                module.beta.copy_(torch.randn(module.channels, generator=generator) * 1.2)
+    return model.eval()

@@ -7,8 +7,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
+from conftest import lowering_ready
 from shufflenet.deploy import optimize
 from shufflenet.deploy.layout import (
     fold_permuted_reads,
@@ -19,22 +19,7 @@ from shufflenet.deploy.layout import (
     pad_channels,
 )
 from shufflenet.deploy.lower import Conv, Program, Read, lower, run_program
-from shufflenet.ops import SparseShift
 from shufflenet.registry import create_model, list_models
-
-
-def _randomised(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics and learned-looking shifts, in eval mode."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-            elif isinstance(module, SparseShift):
-                module.alpha.copy_(torch.randn(module.channels, generator=generator) * 1.2)
-                module.beta.copy_(torch.randn(module.channels, generator=generator) * 1.2)
-    return model.eval()
 
 
 def _scrambled(program: Program, seed: int) -> Program:
@@ -84,7 +69,7 @@ def _scrambled(program: Program, seed: int) -> Program:
     ],
 )
 def test_layout_of_a_program_with_randomly_permuted_reads_still_computes_it(name, args):
-    model = _randomised(create_model(name, num_classes=10, small_input=True, **args))
+    model = lowering_ready(create_model(name, num_classes=10, small_input=True, **args))
     program = _scrambled(lower(model, (32, 32)), seed=1)
     batch = torch.randn(2, model.in_chans, 32, 32)
     expected = run_program(program, batch)
@@ -100,7 +85,7 @@ def test_layout_of_a_program_with_randomly_permuted_reads_still_computes_it(name
 
 
 def test_optimize_takes_its_channel_orders_from_the_program():
-    model = _randomised(create_model("shufflenet_v2_x1_0", num_classes=10))
+    model = lowering_ready(create_model("shufflenet_v2_x1_0", num_classes=10))
     deployed = optimize(model, channel_multiple=4)
     laid = lay_out(pad_channels(lower(model, (224, 224)), 4)[0])
     assert [op.source for op in deployed.program.operations] == [op.source for op in laid.operations]
@@ -110,7 +95,7 @@ def test_optimize_takes_its_channel_orders_from_the_program():
 
 @pytest.mark.parametrize("name", ["shufflenet_v2_x1_0", "shufflenet_v2_x2_0"])
 def test_padding_keeps_outputs_and_zero_channels_stay_zero(name):
-    model = _randomised(create_model(name, num_classes=10))
+    model = lowering_ready(create_model(name, num_classes=10))
     program = lower(model, (64, 64))
     padded, zeros = pad_channels(program, 4)
     batch = torch.randn(2, 3, 64, 64)
@@ -129,7 +114,7 @@ def test_padding_keeps_outputs_and_zero_channels_stay_zero(name):
 
 
 def test_folding_a_permuted_grouped_read_gives_a_dense_conv():
-    model = _randomised(create_model("shufflenet_v1_g3_x0_5", num_classes=10))
+    model = lowering_ready(create_model("shufflenet_v1_g3_x0_5", num_classes=10))
     laid = lay_out(lower(model, (64, 64)))
     permuted = [op for op in laid.operations if is_grouped(op) and not is_run(op.source.channels)]
     assert len(permuted) == 15  # every second 1x1 but the first unit's (no shuffle before it)
@@ -141,7 +126,7 @@ def test_folding_a_permuted_grouped_read_gives_a_dense_conv():
 
 @pytest.mark.parametrize("name", list_models())
 def test_every_registered_family_deploys_at_any_input_size(name):
-    model = _randomised(create_model(name, num_classes=10, small_input=True))
+    model = lowering_ready(create_model(name, num_classes=10, small_input=True))
     deployed = optimize(model)  # lowered at one size, run at others
     for size in ((32, 32), (40, 48)):
         batch = torch.randn(2, model.in_chans, *size)

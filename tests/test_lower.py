@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import lowering_ready
 from shufflenet.deploy.lower import (
     Conv,
     Copy,
@@ -16,29 +17,11 @@ from shufflenet.deploy.lower import (
     lower,
     run_program,
 )
-from shufflenet.ops import SparseShift
 from shufflenet.registry import create_model, list_models
 
 
-def _randomised(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics and affine terms (so folding is exercised) and learned-looking shifts,
-    some larger than one pixel, in eval mode."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-                module.weight.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
-            elif isinstance(module, SparseShift):
-                module.alpha.copy_(torch.randn(module.channels, generator=generator) * 1.2)
-                module.beta.copy_(torch.randn(module.channels, generator=generator) * 1.2)
-    return model.eval()
-
-
 def _check(model: nn.Module, size: tuple[int, int], seed: int = 0) -> None:
-    model = _randomised(model, seed)
+    model = lowering_ready(model, seed)
     batch = torch.randn(2, model.in_chans, *size, generator=torch.Generator().manual_seed(seed))
     program = lower(model, size)
     with torch.no_grad():

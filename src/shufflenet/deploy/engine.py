@@ -69,6 +69,7 @@ from shufflenet.deploy.lower import (
     SqueezeExcite,
     Write,
     lower,
+    reads_of,
 )
 from shufflenet.models._base import ClassifierNet
 
@@ -711,11 +712,6 @@ def _activation_code(activation: str) -> int:
     return ACTIVATIONS[activation]
 
 
-def _reads(op: Operation) -> list[Read]:
-    residual = getattr(op, "residual", None)
-    return [op.source] if residual is None else [op.source, residual]
-
-
 class _Placement:
     """Where each map of a program lives: buffers handed out when a map is first written and taken back
     after its last read, so units ping-pong between a few buffers; a residual conv whose input dies with it
@@ -727,7 +723,7 @@ class _Placement:
         self.last_read: dict[int, int] = {}
         self.writers: dict[int, int] = {}
         for index, op in enumerate(program.operations):
-            for read in _reads(op):
+            for read in reads_of(op):
                 self.last_read[read.map] = index
             self.writers[op.target.map] = self.writers.get(op.target.map, 0) + 1
         self.last_read[program.output.map] = len(program.operations)
@@ -752,11 +748,11 @@ class _Placement:
     def _addressable(self, shift: Shift) -> bool:
         """Whether only 1x1 convs read ``shift``'s output (so they can read its input at each channel's
         displacement). Raises unless a 1x1 conv alone writes its input and nothing else reads that."""
-        readers = [op for op in self.program.operations if shift.target.map in [r.map for r in _reads(op)]]
+        readers = [op for op in self.program.operations if shift.target.map in [r.map for r in reads_of(op)]]
         others = [
             op
             for op in self.program.operations
-            if op is not shift and shift.source.map in [r.map for r in _reads(op)]
+            if op is not shift and shift.source.map in [r.map for r in reads_of(op)]
         ]
         writers = [op for op in self.program.operations if op.target.map == shift.source.map]
         if (

@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shufflenet import blocks
 from shufflenet.deploy.channels import contiguous_runs, shuffle_source
 from shufflenet.deploy.eager import use_eager_kernels
-from shufflenet.deploy.layout import is_run, out_channels, reads_of
+from shufflenet.deploy.layout import is_run, out_channels
 from shufflenet.deploy.lower import (
     Conv,
     Copy,
@@ -32,6 +33,7 @@ from shufflenet.deploy.lower import (
     Read,
     Shift,
     SqueezeExcite,
+    reads_of,
 )
 from shufflenet.ops import SegmentShift, channel_shuffle, shift_segments
 
@@ -196,7 +198,7 @@ class ProgramSegment(nn.Module):
             alone = readers[index] == 1 and index != source and index not in copied
             return SegmentShift(segments, order, in_place=alone)
         if isinstance(operation, SqueezeExcite):
-            return _SqueezeExcite(operation)
+            return _squeeze_excite(operation)
         return None
 
     def _read(self, maps: dict, plan: ReadPlan) -> torch.Tensor:
@@ -267,23 +269,18 @@ class ProgramSegment(nn.Module):
         return read(self.output)
 
 
-class _SqueezeExcite(nn.Module):
-    """The map times sigmoid(expand(relu(reduce(its channel means))))."""
-
-    def __init__(self, operation: SqueezeExcite) -> None:
-        super().__init__()
-        self.reduce = nn.Conv2d(*operation.reduce_weight.shape[::-1], 1)
-        self.expand = nn.Conv2d(*operation.expand_weight.shape[::-1], 1)
-        for conv, weight, bias in (
-            (self.reduce, operation.reduce_weight, operation.reduce_bias),
-            (self.expand, operation.expand_weight, operation.expand_bias),
-        ):
-            conv.weight = nn.Parameter(torch.from_numpy(weight[:, :, None, None].copy()), requires_grad=False)
-            conv.bias = nn.Parameter(torch.from_numpy(bias.copy()), requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = torch.sigmoid(self.expand(F.relu(self.reduce(x.mean((2, 3), keepdim=True)))))
-        return x * gate
+def _squeeze_excite(operation: SqueezeExcite) -> blocks.SqueezeExcite:
+    """The library's squeeze-excite module holding ``operation``'s (laid-out) weights."""
+    se = blocks.SqueezeExcite(operation.expand_weight.shape[0])
+    for name, weight, bias in (
+        ("reduce", operation.reduce_weight, operation.reduce_bias),
+        ("expand", operation.expand_weight, operation.expand_bias),
+    ):
+        conv = nn.Conv2d(weight.shape[1], weight.shape[0], 1)
+        conv.weight = nn.Parameter(torch.from_numpy(weight[:, :, None, None].copy()), requires_grad=False)
+        conv.bias = nn.Parameter(torch.from_numpy(bias.copy()), requires_grad=False)
+        setattr(se, name, conv)
+    return se
 
 
 def segment_bounds(program: Program) -> list[tuple[str, range, int, Read]]:
@@ -311,7 +308,7 @@ def segment_bounds(program: Program) -> list[tuple[str, range, int, Read]]:
         last = index + 1 == len(names)
         if not last and (len(inputs) != 1 or len(outputs) != 1):
             continue  # merge with the next piece
-        output = program.output if last else whole(program, next(iter(outputs)))
+        output = program.output if last else program.whole(next(iter(outputs)))
         pieces.append((name, ops, next(iter(inputs)), output))
         if not last:
             name, begin = names[index + 1], stop
@@ -339,8 +336,3 @@ class DeployGraph(nn.Module):
         for segment in self.segments():
             x = segment(x)
         return x.flatten(1)
-
-
-def whole(program: Program, index: int) -> Read:
-    """All channels of map ``index``, in physical order."""
-    return Read(index, tuple(range(program.maps[index].channels)))

@@ -41,13 +41,8 @@ from shufflenet.deploy.lower import (
     Shift,
     SqueezeExcite,
     Write,
+    reads_of,
 )
-
-
-def reads_of(operation: Operation) -> list[Read]:
-    """The reads of ``operation``: its source, then its residual if it has one."""
-    residual = getattr(operation, "residual", None)
-    return [operation.source] if residual is None else [operation.source, residual]
 
 
 def out_channels(operation: Operation) -> int:
@@ -115,9 +110,7 @@ class _Padding:
                 continue
             if isinstance(writer, Conv) and writer.groups == 1:
                 self.grow(writer, count)
-                shape = (count, *writer.weight.shape[1:])
-                writer.weight = np.concatenate([writer.weight, np.zeros(shape, writer.weight.dtype)])
-                writer.bias = np.concatenate([writer.bias, np.zeros(count, writer.bias.dtype)])
+                _add_zero_filters(writer, count)
                 return True
             if is_per_channel(writer) and self.feed(writer, count, whole=False):
                 return True
@@ -143,9 +136,7 @@ class _Padding:
         if isinstance(operation, Conv):
             if operation.kind == "depthwise":
                 operation.groups += len(added)
-                shape = (len(added), *operation.weight.shape[1:])
-                operation.weight = np.concatenate([operation.weight, np.zeros(shape, np.float32)])
-                operation.bias = np.concatenate([operation.bias, np.zeros(len(added), np.float32)])
+                _add_zero_filters(operation, len(added))
             else:
                 out, _, height, width = operation.weight.shape
                 zeros = np.zeros((out, len(added), height, width), np.float32)
@@ -154,6 +145,13 @@ class _Padding:
             operation.dy += (0,) * len(added)
             operation.dx += (0,) * len(added)
         return True
+
+
+def _add_zero_filters(conv: Conv, count: int) -> None:
+    """``count`` more output channels for ``conv``, all-zero filters and biases."""
+    shape = (count, *conv.weight.shape[1:])
+    conv.weight = np.concatenate([conv.weight, np.zeros(shape, conv.weight.dtype)])
+    conv.bias = np.concatenate([conv.bias, np.zeros(count, conv.bias.dtype)])
 
 
 def pad_channels(program: Program, multiple: int) -> tuple[Program, dict[int, set[int]]]:

@@ -160,6 +160,12 @@ class GlobalAverage:
 Operation = Conv | Pool | Shift | SqueezeExcite | Copy | GlobalAverage
 
 
+def reads_of(operation: Operation) -> list[Read]:
+    """The reads of ``operation``: its source, then its residual if it has one."""
+    residual = getattr(operation, "residual", None)
+    return [operation.source] if residual is None else [operation.source, residual]
+
+
 @dataclass
 class Program:
     """A lowered network: map 0 is the input image; ``output`` is what the last operation leaves."""
