@@ -69,6 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         "the caches the previous cell left, i.e. cold for small models after AlexNet)",
     )
     parser.add_argument(
+        "--steady-ms",
+        type=float,
+        default=50.0,
+        help="with --rewarm, keep calling the cell untimed for at least this long before each timed call "
+        "(default 50: another runtime's spinning threads give up first)",
+    )
+    parser.add_argument(
         "--table8",
         action="store_true",
         help="Zhang et al. 2018's speed claims: Table 8's nets at its three sizes on "
@@ -85,7 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     cells = []
     for size in sizes:
         cells += measure_paired(
-            models, size=size, runtimes=runtimes, passes=args.passes, warmup=args.warmup, rewarm=args.rewarm
+            models,
+            size=size,
+            runtimes=runtimes,
+            passes=args.passes,
+            warmup=args.warmup,
+            rewarm=args.rewarm,
+            rewarm_seconds=args.steady_ms / 1000 if args.rewarm else 0.0,
         )
     table = latency_table(cells)
     ratios = headline_ratios(cells) + speed_claims(cells)

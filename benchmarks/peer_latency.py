@@ -1,7 +1,10 @@
 """The engine beside the inference frameworks users pick for these nets: ONNX Runtime, OpenVINO (fp32, and
 its default precision: bf16 on CPUs with AVX512_BF16), ncnn through pnnx (fp32, and its fp16 defaults) and
 MNN (fp32), all in one process, called in interleaved passes (see paired_latency.py), every cell's output
-checked against eager PyTorch first (a cell that computes something else is reported, not timed). One
+checked against eager PyTorch first (a cell that computes something else is reported, not timed). Each timed
+call follows at least 50 ms of the same cell's untimed calls: ONNX Runtime's and OpenMP's worker threads
+keep spinning for up to ~50 ms after a call returns, and on a 2-core machine they would take a core from
+the next cell (the engine at 2 threads measured 3.8 ms after ONNX Runtime's call, 1.8-2.0 ms alone). One
 interleaved run per thread count; ratios are the engine's median over the fastest fp32 peer's.
 
     pip install -e '.[peers]'     # ncnn, pnnx, mnn (pinned)
@@ -42,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=224, help="square input size (default 224)")
     parser.add_argument("--passes", type=int, default=100, help="timed calls per cell (default 100)")
     parser.add_argument("--warmup", type=int, default=10, help="calls per cell before timing (default 10)")
+    parser.add_argument(
+        "--steady-ms",
+        type=float,
+        default=50.0,
+        help="untimed calls of a cell for at least this long before each timed one (default 50: the "
+        "previous runtime's spinning threads give up first, and the cores stay awake)",
+    )
     parser.add_argument("--output", type=Path, help="write latency.md/.csv/.json into this folder")
     args = parser.parse_args(argv)
     if args.batch < 1 or args.passes < 1 or args.size < 32:
@@ -57,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             warmup=args.warmup,
             threads=threads,
             batch=args.batch,
+            rewarm_seconds=args.steady_ms / 1000,
         )
     table = latency_table(cells)
     ratios = peer_ratios(cells)

@@ -204,6 +204,34 @@ def test_interleaved_passes_rewarm_each_call_right_before_timing_it():
         assert sorted(pair[0] for pair in pairs[start : start + 3]) == ["a", "b", "c"]
 
 
+def test_interleaved_passes_rewarm_for_a_duration_in_runs_of_the_same_call():
+    """With rewarm_seconds, each timed call follows a run of its own untimed calls lasting at least that
+    long (another runtime's spinning threads give up meanwhile), never another call's."""
+    import time
+
+    from shufflenet.deploy.runtimes import interleaved_seconds
+
+    log: list[tuple[str, float]] = []
+
+    def call(name: str) -> None:
+        log.append((name, time.perf_counter()))
+        time.sleep(0.002)
+
+    calls = [lambda name=name: call(name) for name in "ab"]
+    interleaved_seconds(calls, passes=3, warmup=0, rewarm=1, rewarm_seconds=0.02)
+    runs: list[list[tuple[str, float]]] = []
+    for name, at in log:
+        if runs and runs[-1][0][0] == name:
+            runs[-1].append((name, at))
+        else:
+            runs.append([(name, at)])
+    assert len(runs) >= 5  # a and b alternate within and across passes (one may meet itself at a pass edge)
+    for run in runs:
+        # The last call of a run is the timed one; the untimed ones before it spanned >= 20 ms.
+        assert run[-1][1] - run[0][1] >= 0.02
+        assert 3 <= len(run) <= 40
+
+
 def test_latency_record_states_each_ratio_with_how_to_read_it(tmp_path):
     cells = [
         _cell("shufflenet_v1_g3_x0_5", "openvino", 2.0),

@@ -267,6 +267,7 @@ def measure_paired(
     passes: int = 300,
     warmup: int = 10,
     rewarm: int = 1,
+    rewarm_seconds: float = 0.05,
     threads: int = 1,
     batch: int = 1,
     progress: bool = True,
@@ -274,10 +275,11 @@ def measure_paired(
     """Every (model, runtime) cell at one input size, thread count and batch built in this process, then
     called in turn, one batch each, in a fresh shuffled order per pass: the machine's drift lands on every
     cell alike, so ratios between cells hold even where absolute times drift (unlike
-    ``latency_benchmark``'s one subprocess per cell). ``rewarm`` untimed calls of a cell precede each
-    timed one (steady state). Each cell's output is checked against eager PyTorch first (its largest
-    error relative to the largest logit in ``extra["error"]``); a cell that cannot be built or computes
-    something else gets ``error`` and is not timed."""
+    ``latency_benchmark``'s one subprocess per cell). Untimed calls of a cell precede each timed one, at
+    least ``rewarm`` of them and for at least ``rewarm_seconds`` (steady state, with the previous cell's
+    spinning threads gone: see :func:`interleaved_seconds`). Each cell's output is checked against eager
+    PyTorch first (its largest error relative to the largest logit in ``extra["error"]``); a cell that
+    cannot be built or computes something else gets ``error`` and is not timed."""
     torch.set_num_threads(threads)
     runners, timed = [], []
     cells: list[LatencyCell] = []
@@ -326,7 +328,14 @@ def measure_paired(
                 runners.append((run, example.numpy()))
                 timed.append(cell)
         calls = [lambda run=run, batch=batch: run(batch) for run, batch in runners]
-        times = interleaved_seconds(calls, passes=passes, warmup=warmup, rewarm=rewarm, progress=progress)
+        times = interleaved_seconds(
+            calls,
+            passes=passes,
+            warmup=warmup,
+            rewarm=rewarm,
+            rewarm_seconds=rewarm_seconds,
+            progress=progress,
+        )
     for cell, samples in zip(timed, times, strict=True):
         cell.median_ms = 1000 * float(np.median(samples))
         cell.p90_ms = 1000 * float(np.percentile(samples, 90))

@@ -37,12 +37,18 @@ def interleaved_seconds(
     passes: int,
     warmup: int,
     rewarm: int = 0,
+    rewarm_seconds: float = 0.0,
     progress: bool = False,
 ) -> list[list[float]]:
     """Seconds of each call in each of ``passes`` passes, after ``warmup`` calls of each. Every pass calls
     every one once, in a fresh random order (seeded), so drift in the machine's speed lands on all alike.
     With ``rewarm`` > 0, each timed call follows that many untimed calls of the same one: its weights are
-    back in cache, as when it runs back to back (steady state), rather than evicted by the call before."""
+    back in cache, as when it runs back to back (steady state), rather than evicted by the call before.
+    With ``rewarm_seconds`` > 0, those untimed calls go on until that long has passed: a multi-threaded
+    runtime leaves its worker threads spinning for tens of milliseconds after it returns (ONNX Runtime's
+    pool, OpenMP's wait policy), and on a machine with few cores they take a core from whatever runs next;
+    calls of the next one itself, not an idle pause (which lets the cores drop into a slow, cold state),
+    outlast them."""
     for call in calls:
         for _ in range(warmup):
             call()
@@ -57,8 +63,11 @@ def interleaved_seconds(
     for _ in rounds:
         shuffler.shuffle(order)
         for index in order:
-            for _ in range(rewarm):
+            began = time.perf_counter()
+            repeated = 0
+            while repeated < rewarm or time.perf_counter() - began < rewarm_seconds:
                 calls[index]()
+                repeated += 1
             start = time.perf_counter()
             calls[index]()
             times[index].append(time.perf_counter() - start)
