@@ -12,6 +12,7 @@ from shufflenet import create_model
 from shufflenet._testing import trained_looking
 from shufflenet.deploy import engine
 from shufflenet.deploy.engine import EngineUnavailable, build_engine, load_library
+from shufflenet.deploy.engine_abi import OPCODES, fields, make_op
 from shufflenet.deploy.runtimes import RuntimeUnavailable
 from shufflenet.ops import SparseShift
 
@@ -204,6 +205,51 @@ def test_threads_split_the_work_and_give_the_single_thread_logits_bit_for_bit(na
         assert run.threads == threads
         np.testing.assert_array_equal(run(batch), alone)
         np.testing.assert_array_equal(run(batch), alone)  # the pool wakes again for a second call
+
+
+@pytest.mark.parametrize("isa", ISAS_HERE)
+@pytest.mark.parametrize(
+    ("name", "size"),
+    [
+        ("mobilenet_v2_x0_5", (47, 65)),  # expansions into stride-1 and stride-2 depthwise convs
+        ("mobilenet_v1_x0_5", (41, 37)),  # the stem conv (one image line per row) into a depthwise conv
+        ("shufflenet_v1_g3_x0_5", (35, 41)),  # grouped 1x1 convs, read through index tables
+        ("fenet_dw_x1_0", (32, 32)),
+    ],
+)
+def test_fused_expansions_give_the_unfused_logits_bit_for_bit(name, size, isa):
+    """A 1x1 conv run row by row into the depthwise conv's ring computes each output with the same code
+    as over whole maps, at any thread count (each thread makes the map rows its output rows need)."""
+    model = _model(name, size)
+    batch = _batch(model, size, n=2)
+    library = load_library(isa)
+    lanes = library.shufflenet_engine_lanes()
+    fused = engine.plan_engine(model, size, lanes=lanes, fuse_map_bytes=0)
+    whole = engine.plan_engine(model, size, lanes=lanes, fuse_map_bytes=1 << 62)
+    markers = [op for op in fused.ops if op.code == OPCODES["expand_depthwise"]]
+    assert markers and not any(op.code == OPCODES["expand_depthwise"] for op in whole.ops)
+    assert len(fused.ops) == len(whole.ops) + len(markers)
+    expected = engine.Engine(library, whole, threads=1)(batch)
+    _assert_matches(expected, _reference(model, batch))
+    for threads in (1, 2, 3):
+        np.testing.assert_array_equal(engine.Engine(library, fused, threads=threads)(batch), expected)
+
+
+def test_only_a_map_that_nothing_else_reads_is_made_row_by_row():
+    """The ring replaces the 1x1 conv's map: a map read again later (or one too small) keeps being written."""
+    model = _model("mobilenet_v2_x0_5", (64, 64))
+    ops = engine.plan_engine(model, (64, 64), lanes=16, fuse_map_bytes=1 << 62).ops
+    marker = OPCODES["expand_depthwise"]
+    first = next(i for i in range(len(ops) - 1) if engine._fusable(ops, i, 0))
+    expanded = fields(ops[first])[1].target
+    assert engine._fuse_expansions(ops[first : first + 2], 0)[0].code == marker
+    reader = make_op(
+        "global_average", source=expanded, pixels=1, source_stride=8, channels=8, target=expanded + 1
+    )
+    assert not engine._fusable([*ops[first : first + 2], reader], 0, 0)
+    depthwise = fields(ops[first + 1])[1]
+    map_bytes = 4 * depthwise.source_stride * depthwise.height * depthwise.width
+    assert engine._fusable(ops, first, map_bytes) and not engine._fusable(ops, first, map_bytes + 4)
 
 
 def test_threads_default_to_the_usable_cores_and_must_be_positive():

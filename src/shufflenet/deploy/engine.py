@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import itertools
 import os
 import platform
 import shutil
@@ -644,6 +645,8 @@ class Engine:
         if kind == "pool":
             window = {code: name for name, code in POOL_WINDOWS.items()}[op.window]
             return f"{window.replace('_', ' ')} pool"
+        if kind == "expand_depthwise":
+            return "fused 1x1 + depthwise by rows (the next two)"
         names = {"copy": "copy kept half", "pad_input": "pad input", "scale": "squeeze-excite scale"}
         return names.get(kind, kind.replace("_", " "))
 
@@ -717,7 +720,7 @@ class _Placement:
     after its last read, so units ping-pong between a few buffers; a residual conv whose input dies with it
     writes over that input."""
 
-    def __init__(self, planner: _Planner, program: Program) -> None:
+    def __init__(self, planner: _Planner, program: Program, fuse_map_bytes: int) -> None:
         self.planner, self.program = planner, program
         self.features: dict[int, _Feature] = {}
         self.last_read: dict[int, int] = {}
@@ -727,6 +730,21 @@ class _Placement:
                 self.last_read[read.map] = index
             self.writers[op.target.map] = self.writers.get(op.target.map, 0) + 1
         self.last_read[program.output.map] = len(program.operations)
+        # A conv whose map (at least ``fuse_map_bytes``) the next operation, a depthwise conv, reads may run
+        # with it row by row (_fuse_expansions): its inputs stay placed until that conv is done, which then
+        # never writes over rows the first has still to read.
+        operations = program.operations
+        for index, (op, after) in enumerate(itertools.pairwise(operations)):
+            size = program.maps[op.target.map]
+            if (
+                isinstance(op, Conv)
+                and isinstance(after, Conv)
+                and after.kind == "depthwise"
+                and after.source.map == op.target.map
+                and 4 * size.height * size.width * _round_up(size.channels) >= fuse_map_bytes
+            ):
+                for read in reads_of(op):
+                    self.last_read[read.map] = max(self.last_read[read.map], index + 1)
         self.free: list[str] = []
         self.roles: dict[int, str] = {}
         self.count = 0
@@ -1034,10 +1052,12 @@ def _describe(op: Operation) -> str:
     return {"SqueezeExcite": "squeeze-excite units"}.get(type(op).__name__, f"{type(op).__name__} operations")
 
 
-def _plan(planner: _Planner, program: Program) -> _Feature:
-    """Engine operations for ``program`` (:func:`shufflenet.deploy.lower.lower`); returns where the output
-    is. Raises :class:`EngineUnavailable` for operations the engine's kernels do not cover."""
-    place = _Placement(planner, program)
+def _plan(planner: _Planner, program: Program, fuse_map_bytes: int) -> _Feature:
+    """Engine operations for ``program`` (:func:`shufflenet.deploy.lower.lower`), its maps placed so that
+    the 1x1 convs whose maps take ``fuse_map_bytes`` can run row by row with the depthwise conv after
+    them; returns where the output is. Raises :class:`EngineUnavailable` for operations the engine's
+    kernels do not cover."""
+    place = _Placement(planner, program, fuse_map_bytes)
     image = program.maps[0]
     # The input buffer is the caller's batch, never handed out again: map 0 has no role to release.
     place.features[0] = _Feature(planner.buffer("input", 0), image.height, image.width, 0, [])
@@ -1112,6 +1132,65 @@ def _plan(planner: _Planner, program: Program) -> _Feature:
     return place.read(program.output)
 
 
+FUSE_MAP_BYTES = 512 * 1024
+"""A 1x1 conv's map of at least this many bytes that only the depthwise conv right after it reads is made
+row by row, each row read back at once from a ring of three rows (engine.h's ExpandDepthwiseOp), rather
+than written whole: a map of half a core's L2 or more leaves the cache between two whole-map operations
+(MobileNet V2's expansions at 112x112 and 56x56, 1.6-4.6 MB)."""
+
+
+def _buffers_read(op: Op) -> set[int]:
+    _, values = fields(op)
+    names = ("source", "residual", "gate")
+    return {getattr(values, name) for name in names if getattr(values, name, -1) >= 0}
+
+
+def _fusable(ops: Sequence[Op], index: int, least_bytes: int) -> bool:
+    """Whether ``ops[index]``, a 1x1 conv, and ``ops[index + 1]``, a depthwise conv, can run row by row: the
+    depthwise conv reads the map the 1x1 conv writes (whole rows of it, packed, its channels from the first
+    on, the depthwise conv's padding lanes past them), which is at least
+    ``least_bytes`` and which nothing after them reads, and writes nothing the 1x1 conv reads."""
+    (first, p), (second, d) = fields(ops[index]), fields(ops[index + 1])
+    if first != "pointwise" or second != "depthwise" or d.source != p.target:
+        return False
+    rows = p.lines == 1 or p.line_length == d.width
+    if not (
+        rows
+        and p.lines * p.line_length == d.height * d.width
+        and p.residual < 0
+        and p.target_offset == 0
+        and p.target_pitch == 0
+        and p.groups * p.n_per_group <= d.channels
+        and p.target_stride == d.source_stride
+        and d.target not in _buffers_read(ops[index])
+        and 4 * p.target_stride * d.height * d.width >= least_bytes
+    ):
+        return False
+    for later in ops[index + 2 :]:
+        if p.target in _buffers_read(later):
+            return False
+        if fields(later)[1].target == p.target:
+            break
+    return True
+
+
+def _fuse_expansions(ops: Sequence[Op], least_bytes: int) -> list[Op]:
+    """``ops`` with each fusable (:func:`_fusable`) 1x1 conv and depthwise conv preceded by the operation that
+    runs the two row by row; the two stay in the plan, so an engine without scratch runs them as before."""
+    result: list[Op] = []
+    index = 0
+    while index < len(ops):
+        if index + 1 < len(ops) and _fusable(ops, index, least_bytes):
+            depthwise = fields(ops[index + 1])[1]
+            ring = 3 * depthwise.width * depthwise.source_stride
+            result += [make_op("expand_depthwise", ring_floats=ring), ops[index], ops[index + 1]]
+            index += 2
+        else:
+            result.append(ops[index])
+            index += 1
+    return result
+
+
 def build_engine(
     model: nn.Module, input_size: tuple[int, int], *, isa: str | None = None, threads: int | None = None
 ) -> Engine:
@@ -1128,10 +1207,14 @@ def build_engine(
     return Engine(library, plan, threads=usable_cores() if threads is None else threads)
 
 
-def plan_engine(model: nn.Module, input_size: tuple[int, int], *, lanes: int) -> Plan:
+def plan_engine(
+    model: nn.Module, input_size: tuple[int, int], *, lanes: int, fuse_map_bytes: int | None = None
+) -> Plan:
     """Plan ``model`` (eval mode) for ``input_size`` = (H, W) inputs and an engine build with vectors of
     ``lanes`` floats (the last of an :data:`ISAS` entry), without loading that build: :meth:`Plan.save`
-    writes it for :func:`build_runner`'s program, on this machine or another. Raises as
+    writes it for :func:`build_runner`'s program, on this machine or another. 1x1 convs whose maps take at
+    least ``fuse_map_bytes`` run row by row with the depthwise conv that reads them (:data:`FUSE_MAP_BYTES`;
+    0: wherever they can, a huge value: never; the logits are the same bit for bit). Raises as
     :func:`build_engine`."""
     if not isinstance(model, ClassifierNet):
         raise EngineUnavailable(f"the engine runs this library's models, not {type(model).__name__}")
@@ -1144,14 +1227,15 @@ def plan_engine(model: nn.Module, input_size: tuple[int, int], *, lanes: int) ->
     height, width = input_size
     model.check_input(torch.empty(1, model.in_chans, height, width))
     planner = _Planner(lanes)
-    logits = _plan(planner, lower(model, input_size))
+    fuse_map_bytes = FUSE_MAP_BYTES if fuse_map_bytes is None else fuse_map_bytes
+    logits = _plan(planner, lower(model, input_size), fuse_map_bytes)
     floats = _aligned_floats(max(planner.float_size, 8))
     if planner.floats:
         np.concatenate(planner.floats, out=floats)
     order = sorted(planner.buffer_ids, key=planner.buffer_ids.get)
     return Plan(
         lanes=lanes,
-        ops=planner.ops,
+        ops=_fuse_expansions(planner.ops, fuse_map_bytes),
         floats=floats,
         ints=np.concatenate(planner.ints) if planner.ints else np.zeros(1, np.int32),
         buffer_floats=[planner.buffer_sizes[role] for role in order],

@@ -15,6 +15,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
@@ -288,7 +289,7 @@ INLINE void window_lines(int first, int size, int inside[3], int line[3]) {
    in registers. Four independent FMA chains hide the FMA latency. ``r0``: the first window's top-left
    input; neighbours are ``step`` apart, window rows ``row1`` and ``row2`` past the first (equal where a
    border row is clamped), columns ``col1`` and ``col2`` past the first. */
-INLINE void depthwise_span(const float* r0, size_t step, size_t row1, size_t row2, size_t col1, size_t col2,
+INLINE void depthwise_span(const float* r0, size_t step, ptrdiff_t row1, ptrdiff_t row2, size_t col1, size_t col2,
                            const Taps* taps, vec b, float* o, size_t out_stride, int blocks, int single, int act,
                            int lanes) {
     const vec k0 = taps->k[0], k1 = taps->k[1], k2 = taps->k[2], k3 = taps->k[3], k4 = taps->k[4];
@@ -326,58 +327,99 @@ INLINE void depthwise_span(const float* r0, size_t step, size_t row1, size_t row
     }
 }
 
-/* 3x3 depthwise conv, padding 1, over C channels (C a multiple of 8; the planner pads it) in blocks of
-   LANES channels, the last block of an AVX-512 build possibly half full. Loads are whole vectors: lanes
-   past the channels read the next pixel, the next tap row or the 16-float slack of every buffer and
-   arena block, and are dropped by the exact store. Weights: 9 rows (taps) of C floats. Outputs whose
-   window lies inside the map go four at a time; the border ones (the first and last columns, the first
-   and last rows) run the same code one at a time, with the taps outside the map zeroed (taps_inside). */
-static void depthwise(const float* in, int H, int W, int in_stride, int C, int stride, const float* w,
-                      const float* bias, float* out, int Ho, int Wo, int out_stride, int out_offset, int act,
-                      int oy_begin, int oy_end) {
+/* One output row of a 3x3 depthwise conv, padding 1, over C channels (C a multiple of 8; the planner pads
+   it) in blocks of LANES channels, the last block of an AVX-512 build possibly half full. ``top``,
+   ``middle`` and ``bottom`` are the window's three input rows (a row outside the map: any row inside it,
+   with ``row_inside`` 0; they need not be evenly spaced, so the rows may come from a ring of a few rows).
+   Loads are whole vectors: lanes past the channels read the next pixel, the next tap row or the 16-float
+   slack of every buffer and arena block, and are dropped by the exact store. Weights: 9 rows (taps) of C
+   floats. Outputs whose window lies inside the map go four at a time; the border ones (the first and last
+   columns) run the same code one at a time, with the taps outside the map zeroed (taps_inside). */
+static void depthwise_row(const float* top, const float* middle, const float* bottom, int row_inside[3], int W,
+                          int in_stride, int C, int stride, const float* w, const float* bias, float* row_out,
+                          int Wo, int out_stride, int act) {
     /* Output columns whose 3 input columns are all inside the map: [1, ox_end). */
     const int ox_end = (W - 2) / stride + 1 < Wo ? (W - 2) / stride + 1 : Wo;
     const int blocks = ox_end > 1 ? (ox_end - 1) / 4 : 0;
     const size_t step = (size_t)stride * in_stride;
     const size_t col1 = (size_t)in_stride, col2 = 2 * (size_t)in_stride;
-    /* Rows outermost: the three input rows a row of outputs needs stay in cache across channel blocks
-       (the stride-2 maps of the first stages exceed L2, so a channel-block-outer sweep would re-stream
-       them from L3 once per block). */
-    (void)Ho;
+    const ptrdiff_t row1 = middle - top, row2 = bottom - top;
+    int all_columns[3] = {1, 1, 1};
+    for (int c0 = 0; c0 < C; c0 += LANES) {
+        const int lanes = C - c0;
+        Taps all;
+        for (int t = 0; t < 9; t++) all.k[t] = v_load(w + t * C + c0);
+        const Taps taps = taps_inside(&all, row_inside, all_columns);
+        const vec b = v_load(bias + c0);
+        float* out = row_out + c0;
+        const float* r0 = top + c0;
+        int ox = 0;
+        if (blocks) {
+            depthwise_span(r0 + (size_t)(stride - 1) * in_stride, step, row1, row2, col1, col2, &taps, b,
+                           out + out_stride, out_stride, blocks, 0, act, lanes);
+            for (ox = 1 + 4 * blocks; ox < ox_end; ox++)
+                depthwise_span(r0 + (size_t)(ox * stride - 1) * in_stride, step, row1, row2, col1, col2, &taps,
+                               b, out + (size_t)ox * out_stride, out_stride, 1, 1, act, lanes);
+        }
+        /* The border columns (and every column of a map too narrow for a block). */
+        for (int x = 0; x < Wo; x = x == 0 && blocks ? ox : x + 1) {
+            int column_inside[3], columns[3];
+            window_lines(x * stride - 1, W, column_inside, columns);
+            const Taps edge = taps_inside(&taps, all_columns, column_inside);
+            const float* p = r0 + (size_t)columns[0] * in_stride;
+            depthwise_span(p, step, row1, row2, (size_t)(columns[1] - columns[0]) * in_stride,
+                           (size_t)(columns[2] - columns[0]) * in_stride, &edge, b, out + (size_t)x * out_stride,
+                           out_stride, 1, 1, act, lanes);
+        }
+    }
+}
+
+/* Output rows [oy_begin, oy_end) of a 3x3 depthwise conv over a whole H x W map (see depthwise_row). Rows
+   outermost: the three input rows a row of outputs needs stay in cache across channel blocks. */
+static void depthwise(const float* in, int H, int W, int in_stride, int C, int stride, const float* w,
+                      const float* bias, float* out, int Wo, int out_stride, int out_offset, int act, int oy_begin,
+                      int oy_end) {
+    const size_t row = (size_t)W * in_stride;
     for (int oy = oy_begin; oy < oy_end; oy++) {
         int row_inside[3], rows[3];
         window_lines(oy * stride - 1, H, row_inside, rows);
-        const size_t row1 = (size_t)(rows[1] - rows[0]) * W * in_stride;
-        const size_t row2 = (size_t)(rows[2] - rows[0]) * W * in_stride;
-        const float* first_row = in + (size_t)rows[0] * W * in_stride;
-        int all_columns[3] = {1, 1, 1};
-        for (int c0 = 0; c0 < C; c0 += LANES) {
-            const int lanes = C - c0;
-            Taps all;
-            for (int t = 0; t < 9; t++) all.k[t] = v_load(w + t * C + c0);
-            const Taps taps = taps_inside(&all, row_inside, all_columns);
-            const vec b = v_load(bias + c0);
-            float* row_out = out + (size_t)oy * Wo * out_stride + out_offset + c0;
-            const float* r0 = first_row + c0;
-            int ox = 0;
-            if (blocks) {
-                depthwise_span(r0 + (size_t)(stride - 1) * in_stride, step, row1, row2, col1, col2, &taps, b,
-                               row_out + out_stride, out_stride, blocks, 0, act, lanes);
-                for (ox = 1 + 4 * blocks; ox < ox_end; ox++)
-                    depthwise_span(r0 + (size_t)(ox * stride - 1) * in_stride, step, row1, row2, col1, col2,
-                                   &taps, b, row_out + (size_t)ox * out_stride, out_stride, 1, 1, act, lanes);
-            }
-            /* The border columns (and every column of a map too narrow for a block). */
-            for (int x = 0; x < Wo; x = x == 0 && blocks ? ox : x + 1) {
-                int column_inside[3], columns[3];
-                window_lines(x * stride - 1, W, column_inside, columns);
-                const Taps edge = taps_inside(&taps, all_columns, column_inside);
-                const float* p = r0 + (size_t)columns[0] * in_stride;
-                depthwise_span(p, step, row1, row2, (size_t)(columns[1] - columns[0]) * in_stride,
-                               (size_t)(columns[2] - columns[0]) * in_stride, &edge, b,
-                               row_out + (size_t)x * out_stride, out_stride, 1, 1, act, lanes);
-            }
+        depthwise_row(in + rows[0] * row, in + rows[1] * row, in + rows[2] * row, row_inside, W, in_stride, C,
+                      stride, w, bias, out + (size_t)oy * Wo * out_stride + out_offset, Wo, out_stride, act);
+    }
+}
+
+/* Output rows [oy_begin, oy_end) of depthwise conv ``d`` over the map that pointwise conv ``p`` writes, the
+   map's rows computed as the windows reach them into a ring of three rows (row r in slot r % 3: a window's
+   rows are consecutive, so the row a new one replaces is behind every later window). Each map row is read
+   back while in L2, never written out: the maps that MobileNet V2's expansions write (a 112x112x96 map is
+   4.6 MB) do not stay in cache between two whole-map operations. */
+static void expand_depthwise(const PointwiseOp* p, const DepthwiseOp* d, float* const* buffers, const float* floats,
+                             const int32_t* ints, float* ring, int oy_begin, int oy_end) {
+    const int H = (int)d->height, W = (int)d->width;
+    const size_t row_floats = (size_t)W * d->source_stride;
+    const int32_t* line_starts = ints + p->line_starts;
+    const Part row_part = {0, 1, 0, W, 0, (int)p->n_per_group};
+    int held[3] = {-1, -1, -1};
+    for (int oy = oy_begin; oy < oy_end; oy++) {
+        int row_inside[3], rows[3];
+        window_lines(oy * (int)d->stride - 1, H, row_inside, rows);
+        for (int i = 0; i < 3; i++) {
+            const int r = rows[i], slot = r % 3;
+            if (held[slot] == r) continue;
+            /* Map row r: pixels [r W, r W + W) of the conv's one line, or its line r (the stem reads an
+               image line per output row). */
+            const int one_line = p->lines == 1;
+            pointwise(buffers[p->source] + (one_line ? (size_t)r * W * p->step : 0), line_starts + (one_line ? 0 : r),
+                      W, (int)p->step, ints + p->index, (int)p->groups, (int)p->k_per_group, (int)p->n_per_group,
+                      (int)p->n_padded, floats + p->weights, floats + p->bias, ring + slot * row_floats,
+                      (int)p->target_stride, 0, 0, 0, 0, (int)p->activation, 0, row_part);
+            held[slot] = r;
         }
+        depthwise_row(ring + (rows[0] % 3) * row_floats, ring + (rows[1] % 3) * row_floats,
+                      ring + (rows[2] % 3) * row_floats, row_inside, W, (int)d->source_stride, (int)d->channels,
+                      (int)d->stride, floats + d->weights, floats + d->bias,
+                      buffers[d->target] + (size_t)oy * d->out_width * d->target_stride + d->target_offset,
+                      (int)d->out_width, (int)d->target_stride, (int)d->activation);
     }
 }
 
@@ -556,10 +598,18 @@ static Part pointwise_part(const PointwiseOp* o, int t, int T) {
     return part;
 }
 
-/* Thread t of T runs its share of one operation. */
-static void run_share(const Op* op, float* const* buffers, const float* floats, const int32_t* ints, int t, int T) {
+/* Thread t of T runs its share of one operation (``scratch``: the thread's own). */
+static void run_share(const Op* op, float* const* buffers, const float* floats, const int32_t* ints, int t, int T,
+                      float* scratch) {
     int begin, end;
     switch (op->code) {
+    case OP_EXPAND_DEPTHWISE: {
+        if (!scratch) break; /* no scratch: the two operations after this one run as planned */
+        const DepthwiseOp* d = &op[2].as.depthwise;
+        share((int)d->out_height, 1, t, T, &begin, &end);
+        expand_depthwise(&op[1].as.pointwise, d, buffers, floats, ints, scratch, begin, end);
+        break;
+    }
     case OP_PAD_INPUT: {
         const PadInputOp* o = &op->as.pad_input;
         share((int)o->channels, 1, t, T, &begin, &end);
@@ -579,8 +629,7 @@ static void run_share(const Op* op, float* const* buffers, const float* floats, 
         const DepthwiseOp* o = &op->as.depthwise;
         share((int)o->out_height, 1, t, T, &begin, &end);
         depthwise(buffers[o->source], (int)o->height, (int)o->width, (int)o->source_stride, (int)o->channels,
-                  (int)o->stride, floats + o->weights, floats + o->bias, buffers[o->target], (int)o->out_height,
-                  (int)o->out_width, (int)o->target_stride, (int)o->target_offset, (int)o->activation, begin, end);
+                  (int)o->stride, floats + o->weights, floats + o->bias, buffers[o->target], (int)o->out_width, (int)o->target_stride, (int)o->target_offset, (int)o->activation, begin, end);
         break;
     }
     case OP_POOL: {
@@ -648,6 +697,9 @@ typedef struct {
     /* the barrier */
     atomic_int arrived;
     atomic_int phase;
+    /* each thread's scratch (fused operations' rings): ``scratch_floats`` floats from scratch + t * that */
+    float* scratch;
+    int64_t scratch_floats;
 } Pool;
 
 typedef struct {
@@ -685,25 +737,34 @@ static int64_t work_of(const Op* op) {
     case OP_PAD_INPUT: return op->as.pad_input.channels * op->as.pad_input.height * op->as.pad_input.width;
     case OP_COPY: return op->as.copy.pixels * op->as.copy.source_stride;
     case OP_GATHER: return op->as.gather.lines * op->as.gather.line_length * op->as.gather.channels;
+    case OP_EXPAND_DEPTHWISE: return work_of(op + 1) + work_of(op + 2);
     }
     return 0;
 }
 
 static int is_split(const Pool* pool, int i) { return pool->threads > 1 && work_of(pool->ops + i) >= SERIAL_WORK; }
 
+/* Operations that ``ops[i]`` stands for: a fused pair's marker with scratch to run it stands for the two
+   operations after it too. */
+static int span_of(const Pool* pool, int i) {
+    return pool->ops[i].code == OP_EXPAND_DEPTHWISE && pool->scratch ? 3 : 1;
+}
+
 /* Thread t's part of a run: its share of every split operation; thread 0 runs the small ones alone. A
    barrier follows each operation unless it and the next both run on thread 0 alone (then program order
-   suffices), and ends the run. Thread 0 keeps the profile. */
+   suffices), and ends the run. Thread 0 keeps the profile (a fused pair's time on its marker). */
 static void run_all(Pool* pool, int t) {
     double start = pool->seconds && t == 0 ? seconds_now() : 0.0;
+    float* scratch = pool->scratch ? pool->scratch + (size_t)t * pool->scratch_floats : 0;
     int split = pool->n_ops > 0 && is_split(pool, 0);
-    for (int i = 0; i < pool->n_ops; i++) {
+    for (int i = 0, after; i < pool->n_ops; i = after) {
+        after = i + span_of(pool, i);
         if (split)
-            run_share(pool->ops + i, pool->buffers, pool->floats, pool->ints, t, pool->threads);
+            run_share(pool->ops + i, pool->buffers, pool->floats, pool->ints, t, pool->threads, scratch);
         else if (t == 0)
-            run_share(pool->ops + i, pool->buffers, pool->floats, pool->ints, 0, 1);
-        const int next = i + 1 < pool->n_ops && is_split(pool, i + 1);
-        if (split || next || i + 1 == pool->n_ops) barrier(pool);
+            run_share(pool->ops + i, pool->buffers, pool->floats, pool->ints, 0, 1, scratch);
+        const int next = after < pool->n_ops && is_split(pool, after);
+        if (split || next || after == pool->n_ops) barrier(pool);
         split = next;
         if (pool->seconds && t == 0) {
             const double end = seconds_now();
@@ -767,6 +828,7 @@ void shufflenet_pool_destroy(void* handle) {
     for (int t = 1; t < pool->threads; t++) pthread_join(pool->workers[t], NULL);
     pthread_mutex_destroy(&pool->lock);
     pthread_cond_destroy(&pool->wake);
+    free(pool->scratch);
     free(pool->workers);
     free(pool);
 }
@@ -777,6 +839,22 @@ void shufflenet_pool_destroy(void* handle) {
 void shufflenet_engine_run(void* handle, int n_ops, const Op* ops, float* const* buffers, const float* floats,
                            const int32_t* ints, double* seconds) {
     Pool* pool = handle;
+    /* Scratch for the largest fused pair, per thread, while the workers sleep (64-byte aligned, with a
+       vector's slack); none to be had, the pairs run unfused. */
+    int64_t need = 0;
+    for (int i = 0; i < n_ops; i++)
+        if (ops[i].code == OP_EXPAND_DEPTHWISE && ops[i].as.expand_depthwise.ring_floats > need)
+            need = ops[i].as.expand_depthwise.ring_floats;
+    if (need > pool->scratch_floats) {
+        const int64_t floats_each = (need + 16 + 15) / 16 * 16;
+        free(pool->scratch);
+        const size_t bytes = (size_t)floats_each * pool->threads * sizeof(float);
+        pool->scratch = aligned_alloc(64, bytes);
+        /* Zeros: the lanes past a 1x1 conv's channels, which the depthwise conv reads and drops, are
+           never NaN. */
+        if (pool->scratch) memset(pool->scratch, 0, bytes);
+        pool->scratch_floats = pool->scratch ? floats_each : 0;
+    }
     pthread_mutex_lock(&pool->lock);
     pool->n_ops = n_ops;
     pool->ops = ops;

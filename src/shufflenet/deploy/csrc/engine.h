@@ -13,7 +13,7 @@
 
 #include <stdint.h>
 
-#define SHUFFLENET_ENGINE_ABI 5
+#define SHUFFLENET_ENGINE_ABI 6
 
 enum {
     OP_PAD_INPUT = 0,      /* NCHW input -> zero-bordered NCHW copy (the stem conv reads it by index) */
@@ -24,6 +24,7 @@ enum {
     OP_GLOBAL_AVERAGE = 5, /* mean over pixels */
     OP_SCALE = 6,          /* squeeze-and-excitation's gate: channels times sigmoid(gate), + residual, act */
     OP_GATHER = 7,         /* per-pixel copy of channels read through an index table (a shift made real) */
+    OP_EXPAND_DEPTHWISE = 8, /* the next two operations (a 1x1 conv, the depthwise conv reading its map), fused */
 };
 
 /* Activations applied in an operation's epilogue. */
@@ -152,6 +153,14 @@ typedef struct {
     int64_t target_pitch;
 } GatherOp;
 
+/* The pointwise conv right after this operation writes a map that only the depthwise conv after it
+   reads: run the two row by row, the map's rows in a ring of three rows of the thread's scratch
+   (``ring_floats`` floats), never written to the map's buffer. Where no scratch can be had, the two run
+   as planned. */
+typedef struct {
+    int64_t ring_floats;
+} ExpandDepthwiseOp;
+
 typedef struct {
     int64_t code;
     union {
@@ -163,6 +172,7 @@ typedef struct {
         GlobalAverageOp global_average;
         ScaleOp scale;
         GatherOp gather;
+        ExpandDepthwiseOp expand_depthwise;
     } as;
 } Op;
 
