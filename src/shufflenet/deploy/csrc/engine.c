@@ -227,14 +227,19 @@ static void pointwise(const float* in, const int32_t* line_base, int line_len, i
             const size_t first = (size_t)line * line_len;
             /* Output lines out_pitch pixels apart: a map with a zero border that a shift reads around. */
             const size_t out_first = (size_t)line * (out_pitch ? (size_t)out_pitch : (size_t)line_len);
-            for (int c0 = part.pixel_begin; c0 < part.pixel_end; c0 += chunk) {
-                const int c1 = c0 + chunk < part.pixel_end ? c0 + chunk : part.pixel_end;
+            /* Chunks and tiles of equal size rather than full ones and a remainder: 49 pixels as tiles of
+               10, 10, 10, 10 and 9 rows, not 12, 12, 12, 12 and 1 (a one-row tile has too few
+               accumulators to keep the FMA units busy). */
+            for (int c0 = part.pixel_begin, c1; c0 < part.pixel_end; c0 = c1) {
+                const int left = part.pixel_end - c0, chunks = (left + chunk - 1) / chunk;
+                c1 = c0 + (left + chunks - 1) / chunks;
                 for (int n0 = part.channel_begin, valid; n0 < part.channel_end; n0 += valid) {
                     valid = panel_width(N - n0);
                     const Shape shape = panel_shape(valid);
                     const size_t channel = (size_t)out_offset + (size_t)g * N + n0;
-                    for (int p0 = c0; p0 < c1; p0 += shape.rows) {
-                        const int rows = c1 - p0 < shape.rows ? c1 - p0 : shape.rows;
+                    for (int p0 = c0, rows; p0 < c1; p0 += rows) {
+                        const int tiles = (c1 - p0 + shape.rows - 1) / shape.rows;
+                        rows = (c1 - p0 + tiles - 1) / tiles;
                         const size_t pixel = first + p0;
                         const float* r0 =
                             res ? res + pixel * res_stride + res_offset + (size_t)g * N + n0 : 0;
