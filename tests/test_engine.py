@@ -218,8 +218,9 @@ def test_threads_split_the_work_and_give_the_single_thread_logits_bit_for_bit(na
     ],
 )
 def test_fused_expansions_give_the_unfused_logits_bit_for_bit(name, size, isa):
-    """A 1x1 conv run row by row into the depthwise conv's ring computes each output with the same code
-    as over whole maps, at any thread count (each thread makes the map rows its output rows need)."""
+    """A 1x1 conv run row by row into the depthwise conv's ring, and the 1x1 conv after it row by row from
+    the depthwise conv's row, compute each output with the same code as over whole maps, at any thread
+    count (each thread makes the map rows its output rows need)."""
     model = _model(name, size)
     batch = _batch(model, size, n=2)
     library = load_library(isa)
@@ -228,6 +229,7 @@ def test_fused_expansions_give_the_unfused_logits_bit_for_bit(name, size, isa):
     whole = engine.plan_engine(model, size, lanes=lanes, fuse_map_bytes=1 << 62)
     markers = [op for op in fused.ops if op.code == OPCODES["expand_depthwise"]]
     assert markers and not any(op.code == OPCODES["expand_depthwise"] for op in whole.ops)
+    assert any(fields(op)[1].project for op in markers)  # three operations at once somewhere
     assert len(fused.ops) == len(whole.ops) + len(markers)
     expected = engine.Engine(library, whole, threads=1)(batch)
     _assert_matches(expected, _reference(model, batch))
@@ -238,11 +240,18 @@ def test_fused_expansions_give_the_unfused_logits_bit_for_bit(name, size, isa):
 def test_only_a_map_that_nothing_else_reads_is_made_row_by_row():
     """The ring replaces the 1x1 conv's map: a map read again later (or one too small) keeps being written."""
     model = _model("mobilenet_v2_x0_5", (64, 64))
-    ops = engine.plan_engine(model, (64, 64), lanes=16, fuse_map_bytes=1 << 62).ops
+    plan = engine.plan_engine(model, (64, 64), lanes=16, fuse_map_bytes=1 << 62)
+    ops = plan.ops
     marker = OPCODES["expand_depthwise"]
     first = next(i for i in range(len(ops) - 1) if engine._fusable(ops, i, 0))
     expanded = fields(ops[first])[1].target
-    assert engine._fuse_expansions(ops[first : first + 2], 0)[0].code == marker
+    assert engine._fuse_expansions(ops[first : first + 2], 0, plan.ints)[0].code == marker
+    # The stem conv, depthwise conv and 1x1 conv of the first unit: the last comes along, unless its input
+    # map is read again later.
+    assert engine._projects(ops, first, plan.ints)
+    read = fields(ops[first + 1])[1].target
+    again = make_op("global_average", source=read, pixels=1, source_stride=8, channels=8, target=read + 1)
+    assert not engine._projects([*ops[first : first + 3], again], 0, plan.ints)
     reader = make_op(
         "global_average", source=expanded, pixels=1, source_stride=8, channels=8, target=expanded + 1
     )

@@ -646,7 +646,8 @@ class Engine:
             window = {code: name for name, code in POOL_WINDOWS.items()}[op.window]
             return f"{window.replace('_', ' ')} pool"
         if kind == "expand_depthwise":
-            return "fused 1x1 + depthwise by rows (the next two)"
+            count = "three" if op.project else "two"
+            return f"fused 1x1 + depthwise{' + 1x1' if op.project else ''} by rows (the next {count})"
         names = {"copy": "copy kept half", "pad_input": "pad input", "scale": "squeeze-excite scale"}
         return names.get(kind, kind.replace("_", " "))
 
@@ -731,20 +732,31 @@ class _Placement:
             self.writers[op.target.map] = self.writers.get(op.target.map, 0) + 1
         self.last_read[program.output.map] = len(program.operations)
         # A conv whose map (at least ``fuse_map_bytes``) the next operation, a depthwise conv, reads may run
-        # with it row by row (_fuse_expansions): its inputs stay placed until that conv is done, which then
-        # never writes over rows the first has still to read.
+        # with it row by row, and a 1x1 conv reading the depthwise conv's map along with them
+        # (_fuse_expansions): the first conv's inputs stay placed until the last of them is done, and the
+        # last writes its own map (not in place over its residual), so none of them writes over rows the
+        # first has still to read.
+        self.fused_last: set[int] = set()
         operations = program.operations
         for index, (op, after) in enumerate(itertools.pairwise(operations)):
             size = program.maps[op.target.map]
-            if (
+            if not (
                 isinstance(op, Conv)
                 and isinstance(after, Conv)
                 and after.kind == "depthwise"
                 and after.source.map == op.target.map
                 and 4 * size.height * size.width * _round_up(size.channels) >= fuse_map_bytes
             ):
-                for read in reads_of(op):
-                    self.last_read[read.map] = max(self.last_read[read.map], index + 1)
+                continue
+            last = index + 1
+            if index + 2 < len(operations):
+                project = operations[index + 2]
+                reads_depthwise = isinstance(project, Conv) and project.source.map == after.target.map
+                if reads_depthwise and project.kind == "pointwise":
+                    last = index + 2
+                    self.fused_last.add(last)
+            for read in reads_of(op):
+                self.last_read[read.map] = max(self.last_read[read.map], last)
         self.free: list[str] = []
         self.roles: dict[int, str] = {}
         self.count = 0
@@ -866,7 +878,7 @@ class _Placement:
         """Place ``op`` (operation ``index``)'s output over its residual input where that input dies with
         it."""
         residual = op.residual
-        if residual is None or self.last_read[residual.map] != index:
+        if residual is None or self.last_read[residual.map] != index or index in self.fused_last:
             return False
         if self.writers[op.target.map] != 1 or op.target.map in self.features:
             return False
@@ -1145,16 +1157,26 @@ def _buffers_read(op: Op) -> set[int]:
     return {getattr(values, name) for name in names if getattr(values, name, -1) >= 0}
 
 
+def _dies_here(ops: Sequence[Op], buffer: int) -> bool:
+    """Whether nothing in ``ops`` reads ``buffer`` before something writes it."""
+    for op in ops:
+        if buffer in _buffers_read(op):
+            return False
+        if fields(op)[1].target == buffer:
+            return True
+    return True
+
+
 def _fusable(ops: Sequence[Op], index: int, least_bytes: int) -> bool:
     """Whether ``ops[index]``, a 1x1 conv, and ``ops[index + 1]``, a depthwise conv, can run row by row: the
     depthwise conv reads the map the 1x1 conv writes (whole rows of it, packed, its channels from the first
-    on, the depthwise conv's padding lanes past them), which is at least
-    ``least_bytes`` and which nothing after them reads, and writes nothing the 1x1 conv reads."""
+    on, the depthwise conv's padding lanes past them), which is at least ``least_bytes`` and which nothing
+    after them reads, and writes nothing the 1x1 conv reads."""
     (first, p), (second, d) = fields(ops[index]), fields(ops[index + 1])
     if first != "pointwise" or second != "depthwise" or d.source != p.target:
         return False
     rows = p.lines == 1 or p.line_length == d.width
-    if not (
+    return (
         rows
         and p.lines * p.line_length == d.height * d.width
         and p.residual < 0
@@ -1164,27 +1186,46 @@ def _fusable(ops: Sequence[Op], index: int, least_bytes: int) -> bool:
         and p.target_stride == d.source_stride
         and d.target not in _buffers_read(ops[index])
         and 4 * p.target_stride * d.height * d.width >= least_bytes
-    ):
+        and _dies_here(ops[index + 2 :], p.target)
+    )
+
+
+def _projects(ops: Sequence[Op], index: int, ints: np.ndarray) -> bool:
+    """Whether the fusable pair at ``ops[index]`` can take the 1x1 conv after it along, row by row: it reads
+    the depthwise conv's map (nothing after it does) as one line of packed pixels from the map's start,
+    and writes nothing the pair reads."""
+    if index + 2 >= len(ops) or fields(ops[index + 2])[0] != "pointwise":
         return False
-    for later in ops[index + 2 :]:
-        if p.target in _buffers_read(later):
-            return False
-        if fields(later)[1].target == p.target:
-            break
-    return True
+    d, q = (fields(op)[1] for op in ops[index + 1 : index + 3])
+    return (
+        q.source == d.target
+        and q.lines == 1
+        and q.line_length == d.out_height * d.out_width
+        and int(ints[q.line_starts]) == 0
+        and q.step == d.target_stride
+        and q.target_pitch == 0
+        and q.target not in _buffers_read(ops[index]) | {d.target}
+        and _dies_here(ops[index + 3 :], d.target)
+    )
 
 
-def _fuse_expansions(ops: Sequence[Op], least_bytes: int) -> list[Op]:
-    """``ops`` with each fusable (:func:`_fusable`) 1x1 conv and depthwise conv preceded by the operation that
-    runs the two row by row; the two stay in the plan, so an engine without scratch runs them as before."""
+def _fuse_expansions(ops: Sequence[Op], least_bytes: int, ints: np.ndarray) -> list[Op]:
+    """``ops`` with each fusable (:func:`_fusable`) 1x1 conv and depthwise conv, and the 1x1 conv after them
+    where it can come along (:func:`_projects`), preceded by the operation that runs them row by row; they
+    stay in the plan, so an engine without scratch runs them as before."""
     result: list[Op] = []
     index = 0
     while index < len(ops):
         if index + 1 < len(ops) and _fusable(ops, index, least_bytes):
             depthwise = fields(ops[index + 1])[1]
+            project = _projects(ops, index, ints)
             ring = 3 * depthwise.width * depthwise.source_stride
-            result += [make_op("expand_depthwise", ring_floats=ring), ops[index], ops[index + 1]]
-            index += 2
+            if project:
+                ring += 16 + depthwise.out_width * depthwise.target_stride
+            count = 3 if project else 2
+            marker = make_op("expand_depthwise", ring_floats=ring, project=int(project))
+            result += [marker, *ops[index : index + count]]
+            index += count
         else:
             result.append(ops[index])
             index += 1
@@ -1233,11 +1274,12 @@ def plan_engine(
     if planner.floats:
         np.concatenate(planner.floats, out=floats)
     order = sorted(planner.buffer_ids, key=planner.buffer_ids.get)
+    ints = np.concatenate(planner.ints) if planner.ints else np.zeros(1, np.int32)
     return Plan(
         lanes=lanes,
-        ops=_fuse_expansions(planner.ops, fuse_map_bytes),
+        ops=_fuse_expansions(planner.ops, fuse_map_bytes, ints),
         floats=floats,
-        ints=np.concatenate(planner.ints) if planner.ints else np.zeros(1, np.int32),
+        ints=ints,
         buffer_floats=[planner.buffer_sizes[role] for role in order],
         input_buffer=planner.buffer_ids["input"],
         input_shape=(model.in_chans, height, width),

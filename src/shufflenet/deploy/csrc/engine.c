@@ -397,12 +397,15 @@ static void depthwise(const float* in, int H, int W, int in_stride, int C, int s
    map's rows computed as the windows reach them into a ring of three rows (row r in slot r % 3: a window's
    rows are consecutive, so the row a new one replaces is behind every later window). Each map row is read
    back while in L2, never written out: the maps that MobileNet V2's expansions write (a 112x112x96 map is
-   4.6 MB) do not stay in cache between two whole-map operations. */
-static void expand_depthwise(const PointwiseOp* p, const DepthwiseOp* d, float* const* buffers, const float* floats,
-                             const int32_t* ints, float* ring, int oy_begin, int oy_end) {
-    const int H = (int)d->height, W = (int)d->width;
+   4.6 MB) do not stay in cache between two whole-map operations. With ``q``, each output row goes to one
+   more row of scratch (after the ring), and pointwise conv ``q`` makes its own output row from it at once. */
+static void expand_depthwise(const PointwiseOp* p, const DepthwiseOp* d, const PointwiseOp* q, float* const* buffers,
+                             const float* floats, const int32_t* ints, float* ring, int oy_begin, int oy_end) {
+    const int H = (int)d->height, W = (int)d->width, Wo = (int)d->out_width;
     const size_t row_floats = (size_t)W * d->source_stride;
+    float* depthwise_out = ring + 3 * row_floats;
     const int32_t* line_starts = ints + p->line_starts;
+    const int32_t zero = 0;
     const Part row_part = {0, 1, 0, W, 0, (int)p->n_per_group};
     int held[3] = {-1, -1, -1};
     for (int oy = oy_begin; oy < oy_end; oy++) {
@@ -420,11 +423,19 @@ static void expand_depthwise(const PointwiseOp* p, const DepthwiseOp* d, float* 
                       (int)p->target_stride, 0, 0, 0, 0, (int)p->activation, 0, row_part);
             held[slot] = r;
         }
+        float* out = q ? depthwise_out : buffers[d->target] + (size_t)oy * Wo * d->target_stride;
         depthwise_row(ring + (rows[0] % 3) * row_floats, ring + (rows[1] % 3) * row_floats,
                       ring + (rows[2] % 3) * row_floats, row_inside, W, (int)d->source_stride, (int)d->channels,
-                      (int)d->stride, floats + d->weights, floats + d->bias,
-                      buffers[d->target] + (size_t)oy * d->out_width * d->target_stride + d->target_offset,
-                      (int)d->out_width, (int)d->target_stride, (int)d->activation);
+                      (int)d->stride, floats + d->weights, floats + d->bias, out + d->target_offset, Wo,
+                      (int)d->target_stride, (int)d->activation);
+        if (!q) continue;
+        const size_t first = (size_t)oy * Wo;
+        const Part project_part = {0, 1, 0, Wo, 0, (int)q->n_per_group};
+        pointwise(depthwise_out, &zero, Wo, (int)q->step, ints + q->index, (int)q->groups, (int)q->k_per_group,
+                  (int)q->n_per_group, (int)q->n_padded, floats + q->weights, floats + q->bias,
+                  buffers[q->target] + first * q->target_stride, (int)q->target_stride, (int)q->target_offset,
+                  q->residual >= 0 ? buffers[q->residual] + first * q->residual_stride : 0, (int)q->residual_stride,
+                  (int)q->residual_offset, (int)q->activation, 0, project_part);
     }
 }
 
@@ -611,8 +622,9 @@ static void run_share(const Op* op, float* const* buffers, const float* floats, 
     case OP_EXPAND_DEPTHWISE: {
         if (!scratch) break; /* no scratch: the two operations after this one run as planned */
         const DepthwiseOp* d = &op[2].as.depthwise;
+        const PointwiseOp* q = op->as.expand_depthwise.project ? &op[3].as.pointwise : 0;
         share((int)d->out_height, 1, t, T, &begin, &end);
-        expand_depthwise(&op[1].as.pointwise, d, buffers, floats, ints, scratch, begin, end);
+        expand_depthwise(&op[1].as.pointwise, d, q, buffers, floats, ints, scratch, begin, end);
         break;
     }
     case OP_PAD_INPUT: {
@@ -742,17 +754,20 @@ static int64_t work_of(const Op* op) {
     case OP_PAD_INPUT: return op->as.pad_input.channels * op->as.pad_input.height * op->as.pad_input.width;
     case OP_COPY: return op->as.copy.pixels * op->as.copy.source_stride;
     case OP_GATHER: return op->as.gather.lines * op->as.gather.line_length * op->as.gather.channels;
-    case OP_EXPAND_DEPTHWISE: return work_of(op + 1) + work_of(op + 2);
+    case OP_EXPAND_DEPTHWISE:
+        return work_of(op + 1) + work_of(op + 2) + (op->as.expand_depthwise.project ? work_of(op + 3) : 0);
     }
     return 0;
 }
 
 static int is_split(const Pool* pool, int i) { return pool->threads > 1 && work_of(pool->ops + i) >= SERIAL_WORK; }
 
-/* Operations that ``ops[i]`` stands for: a fused pair's marker with scratch to run it stands for the two
-   operations after it too. */
+/* Operations that ``ops[i]`` stands for: a fused run's marker with scratch to run it stands for the two or
+   three operations after it too. */
 static int span_of(const Pool* pool, int i) {
-    return pool->ops[i].code == OP_EXPAND_DEPTHWISE && pool->scratch ? 3 : 1;
+    const Op* op = pool->ops + i;
+    if (op->code != OP_EXPAND_DEPTHWISE || !pool->scratch) return 1;
+    return op->as.expand_depthwise.project ? 4 : 3;
 }
 
 /* Thread t's part of a run: its share of every split operation; thread 0 runs the small ones alone. A

@@ -13,7 +13,7 @@
 
 #include <stdint.h>
 
-#define SHUFFLENET_ENGINE_ABI 6
+#define SHUFFLENET_ENGINE_ABI 7
 
 enum {
     OP_PAD_INPUT = 0,      /* NCHW input -> zero-bordered NCHW copy (the stem conv reads it by index) */
@@ -24,7 +24,7 @@ enum {
     OP_GLOBAL_AVERAGE = 5, /* mean over pixels */
     OP_SCALE = 6,          /* squeeze-and-excitation's gate: channels times sigmoid(gate), + residual, act */
     OP_GATHER = 7,         /* per-pixel copy of channels read through an index table (a shift made real) */
-    OP_EXPAND_DEPTHWISE = 8, /* the next two operations (a 1x1 conv, the depthwise conv reading its map), fused */
+    OP_EXPAND_DEPTHWISE = 8, /* the next two or three operations (1x1 conv, depthwise conv, 1x1 conv), fused */
 };
 
 /* Activations applied in an operation's epilogue. */
@@ -154,11 +154,13 @@ typedef struct {
 } GatherOp;
 
 /* The pointwise conv right after this operation writes a map that only the depthwise conv after it
-   reads: run the two row by row, the map's rows in a ring of three rows of the thread's scratch
-   (``ring_floats`` floats), never written to the map's buffer. Where no scratch can be had, the two run
-   as planned. */
+   reads: run the two row by row, the map's rows in a ring of three rows of the thread's scratch, never
+   written to the map's buffer. With ``project`` 1, the pointwise conv after the depthwise conv reads
+   its map (which nothing else reads) row by row too, each row from one more row of scratch. Scratch:
+   ``ring_floats`` floats, the ring first. Where no scratch can be had, the operations run as planned. */
 typedef struct {
     int64_t ring_floats;
+    int64_t project;
 } ExpandDepthwiseOp;
 
 typedef struct {
