@@ -27,6 +27,9 @@
 #ifndef CHUNK_INPUT_BYTES
 #define CHUNK_INPUT_BYTES 8192
 #endif
+#ifndef WEIGHT_PREFETCH_ROWS
+#define WEIGHT_PREFETCH_ROWS 32
+#endif
 #ifndef CHUNK_WEIGHT_BYTES
 #define CHUNK_WEIGHT_BYTES 262144
 #endif
@@ -104,6 +107,10 @@ INLINE void pointwise_tile(const int ROWS, const int VECS, const int HALF, const
     for (int k = 0; k < K; k++) {
         const float* p = a + idx[k];
         const float* wk = w + (size_t)k * panel;
+        /* The weights stream in from L3 or memory once per call (a network's exceed L2): ask for them
+           WEIGHT_PREFETCH_ROWS rows ahead, past the panel's end into the next panel's. */
+        __builtin_prefetch(wk + WEIGHT_PREFETCH_ROWS * panel, 0, 3);
+        if (VECS > 1) __builtin_prefetch(wk + WEIGHT_PREFETCH_ROWS * panel + 2 * LANES - 1, 0, 3);
         const vec w0 = VECS > 0 ? v_load(wk) : b0;
         const vec w1 = VECS > 1 ? v_load(wk + LANES) : w0;
         const vec w2 = VECS > 2 ? v_load(wk + 2 * LANES) : w0;
