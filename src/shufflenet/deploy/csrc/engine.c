@@ -575,12 +575,14 @@ static void gather(const float* in, const int32_t* line_base, int line_len, int 
         }
 }
 
-/* Copy an NCHW image into the interior of a zero-bordered (H+2) x (W+2) NCHW buffer. */
-static void pad_input(const float* in, int H, int W, float* out, int c_begin, int c_end) {
+/* Copy image rows [row_begin, row_end) (row c * H + y: row y of channel c) of an NCHW image into the
+   interior of a zero-bordered (H+2) x (W+2) NCHW buffer. */
+static void pad_input(const float* in, int H, int W, float* out, int row_begin, int row_end) {
     const int Wp = W + 2;
-    for (int c = c_begin; c < c_end; c++)
-        for (int y = 0; y < H; y++)
-            memcpy(out + ((size_t)c * (H + 2) + y + 1) * Wp + 1, in + ((size_t)c * H + y) * W, sizeof(float) * W);
+    for (int row = row_begin; row < row_end; row++) {
+        const int c = row / H, y = row % H;
+        memcpy(out + ((size_t)c * (H + 2) + y + 1) * Wp + 1, in + (size_t)row * W, sizeof(float) * W);
+    }
 }
 
 static double seconds_now(void) {
@@ -641,7 +643,7 @@ static void run_share(const Op* op, float* const* buffers, const float* floats, 
     }
     case OP_PAD_INPUT: {
         const PadInputOp* o = &op->as.pad_input;
-        share((int)o->channels, 1, t, T, &begin, &end);
+        share((int)(o->channels * o->height), 1, t, T, &begin, &end); /* rows: 3 channels split unevenly */
         pad_input(buffers[o->source], (int)o->height, (int)o->width, buffers[o->target], begin, end);
         break;
     }
