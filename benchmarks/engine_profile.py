@@ -23,11 +23,13 @@ import torch
 from shufflenet import create_model
 from shufflenet._table import markdown_table
 from shufflenet.bench.report import environment, write_record
-from shufflenet.deploy.engine import build_engine, engine_isa
+from shufflenet.deploy.engine import Engine, engine_isa, load_library, plan_engine
 
 
 def kind_of(description: str) -> str:
     words = description.split()
+    if words[0] == "fused":
+        return "fused 1x1 + depthwise (+ 1x1) by rows"
     if words[0] == "pointwise":
         return "1x1 conv (GEMM)" if " 1 px" not in description else "classifier / SE convs"
     return {"depthwise": "depthwise conv", "pad": "input padding"}.get(words[0], " ".join(words[:2]))
@@ -42,13 +44,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="engine threads (default 1)")
     parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds (default 20)")
     parser.add_argument("--repeats", type=int, default=10, help="runs per model per round (default 10)")
+    parser.add_argument(
+        "--unfused",
+        action="store_true",
+        help="time every operation on its own: no 1x1 + depthwise runs fused row by row (as the engine "
+        "runs big maps), so the time splits by kind",
+    )
     parser.add_argument("--output", type=Path, help="write engine_profile.md/.csv/.json into this folder")
     args = parser.parse_args(argv)
     size = (args.size, args.size)
     engines, batches = {}, {}
     for name in args.models:
         torch.manual_seed(0)
-        engines[name] = build_engine(create_model(name).eval(), size, threads=args.threads)
+        library = load_library()
+        plan = plan_engine(
+            create_model(name).eval(),
+            size,
+            lanes=library.shufflenet_engine_lanes(),
+            fuse_map_bytes=1 << 62 if args.unfused else None,
+        )
+        engines[name] = Engine(library, plan, threads=args.threads)
         batches[name] = np.random.default_rng(0).standard_normal((1, 3, *size)).astype(np.float32)
     totals: dict[str, dict[str, list[float]]] = {name: defaultdict(list) for name in args.models}
     for _ in range(args.rounds):
@@ -71,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     first = args.models[0]
     ratios = "\n".join(f"- {first} / {name}: {sums[first] / sums[name]:.2f}" for name in args.models[1:])
     body = (
-        f"Engine {engine_isa()}, {args.threads} thread(s), {args.size}x{args.size}, batch 1: medians of "
+        f"Engine {engine_isa()}, {args.threads} thread(s), {args.size}x{args.size}, batch 1"
+        f"{', every operation on its own (--unfused)' if args.unfused else ''}: medians of "
         f"{args.rounds} interleaved rounds of {args.repeats} runs.\n\n{table}\n\n{ratios}\n"
     )
     print(body)
