@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     size = (args.size, args.size)
     engines, batches = {}, {}
+    library = load_library()
     for name in args.models:
         torch.manual_seed(0)
-        library = load_library()
         plan = plan_engine(
             create_model(name).eval(),
             size,

@@ -1221,7 +1221,7 @@ def _fuse_expansions(ops: Sequence[Op], least_bytes: int, ints: np.ndarray) -> l
             project = _projects(ops, index, ints)
             ring = 3 * depthwise.width * depthwise.source_stride
             if project:
-                ring += 16 + depthwise.out_width * depthwise.target_stride
+                ring += depthwise.out_width * depthwise.target_stride
             count = 3 if project else 2
             marker = make_op("expand_depthwise", ring_floats=ring, project=int(project))
             result += [marker, *ops[index : index + count]]

@@ -414,6 +414,9 @@ static void expand_depthwise(const PointwiseOp* p, const DepthwiseOp* d, const P
     const int32_t* line_starts = ints + p->line_starts;
     const int32_t zero = 0;
     const Part row_part = {0, 1, 0, W, 0, (int)p->n_per_group};
+    /* Map row r: pixels [r W, r W + W) of the conv's one line, or its line r (the stem reads an image line
+       per output row). */
+    const int one_line = p->lines == 1;
     int held[3] = {-1, -1, -1};
     for (int oy = oy_begin; oy < oy_end; oy++) {
         int row_inside[3], rows[3];
@@ -421,9 +424,6 @@ static void expand_depthwise(const PointwiseOp* p, const DepthwiseOp* d, const P
         for (int i = 0; i < 3; i++) {
             const int r = rows[i], slot = r % 3;
             if (held[slot] == r) continue;
-            /* Map row r: pixels [r W, r W + W) of the conv's one line, or its line r (the stem reads an
-               image line per output row). */
-            const int one_line = p->lines == 1;
             pointwise(buffers[p->source] + (one_line ? (size_t)r * W * p->step : 0), line_starts + (one_line ? 0 : r),
                       W, (int)p->step, ints + p->index, (int)p->groups, (int)p->k_per_group, (int)p->n_per_group,
                       (int)p->n_padded, floats + p->weights, floats + p->bias, ring + slot * row_floats,
@@ -634,7 +634,7 @@ static void run_share(const Op* op, float* const* buffers, const float* floats, 
     int begin, end;
     switch (op->code) {
     case OP_EXPAND_DEPTHWISE: {
-        if (!scratch) break; /* no scratch: the two operations after this one run as planned */
+        if (!scratch) break; /* no scratch: the operations after this one run as planned */
         const DepthwiseOp* d = &op[2].as.depthwise;
         const PointwiseOp* q = op->as.expand_depthwise.project ? &op[3].as.pointwise : 0;
         share((int)d->out_height, 1, t, T, &begin, &end);
@@ -660,7 +660,8 @@ static void run_share(const Op* op, float* const* buffers, const float* floats, 
         const DepthwiseOp* o = &op->as.depthwise;
         share((int)o->out_height, 1, t, T, &begin, &end);
         depthwise(buffers[o->source], (int)o->height, (int)o->width, (int)o->source_stride, (int)o->channels,
-                  (int)o->stride, floats + o->weights, floats + o->bias, buffers[o->target], (int)o->out_width, (int)o->target_stride, (int)o->target_offset, (int)o->activation, begin, end);
+                  (int)o->stride, floats + o->weights, floats + o->bias, buffers[o->target], (int)o->out_width,
+                  (int)o->target_stride, (int)o->target_offset, (int)o->activation, begin, end);
         break;
     }
     case OP_POOL: {
