@@ -274,16 +274,16 @@ static inline void window_range(int H, int W, int iy0, int ix0, int* ky0, int* k
 
 INLINE void store_activated(float* out, vec y, int act, int lanes) { v_store_n(out, v_activate(y, act), lanes); }
 
-/* The 9 taps of one channel block with the window rows and columns that fall outside the map zeroed:
-   a border output then runs the interior code, its outside taps reading a row or column inside the map
-   (clamped) and adding 0 times it. */
+/* The 9 taps of one channel block with the window rows that fall outside the map zeroed: a border row of
+   outputs then runs the interior code, its outside rows reading a row inside the map (clamped) and adding
+   0 times it. */
 typedef struct {
     vec k[9];
 } Taps;
 
-INLINE Taps taps_inside(const Taps* all, int row_inside[3], int column_inside[3]) {
+INLINE Taps taps_inside(const Taps* all, int row_inside[3]) {
     Taps taps;
-    for (int t = 0; t < 9; t++) taps.k[t] = row_inside[t / 3] && column_inside[t % 3] ? all->k[t] : v_zero();
+    for (int t = 0; t < 9; t++) taps.k[t] = row_inside[t / 3] ? all->k[t] : v_zero();
     return taps;
 }
 
@@ -297,47 +297,53 @@ INLINE void window_lines(int first, int size, int inside[3], int line[3]) {
     }
 }
 
-/* ``blocks`` runs of four neighbouring outputs of one channel block (or one output, ``single``), the 9 taps
-   in registers. Four independent FMA chains hide the FMA latency. ``r0``: the first window's top-left
-   input; neighbours are ``step`` apart, window rows ``row1`` and ``row2`` past the first (equal where a
-   border row is clamped), columns ``col1`` and ``col2`` past the first. */
-INLINE void depthwise_span(const float* r0, size_t step, ptrdiff_t row1, ptrdiff_t row2, size_t col1, size_t col2,
-                           const Taps* taps, vec b, float* o, size_t out_stride, int blocks, int single, int act,
-                           int lanes) {
-    const vec k0 = taps->k[0], k1 = taps->k[1], k2 = taps->k[2], k3 = taps->k[3], k4 = taps->k[4];
-    const vec k5 = taps->k[5], k6 = taps->k[6], k7 = taps->k[7], k8 = taps->k[8];
-    if (single) {
-        vec a0 = v_fma(v_load(r0), k0, b), a1 = v_mul(v_load(r0 + row1), k3), a2 = v_mul(v_load(r0 + row2), k6);
-        a0 = v_fma(v_load(r0 + col1), k1, a0);
-        a1 = v_fma(v_load(r0 + row1 + col1), k4, a1);
-        a2 = v_fma(v_load(r0 + row2 + col1), k7, a2);
-        a0 = v_fma(v_load(r0 + col2), k2, a0);
-        a1 = v_fma(v_load(r0 + row1 + col2), k5, a1);
-        a2 = v_fma(v_load(r0 + row2 + col2), k8, a2);
-        store_activated(o, v_add(v_add(a0, a1), a2), act, lanes);
-        return;
+/* Up to DEPTHWISE_BLOCK (stride 1) or DEPTHWISE_BLOCK_STRIDED (stride 2) neighbouring outputs of a row at
+   once: 9 taps, the block's accumulators and one input vector in registers (AVX2: 16 of them). */
+#if LANES == 16 || defined(__aarch64__) /* 32 vector registers */
+#define DEPTHWISE_BLOCK 8
+#else
+#define DEPTHWISE_BLOCK 4
+#endif
+#define DEPTHWISE_BLOCK_STRIDED 4
+
+/* N neighbouring outputs of one channel block, stride S: each input column of a window row is loaded once
+   and feeds every output whose window holds it (N + 2 loads per row at stride 1, not 3 N), the N
+   accumulators independent FMA chains. ``p``: the first output's window centre in the top row; the column
+   left of the map (``skip_first``) or right of it (``skip_last``) is not read: its taps add nothing. */
+INLINE void depthwise_block(const int S, const int N, const float* p, size_t in_stride, ptrdiff_t row1,
+                            ptrdiff_t row2, const Taps* taps, vec b, float* o, size_t out_stride, int skip_first,
+                            int skip_last, int act, int lanes) {
+    vec acc[N];
+#pragma GCC unroll 8
+    for (int j = 0; j < N; j++) acc[j] = b;
+#pragma GCC unroll 3
+    for (int ky = 0; ky < 3; ky++) {
+        const float* row = p + (ky == 0 ? 0 : ky == 1 ? row1 : row2);
+#pragma GCC unroll 20
+        for (int col = 0; col < S * (N - 1) + 3; col++) {
+            if ((col == 0 && skip_first) || (col == S * (N - 1) + 2 && skip_last)) continue;
+            const vec x = v_load(row + ((ptrdiff_t)col - 1) * (ptrdiff_t)in_stride);
+#pragma GCC unroll 8
+            for (int j = 0; j < N; j++) {
+                const int kx = col - S * j;
+                if (kx >= 0 && kx < 3) acc[j] = v_fma(x, taps->k[ky * 3 + kx], acc[j]);
+            }
+        }
     }
-    const float* p = r0;
-    for (int i = 0; i < blocks; i++, p += 4 * step, o += 4 * out_stride) {
-        vec a0 = b, a1 = b, a2 = b, a3 = b;
-#define TAP(k, offset)                                    \
-    {                                                     \
-        const float* q = p + (offset);                    \
-        a0 = v_fma(v_load(q), k, a0);                     \
-        a1 = v_fma(v_load(q + step), k, a1);              \
-        a2 = v_fma(v_load(q + 2 * step), k, a2);          \
-        a3 = v_fma(v_load(q + 3 * step), k, a3);          \
-    }
-        TAP(k0, 0) TAP(k1, col1) TAP(k2, col2)
-        TAP(k3, row1) TAP(k4, row1 + col1) TAP(k5, row1 + col2)
-        TAP(k6, row2) TAP(k7, row2 + col1) TAP(k8, row2 + col2)
-#undef TAP
-        store_activated(o, a0, act, lanes);
-        store_activated(o + out_stride, a1, act, lanes);
-        store_activated(o + 2 * out_stride, a2, act, lanes);
-        store_activated(o + 3 * out_stride, a3, act, lanes);
-    }
+#pragma GCC unroll 8
+    for (int j = 0; j < N; j++) store_activated(o + (size_t)j * out_stride, acc[j], act, lanes);
 }
+
+/* Each block size is its own specialised kernel. */
+#define BLOCK(S, N) \
+    depthwise_block(S, N, p, in_stride, row1, row2, &taps, b, o, out_stride, skip_first, skip_last, act, lanes)
+#define BLOCKS_UP_TO_4(S) \
+    case 4: BLOCK(S, 4); break; case 3: BLOCK(S, 3); break; case 2: BLOCK(S, 2); break; default: BLOCK(S, 1); break;
+#define BLOCKS_UP_TO_8(S) \
+    case 8: BLOCK(S, 8); break; case 7: BLOCK(S, 7); break; case 6: BLOCK(S, 6); break; \
+    case 5: BLOCK(S, 5); break; BLOCKS_UP_TO_4(S)
+#define BLOCKS_UP_TO(n, S) BLOCKS_UP_TO_EXPAND(n, S)
+#define BLOCKS_UP_TO_EXPAND(n, S) BLOCKS_UP_TO_##n(S)
 
 /* One output row of a 3x3 depthwise conv, padding 1, over C channels (C a multiple of 8; the planner pads
    it) in blocks of LANES channels, the last block of an AVX-512 build possibly half full. ``top``,
@@ -345,43 +351,30 @@ INLINE void depthwise_span(const float* r0, size_t step, ptrdiff_t row1, ptrdiff
    with ``row_inside`` 0; they need not be evenly spaced, so the rows may come from a ring of a few rows).
    Loads are whole vectors: lanes past the channels read the next pixel, the next tap row or the 16-float
    slack of every buffer and arena block, and are dropped by the exact store. Weights: 9 rows (taps) of C
-   floats. Outputs whose window lies inside the map go four at a time; the border ones (the first and last
-   columns) run the same code one at a time, with the taps outside the map zeroed (taps_inside). */
+   floats. The outputs go in blocks of equal size (14 as 7 + 7, not 8 + 6: fewer, fuller blocks), the
+   first and last blocks skipping the columns outside the map. */
 static void depthwise_row(const float* top, const float* middle, const float* bottom, int row_inside[3], int W,
                           int in_stride, int C, int stride, const float* w, const float* bias, float* row_out,
                           int Wo, int out_stride, int act) {
-    /* Output columns whose 3 input columns are all inside the map: [1, ox_end). */
-    const int ox_end = (W - 2) / stride + 1 < Wo ? (W - 2) / stride + 1 : Wo;
-    const int blocks = ox_end > 1 ? (ox_end - 1) / 4 : 0;
-    const size_t step = (size_t)stride * in_stride;
-    const size_t col1 = (size_t)in_stride, col2 = 2 * (size_t)in_stride;
     const ptrdiff_t row1 = middle - top, row2 = bottom - top;
-    int all_columns[3] = {1, 1, 1};
+    const int most = stride == 1 ? DEPTHWISE_BLOCK : DEPTHWISE_BLOCK_STRIDED;
     for (int c0 = 0; c0 < C; c0 += LANES) {
         const int lanes = C - c0;
         Taps all;
         for (int t = 0; t < 9; t++) all.k[t] = v_load(w + t * C + c0);
-        const Taps taps = taps_inside(&all, row_inside, all_columns);
+        const Taps taps = taps_inside(&all, row_inside);
         const vec b = v_load(bias + c0);
-        float* out = row_out + c0;
-        const float* r0 = top + c0;
-        int ox = 0;
-        if (blocks) {
-            depthwise_span(r0 + (size_t)(stride - 1) * in_stride, step, row1, row2, col1, col2, &taps, b,
-                           out + out_stride, out_stride, blocks, 0, act, lanes);
-            for (ox = 1 + 4 * blocks; ox < ox_end; ox++)
-                depthwise_span(r0 + (size_t)(ox * stride - 1) * in_stride, step, row1, row2, col1, col2, &taps,
-                               b, out + (size_t)ox * out_stride, out_stride, 1, 1, act, lanes);
-        }
-        /* The border columns (and every column of a map too narrow for a block). */
-        for (int x = 0; x < Wo; x = x == 0 && blocks ? ox : x + 1) {
-            int column_inside[3], columns[3];
-            window_lines(x * stride - 1, W, column_inside, columns);
-            const Taps edge = taps_inside(&taps, all_columns, column_inside);
-            const float* p = r0 + (size_t)columns[0] * in_stride;
-            depthwise_span(p, step, row1, row2, (size_t)(columns[1] - columns[0]) * in_stride,
-                           (size_t)(columns[2] - columns[0]) * in_stride, &edge, b, out + (size_t)x * out_stride,
-                           out_stride, 1, 1, act, lanes);
+        for (int ox0 = 0, n; ox0 < Wo; ox0 += n) {
+            const int blocks = (Wo - ox0 + most - 1) / most;
+            n = (Wo - ox0 + blocks - 1) / blocks;
+            const float* p = top + c0 + (size_t)ox0 * stride * in_stride;
+            float* o = row_out + c0 + (size_t)ox0 * out_stride;
+            const int skip_first = ox0 == 0, skip_last = (ox0 + n - 1) * stride + 1 >= W;
+            if (stride == 1) {
+                switch (n) { BLOCKS_UP_TO(DEPTHWISE_BLOCK, 1) }
+            } else {
+                switch (n) { BLOCKS_UP_TO(DEPTHWISE_BLOCK_STRIDED, 2) }
+            }
         }
     }
 }
