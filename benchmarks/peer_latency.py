@@ -1,11 +1,13 @@
 """The engine beside the inference frameworks users pick for these nets: ONNX Runtime, OpenVINO (fp32, and
 its default precision: bf16 on CPUs with AVX512_BF16), ncnn through pnnx (fp32, and its fp16 defaults) and
 MNN (fp32), all in one process, called in interleaved passes (see paired_latency.py), every cell's output
-checked against eager PyTorch first (a cell that computes something else is reported, not timed). Each timed
-call follows at least 50 ms of the same cell's untimed calls: ONNX Runtime's and OpenMP's worker threads
-keep spinning for up to ~50 ms after a call returns, and on a 2-core machine they would take a core from
-the next cell (the engine at 2 threads measured 3.8 ms after ONNX Runtime's call, 1.8-2.0 ms alone). One
-interleaved run per thread count; ratios are the engine's median over the fastest fp32 peer's.
+checked against eager PyTorch first (a cell that computes something else is reported, not timed). Each cell
+first waits until no thread of the process is busy, then makes untimed calls for at least 50 ms before its
+timed one: ONNX Runtime's and OpenMP's worker threads keep spinning after a call returns (~50 ms alone,
+longer while another runtime shares their cores), and on a 2-core machine they would take a core from the
+next cell (the engine at 2 threads measured 3.8 ms after ONNX Runtime's call, 1.8-2.0 ms alone); the
+warm-up calls wake the cores again after the wait. One interleaved run per thread count; ratios are the
+engine's median over the fastest fp32 peer's.
 
     pip install -e '.[peers]'     # ncnn, pnnx, mnn (pinned)
     python benchmarks/peer_latency.py [--threads 1 2] [--batch 1] [--passes 100] \\
@@ -49,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         "--steady-ms",
         type=float,
         default=50.0,
-        help="untimed calls of a cell for at least this long before each timed one (default 50: the "
-        "previous runtime's spinning threads give up first, and the cores stay awake)",
+        help="untimed calls of a cell for at least this long before each timed one, after the previous "
+        "runtime's spinning threads have stopped (default 50: the cores are awake again)",
     )
     parser.add_argument("--output", type=Path, help="write latency.md/.csv/.json into this folder")
     args = parser.parse_args(argv)

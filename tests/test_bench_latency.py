@@ -232,6 +232,47 @@ def test_interleaved_passes_rewarm_for_a_duration_in_runs_of_the_same_call():
         assert 3 <= len(run) <= 40
 
 
+def test_quiet_passes_time_no_call_while_a_thread_left_behind_still_spins():
+    """With quiet, a cell waits until the threads another cell left spinning after its call returned have
+    stopped (however long they spin), and only then calls; without it, the next call meets them."""
+    import threading
+    import time
+
+    from shufflenet.deploy.timing import interleaved_seconds
+
+    def run(quiet: bool) -> list[bool]:
+        spinning = threading.Event()
+        spinners: list[threading.Thread] = []
+        seen: list[bool] = []
+
+        def spin() -> None:
+            end = time.perf_counter() + 0.06
+            while time.perf_counter() < end:
+                pass
+            spinning.clear()
+
+        def leaves_a_spinner() -> None:
+            spinning.set()
+            spinners.append(threading.Thread(target=spin))
+            spinners[-1].start()
+
+        interleaved_seconds(
+            [leaves_a_spinner, lambda: seen.append(spinning.is_set())], passes=4, warmup=0, quiet=quiet
+        )
+        for spinner in spinners:
+            spinner.join()
+        return seen
+
+    assert run(quiet=True) == [False] * 4
+    assert any(run(quiet=False))  # the check itself can see a spinner
+
+
+def test_waiting_until_quiet_returns_at_once_when_nothing_spins():
+    from shufflenet.deploy.timing import wait_until_quiet
+
+    assert wait_until_quiet() < 0.5
+
+
 def test_latency_record_states_each_ratio_with_how_to_read_it(tmp_path):
     cells = [
         _cell("shufflenet_v1_g3_x0_5", "openvino", 2.0),

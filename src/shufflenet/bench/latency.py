@@ -268,6 +268,7 @@ def measure_paired(
     warmup: int = 10,
     rewarm: int = 1,
     rewarm_seconds: float = 0.05,
+    quiet: bool = True,
     threads: int = 1,
     batch: int = 1,
     progress: bool = True,
@@ -276,10 +277,11 @@ def measure_paired(
     called in turn, one batch each, in a fresh shuffled order per pass: the machine's drift lands on every
     cell alike, so ratios between cells hold even where absolute times drift (unlike
     ``latency_benchmark``'s one subprocess per cell). Untimed calls of a cell precede each timed one, at
-    least ``rewarm`` of them and for at least ``rewarm_seconds`` (steady state, with the previous cell's
-    spinning threads gone: see :func:`interleaved_seconds`). Each cell's output is checked against eager
-    PyTorch first (its largest error relative to the largest logit in ``extra["error"]``); a cell that
-    cannot be built or computes something else gets ``error`` and is not timed."""
+    least ``rewarm`` of them and for at least ``rewarm_seconds`` (steady state), once (``quiet``) the
+    previous cell's spinning threads have stopped: see :func:`interleaved_seconds`. Each cell's output is
+    checked against eager PyTorch first (its largest error relative to the largest logit in
+    ``extra["error"]``); a cell that cannot be built or computes something else gets ``error`` and is not
+    timed."""
     torch.set_num_threads(threads)
     runners, timed = [], []
     cells: list[LatencyCell] = []
@@ -334,6 +336,7 @@ def measure_paired(
             warmup=warmup,
             rewarm=rewarm,
             rewarm_seconds=rewarm_seconds,
+            quiet=quiet,
             progress=progress,
         )
     for cell, samples in zip(timed, times, strict=True):

@@ -31,6 +31,21 @@ def eager_timer(module: nn.Module, example: torch.Tensor, *, repeats: int = 20) 
         return median_seconds(lambda: module(example), warmup=2, repeats=repeats)[0]
 
 
+def wait_until_quiet(*, window: float = 0.005, busy_share: float = 0.2, limit: float = 2.0) -> float:
+    """Sleep in ``window``-long steps until this process's threads used less than ``busy_share`` of one
+    core over a step (or ``limit`` seconds passed); the seconds waited. A runtime's worker threads spin
+    on after its call returns (ONNX Runtime's pool, OpenMP's wait policy) for a number of spins, not a
+    time: while something else runs on the same cores the spinning lasts longer (measured: ONNX Runtime
+    at 2 threads on 2 cores past 50 ms)."""
+    began = time.perf_counter()
+    while time.perf_counter() - began < limit:
+        used = time.process_time()
+        time.sleep(window)
+        if time.process_time() - used < busy_share * window:
+            break
+    return time.perf_counter() - began
+
+
 def interleaved_seconds(
     calls: Sequence[Callable[[], object]],
     *,
@@ -38,6 +53,7 @@ def interleaved_seconds(
     warmup: int,
     rewarm: int = 0,
     rewarm_seconds: float = 0.0,
+    quiet: bool = False,
     progress: bool = False,
 ) -> list[list[float]]:
     """Seconds of each call in each of ``passes`` passes, after ``warmup`` calls of each. Every pass calls
@@ -48,7 +64,9 @@ def interleaved_seconds(
     runtime leaves its worker threads spinning for tens of milliseconds after it returns (ONNX Runtime's
     pool, OpenMP's wait policy), and on a machine with few cores they take a core from whatever runs next;
     calls of the next one itself, not an idle pause (which lets the cores drop into a slow, cold state),
-    outlast them."""
+    outlast them. With ``quiet``, each cell first waits until no thread of the process is busy
+    (:func:`wait_until_quiet`), then warms up again for ``rewarm_seconds``: no call is timed while the
+    previous cell's threads still spin, however long they spin."""
     for call in calls:
         for _ in range(warmup):
             call()
@@ -63,6 +81,8 @@ def interleaved_seconds(
     for _ in rounds:
         shuffler.shuffle(order)
         for index in order:
+            if quiet:
+                wait_until_quiet()
             began = time.perf_counter()
             repeated = 0
             while repeated < rewarm or time.perf_counter() - began < rewarm_seconds:
