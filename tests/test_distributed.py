@@ -340,3 +340,38 @@ def _buffers_worker() -> list[float]:
 def test_evaluation_uses_rank_zeros_batchnorm_statistics_on_every_rank():
     # Rank 0's running mean (1.0) on both ranks sums to 2.0; without the broadcast it would be 1 + 2 = 3.
     assert run_local_processes(_buffers_worker, (), WORLD_SIZE) == [2.0, 2.0]
+
+
+def test_a_rendezvous_left_open_by_a_signal_is_shut_down_and_freed():
+    """torch's launcher keeps its rendezvous (a TCP store served by a C++ thread) open when a signal stops
+    it, referenced only from the frames of the exception; left to interpreter exit, that thread aborted the
+    process now and then. release_rendezvous shuts it down and lets it go at once."""
+    import weakref
+
+    from shufflenet.train.distributed import release_rendezvous
+
+    shut_down: list[bool] = []
+
+    class Handler:
+        def shutdown(self) -> None:
+            shut_down.append(True)
+
+    class Spec:
+        def __init__(self) -> None:
+            self.rdzv_handler = Handler()
+
+    def launch_agent() -> None:
+        spec = Spec()  # as torch's launch_agent holds it
+        assert spec.rdzv_handler is not None
+        raise KeyboardInterrupt  # stands in for the launcher's SignalException
+
+    try:
+        launch_agent()
+    except KeyboardInterrupt as stop:
+        frames = stop.__traceback__.tb_next.tb_frame
+        handler = weakref.ref(frames.f_locals["spec"].rdzv_handler)
+        del frames
+        assert handler() is not None
+        release_rendezvous(stop)
+    assert shut_down == [True]
+    assert handler() is None

@@ -6,11 +6,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import gc
 import logging
 import os
 import pickle
 import signal
 import tempfile
+import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -249,6 +251,7 @@ def run_local_processes(fn: Callable[..., T], args: tuple, processes: int, *, me
         try:
             return elastic_launch(config, _local_worker)(threads, folder, fn, args)[0]
         except SignalException as stop:
+            release_rendezvous(stop)
             # A worker stopped before it could handle the signal (still starting, say) leaves no exception.
             stopped = StoppedBySignal(
                 f"stopped by {stop.sigval.name} before the training processes saved a checkpoint", stop.sigval
@@ -271,6 +274,27 @@ def run_local_processes(fn: Callable[..., T], args: tuple, processes: int, *, me
                 signal.signal(signum, handler)
             for logger in quieted:
                 logger.disabled = False
+
+
+def release_rendezvous(stopped: BaseException) -> None:
+    """Close the rendezvous that torch's launcher leaves open when a signal stops it (it keeps it for a
+    restart), referenced only from the frames of ``stopped``'s traceback: its TCP store's server thread, a
+    C++ thread still running when the interpreter exits, aborted this process now and then ("terminate
+    called without an active exception") after the run had stopped cleanly. Shut down and freed here."""
+    step = stopped.__traceback__.tb_next if stopped.__traceback__ else None  # past the caller's frame
+    while step is not None:
+        variables = step.tb_frame.f_locals
+        handler = getattr(variables.get("spec"), "rdzv_handler", None)
+        if handler is not None:
+            with contextlib.suppress(Exception):  # a rendezvous already closed or never joined
+                handler.shutdown()
+        # Every frame past the caller's has returned; the copy of its variables that f_locals made would
+        # outlive frame.clear() and keep the launcher (and through it the rendezvous) alive.
+        variables.clear()
+        step = step.tb_next
+    handler = variables = None
+    traceback.clear_frames(stopped.__traceback__)
+    gc.collect()
 
 
 # --- metric reductions ---------------------------------------------------------------------------------
