@@ -35,6 +35,20 @@ def kind_of(description: str) -> str:
     return {"depthwise": "depthwise conv", "pad": "input padding"}.get(words[0], " ".join(words[:2]))
 
 
+def operation_table(name: str, engine: Engine, seconds: dict[int, list[float]]) -> str:
+    """Every operation of one model that takes time (the operations a fused run stands for take none of
+    their own): median ms and GMAC/s."""
+    rows = []
+    for index, samples in seconds.items():
+        ms = 1e3 * float(np.median(samples))
+        if ms < 1e-4:
+            continue
+        macs = engine.multiply_adds(index)
+        rate = f"{macs / ms * 1e-6:.1f}" if macs else ""
+        rows.append([str(index), engine.describe(index), f"{ms:.3f}", rate])
+    return f"{name}, per operation:\n\n" + markdown_table(["#", "operation", "ms", "GMAC/s"], rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -49,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="time every operation on its own: no 1x1 + depthwise runs fused row by row (as the engine "
         "runs big maps), so the time splits by kind",
+    )
+    parser.add_argument(
+        "--per-op",
+        action="store_true",
+        help="also list every operation of each model with its time and GMAC/s (the FMA ceiling of this "
+        "CPU: benchmarks/cpu_peak.py)",
     )
     parser.add_argument("--output", type=Path, help="write engine_profile.md/.csv/.json into this folder")
     args = parser.parse_args(argv)
@@ -66,11 +86,15 @@ def main(argv: list[str] | None = None) -> int:
         engines[name] = Engine(library, plan, threads=args.threads)
         batches[name] = np.random.default_rng(0).standard_normal((1, 3, *size)).astype(np.float32)
     totals: dict[str, dict[str, list[float]]] = {name: defaultdict(list) for name in args.models}
+    per_op: dict[str, dict[int, list[float]]] = {name: defaultdict(list) for name in args.models}
     for _ in range(args.rounds):
         for name, engine in engines.items():
             by_kind: dict[str, float] = defaultdict(float)
-            for description, seconds in engine.profile(batches[name], repeats=args.repeats):
+            for index, (description, seconds) in enumerate(
+                engine.profile(batches[name], repeats=args.repeats)
+            ):
                 by_kind[kind_of(description)] += seconds
+                per_op[name][index].append(seconds)
             for kind, seconds in by_kind.items():
                 totals[name][kind].append(seconds)
     kinds = sorted({kind for per in totals.values() for kind in per})
@@ -90,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{', every operation on its own (--unfused)' if args.unfused else ''}: medians of "
         f"{args.rounds} interleaved rounds of {args.repeats} runs.\n\n{table}\n\n{ratios}\n"
     )
+    if args.per_op:
+        body += "".join(f"\n{operation_table(name, engines[name], per_op[name])}\n" for name in args.models)
     print(body)
     if args.output:
         command = [Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]

@@ -237,6 +237,27 @@ def test_fused_expansions_give_the_unfused_logits_bit_for_bit(name, size, isa):
         np.testing.assert_array_equal(engine.Engine(library, fused, threads=threads)(batch), expected)
 
 
+def test_multiply_adds_per_operation_sum_to_the_papers_count():
+    """The profile's GMAC/s reads each operation's multiply-adds: over the planned convs and classifier they
+    add up to the model's count as the papers count it, and a fused run's marker counts those it runs."""
+    from shufflenet.profile import profile
+
+    size = (64, 64)
+    model = _model("mobilenet_v2_x0_5", size)
+    library = load_library("generic")
+    lanes = library.shufflenet_engine_lanes()
+    whole = engine.Engine(library, engine.plan_engine(model, size, lanes=lanes, fuse_map_bytes=1 << 62))
+    counted = sum(whole.multiply_adds(index) for index in range(whole.operations))
+    assert counted == pytest.approx(profile(model, input_size=size).mflops * 1e6, rel=1e-6)
+    fused = engine.Engine(library, engine.plan_engine(model, size, lanes=lanes, fuse_map_bytes=0))
+    markers = [i for i, op in enumerate(fused.plan.ops) if op.code == OPCODES["expand_depthwise"]]
+    assert markers
+    for index in markers:
+        span = 3 if fields(fused.plan.ops[index])[1].project else 2
+        members = sum(fused.multiply_adds(index + step) for step in range(1, span + 1))
+        assert fused.multiply_adds(index) == members > 0
+
+
 def test_only_a_map_that_nothing_else_reads_is_made_row_by_row():
     """The ring replaces the 1x1 conv's map: a map read again later (or one too small) keeps being written."""
     model = _model("mobilenet_v2_x0_5", (64, 64))

@@ -651,6 +651,18 @@ class Engine:
         names = {"copy": "copy kept half", "pad_input": "pad input", "scale": "squeeze-excite scale"}
         return names.get(kind, kind.replace("_", " "))
 
+    def multiply_adds(self, index: int) -> int:
+        """Multiply-adds of planned operation ``index`` per image (a fused run's marker: those of the
+        operations it runs; data movement: 0), to read its profile time as GMAC/s."""
+        kind, op = fields(self._ops[index])
+        if kind == "pointwise":
+            return op.lines * op.line_length * op.groups * op.k_per_group * op.n_per_group
+        if kind == "depthwise":
+            return 9 * op.out_height * op.out_width * op.channels
+        if kind == "expand_depthwise":
+            return sum(self.multiply_adds(index + step) for step in range(1, 4 if op.project else 3))
+        return 0
+
     def _run(self, batch: np.ndarray, seconds: np.ndarray | None) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[1:] != self.input_shape:
