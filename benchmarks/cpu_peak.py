@@ -1,9 +1,11 @@
-"""The single-core FMA ceiling of this CPU, to read latency figures against: how many fp32 multiply-adds per
-second one core can retire (12 independent FMA chains, registers only; 256-bit, and 512-bit where the CPU
-has AVX-512), beside a large matrix product in PyTorch. A 1x1 convolution cannot beat the widest chain
-figure; the matrix product is what a tuned GEMM gets.
+"""The single-core multiply-add ceilings of this CPU, to read latency figures against: how many multiply-adds
+per second one core can retire (12 independent chains, registers only) in fp32 FMAs (256-bit, and 512-bit
+where the CPU has AVX-512) and, where the CPU has them, in the reduced-precision dot products an int8 or
+bf16 engine would use (AVX512_BF16's vdpbf16ps, AVX512_VNNI's and AVX-VNNI's vpdpbusd, AVX2's
+vpmaddubsw + vpmaddwd + vpaddd), beside a large fp32 matrix product in PyTorch. A 1x1 convolution cannot
+beat the widest chain figure of its precision; the matrix product is what a tuned fp32 GEMM gets.
 
-    python benchmarks/cpu_peak.py [--output benchmarks/results]
+    python benchmarks/cpu_peak.py [--output benchmarks/results/<cpu>]
 
 Needs a C compiler (cc) and an x86-64 CPU with AVX2 and FMA.
 """
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,46 +26,133 @@ import torch
 from shufflenet._system import cpu_info
 from shufflenet.bench.report import environment, environment_markdown, write_record
 
+# Each probe: the accumulator type, its start, the operand and one chain step with its multiply-adds. The
+# integer steps are written in assembly: the compiler knows integer addition is associative and would
+# otherwise sum their chains in fewer instructions than they name.
 PROBE = r"""
 #include <immintrin.h>
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
-#ifdef WIDE
-typedef __m512 vec;
-#define LANES 16
-#define SET1 _mm512_set1_ps
-#define FMA _mm512_fmadd_ps
+#if defined(FP32_512)
+typedef __m512 acc_t;
+typedef __m512 operand_t;
+#define START(i) _mm512_set1_ps((float)(i))
+#define OPERAND _mm512_set1_ps(0.999999f)
+#define STEP(a, x) _mm512_fmadd_ps(a, x, x)
+#define MACS 16
+#elif defined(BF16_512)
+typedef __m512 acc_t;
+typedef __m512bh operand_t;
+#define START(i) _mm512_set1_ps((float)(i))
+#define OPERAND (__m512bh)_mm512_set1_epi16(0x3380)
+#define STEP(a, x) _mm512_dpbf16_ps(a, x, x)
+#define MACS 32
+#elif defined(VNNI_512)
+typedef __m512i acc_t;
+typedef __m512i operand_t;
+#define START(i) _mm512_set1_epi32(i)
+#define OPERAND _mm512_set1_epi8(3)
+#define STEP(a, x) ({ acc_t r = a; __asm__("vpdpbusd %1, %1, %0" : "+v"(r) : "v"(x)); r; })
+#define MACS 64
+#elif defined(VNNI_256)
+typedef __m256i acc_t;
+typedef __m256i operand_t;
+#define START(i) _mm256_set1_epi32(i)
+#define OPERAND _mm256_set1_epi8(3)
+#define STEP(a, x) ({ acc_t r = a; __asm__("{vex} vpdpbusd %1, %1, %0" : "+x"(r) : "x"(x)); r; })
+#define MACS 32
+#elif defined(INT8_AVX2)
+typedef __m256i acc_t;
+typedef __m256i operand_t;
+#define START(i) _mm256_set1_epi32(i)
+#define OPERAND _mm256_set1_epi8(3)
+#define STEP(a, x)                                                                                    \
+    ({                                                                                                \
+        acc_t r = a, t;                                                                               \
+        __asm__("vpmaddubsw %2, %2, %1\n\tvpmaddwd %2, %1, %1\n\tvpaddd %1, %0, %0" : "+x"(r), "=&x"(t) \
+                : "x"(x));                                                                            \
+        r;                                                                                            \
+    })
+#define MACS 32
 #else
-typedef __m256 vec;
-#define LANES 8
-#define SET1 _mm256_set1_ps
-#define FMA _mm256_fmadd_ps
+typedef __m256 acc_t;
+typedef __m256 operand_t;
+#define START(i) _mm256_set1_ps((float)(i))
+#define OPERAND _mm256_set1_ps(0.999999f)
+#define STEP(a, x) _mm256_fmadd_ps(a, x, x)
+#define MACS 8
 #endif
 int main(void) {
-    vec a[12];
-    const vec b = SET1(0.999999f), c = SET1(1e-7f);
-    for (int i = 0; i < 12; i++) a[i] = SET1((float)i);
+    acc_t a[12];
+    operand_t x = OPERAND;
+    for (int i = 0; i < 12; i++) a[i] = START(i);
     const long iterations = 100000000;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (long n = 0; n < iterations; n++) {
+        __asm__ volatile("" : "+v"(x));
 #pragma GCC unroll 12
-        for (int i = 0; i < 12; i++) a[i] = FMA(a[i], b, c);
+        for (int i = 0; i < 12; i++) a[i] = STEP(a[i], x);
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
     const double seconds = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
-    float sink = 0;
-    for (int i = 0; i < 12; i++) sink += a[i][0];
-    printf("%.3f %g\n", iterations * 12.0 * LANES / seconds / 1e9, sink);
+    double sink = 0;
+    for (int i = 0; i < 12; i++) {
+        float first; /* through memcpy: a pointer cast would let the compiler drop the integer chains */
+        memcpy(&first, &a[i], sizeof first);
+        sink += first;
+    }
+    printf("%.3f %g\n", iterations * 12.0 * MACS / seconds / 1e9, sink);
     return 0;
 }
 """
-# Vector width in bits -> (compiler flags, CPU flags needed).
-WIDTHS = {256: (["-mavx2", "-mfma"], {"avx2", "fma"}), 512: (["-mavx512f", "-DWIDE"], {"avx512f"})}
 
 
-def fma_peak_gmacs(bits: int = 256) -> float:
-    """Billions of fp32 multiply-adds per second from ``bits``-wide FMAs on one core."""
+@dataclass(frozen=True)
+class Probe:
+    """One chain of multiply-add instructions: the compiler flags that build it, the CPU flags it needs."""
+
+    name: str
+    label: str
+    compiler_flags: tuple[str, ...]
+    cpu_flags: frozenset[str]
+
+
+PROBES = (
+    Probe(
+        "fma_chains_256", "fp32, 256-bit FMA", ("-mavx2", "-mfma", "-DFP32_256"), frozenset({"avx2", "fma"})
+    ),
+    Probe("fma_chains_512", "fp32, 512-bit FMA", ("-mavx512f", "-DFP32_512"), frozenset({"avx512f"})),
+    Probe(
+        "bf16_dot_512",
+        "bf16 pairs into fp32, 512-bit vdpbf16ps (AVX512_BF16)",
+        ("-mavx512f", "-mavx512bf16", "-DBF16_512"),
+        frozenset({"avx512_bf16"}),
+    ),
+    Probe(
+        "int8_dot_512",
+        "u8 x s8 quads into int32, 512-bit vpdpbusd (AVX512_VNNI)",
+        ("-mavx512f", "-mavx512vnni", "-DVNNI_512"),
+        frozenset({"avx512_vnni"}),
+    ),
+    Probe(
+        "int8_dot_256",
+        "u8 x s8 quads into int32, 256-bit vpdpbusd (AVX-VNNI)",
+        ("-mavx2", "-mavxvnni", "-DVNNI_256"),
+        frozenset({"avx_vnni"}),
+    ),
+    Probe(
+        "int8_avx2",
+        "u8 x s8 into int32, 256-bit vpmaddubsw + vpmaddwd + vpaddd (AVX2)",
+        ("-mavx2", "-DINT8_AVX2"),
+        frozenset({"avx2"}),
+    ),
+)
+
+
+def chain_peak_gmacs(probe: Probe) -> float:
+    """Billions of multiply-adds per second from ``probe``'s instruction chains on one core (best of 2)."""
     compiler = shutil.which("cc")
     if compiler is None:
         raise SystemExit("cpu_peak: needs a C compiler (cc)")
@@ -71,8 +161,7 @@ def fma_peak_gmacs(bits: int = 256) -> float:
         source.write_text(PROBE)
         # Fully unrolled, the 12 accumulators live in registers (a loop over the array would keep them in
         # memory and measure store-to-load latency instead).
-        flags = WIDTHS[bits][0]
-        subprocess.run([compiler, "-O2", *flags, str(source), "-o", str(binary)], check=True)
+        subprocess.run([compiler, "-O2", *probe.compiler_flags, str(source), "-o", str(binary)], check=True)
         runs = [float(subprocess.run([str(binary)], capture_output=True, text=True).stdout.split()[0])]
         runs += [float(subprocess.run([str(binary)], capture_output=True, text=True).stdout.split()[0])]
     return max(runs)
@@ -103,19 +192,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="also write cpu_peak.md/.csv/.json here")
     args = parser.parse_args(argv)
     flags = cpu_flags()
-    peaks = {bits: fma_peak_gmacs(bits) for bits, (_, needs) in WIDTHS.items() if needs <= flags}
-    peak, gemm = max(peaks.values()), matmul_gmacs()
+    peaks = {probe: chain_peak_gmacs(probe) for probe in PROBES if probe.cpu_flags <= flags}
+    fp32 = max(gmacs for probe, gmacs in peaks.items() if probe.name.startswith("fma_"))
+    gemm = matmul_gmacs()
     env = environment([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
     body = "".join(
-        f"- {bits}-bit FMA chains, registers only: **{gmacs:.1f} GMAC/s**\n" for bits, gmacs in peaks.items()
+        f"- {probe.label} chains, registers only: **{gmacs:.1f} GMAC/s** ({gmacs / fp32:.1f}x fp32)\n"
+        for probe, gmacs in peaks.items()
     )
     body += (
-        f"- PyTorch 1024^3 matrix product, 1 thread: **{gemm:.1f} GMAC/s** ({gemm / peak:.0%} of the best)\n"
+        f"- PyTorch 1024^3 fp32 matrix product, 1 thread: **{gemm:.1f} GMAC/s** "
+        f"({gemm / fp32:.0%} of fp32's best)\n"
     )
-    title = "Single-core fp32 multiply-add ceiling"
+    title = "Single-core multiply-add ceilings"
     print(f"# {title}\n\n{environment_markdown(env)}\n\n{body}")
     if args.output:
-        rows = [{"probe": f"fma_chains_{bits}", "gmacs": gmacs} for bits, gmacs in peaks.items()]
+        rows = [{"probe": probe.name, "gmacs": gmacs} for probe, gmacs in peaks.items()]
         rows.append({"probe": "torch_matmul_1024", "gmacs": gemm})
         for path in write_record(args.output, "cpu_peak", title, body, rows, env).values():
             print(f"wrote {path}")
