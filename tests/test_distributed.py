@@ -375,3 +375,38 @@ def test_a_rendezvous_left_open_by_a_signal_is_shut_down_and_freed():
         release_rendezvous(stop)
     assert shut_down == [True]
     assert handler() is None
+
+
+WORKER_THAT_RAISES = """
+import atexit, sys
+from shufflenet.train.distributed import _local_worker
+
+atexit.register(lambda: print("the interpreter's shutdown ran", file=sys.stderr))
+
+def fails():
+    raise ValueError("stopped at step 4")
+
+_local_worker(1, sys.argv[1], fails, ())
+print("after the worker", flush=True)
+"""
+
+
+def test_a_local_worker_that_raised_leaves_its_exception_and_exits_straight_away(tmp_path):
+    """The exception goes to the parent through a file; then the process ends at once with status 1 (no
+    interpreter shutdown, where a process group's C++ thread stopped mid-run could abort it), quietly: no
+    code after it runs and multiprocessing reports nothing leaked."""
+    import pickle
+
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER_THAT_RAISES)
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)],
+        env={**os.environ, "RANK": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stdout == "" and result.stderr == ""
+    error = pickle.loads((tmp_path / "rank1.pickle").read_bytes())
+    assert isinstance(error, ValueError) and str(error) == "stopped at step 4"

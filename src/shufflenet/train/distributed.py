@@ -8,9 +8,11 @@ import ctypes
 import ctypes.util
 import gc
 import logging
+import multiprocessing.util
 import os
 import pickle
 import signal
+import sys
 import tempfile
 import traceback
 import uuid
@@ -177,8 +179,15 @@ def _local_worker(threads: int, folder: str, fn: Callable, args: tuple) -> Any:
             file.write(data)
         os.replace(path + ".part", path)
         # A non-zero exit: torch's spawn takes a KeyboardInterrupt for success, and the launcher would then
-        # wait forever for a return value.
-        raise SystemExit(1) from None
+        # wait forever for a return value. Straight out, without the interpreter's shutdown: a process stopped
+        # mid-run (SIGTERM) can hold a C++ thread of the process group that is still running then, and its
+        # destruction aborted the process now and then ("terminate called without an active exception")
+        # after everything (checkpoint, this exception) was saved.
+        # multiprocessing's exit work first (it releases the semaphores this process registered).
+        multiprocessing.util._exit_function()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
 
 
 def _worker_exception(folder: str) -> BaseException | None:
@@ -278,9 +287,8 @@ def run_local_processes(fn: Callable[..., T], args: tuple, processes: int, *, me
 
 def release_rendezvous(stopped: BaseException) -> None:
     """Close the rendezvous that torch's launcher leaves open when a signal stops it (it keeps it for a
-    restart), referenced only from the frames of ``stopped``'s traceback: its TCP store's server thread, a
-    C++ thread still running when the interpreter exits, aborted this process now and then ("terminate
-    called without an active exception") after the run had stopped cleanly. Shut down and freed here."""
+    restart), referenced only from the frames of ``stopped``'s traceback, so that its TCP store's server
+    thread (C++) ends here rather than live on into the interpreter's shutdown."""
     step = stopped.__traceback__.tb_next if stopped.__traceback__ else None  # past the caller's frame
     while step is not None:
         variables = step.tb_frame.f_locals
