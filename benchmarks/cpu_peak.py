@@ -151,8 +151,9 @@ PROBES = (
 )
 
 
-def chain_peak_gmacs(probe: Probe) -> float:
-    """Billions of multiply-adds per second from ``probe``'s instruction chains on one core (best of 2)."""
+def chain_peak_gmacs(probe: Probe) -> float | str:
+    """Billions of multiply-adds per second from ``probe``'s instruction chains on one core (best of 2),
+    or why it could not be measured (a compiler or assembler without the instructions)."""
     compiler = shutil.which("cc")
     if compiler is None:
         raise SystemExit("cpu_peak: needs a C compiler (cc)")
@@ -161,10 +162,17 @@ def chain_peak_gmacs(probe: Probe) -> float:
         source.write_text(PROBE)
         # Fully unrolled, the 12 accumulators live in registers (a loop over the array would keep them in
         # memory and measure store-to-load latency instead).
-        subprocess.run([compiler, "-O2", *probe.compiler_flags, str(source), "-o", str(binary)], check=True)
-        runs = [float(subprocess.run([str(binary)], capture_output=True, text=True).stdout.split()[0])]
-        runs += [float(subprocess.run([str(binary)], capture_output=True, text=True).stdout.split()[0])]
-    return max(runs)
+        built = subprocess.run(
+            [compiler, "-O2", *probe.compiler_flags, str(source), "-o", str(binary)],
+            capture_output=True,
+            text=True,
+        )
+        if built.returncode != 0:
+            return f"not built: {(built.stderr.strip().splitlines() or ['?'])[-1]}"
+        runs = [subprocess.run([str(binary)], capture_output=True, text=True) for _ in range(2)]
+        if any(run.returncode != 0 for run in runs):
+            return f"the probe failed (exit status {runs[0].returncode or runs[1].returncode})"
+    return max(float(run.stdout.split()[0]) for run in runs)
 
 
 def cpu_flags() -> set[str]:
@@ -192,13 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="also write cpu_peak.md/.csv/.json here")
     args = parser.parse_args(argv)
     flags = cpu_flags()
-    peaks = {probe: chain_peak_gmacs(probe) for probe in PROBES if probe.cpu_flags <= flags}
+    measured = {probe: chain_peak_gmacs(probe) for probe in PROBES if probe.cpu_flags <= flags}
+    peaks = {probe: gmacs for probe, gmacs in measured.items() if isinstance(gmacs, float)}
     fp32 = max(gmacs for probe, gmacs in peaks.items() if probe.name.startswith("fma_"))
     gemm = matmul_gmacs()
     env = environment([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
     body = "".join(
         f"- {probe.label} chains, registers only: **{gmacs:.1f} GMAC/s** ({gmacs / fp32:.1f}x fp32)\n"
-        for probe, gmacs in peaks.items()
+        if isinstance(gmacs, float)
+        else f"- {probe.label}: {gmacs}\n"
+        for probe, gmacs in measured.items()
     )
     body += (
         f"- PyTorch 1024^3 fp32 matrix product, 1 thread: **{gemm:.1f} GMAC/s** "

@@ -384,6 +384,8 @@ from shufflenet.train.distributed import _local_worker
 atexit.register(lambda: print("the interpreter's shutdown ran", file=sys.stderr))
 
 def fails():
+    import multiprocessing
+    lock = multiprocessing.get_context("spawn").Lock()  # tracked: reported if leaked, as in a worker
     raise ValueError("stopped at step 4")
 
 _local_worker(1, sys.argv[1], fails, ())
@@ -407,6 +409,7 @@ def test_a_local_worker_that_raised_leaves_its_exception_and_exits_straight_away
         timeout=120,
     )
     assert result.returncode == 1
-    assert result.stdout == "" and result.stderr == ""
+    assert "after the worker" not in result.stdout
+    assert "shutdown ran" not in result.stderr and "leaked" not in result.stderr, result.stderr
     error = pickle.loads((tmp_path / "rank1.pickle").read_bytes())
     assert isinstance(error, ValueError) and str(error) == "stopped at step 4"

@@ -111,7 +111,7 @@ CASES = [
     pytest.param("shufflenet_v2_x0_5", {"small_input": True, "in_chans": 1}, (28, 28), id="v2-small-28"),
     pytest.param("shufflenet_v1_g3_x0_5", {"small_input": True, "in_chans": 1}, (28, 28), id="v1-small-28"),
     # Odd sizes: pixel counts not multiples of the 6-row GEMM tile, maps narrower than the depthwise
-    # conv's 4-pixel interior step, odd borders for the stride-2 convs and pools, down to 1-pixel-wide maps.
+    # conv's blocks of outputs, odd borders for the stride-2 convs and pools, down to 1-pixel-wide maps.
     pytest.param("shufflenet_v2_x0_5", {}, (47, 65), id="v2_x0_5-47x65"),
     pytest.param("shufflenet_v2_x2_0", {"layout": "torchvision"}, (65, 47), id="v2_x2_0-65x47"),
     pytest.param("shufflenet_v1_g3_x0_5", {}, (65, 47), id="v1_g3-65x47"),

@@ -31,18 +31,22 @@ def eager_timer(module: nn.Module, example: torch.Tensor, *, repeats: int = 20) 
         return median_seconds(lambda: module(example), warmup=2, repeats=repeats)[0]
 
 
-def wait_until_quiet(*, window: float = 0.005, busy_share: float = 0.2, limit: float = 2.0) -> float:
+def wait_until_quiet(
+    *, window: float = 0.005, busy_share: float = 0.2, quiet_windows: int = 2, limit: float = 2.0
+) -> float:
     """Sleep in ``window``-long steps until this process's threads used less than ``busy_share`` of one
-    core over a step (or ``limit`` seconds passed); the seconds waited. A runtime's worker threads spin
-    on after its call returns (ONNX Runtime's pool, OpenMP's wait policy) for a number of spins, not a
-    time: while something else runs on the same cores the spinning lasts longer (measured: ONNX Runtime
-    at 2 threads on 2 cores past 50 ms)."""
+    core in ``quiet_windows`` steps in a row (or ``limit`` seconds passed); the seconds waited. A runtime's
+    worker threads spin on after its call returns (ONNX Runtime's pool, OpenMP's wait policy) for a number
+    of spins, not a time: while something else runs on the same cores the spinning lasts longer (measured:
+    ONNX Runtime at 2 threads on 2 cores past 50 ms). Several quiet steps, not one: a spinning thread that
+    another process starves of its core for one step looks idle for that step."""
     began = time.perf_counter()
-    while time.perf_counter() - began < limit:
-        used = time.process_time()
+    quiet = 0
+    while quiet < quiet_windows and time.perf_counter() - began < limit:
+        used, start = time.process_time(), time.perf_counter()
         time.sleep(window)
-        if time.process_time() - used < busy_share * window:
-            break
+        busy = (time.process_time() - used) / (time.perf_counter() - start)
+        quiet = quiet + 1 if busy < busy_share else 0
     return time.perf_counter() - began
 
 
@@ -65,8 +69,8 @@ def interleaved_seconds(
     pool, OpenMP's wait policy), and on a machine with few cores they take a core from whatever runs next;
     calls of the next one itself, not an idle pause (which lets the cores drop into a slow, cold state),
     outlast them. With ``quiet``, each cell first waits until no thread of the process is busy
-    (:func:`wait_until_quiet`), then warms up again for ``rewarm_seconds``: no call is timed while the
-    previous cell's threads still spin, however long they spin."""
+    (:func:`wait_until_quiet`, for at most 2 s), then warms up again for ``rewarm_seconds``: the previous
+    cell's threads have stopped spinning before the next is timed."""
     for call in calls:
         for _ in range(warmup):
             call()

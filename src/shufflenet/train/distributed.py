@@ -229,7 +229,9 @@ def run_local_processes(fn: Callable[..., T], args: tuple, processes: int, *, me
     which waits for them (30 s, then SIGKILL; TORCH_ELASTIC_SHUTDOWN_TIMEOUT changes it); their exception is
     re-raised, or :class:`StoppedBySignal` if they ended without one. Killing this process kills them.
     A process killed outright (SIGKILL, most often by the out-of-memory killer) is named with the signal,
-    and with ``memory_note`` (the memory estimate) beside it.
+    and with ``memory_note`` (the memory estimate) beside it. A worker whose ``fn`` raised ends at once
+    after passing the exception on (``os._exit``): ``fn`` must have closed its own files; atexit handlers
+    registered in the worker do not run.
     """
     # Imported here: builds without torch.distributed can still import this module and train in one process.
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
@@ -260,7 +262,8 @@ def run_local_processes(fn: Callable[..., T], args: tuple, processes: int, *, me
         try:
             return elastic_launch(config, _local_worker)(threads, folder, fn, args)[0]
         except SignalException as stop:
-            release_rendezvous(stop)
+            with contextlib.suppress(Exception):  # tidying up must not hide why the run stopped
+                release_rendezvous(stop)
             # A worker stopped before it could handle the signal (still starting, say) leaves no exception.
             stopped = StoppedBySignal(
                 f"stopped by {stop.sigval.name} before the training processes saved a checkpoint", stop.sigval
@@ -296,9 +299,11 @@ def release_rendezvous(stopped: BaseException) -> None:
         if handler is not None:
             with contextlib.suppress(Exception):  # a rendezvous already closed or never joined
                 handler.shutdown()
-        # Every frame past the caller's has returned; the copy of its variables that f_locals made would
-        # outlive frame.clear() and keep the launcher (and through it the rendezvous) alive.
-        variables.clear()
+        # Every frame past the caller's has returned; before Python 3.13 f_locals is a dict copy of its
+        # variables that outlives frame.clear() and keeps the launcher (and the rendezvous) alive (3.13's
+        # proxy keeps nothing; a module's frame gives its globals, left alone).
+        if type(variables) is dict and variables is not step.tb_frame.f_globals:
+            variables.clear()
         step = step.tb_next
     handler = variables = None
     traceback.clear_frames(stopped.__traceback__)
