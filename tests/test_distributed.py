@@ -344,8 +344,8 @@ def test_evaluation_uses_rank_zeros_batchnorm_statistics_on_every_rank():
 
 def test_a_rendezvous_left_open_by_a_signal_is_shut_down_and_freed():
     """torch's launcher keeps its rendezvous (a TCP store served by a C++ thread) open when a signal stops
-    it, referenced only from the frames of the exception; left to interpreter exit, that thread aborted the
-    process now and then. release_rendezvous shuts it down and lets it go at once."""
+    it, referenced only from the frames of the exception; release_rendezvous shuts it down and lets it go
+    at once rather than at interpreter exit."""
     import weakref
 
     from shufflenet.train.distributed import release_rendezvous

@@ -599,13 +599,17 @@ static void share(int total, int align, int t, int T, int* begin, int* end) {
 static Part pointwise_part(const PointwiseOp* o, int t, int T) {
     Part part = {0, (int)o->lines, 0, (int)o->line_length, 0, (int)o->n_per_group};
     if (T == 1) return part;
-    int panels = 0;
-    for (int n0 = 0; n0 < o->n_per_group; n0 += panel_width((int)o->n_per_group - n0)) panels++;
     if (o->lines >= 2 * T) {
         share((int)o->lines, 1, t, T, &part.line_begin, &part.line_end);
-    } else if (o->lines * o->line_length >= CHUNK_ROWS * T) {
+        return part;
+    }
+    if (o->lines * o->line_length >= CHUNK_ROWS * T) {
         share((int)o->line_length, CHUNK_ROWS, t, T, &part.pixel_begin, &part.pixel_end);
-    } else if (panels % T != 0 && o->lines * o->line_length >= ROWS_NARROW * T) {
+        return part;
+    }
+    int panels = 0;
+    for (int n0 = 0; n0 < o->n_per_group; n0 += panel_width((int)o->n_per_group - n0)) panels++;
+    if (panels % T != 0 && o->lines * o->line_length >= ROWS_NARROW * T) {
         /* Panels would not split evenly (MobileNet V2's 7x7 convs to 160 channels: 5 panels, 3 + 2) while
            there are pixels enough for full tiles: each thread takes all panels over its pixels. */
         share((int)o->line_length, 1, t, T, &part.pixel_begin, &part.pixel_end);
