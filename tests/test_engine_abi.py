@@ -51,7 +51,15 @@ def test_python_structures_match_the_c_compilers_layout(tmp_path):
 
 def test_make_op_sets_the_code_and_names_missing_fields():
     op = make_op(
-        "copy", source=1, source_stride=8, pixels=49, target=2, target_stride=16, runs=5, run_count=2
+        "copy",
+        source=1,
+        source_stride=8,
+        pixels=49,
+        target=2,
+        target_stride=16,
+        runs=5,
+        run_count=2,
+        value_bytes=4,
     )
     kind, copy = fields(op)
     assert (kind, op.code, copy.pixels, copy.run_count) == ("copy", OPCODES["copy"], 49, 2)

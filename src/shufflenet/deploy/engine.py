@@ -38,7 +38,7 @@ import subprocess
 import tempfile
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,12 +72,19 @@ from shufflenet.deploy.lower import (
     lower,
     reads_of,
 )
+from shufflenet.deploy.quantize import (
+    ChannelParams,
+    QuantizedConv,
+    QuantizedProgram,
+    Requantize,
+    quantize_model_program,
+)
 from shufflenet.models._base import ClassifierNet
 
 CSRC = Path(__file__).with_name("csrc")
 SOURCE = CSRC / "engine.c"
 # What every build includes besides its sources: the plan's layout, the vector layer.
-HEADERS = (HEADER, CSRC / "vector.h")
+HEADERS = (HEADER, CSRC / "vector.h", CSRC / "int8.c")
 RUNNER_SOURCE = CSRC / "runner.c"
 # Instruction sets the engine compiles for (csrc/vector.h): (compiler flags, x86 CPU flags they need,
 # floats per vector). NEON is part of every aarch64 CPU; the plain-C build runs anywhere, slowly.
@@ -88,7 +95,8 @@ ISAS = {
     "generic": ((), set(), 8),
 }
 X86_ISAS = ("avx512", "avx2")
-COMPILE_FLAGS = ("-O3", "-shared", "-fPIC", "-std=gnu11", "-pthread")
+# No contraction of a * b + c into an FMA: the int8 kernels' float steps match quantize.py's bit for bit.
+COMPILE_FLAGS = ("-O3", "-shared", "-fPIC", "-std=gnu11", "-pthread", "-ffp-contract=off")
 AARCH64_CROSS_COMPILER = "aarch64-linux-gnu-gcc"
 
 
@@ -209,7 +217,7 @@ def build_runner(isa: str) -> tuple[list[str], Path]:
     Raises :class:`EngineUnavailable` where the compiler or emulator is missing."""
     if isa not in ISAS:
         raise EngineUnavailable(f"no engine build for {isa!r}: use one of {', '.join(ISAS)}")
-    flags = ["-O3", "-std=gnu11", "-pthread", *ISAS[isa][0]]
+    flags = ["-O3", "-std=gnu11", "-pthread", "-ffp-contract=off", *ISAS[isa][0]]
     prefix: list[str] = []
     if isa == "neon" and _machine() != "aarch64":
         compiler = shutil.which(AARCH64_CROSS_COMPILER)
@@ -296,8 +304,11 @@ def _panels(channels: int, lanes: int) -> list[tuple[int, int]]:
 class _Planner:
     """Collects operations, buffers and the two arenas of a plan, for vectors of ``lanes`` floats."""
 
-    def __init__(self, lanes: int) -> None:
+    def __init__(self, lanes: int, quantized: QuantizedProgram | None = None) -> None:
         self.lanes = lanes
+        # int8 plans: uint8 maps; ``current`` holds the integer parameters of the operation being planned.
+        self.quantized = quantized
+        self.current: _OpIntegers | None = None
         self.ops: list[Op] = []
         self.buffer_sizes: dict[str, int] = {}
         self.buffer_ids: dict[str, int] = {}
@@ -312,6 +323,17 @@ class _Planner:
             self.buffer_ids[role] = len(self.buffer_ids)
         self.buffer_sizes[role] = max(self.buffer_sizes.get(role, 0), floats + 16)
         return self.buffer_ids[role]
+
+    def map_buffer(self, role: str, values: int, *, real: bool = False) -> int:
+        """The buffer for ``role`` holding ``values`` map values: floats, or bytes in an int8 plan (unless
+        ``real``: the logits)."""
+        if self.quantized is None or real:
+            return self.buffer(role, values)
+        return self.buffer(role, -(-values // 4))
+
+    @property
+    def value_bytes(self) -> int:
+        return 4 if self.quantized is None else 1
 
     def add_floats(self, values: np.ndarray) -> int:
         offset = self.float_size
@@ -357,6 +379,18 @@ class _Planner:
         ``target`` = (buffer, stride, channel offset) or a fresh ``role`` buffer. ``lines`` = (start offset
         of each line of output pixels, input step between neighbours), ``index`` and ``size`` override the
         addressing (the stem conv reads its 3x3 windows this way)."""
+        if self.quantized is not None:
+            return self._pointwise_int8(
+                source,
+                target=target,
+                role=role,
+                residual=residual,
+                lines=lines,
+                index=index,
+                size=size,
+                out_pitch=out_pitch,
+                groups=groups,
+            )
         out_channels = weight.shape[0]
         height, width = size if size is not None else (source.height, source.width)
         pixels = height * width
@@ -424,6 +458,8 @@ class _Planner:
         channels = source.channels
         if sorted(source.positions) != list(range(channels)):
             raise EngineUnavailable("a depthwise conv needs its input channels packed at the pixel's start")
+        if self.quantized is not None:
+            return self._depthwise_int8(source, stride=stride, target=target)
         c_pad = _round_up(channels)
         taps = np.zeros((9, c_pad), np.float32)
         shifted_bias = np.zeros(c_pad, np.float32)
@@ -465,6 +501,9 @@ class _Planner:
             height, width = (source.height - 1) // 2 + 1, (source.width - 1) // 2 + 1
             kind = "average_3x3" if average else "max_3x3"
         buffer, stride, offset = target
+        if self.quantized is not None:
+            self._pool_int8(source, kind, target, height, width)
+            return _Feature(buffer, height, width, stride, [offset + p for p in source.positions])
         self.op(
             "pool",
             window=POOL_WINDOWS[kind],
@@ -508,10 +547,14 @@ class _Planner:
             target_stride=stride,
             target_offset=offset,
             target_pitch=target_pitch,
+            value_bytes=self.value_bytes,
         )
 
     def global_average(self, source: _Feature, target: int) -> None:
         """The mean of each of ``source``'s physical channels into buffer ``target`` (same positions)."""
+        if self.quantized is not None:
+            self._global_average_int8(source, target)
+            return
         self.op(
             "global_average",
             source=source.buffer,
@@ -546,8 +589,225 @@ class _Planner:
             target_stride=stride,
             runs=runs_offset,
             run_count=len(runs),
+            value_bytes=self.value_bytes,
         )
         return placed
+
+    # -- int8 (uint8 maps; the integer parameters of the operation being placed are ``self.current``) ----
+
+    def _requantize(self, requantize: Requantize, order: Sequence[int] | None = None, size: int = 0) -> dict:
+        """The arena offsets of ``requantize``'s arrays, placed at ``order`` (physical positions) of
+        ``size`` entries where given."""
+        arrays = [requantize.multiplier, requantize.low, requantize.high, requantize.zero]
+        if order is not None:
+            placed = []
+            for values in arrays:
+                spread = np.zeros(size, values.dtype)
+                spread[list(order)] = values
+                placed.append(spread)
+            arrays = placed
+        multipliers, lows, highs, zeros = arrays
+        return {
+            "multipliers": self.add_floats(multipliers),
+            "lows": self.add_floats(lows),
+            "highs": self.add_floats(highs),
+            "zeros": self.add_ints(zeros),
+        }
+
+    def _pointwise_int8(
+        self,
+        source: _Feature,
+        *,
+        groups: int,
+        target: tuple[int, int, int] | None,
+        role: str,
+        residual: _Feature | None,
+        lines: tuple[Sequence[int], int] | None,
+        index: Sequence[int] | None,
+        size: tuple[int, int] | None,
+        out_pitch: int,
+    ) -> _Feature:
+        """:meth:`pointwise` on uint8 maps: the input channels (or taps) read in runs of 4 bytes, sorted by
+        where they lie, a byte of a run that the conv does not read weighted 0; the input zero points folded
+        into the bias."""
+        current = self.current
+        conv = current.integer
+        assert isinstance(conv, QuantizedConv)
+        out_channels, per_group_channels = conv.weight.shape[:2]
+        taps = conv.weight.shape[2] * conv.weight.shape[3]
+        k_per_group = per_group_channels * taps
+        n_per_group = out_channels // groups
+        height, width = size if size is not None else (source.height, source.width)
+        index = np.asarray(source.positions if index is None else index, np.int64)
+        if index.size != groups * k_per_group:
+            raise EngineUnavailable(f"a conv reads {groups * k_per_group} channels of {index.size}")
+        dense = conv.weight.reshape(groups, n_per_group, k_per_group).astype(np.int64)
+        zeros = np.repeat(current.source.zero.reshape(groups, per_group_channels), taps, axis=1)
+        bias = conv.bias.reshape(groups, n_per_group) - np.einsum("gnk,gk->gn", dense, zeros)
+        runs: list[list[int]] = []
+        where: list[list[tuple[int, int]]] = []  # per group, per k: (run, byte)
+        for group in range(groups):
+            offsets = index[group * k_per_group : (group + 1) * k_per_group]
+            starts: list[int] = []
+            placed = [(0, 0)] * k_per_group
+            for k in np.argsort(offsets, kind="stable"):
+                if not starts or offsets[k] >= starts[-1] + 4:
+                    starts.append(int(offsets[k]))
+                placed[k] = (len(starts) - 1, int(offsets[k]) - starts[-1])
+            runs.append(starts)
+            where.append(placed)
+        quads = max(len(starts) for starts in runs)
+        n_padded = _round_up(n_per_group, 16)
+        packed = np.zeros((groups, n_padded // 16, quads, 16, 4), np.int8)
+        for group in range(groups):
+            padded = np.zeros((n_padded, k_per_group), np.int8)
+            padded[:n_per_group] = conv.weight.reshape(groups, n_per_group, k_per_group)[group]
+            for k, (run, byte) in enumerate(where[group]):
+                packed[group, :, run, :, byte] = padded[:, k].reshape(-1, 16)
+            runs[group] += [0] * (quads - len(runs[group]))
+        real = conv.real_output
+        if target is None:
+            stride = _round_up(out_channels)
+            target = (self.map_buffer(role, height * width * stride, real=real), stride, 0)
+        buffer, stride, offset = target
+        line_starts, step = lines if lines is not None else ([0], source.stride)
+        requantize = self._requantize(conv.requantize)
+        residual_fields = {
+            "residual_multipliers": requantize["multipliers"],
+            "residual_zeros": requantize["zeros"],
+        }
+        if residual is not None:
+            residual_fields = {
+                "residual_multipliers": self.add_floats(conv.requantize.residual_multiplier),
+                "residual_zeros": self.add_ints(current.residual.zero),
+            }
+        self.op(
+            "pointwise_int8",
+            source=source.buffer,
+            line_starts=self.add_ints(line_starts),
+            lines=len(line_starts),
+            line_length=height * width // len(line_starts),
+            step=step,
+            index=self.add_ints(np.concatenate(runs)),
+            groups=groups,
+            quads_per_group=quads,
+            n_per_group=n_per_group,
+            n_padded=n_padded,
+            weights=self.add_ints(packed.view(np.int32)),
+            bias=self.add_ints(bias),
+            target=buffer,
+            target_stride=stride,
+            target_offset=offset,
+            target_pitch=out_pitch,
+            residual=-1 if residual is None else residual.buffer,
+            residual_stride=0 if residual is None else residual.stride,
+            residual_offset=0 if residual is None else residual.positions[0],
+            real_output=int(real),
+            **requantize,
+            **residual_fields,
+        )
+        return _Feature(buffer, height, width, stride, list(range(offset, offset + out_channels)))
+
+    def _depthwise_int8(self, source: _Feature, *, stride: int, target: int) -> _Feature:
+        """:meth:`depthwise` on uint8 maps (filters, bias and parameters placed where each channel lives)."""
+        current = self.current
+        conv = current.integer
+        assert isinstance(conv, QuantizedConv)
+        channels, positions = source.channels, list(source.positions)
+        taps = np.zeros((9, channels), np.int32)
+        taps[:, positions] = conv.weight.reshape(channels, 9).T
+        bias = np.zeros(channels, np.int32)
+        bias[positions] = conv.bias
+        input_zeros = np.zeros(channels, np.int32)
+        input_zeros[positions] = current.source.zero
+        height, width = (source.height - 1) // stride + 1, (source.width - 1) // stride + 1
+        out_stride = _round_up(channels)
+        self.op(
+            "depthwise_int8",
+            source=source.buffer,
+            height=source.height,
+            width=source.width,
+            source_stride=source.stride,
+            channels=channels,
+            stride=stride,
+            weights=self.add_ints(taps),
+            bias=self.add_ints(bias),
+            input_zeros=self.add_ints(input_zeros),
+            target=target,
+            out_height=height,
+            out_width=width,
+            target_stride=out_stride,
+            target_offset=0,
+            **self._requantize(conv.requantize, positions, channels),
+        )
+        return _Feature(target, height, width, out_stride, positions)
+
+    def _pool_int8(
+        self, source: _Feature, kind: str, target: tuple[int, int, int], height: int, width: int
+    ) -> None:
+        """:meth:`pool` on uint8 maps: a max pool moves bytes, an average pool requantizes its sums."""
+        current = self.current
+        channels, positions = source.channels, list(source.positions)
+        requantize = current.integer
+        if not isinstance(requantize, Requantize):  # a max pool: parameters unused
+            ones = np.ones(channels, np.float32)
+            requantize = Requantize(ones, ones, ones, np.zeros(channels, np.int32))
+        input_zeros = np.zeros(channels, np.int32)
+        input_zeros[positions] = current.source.zero
+        buffer, stride, offset = target
+        self.op(
+            "pool_int8",
+            window=POOL_WINDOWS[kind],
+            source=source.buffer,
+            height=source.height,
+            width=source.width,
+            source_stride=source.stride,
+            channels=channels,
+            target=buffer,
+            out_height=height,
+            out_width=width,
+            target_stride=stride,
+            target_offset=offset,
+            input_zeros=self.add_ints(input_zeros),
+            **self._requantize(requantize, positions, channels),
+        )
+
+    def _global_average_int8(self, source: _Feature, target: int) -> None:
+        """:meth:`global_average` on a uint8 map, requantized per channel."""
+        current = self.current
+        assert isinstance(current.integer, Requantize)
+        input_zeros = np.zeros(source.stride, np.int32)
+        input_zeros[source.positions] = current.source.zero
+        self.op(
+            "global_average_int8",
+            source=source.buffer,
+            pixels=source.pixels,
+            source_stride=source.stride,
+            channels=source.stride,
+            target=target,
+            input_zeros=self.add_ints(input_zeros),
+            **self._requantize(current.integer, source.positions, source.stride),
+        )
+
+
+@dataclass
+class _OpIntegers:
+    """What an int8 plan needs of the operation being placed (:mod:`shufflenet.deploy.quantize`): its
+    integer parameters and the channel parameters of what it reads, per channel read."""
+
+    integer: QuantizedConv | Requantize | None
+    source: ChannelParams
+    residual: ChannelParams | None
+
+
+def _op_integers(quantized: QuantizedProgram, op: Operation, index: int) -> _OpIntegers:
+    def params(read: Read) -> ChannelParams:
+        return quantized.maps[read.map].take(read.channels)
+
+    residual = getattr(op, "residual", None)
+    return _OpIntegers(
+        quantized.operations[index], params(op.source), None if residual is None else params(residual)
+    )
 
 
 @dataclass
@@ -564,6 +824,8 @@ class Plan:
     input_buffer: int
     input_shape: tuple[int, int, int]
     output: _Feature
+    quantized: QuantizedProgram | None = None
+    """An int8 plan's quantized program (its integer reference: quantize.run_quantized)."""
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the plan as a file that ``runner.c`` runs (engine.h's PlanFile header, then the buffer
@@ -696,15 +958,28 @@ def _window_taps(channels: int, *, channel_step: int, row_step: int, pixel_step:
 def _stem(planner: _Planner, op: Conv, channels: int, height: int, width: int) -> _Feature:
     """The first conv (3x3, padding 1, any stride) as a GEMM over the zero-bordered image."""
     stride = op.stride
-    padded = planner.buffer("padded", channels * (height + 2) * (width + 2))
-    planner.op(
-        "pad_input",
-        source=planner.buffer("input", 0),
-        channels=channels,
-        height=height,
-        width=width,
-        target=padded,
-    )
+    padded = planner.map_buffer("padded", channels * (height + 2) * (width + 2))
+    if planner.quantized is not None:
+        image = planner.current.source
+        planner.op(
+            "quantize_input",
+            source=planner.buffer("input", 0),
+            channels=channels,
+            height=height,
+            width=width,
+            target=padded,
+            inverse_scales=planner.add_floats((1.0 / image.scale.astype(np.float64)).astype(np.float32)),
+            zeros=planner.add_ints(image.zero),
+        )
+    else:
+        planner.op(
+            "pad_input",
+            source=planner.buffer("input", 0),
+            channels=channels,
+            height=height,
+            width=width,
+            target=padded,
+        )
     out_h, out_w = (height - 1) // stride + 1, (width - 1) // stride + 1
     row = width + 2
     line_starts = [stride * oy * row for oy in range(out_h)]
@@ -873,7 +1148,8 @@ class _Placement:
             else:
                 role, self.count = f"map{self.count}", self.count + 1
             self.roles[index] = role
-            buffer = self.planner.buffer(role, feature.height * feature.width * stride)
+            real = index == self.program.output.map
+            buffer = self.planner.map_buffer(role, feature.height * feature.width * stride, real=real)
             self.features[index] = _Feature(
                 buffer, feature.height, feature.width, stride, list(range(feature.channels))
             )
@@ -1087,6 +1363,12 @@ def _plan(planner: _Planner, program: Program, fuse_map_bytes: int) -> _Feature:
     place.features[0] = _Feature(planner.buffer("input", 0), image.height, image.width, 0, [])
     nonnegative: set[int] = set()
     for index, op in enumerate(program.operations):
+        if planner.quantized is not None:
+            planner.current = _op_integers(planner.quantized, op, index)
+            if isinstance(op, (Shift, SqueezeExcite)) or (
+                isinstance(op, Conv) and op.kind == "conv" and op.source.map != 0
+            ):
+                raise EngineUnavailable(f"int8 plans do not cover {_describe(op)} yet; plan in fp32")
         if isinstance(op, Conv) and op.source.map == 0:
             if index != 0 or op.kind != "conv" or op.weight.shape[2:] != (3, 3) or op.padding != 1:
                 raise EngineUnavailable("the engine reads the image with one 3x3 conv (padding 1) first")
@@ -1155,6 +1437,8 @@ def _plan(planner: _Planner, program: Program, fuse_map_bytes: int) -> _Feature:
         place.release(index)
     return place.read(program.output)
 
+
+PRECISIONS = ("fp32", "int8")
 
 FUSE_MAP_BYTES = 512 * 1024
 """A 1x1 conv's map of at least this many bytes that only the depthwise conv right after it reads is made
@@ -1245,7 +1529,13 @@ def _fuse_expansions(ops: Sequence[Op], least_bytes: int, ints: np.ndarray) -> l
 
 
 def build_engine(
-    model: nn.Module, input_size: tuple[int, int], *, isa: str | None = None, threads: int | None = None
+    model: nn.Module,
+    input_size: tuple[int, int],
+    *,
+    isa: str | None = None,
+    threads: int | None = None,
+    precision: str = "fp32",
+    calibration: Iterable[torch.Tensor | np.ndarray] | None = None,
 ) -> Engine:
     """Plan ``model`` (in eval mode: any registered model) for ``input_size`` = (H, W) inputs, run by the
     engine compiled for ``isa`` (default: the widest this CPU has, see :func:`engine_isa`) on ``threads``
@@ -1254,14 +1544,27 @@ def build_engine(
     :class:`EngineUnavailable` for other networks or layers the engine does not run, ValueError for a
     model in training mode or an input size the model refuses. The engine keeps its own copy of the
     weights: later changes to ``model`` need a new plan. One call runs at a time (a lock guards the
-    shared buffers)."""
+    shared buffers). ``precision="int8"`` quantizes the network (:mod:`shufflenet.deploy.quantize`) with
+    ranges measured on ``calibration`` (NCHW image batches: real images the model will see)."""
     library = load_library(isa)
-    plan = plan_engine(model, input_size, lanes=library.shufflenet_engine_lanes())
+    plan = plan_engine(
+        model,
+        input_size,
+        lanes=library.shufflenet_engine_lanes(),
+        precision=precision,
+        calibration=calibration,
+    )
     return Engine(library, plan, threads=usable_cores() if threads is None else threads)
 
 
 def plan_engine(
-    model: nn.Module, input_size: tuple[int, int], *, lanes: int, fuse_map_bytes: int | None = None
+    model: nn.Module,
+    input_size: tuple[int, int],
+    *,
+    lanes: int,
+    fuse_map_bytes: int | None = None,
+    precision: str = "fp32",
+    calibration: Iterable[torch.Tensor | np.ndarray] | None = None,
 ) -> Plan:
     """Plan ``model`` (eval mode) for ``input_size`` = (H, W) inputs and an engine build with vectors of
     ``lanes`` floats (the last of an :data:`ISAS` entry), without loading that build: :meth:`Plan.save`
@@ -1279,9 +1582,17 @@ def plan_engine(
         )
     height, width = input_size
     model.check_input(torch.empty(1, model.in_chans, height, width))
-    planner = _Planner(lanes)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    program = lower(model, input_size)
+    quantized = None
+    if precision == "int8":
+        if calibration is None:
+            raise ValueError("an int8 plan measures its ranges on real images: pass calibration batches")
+        quantized = quantize_model_program(program, calibration)
+    planner = _Planner(lanes, quantized)
     fuse_map_bytes = FUSE_MAP_BYTES if fuse_map_bytes is None else fuse_map_bytes
-    logits = _plan(planner, lower(model, input_size), fuse_map_bytes)
+    logits = _plan(planner, program, fuse_map_bytes)
     floats = _aligned_floats(max(planner.float_size, 8))
     if planner.floats:
         np.concatenate(planner.floats, out=floats)
@@ -1296,4 +1607,5 @@ def plan_engine(
         input_buffer=planner.buffer_ids["input"],
         input_shape=(model.in_chans, height, width),
         output=logits,
+        quantized=quantized,
     )

@@ -593,9 +593,14 @@ def _act(x: torch.Tensor, activation: Activation) -> torch.Tensor:
 
 
 @torch.no_grad()
-def run_program(program: Program, batch: torch.Tensor) -> torch.Tensor:
+def run_program(
+    program: Program,
+    batch: torch.Tensor,
+    observe: Callable[[Write, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
     """Run ``program`` on an NCHW float32 ``batch`` in PyTorch, operation by operation: the reference
-    that backends are checked against. Returns the output map (N x C for a classifier)."""
+    that backends are checked against. Returns the output map (N x C for a classifier). ``observe``, if
+    given, sees every operation's output and where it goes (calibration records the ranges)."""
     maps: dict[int, torch.Tensor] = {0: batch.float()}
 
     def read(source: Read) -> torch.Tensor:
@@ -647,6 +652,8 @@ def run_program(program: Program, batch: torch.Tensor) -> torch.Tensor:
             out = x
         else:
             out = x.mean((2, 3), keepdim=True)
+        if observe is not None:
+            observe(op.target, out)
         write(op.target, out)
     result = read(program.output)
     return result.flatten(1) if result.shape[-2:] == (1, 1) else result

@@ -513,17 +513,16 @@ static void pool2(const float* in, int W, int in_stride, int C, float* out, int 
     }
 }
 
-/* Per pixel, copy channel runs: runs holds (source offset, target offset, length) triples. */
-static void copy_runs(const float* in, int in_stride, float* out, int out_stride, const int32_t* runs,
-                      int n_runs, int p_begin, int p_end) {
+/* Per pixel, copy channel runs: runs holds (source offset, target offset, length) triples, in values of
+   ``bytes`` bytes. */
+static void copy_runs(const void* in, int in_stride, void* out, int out_stride, const int32_t* runs, int n_runs,
+                      int bytes, int p_begin, int p_end) {
     for (int p = p_begin; p < p_end; p++) {
-        const float* source = in + (size_t)p * in_stride;
-        float* target = out + (size_t)p * out_stride;
-        for (int r = 0; r < n_runs; r++) {
-            const float* from = source + runs[3 * r];
-            float* to = target + runs[3 * r + 1];
-            for (int j = 0; j < runs[3 * r + 2]; j++) to[j] = from[j];
-        }
+        const char* source = (const char*)in + (size_t)p * in_stride * bytes;
+        char* target = (char*)out + (size_t)p * out_stride * bytes;
+        for (int r = 0; r < n_runs; r++)
+            memcpy(target + (size_t)runs[3 * r + 1] * bytes, source + (size_t)runs[3 * r] * bytes,
+                   (size_t)runs[3 * r + 2] * bytes);
     }
 }
 
@@ -556,15 +555,18 @@ static void scale_channels(const float* in, int in_stride, int C, const float* l
 }
 
 /* Lines [l_begin, l_end) of a gather: channel c of pixel i of line l from in + line_base[l] + i * step +
-   idx[c]; outputs consecutive. */
-static void gather(const float* in, const int32_t* line_base, int line_len, int step, const int32_t* idx, int C,
-                   float* out, int out_stride, int out_offset, int out_pitch, int l_begin, int l_end) {
+   idx[c] (in values of ``bytes`` bytes); outputs consecutive. */
+static void gather(const void* in, const int32_t* line_base, int line_len, int step, const int32_t* idx, int C,
+                   void* out, int out_stride, int out_offset, int out_pitch, int bytes, int l_begin, int l_end) {
     const size_t pitch = out_pitch ? (size_t)out_pitch : (size_t)line_len;
     for (int l = l_begin; l < l_end; l++)
         for (int i = 0; i < line_len; i++) {
-            const float* source = in + line_base[l] + (size_t)i * step;
-            float* target = out + ((size_t)l * pitch + i) * out_stride + out_offset;
-            for (int c = 0; c < C; c++) target[c] = source[idx[c]];
+            const size_t source = (size_t)line_base[l] + (size_t)i * step;
+            const size_t target = ((size_t)l * pitch + i) * out_stride + out_offset;
+            if (bytes == 1)
+                for (int c = 0; c < C; c++) ((uint8_t*)out)[target + c] = ((const uint8_t*)in)[source + idx[c]];
+            else
+                for (int c = 0; c < C; c++) ((float*)out)[target + c] = ((const float*)in)[source + idx[c]];
         }
 }
 
@@ -624,6 +626,8 @@ static Part pointwise_part(const PointwiseOp* o, int t, int T) {
     }
     return part;
 }
+
+#include "int8.c"
 
 /* Thread t of T runs its share of one operation (``scratch``: the thread's own). */
 static void run_share(const Op* op, float* const* buffers, const float* floats, const int32_t* ints, int t, int T,
@@ -686,7 +690,7 @@ static void run_share(const Op* op, float* const* buffers, const float* floats, 
         const CopyOp* o = &op->as.copy;
         share((int)o->pixels, 1, t, T, &begin, &end);
         copy_runs(buffers[o->source], (int)o->source_stride, buffers[o->target], (int)o->target_stride,
-                  ints + o->runs, (int)o->run_count, begin, end);
+                  ints + o->runs, (int)o->run_count, (int)o->value_bytes, begin, end);
         break;
     }
     case OP_GATHER: {
@@ -694,7 +698,7 @@ static void run_share(const Op* op, float* const* buffers, const float* floats, 
         share((int)o->lines, 1, t, T, &begin, &end);
         gather(buffers[o->source], ints + o->line_starts, (int)o->line_length, (int)o->step, ints + o->index,
                (int)o->channels, buffers[o->target], (int)o->target_stride, (int)o->target_offset,
-               (int)o->target_pitch, begin, end);
+               (int)o->target_pitch, (int)o->value_bytes, begin, end);
         break;
     }
     case OP_GLOBAL_AVERAGE: {
@@ -703,6 +707,7 @@ static void run_share(const Op* op, float* const* buffers, const float* floats, 
         global_average(buffers[o->source], (int)o->pixels, (int)o->source_stride, buffers[o->target], begin, end);
         break;
     }
+    default: run_share_int8(op, buffers, floats, ints, t, T);
     }
 }
 
@@ -766,6 +771,15 @@ static int64_t work_of(const Op* op) {
     case OP_PAD_INPUT: return op->as.pad_input.channels * op->as.pad_input.height * op->as.pad_input.width;
     case OP_COPY: return op->as.copy.pixels * op->as.copy.source_stride;
     case OP_GATHER: return op->as.gather.lines * op->as.gather.line_length * op->as.gather.channels;
+    case OP_QUANTIZE_INPUT: return op->as.quantize_input.channels * op->as.quantize_input.height * op->as.quantize_input.width;
+    case OP_POINTWISE_INT8: {
+        const PointwiseInt8Op* o = &op->as.pointwise_int8;
+        return o->lines * o->line_length * o->groups * o->quads_per_group * o->n_per_group; /* 4 bytes each */
+    }
+    case OP_DEPTHWISE_INT8:
+        return 9 * op->as.depthwise_int8.out_height * op->as.depthwise_int8.out_width * op->as.depthwise_int8.channels;
+    case OP_POOL_INT8: return 9 * op->as.pool_int8.out_height * op->as.pool_int8.out_width * op->as.pool_int8.channels;
+    case OP_GLOBAL_AVERAGE_INT8: return op->as.global_average_int8.pixels * op->as.global_average_int8.channels;
     case OP_EXPAND_DEPTHWISE:
         return work_of(op + 1) + work_of(op + 2) + (op->as.expand_depthwise.project ? work_of(op + 3) : 0);
     }

@@ -13,7 +13,7 @@
 
 #include <stdint.h>
 
-#define SHUFFLENET_ENGINE_ABI 7
+#define SHUFFLENET_ENGINE_ABI 8
 
 enum {
     OP_PAD_INPUT = 0,      /* NCHW input -> zero-bordered NCHW copy (the stem conv reads it by index) */
@@ -25,6 +25,13 @@ enum {
     OP_SCALE = 6,          /* squeeze-and-excitation's gate: channels times sigmoid(gate), + residual, act */
     OP_GATHER = 7,         /* per-pixel copy of channels read through an index table (a shift made real) */
     OP_EXPAND_DEPTHWISE = 8, /* the next two or three operations (1x1 conv, depthwise conv, 1x1 conv), fused */
+    /* int8 (shufflenet/deploy/quantize.py says what they compute): uint8 maps with per-channel scales and
+       zero points, int8 weights, int32 sums, float32 requantization */
+    OP_QUANTIZE_INPUT = 9,      /* NCHW float image -> NCHW uint8 with a border of each channel's zero point */
+    OP_POINTWISE_INT8 = 10,     /* the pointwise GEMM on uint8 maps, 4-byte groups of input channels */
+    OP_DEPTHWISE_INT8 = 11,     /* 3x3 depthwise conv on a uint8 map */
+    OP_POOL_INT8 = 12,          /* the pools on a uint8 map */
+    OP_GLOBAL_AVERAGE_INT8 = 13, /* mean over pixels of a uint8 map, requantized */
 };
 
 /* Activations applied in an operation's epilogue. */
@@ -99,7 +106,8 @@ typedef struct {
     int64_t target_offset;
 } PoolOp;
 
-/* ``runs``: (source offset, target offset, length) triples in the int arena. */
+/* ``runs``: (source offset, target offset, length) triples in the int arena; values of ``value_bytes``
+   bytes (4: float32, 1: uint8). */
 typedef struct {
     int64_t source;
     int64_t source_stride;
@@ -108,6 +116,7 @@ typedef struct {
     int64_t target_stride;
     int64_t runs;
     int64_t run_count;
+    int64_t value_bytes;
 } CopyOp;
 
 typedef struct {
@@ -151,6 +160,7 @@ typedef struct {
     int64_t target_stride;
     int64_t target_offset;
     int64_t target_pitch;
+    int64_t value_bytes;
 } GatherOp;
 
 /* The pointwise conv right after this operation writes a map that only the depthwise conv after it
@@ -162,6 +172,117 @@ typedef struct {
     int64_t ring_floats;
     int64_t project;
 } ExpandDepthwiseOp;
+
+/* Per-channel requantization (quantize.py): t = float(sum) * multipliers[c], clamped to [lows[c], highs[c]],
+   rounded half to even, plus zeros[c]. Arrays of floats (multipliers, lows, highs) and ints (zeros) in
+   the arenas, indexed like the output channels. */
+
+/* q = round(clamp(x * inverse_scales[c], -zeros[c], 255 - zeros[c])) + zeros[c] into the interior of a
+   (height + 2) x (width + 2) NCHW uint8 image whose border holds zeros[c]. */
+typedef struct {
+    int64_t source;
+    int64_t channels;
+    int64_t height;
+    int64_t width;
+    int64_t target;
+    int64_t inverse_scales;
+    int64_t zeros;
+} QuantizeInputOp;
+
+/* PointwiseOp's addressing on uint8 maps (offsets in bytes), reading input channels 4 bytes at a time:
+   ``index`` holds groups * quads_per_group byte offsets, each the start of 4 consecutive bytes (channels
+   or taps) of the pixel. sum = bias[n] + sum_j sum_b in[pixel + index[j] + b] * w[n][j][b]: the input zero
+   points are folded into the bias, bytes read but not used have weight 0. Weights: int8 in the int arena,
+   per group panels of 16 output channels, each quads_per_group x 16 x 4 bytes; n_padded: channels per
+   group rounded up to 16. Requantization arrays indexed by g * n_per_group + n. The residual (uint8, its
+   own zero points and multipliers) adds float(q - residual_zero) * residual_multiplier before the clamp.
+   With ``real_output`` the target is float32 and gets the clamped t itself (the logits). */
+typedef struct {
+    int64_t source;
+    int64_t line_starts;
+    int64_t lines;
+    int64_t line_length;
+    int64_t step;
+    int64_t index;
+    int64_t groups;
+    int64_t quads_per_group;
+    int64_t n_per_group;
+    int64_t n_padded;
+    int64_t weights;
+    int64_t bias;
+    int64_t multipliers;
+    int64_t lows;
+    int64_t highs;
+    int64_t zeros;
+    int64_t target;
+    int64_t target_stride;
+    int64_t target_offset;
+    int64_t target_pitch;
+    int64_t residual;
+    int64_t residual_stride;
+    int64_t residual_offset;
+    int64_t residual_multipliers;
+    int64_t residual_zeros;
+    int64_t real_output;
+} PointwiseInt8Op;
+
+/* DepthwiseOp on uint8 maps: sum = bias[c] + sum over the taps inside the map of (q - input_zeros[c]) *
+   weights[tap][c] (int32 arrays of ``channels`` per tap, in the int arena), requantized per channel. */
+typedef struct {
+    int64_t source;
+    int64_t height;
+    int64_t width;
+    int64_t source_stride;
+    int64_t channels;
+    int64_t stride;
+    int64_t weights;
+    int64_t bias;
+    int64_t input_zeros;
+    int64_t multipliers;
+    int64_t lows;
+    int64_t highs;
+    int64_t zeros;
+    int64_t target;
+    int64_t out_height;
+    int64_t out_width;
+    int64_t target_stride;
+    int64_t target_offset;
+} DepthwiseInt8Op;
+
+/* PoolOp on uint8 maps: a max pool moves bytes (the output keeps the input's parameters); an average
+   pool requantizes the window's sum of q - input_zeros[c] (padding counted as zero, as PyTorch). */
+typedef struct {
+    int64_t window;
+    int64_t source;
+    int64_t height;
+    int64_t width;
+    int64_t source_stride;
+    int64_t channels;
+    int64_t target;
+    int64_t out_height;
+    int64_t out_width;
+    int64_t target_stride;
+    int64_t target_offset;
+    int64_t input_zeros;
+    int64_t multipliers;
+    int64_t lows;
+    int64_t highs;
+    int64_t zeros;
+} PoolInt8Op;
+
+/* The sum over pixels of q - input_zeros[c], requantized (the multiplier holds the 1 / pixels). */
+typedef struct {
+    int64_t source;
+    int64_t pixels;
+    int64_t source_stride;
+    int64_t channels;
+    int64_t target;
+    int64_t input_zeros;
+    int64_t multipliers;
+    int64_t lows;
+    int64_t highs;
+    int64_t zeros;
+} GlobalAverageInt8Op;
 
 typedef struct {
     int64_t code;
@@ -175,6 +296,11 @@ typedef struct {
         ScaleOp scale;
         GatherOp gather;
         ExpandDepthwiseOp expand_depthwise;
+        QuantizeInputOp quantize_input;
+        PointwiseInt8Op pointwise_int8;
+        DepthwiseInt8Op depthwise_int8;
+        PoolInt8Op pool_int8;
+        GlobalAverageInt8Op global_average_int8;
     } as;
 } Op;
 

@@ -1,0 +1,343 @@
+/* The engine's int8 kernels (included by engine.c): uint8 maps with per-channel scales and zero points,
+   int8 weights, int32 sums, float32 requantization. shufflenet/deploy/quantize.py defines what each
+   computes and checks these kernels bit for bit: every float step is one IEEE single operation in the
+   same order (the build turns off contraction into FMAs) and rounding is half to even. */
+
+typedef uint8_t u8;
+
+/* Requantization arrays of one operation, indexed by output channel. */
+typedef struct {
+    const float *multipliers, *lows, *highs;
+    const int32_t* zeros;
+} Requant;
+
+static Requant requant_of(const float* floats, const int32_t* ints, int64_t multipliers, int64_t lows,
+                          int64_t highs, int64_t zeros) {
+    return (Requant){floats + multipliers, floats + lows, floats + highs, ints + zeros};
+}
+
+static inline float clamp_to(float t, float low, float high) {
+    t = t < low ? low : t;
+    return t > high ? high : t;
+}
+
+/* One output byte from t (steps of the output's scale): clamped to the channel's bounds, which keep the
+   result in 0..255, rounded half to even, plus the zero point. */
+static inline u8 requantize_one(Requant r, int c, float t) {
+    return (u8)((int32_t)nearbyintf(clamp_to(t, r.lows[c], r.highs[c])) + r.zeros[c]);
+}
+
+/* Padded rows [row_begin, row_end) (row c * (H + 2) + y) of the quantized, zero-point-bordered image. */
+static void quantize_input(const float* in, int H, int W, u8* out, const float* inverse, const int32_t* zeros,
+                           int row_begin, int row_end) {
+    const int Hp = H + 2, Wp = W + 2;
+    for (int row = row_begin; row < row_end; row++) {
+        const int c = row / Hp, y = row % Hp - 1;
+        const int32_t zero = zeros[c];
+        u8* o = out + (size_t)row * Wp;
+        if (y < 0 || y >= H) {
+            memset(o, zero, (size_t)Wp);
+            continue;
+        }
+        const float* x = in + ((size_t)c * H + y) * W;
+        const float low = (float)-zero, high = (float)(255 - zero), scale = inverse[c];
+        o[0] = o[W + 1] = (u8)zero;
+        for (int i = 0; i < W; i++) o[i + 1] = (u8)((int32_t)nearbyintf(clamp_to(x[i] * scale, low, high)) + zero);
+    }
+}
+
+/* The int8 pointwise conv's operands, resolved once per call. */
+typedef struct {
+    const PointwiseInt8Op* o;
+    const u8* in;
+    const int32_t *line_starts, *index, *bias, *residual_zeros;
+    const int8_t* weights;
+    Requant r;
+    const float* residual_multipliers;
+    const u8* residual;
+    void* out;
+} PointwiseInt8;
+
+/* Output channel c (g * N + n) of output pixel ``out_pixel`` (input pixel ``pixel``, for the residual). */
+static inline void finish_int8(const PointwiseInt8* k, int c, size_t pixel, size_t out_pixel, int32_t sum) {
+    const PointwiseInt8Op* o = k->o;
+    float t = (float)sum * k->r.multipliers[c];
+    if (k->residual) {
+        const int32_t q = k->residual[pixel * o->residual_stride + o->residual_offset + c];
+        t = t + (float)(q - k->residual_zeros[c]) * k->residual_multipliers[c];
+    }
+    const size_t at = out_pixel * o->target_stride + o->target_offset + c;
+    if (o->real_output)
+        ((float*)k->out)[at] = clamp_to(t, k->r.lows[c], k->r.highs[c]);
+    else
+        ((u8*)k->out)[at] = requantize_one(k->r, c, t);
+}
+
+/* Output channels [n_begin, n_end) of group g for ``count`` pixels from p0 of ``line``, one value at a
+   time: the plain-C kernel, and every ISA's remainder. */
+static void pointwise_int8_plain(const PointwiseInt8* k, int g, int line, int p0, int count, int n_begin,
+                                 int n_end) {
+    const PointwiseInt8Op* o = k->o;
+    const int N = (int)o->n_per_group, Q = (int)o->quads_per_group, panels = (int)o->n_padded / 16;
+    const size_t pitch = o->target_pitch ? (size_t)o->target_pitch : (size_t)o->line_length;
+    for (int p = p0; p < p0 + count; p++) {
+        const u8* x = k->in + k->line_starts[line] + (size_t)p * o->step;
+        const int32_t* index = k->index + (size_t)g * Q;
+        for (int n = n_begin; n < n_end; n++) {
+            const int8_t* w = k->weights + (((size_t)g * panels + n / 16) * Q * 16 + n % 16) * 4;
+            int32_t sum = k->bias[g * N + n];
+            for (int j = 0; j < Q; j++) {
+                const u8* b = x + index[j];
+                const int8_t* wj = w + (size_t)j * 64;
+                sum += b[0] * wj[0] + b[1] * wj[1] + b[2] * wj[2] + b[3] * wj[3];
+            }
+            finish_int8(k, g * N + n, (size_t)line * o->line_length + p, (size_t)line * pitch + p, sum);
+        }
+    }
+}
+
+#if defined(__AVX512F__)
+/* AVX512_VNNI's vpdpbusd: 64 multiply-adds of uint8 inputs by int8 weights per instruction, 4 per lane.
+   Compiled into the AVX-512 build for the CPUs that have it, chosen at run time. */
+#define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+#define INT8_ROWS 6
+#define INT8_VECS 4
+
+static int has_vnni(void) {
+    static int known = -1;
+    if (known < 0) known = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
+    return known;
+}
+
+/* R pixels x V panels of 16 output channels (from channel n0 of group g, ``valid`` of them real). */
+VNNI static inline __attribute__((always_inline)) void pointwise_int8_tile(const PointwiseInt8* k, const int R,
+                                                                          const int V, int g, int line, int p0,
+                                                                          int n0, int valid) {
+    const PointwiseInt8Op* o = k->o;
+    const int N = (int)o->n_per_group, Q = (int)o->quads_per_group, panels = (int)o->n_padded / 16;
+    const size_t step = (size_t)o->step;
+    const u8* x = k->in + k->line_starts[line] + (size_t)p0 * step;
+    const int32_t* index = k->index + (size_t)g * Q;
+    const int8_t* w = k->weights + ((size_t)g * panels + n0 / 16) * Q * 64;
+    __m512i acc[INT8_ROWS][INT8_VECS];
+#pragma GCC unroll 6
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < V; v++) acc[r][v] = _mm512_setzero_si512();
+    for (int j = 0; j < Q; j++) {
+        __m512i wv[INT8_VECS];
+#pragma GCC unroll 4
+        for (int v = 0; v < V; v++) wv[v] = _mm512_loadu_si512(w + ((size_t)v * Q + j) * 64);
+        const u8* b = x + index[j];
+#pragma GCC unroll 6
+        for (int r = 0; r < R; r++) {
+            int32_t word;
+            memcpy(&word, b + r * step, sizeof(word));
+            const __m512i in = _mm512_set1_epi32(word);
+#pragma GCC unroll 4
+            for (int v = 0; v < V; v++) acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], in, wv[v]);
+        }
+    }
+    const size_t pitch = o->target_pitch ? (size_t)o->target_pitch : (size_t)o->line_length;
+#pragma GCC unroll 4
+    for (int v = 0; v < V; v++) {
+        const int c = g * N + n0 + 16 * v, lanes = valid - 16 * v;
+        const __mmask16 mask = lanes >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << lanes) - 1);
+        const __m512i bias = _mm512_maskz_loadu_epi32(mask, k->bias + c);
+        const __m512 multiplier = _mm512_maskz_loadu_ps(mask, k->r.multipliers + c);
+        const __m512 low = _mm512_maskz_loadu_ps(mask, k->r.lows + c);
+        const __m512 high = _mm512_maskz_loadu_ps(mask, k->r.highs + c);
+        const __m512i zero = _mm512_maskz_loadu_epi32(mask, k->r.zeros + c);
+        __m512 residual_multiplier = multiplier;
+        __m512i residual_zero = zero;
+        if (k->residual) {
+            residual_multiplier = _mm512_maskz_loadu_ps(mask, k->residual_multipliers + c);
+            residual_zero = _mm512_maskz_loadu_epi32(mask, k->residual_zeros + c);
+        }
+#pragma GCC unroll 6
+        for (int r = 0; r < R; r++) {
+            const size_t pixel = (size_t)line * o->line_length + p0 + r;
+            __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc[r][v], bias)), multiplier);
+            if (k->residual) {
+                const u8* rp = k->residual + pixel * o->residual_stride + o->residual_offset + c;
+                const __m512i q = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, rp));
+                const __m512 centred = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, residual_zero));
+                t = _mm512_add_ps(t, _mm512_mul_ps(centred, residual_multiplier));
+            }
+            t = _mm512_min_ps(_mm512_max_ps(t, low), high);
+            const size_t at = ((size_t)line * pitch + p0 + r) * o->target_stride + o->target_offset + c;
+            if (o->real_output)
+                _mm512_mask_storeu_ps((float*)k->out + at, mask, t);
+            else
+                _mm512_mask_cvtepi32_storeu_epi8((u8*)k->out + at, mask,
+                                                 _mm512_add_epi32(_mm512_cvtps_epi32(t), zero));
+        }
+    }
+}
+
+#define INT8_TILE(R, V) pointwise_int8_tile(k, R, V, g, line, p0, n0, valid)
+#define INT8_VECS_CASES(R) \
+    switch (vecs) { case 4: INT8_TILE(R, 4); break; case 3: INT8_TILE(R, 3); break; \
+                    case 2: INT8_TILE(R, 2); break; default: INT8_TILE(R, 1); break; }
+
+/* The VNNI kernel over a part: pixels in tiles of up to INT8_ROWS, channels in up to 4 panels. */
+VNNI static void pointwise_int8_vnni(const PointwiseInt8* k, int g, int line, int p_begin, int p_end, int n_begin,
+                                     int n_end) {
+    for (int p0 = p_begin, rows; p0 < p_end; p0 += rows) {
+        const int tiles = (p_end - p0 + INT8_ROWS - 1) / INT8_ROWS;
+        rows = (p_end - p0 + tiles - 1) / tiles;
+        for (int n0 = n_begin, valid; n0 < n_end; n0 += valid) {
+            valid = n_end - n0 < 16 * INT8_VECS ? n_end - n0 : 16 * INT8_VECS;
+            const int vecs = (valid + 15) / 16;
+            switch (rows) {
+            case 6: INT8_VECS_CASES(6) break;
+            case 5: INT8_VECS_CASES(5) break;
+            case 4: INT8_VECS_CASES(4) break;
+            case 3: INT8_VECS_CASES(3) break;
+            case 2: INT8_VECS_CASES(2) break;
+            default: INT8_VECS_CASES(1) break;
+            }
+        }
+    }
+}
+#endif
+
+/* A thread's share of an int8 pointwise conv: lines, else pixels, else whole panels of 16 channels. */
+static Part pointwise_int8_part(const PointwiseInt8Op* o, int t, int T) {
+    Part part = {0, (int)o->lines, 0, (int)o->line_length, 0, (int)o->n_per_group};
+    if (T == 1) return part;
+    if (o->lines >= 2 * T)
+        share((int)o->lines, 1, t, T, &part.line_begin, &part.line_end);
+    else if (o->lines * o->line_length >= 24 * T)
+        share((int)o->line_length, 6, t, T, &part.pixel_begin, &part.pixel_end);
+    else
+        share((int)o->n_per_group, 16, t, T, &part.channel_begin, &part.channel_end);
+    return part;
+}
+
+static void pointwise_int8(const PointwiseInt8Op* o, float* const* buffers, const float* floats,
+                           const int32_t* ints, Part part) {
+    const PointwiseInt8 k = {
+        o,
+        (const u8*)buffers[o->source],
+        ints + o->line_starts,
+        ints + o->index,
+        ints + o->bias,
+        ints + o->residual_zeros,
+        (const int8_t*)(ints + o->weights),
+        requant_of(floats, ints, o->multipliers, o->lows, o->highs, o->zeros),
+        floats + o->residual_multipliers,
+        o->residual >= 0 ? (const u8*)buffers[o->residual] : 0,
+        buffers[o->target],
+    };
+    for (int g = 0; g < o->groups; g++)
+        for (int line = part.line_begin; line < part.line_end; line++) {
+#if defined(__AVX512F__)
+            if (has_vnni()) {
+                pointwise_int8_vnni(&k, g, line, part.pixel_begin, part.pixel_end, part.channel_begin,
+                                    part.channel_end);
+                continue;
+            }
+#endif
+            pointwise_int8_plain(&k, g, line, part.pixel_begin, part.pixel_end - part.pixel_begin,
+                                 part.channel_begin, part.channel_end);
+        }
+}
+
+/* Output rows [oy_begin, oy_end) of a 3x3 depthwise conv (padding 1) on a uint8 map. */
+static void depthwise_int8(const DepthwiseInt8Op* o, const u8* in, u8* out, const int32_t* weights,
+                           const int32_t* bias, const int32_t* input_zeros, Requant r, int oy_begin, int oy_end) {
+    const int H = (int)o->height, W = (int)o->width, C = (int)o->channels, S = (int)o->stride;
+    const size_t in_stride = (size_t)o->source_stride;
+    int32_t sums[C];
+    for (int oy = oy_begin; oy < oy_end; oy++)
+        for (int ox = 0; ox < o->out_width; ox++) {
+            int ky0, ky1, kx0, kx1;
+            window_range(H, W, oy * S - 1, ox * S - 1, &ky0, &ky1, &kx0, &kx1);
+            for (int c = 0; c < C; c++) sums[c] = bias[c];
+            for (int ky = ky0; ky < ky1; ky++)
+                for (int kx = kx0; kx < kx1; kx++) {
+                    const u8* x = in + ((size_t)(oy * S - 1 + ky) * W + ox * S - 1 + kx) * in_stride;
+                    const int32_t* w = weights + (size_t)(ky * 3 + kx) * C;
+                    for (int c = 0; c < C; c++) sums[c] += ((int32_t)x[c] - input_zeros[c]) * w[c];
+                }
+            u8* y = out + ((size_t)oy * o->out_width + ox) * o->target_stride + o->target_offset;
+            for (int c = 0; c < C; c++) y[c] = requantize_one(r, c, (float)sums[c] * r.multipliers[c]);
+        }
+}
+
+/* Output rows [oy_begin, oy_end) of a pool on a uint8 map (PoolInt8Op). */
+static void pool_int8(const PoolInt8Op* o, const u8* in, u8* out, const int32_t* input_zeros, Requant r,
+                      int oy_begin, int oy_end) {
+    const int H = (int)o->height, W = (int)o->width, C = (int)o->channels;
+    const int two = o->window == POOL_AVERAGE_2X2, average = o->window != POOL_MAX_3X3;
+    int32_t sums[C];
+    for (int oy = oy_begin; oy < oy_end; oy++)
+        for (int ox = 0; ox < o->out_width; ox++) {
+            const int iy0 = two ? 2 * oy : 2 * oy - 1, ix0 = two ? 2 * ox : 2 * ox - 1;
+            int ky0 = 0, ky1 = 2, kx0 = 0, kx1 = 2;
+            if (!two) window_range(H, W, iy0, ix0, &ky0, &ky1, &kx0, &kx1);
+            for (int c = 0; c < C; c++) sums[c] = 0;
+            for (int ky = ky0; ky < ky1; ky++)
+                for (int kx = kx0; kx < kx1; kx++) {
+                    const u8* x = in + ((size_t)(iy0 + ky) * W + ix0 + kx) * o->source_stride;
+                    for (int c = 0; c < C; c++)
+                        sums[c] = average ? sums[c] + (int32_t)x[c] - input_zeros[c] : (x[c] > sums[c] ? x[c] : sums[c]);
+                }
+            u8* y = out + ((size_t)oy * o->out_width + ox) * o->target_stride + o->target_offset;
+            for (int c = 0; c < C; c++)
+                y[c] = average ? requantize_one(r, c, (float)sums[c] * r.multipliers[c]) : (u8)sums[c];
+        }
+}
+
+/* Channels [c_begin, c_end) of the global average of a uint8 map. */
+static void global_average_int8(const GlobalAverageInt8Op* o, const u8* in, u8* out, const int32_t* input_zeros,
+                                Requant r, int c_begin, int c_end) {
+    for (int c = c_begin; c < c_end; c++) {
+        int32_t sum = 0;
+        for (int64_t p = 0; p < o->pixels; p++) sum += (int32_t)in[p * o->source_stride + c] - input_zeros[c];
+        out[c] = requantize_one(r, c, (float)sum * r.multipliers[c]);
+    }
+}
+
+/* Thread t of T runs its share of an int8 operation. */
+static void run_share_int8(const Op* op, float* const* buffers, const float* floats, const int32_t* ints, int t,
+                           int T) {
+    int begin, end;
+    switch (op->code) {
+    case OP_QUANTIZE_INPUT: {
+        const QuantizeInputOp* o = &op->as.quantize_input;
+        share((int)(o->channels * (o->height + 2)), 1, t, T, &begin, &end);
+        quantize_input(buffers[o->source], (int)o->height, (int)o->width, (u8*)buffers[o->target],
+                       floats + o->inverse_scales, ints + o->zeros, begin, end);
+        break;
+    }
+    case OP_POINTWISE_INT8: {
+        const PointwiseInt8Op* o = &op->as.pointwise_int8;
+        pointwise_int8(o, buffers, floats, ints, pointwise_int8_part(o, t, T));
+        break;
+    }
+    case OP_DEPTHWISE_INT8: {
+        const DepthwiseInt8Op* o = &op->as.depthwise_int8;
+        share((int)o->out_height, 1, t, T, &begin, &end);
+        depthwise_int8(o, (const u8*)buffers[o->source], (u8*)buffers[o->target], ints + o->weights,
+                       ints + o->bias, ints + o->input_zeros,
+                       requant_of(floats, ints, o->multipliers, o->lows, o->highs, o->zeros), begin, end);
+        break;
+    }
+    case OP_POOL_INT8: {
+        const PoolInt8Op* o = &op->as.pool_int8;
+        share((int)o->out_height, 1, t, T, &begin, &end);
+        pool_int8(o, (const u8*)buffers[o->source], (u8*)buffers[o->target], ints + o->input_zeros,
+                  requant_of(floats, ints, o->multipliers, o->lows, o->highs, o->zeros), begin, end);
+        break;
+    }
+    case OP_GLOBAL_AVERAGE_INT8: {
+        const GlobalAverageInt8Op* o = &op->as.global_average_int8;
+        share((int)o->channels, 64, t, T, &begin, &end);
+        global_average_int8(o, (const u8*)buffers[o->source], (u8*)buffers[o->target], ints + o->input_zeros,
+                            requant_of(floats, ints, o->multipliers, o->lows, o->highs, o->zeros), begin, end);
+        break;
+    }
+    }
+}
