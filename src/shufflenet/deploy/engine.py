@@ -458,13 +458,17 @@ class _Planner:
         channels = source.channels
         if sorted(source.positions) != list(range(channels)):
             raise EngineUnavailable("a depthwise conv needs its input channels packed at the pixel's start")
-        if self.quantized is not None:
-            return self._depthwise_int8(source, stride=stride, target=target)
         c_pad = _round_up(channels)
-        taps = np.zeros((9, c_pad), np.float32)
-        shifted_bias = np.zeros(c_pad, np.float32)
-        taps[:, source.positions] = weight.reshape(channels, 9).T
-        shifted_bias[source.positions] = bias
+        positions = list(source.positions)
+        if self.quantized is None:
+            taps = np.zeros((9, c_pad), np.float32)
+            shifted_bias = np.zeros(c_pad, np.float32)
+            taps[:, positions] = weight.reshape(channels, 9).T
+            shifted_bias[positions] = bias
+            arrays = {"weights": self.add_floats(taps), "bias": self.add_floats(shifted_bias)}
+            arrays |= self._no_integers()
+        else:
+            arrays = self._depthwise_integers(source)
         height, width = (source.height - 1) // stride + 1, (source.width - 1) // stride + 1
         out_stride = c_pad
         buffer = target
@@ -474,16 +478,16 @@ class _Planner:
             height=source.height,
             width=source.width,
             source_stride=source.stride,
-            channels=c_pad,  # whole 8-channel blocks (see engine.c)
+            # whole 8-channel blocks of floats (see engine.c); the int8 kernel takes any count
+            channels=c_pad if self.quantized is None else channels,
             stride=stride,
-            weights=self.add_floats(taps),
-            bias=self.add_floats(shifted_bias),
             target=buffer,
             out_height=height,
             out_width=width,
             target_stride=out_stride,
             target_offset=0,
             activation=activation,
+            **arrays,
         )
         return _Feature(buffer, height, width, out_stride, list(source.positions))
 
@@ -501,9 +505,6 @@ class _Planner:
             height, width = (source.height - 1) // 2 + 1, (source.width - 1) // 2 + 1
             kind = "average_3x3" if average else "max_3x3"
         buffer, stride, offset = target
-        if self.quantized is not None:
-            self._pool_int8(source, kind, target, height, width)
-            return _Feature(buffer, height, width, stride, [offset + p for p in source.positions])
         self.op(
             "pool",
             window=POOL_WINDOWS[kind],
@@ -517,6 +518,7 @@ class _Planner:
             out_width=width,
             target_stride=stride,
             target_offset=offset,
+            **self._pool_integers(source),
         )
         return _Feature(buffer, height, width, stride, [offset + p for p in source.positions])
 
@@ -552,9 +554,6 @@ class _Planner:
 
     def global_average(self, source: _Feature, target: int) -> None:
         """The mean of each of ``source``'s physical channels into buffer ``target`` (same positions)."""
-        if self.quantized is not None:
-            self._global_average_int8(source, target)
-            return
         self.op(
             "global_average",
             source=source.buffer,
@@ -562,6 +561,7 @@ class _Planner:
             source_stride=source.stride,
             channels=source.stride,
             target=target,
+            **(self._global_average_integers(source) if self.quantized is not None else self._no_integers()),
         )
 
     def copy(self, source: _Feature, channels: Sequence[int], target: tuple[int, int, int]) -> list[int]:
@@ -708,8 +708,15 @@ class _Planner:
         )
         return _Feature(buffer, height, width, stride, list(range(offset, offset + out_channels)))
 
-    def _depthwise_int8(self, source: _Feature, *, stride: int, target: int) -> _Feature:
-        """:meth:`depthwise` on uint8 maps (filters, bias and parameters placed where each channel lives)."""
+    def _no_integers(self) -> dict:
+        """The int8 fields of a depthwise conv, pool or global average in a float plan: unused."""
+        no_ints, no_floats = self.add_ints([0]), self.add_floats(np.zeros(1))
+        return {"value_bytes": 4, "input_zeros": no_ints, "zeros": no_ints} | dict.fromkeys(
+            ("multipliers", "lows", "highs"), no_floats
+        )
+
+    def _depthwise_integers(self, source: _Feature) -> dict:
+        """An int8 depthwise conv's filters, bias and parameters, placed where each channel lives."""
         current = self.current
         conv = current.integer
         assert isinstance(conv, QuantizedConv)
@@ -718,76 +725,40 @@ class _Planner:
         taps[:, positions] = conv.weight.reshape(channels, 9).T
         bias = np.zeros(channels, np.int32)
         bias[positions] = conv.bias
-        input_zeros = np.zeros(channels, np.int32)
-        input_zeros[positions] = current.source.zero
-        height, width = (source.height - 1) // stride + 1, (source.width - 1) // stride + 1
-        out_stride = _round_up(channels)
-        self.op(
-            "depthwise_int8",
-            source=source.buffer,
-            height=source.height,
-            width=source.width,
-            source_stride=source.stride,
-            channels=channels,
-            stride=stride,
-            weights=self.add_ints(taps),
-            bias=self.add_ints(bias),
-            input_zeros=self.add_ints(input_zeros),
-            target=target,
-            out_height=height,
-            out_width=width,
-            target_stride=out_stride,
-            target_offset=0,
-            **self._requantize(conv.requantize, positions, channels),
-        )
-        return _Feature(target, height, width, out_stride, positions)
+        return {
+            "weights": self.add_ints(taps),
+            "bias": self.add_ints(bias),
+            **self._uint8_fields(positions, channels, conv.requantize),
+        }
 
-    def _pool_int8(
-        self, source: _Feature, kind: str, target: tuple[int, int, int], height: int, width: int
-    ) -> None:
-        """:meth:`pool` on uint8 maps: a max pool moves bytes, an average pool requantizes its sums."""
-        current = self.current
+    def _pool_integers(self, source: _Feature) -> dict:
+        """A pool's int8 fields: the input zero points and, for an average pool, its requantization (a max
+        pool moves bytes); unused (empty) in a float plan."""
         channels, positions = source.channels, list(source.positions)
+        if self.quantized is None:
+            return self._no_integers()
+        current = self.current
         requantize = current.integer
-        if not isinstance(requantize, Requantize):  # a max pool: parameters unused
+        if not isinstance(requantize, Requantize):
             ones = np.ones(channels, np.float32)
             requantize = Requantize(ones, ones, ones, np.zeros(channels, np.int32))
-        input_zeros = np.zeros(channels, np.int32)
-        input_zeros[positions] = current.source.zero
-        buffer, stride, offset = target
-        self.op(
-            "pool_int8",
-            window=POOL_WINDOWS[kind],
-            source=source.buffer,
-            height=source.height,
-            width=source.width,
-            source_stride=source.stride,
-            channels=channels,
-            target=buffer,
-            out_height=height,
-            out_width=width,
-            target_stride=stride,
-            target_offset=offset,
-            input_zeros=self.add_ints(input_zeros),
-            **self._requantize(requantize, positions, channels),
-        )
+        return self._uint8_fields(positions, channels, requantize)
 
-    def _global_average_int8(self, source: _Feature, target: int) -> None:
-        """:meth:`global_average` on a uint8 map, requantized per channel."""
-        current = self.current
-        assert isinstance(current.integer, Requantize)
-        input_zeros = np.zeros(source.stride, np.int32)
-        input_zeros[source.positions] = current.source.zero
-        self.op(
-            "global_average_int8",
-            source=source.buffer,
-            pixels=source.pixels,
-            source_stride=source.stride,
-            channels=source.stride,
-            target=target,
-            input_zeros=self.add_ints(input_zeros),
-            **self._requantize(current.integer, source.positions, source.stride),
-        )
+    def _global_average_integers(self, source: _Feature) -> dict:
+        """An int8 global average's parameters, per physical channel."""
+        assert isinstance(self.current.integer, Requantize)
+        return self._uint8_fields(source.positions, source.stride, self.current.integer)
+
+    def _uint8_fields(self, positions: Sequence[int], size: int, requantize: Requantize) -> dict:
+        """The fields of an operation on a uint8 map: its input zero points and requantization arrays,
+        ``size`` entries with the channels' at ``positions``."""
+        input_zeros = np.zeros(size, np.int32)
+        input_zeros[list(positions)] = self.current.source.zero
+        return {
+            "value_bytes": 1,
+            "input_zeros": self.add_ints(input_zeros),
+            **self._requantize(requantize, positions, size),
+        }
 
 
 @dataclass
@@ -959,27 +930,19 @@ def _stem(planner: _Planner, op: Conv, channels: int, height: int, width: int) -
     """The first conv (3x3, padding 1, any stride) as a GEMM over the zero-bordered image."""
     stride = op.stride
     padded = planner.map_buffer("padded", channels * (height + 2) * (width + 2))
+    geometry = {"source": planner.buffer("input", 0), "channels": channels, "height": height, "width": width}
     if planner.quantized is not None:
         image = planner.current.source
+        inverse = (1.0 / image.scale.astype(np.float64)).astype(np.float32)
         planner.op(
             "quantize_input",
-            source=planner.buffer("input", 0),
-            channels=channels,
-            height=height,
-            width=width,
             target=padded,
-            inverse_scales=planner.add_floats((1.0 / image.scale.astype(np.float64)).astype(np.float32)),
+            inverse_scales=planner.add_floats(inverse),
             zeros=planner.add_ints(image.zero),
+            **geometry,
         )
     else:
-        planner.op(
-            "pad_input",
-            source=planner.buffer("input", 0),
-            channels=channels,
-            height=height,
-            width=width,
-            target=padded,
-        )
+        planner.op("pad_input", target=padded, **geometry)
     out_h, out_w = (height - 1) // stride + 1, (width - 1) // stride + 1
     row = width + 2
     line_starts = [stride * oy * row for oy in range(out_h)]

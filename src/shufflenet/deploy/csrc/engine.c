@@ -660,6 +660,12 @@ static void run_share(const Op* op, float* const* buffers, const float* floats, 
     case OP_DEPTHWISE: {
         const DepthwiseOp* o = &op->as.depthwise;
         share((int)o->out_height, 1, t, T, &begin, &end);
+        if (o->value_bytes == 1) {
+            depthwise_int8(o, (const uint8_t*)buffers[o->source], (uint8_t*)buffers[o->target], ints + o->weights,
+                           ints + o->bias, ints + o->input_zeros,
+                           requant_of(floats, ints, o->multipliers, o->lows, o->highs, o->zeros), begin, end);
+            break;
+        }
         depthwise(buffers[o->source], (int)o->height, (int)o->width, (int)o->source_stride, (int)o->channels,
                   (int)o->stride, floats + o->weights, floats + o->bias, buffers[o->target], (int)o->out_width,
                   (int)o->target_stride, (int)o->target_offset, (int)o->activation, begin, end);
@@ -668,7 +674,10 @@ static void run_share(const Op* op, float* const* buffers, const float* floats, 
     case OP_POOL: {
         const PoolOp* o = &op->as.pool;
         share((int)o->out_height, 1, t, T, &begin, &end);
-        if (o->window == POOL_AVERAGE_2X2)
+        if (o->value_bytes == 1)
+            pool_int8(o, (const uint8_t*)buffers[o->source], (uint8_t*)buffers[o->target], ints + o->input_zeros,
+                      requant_of(floats, ints, o->multipliers, o->lows, o->highs, o->zeros), begin, end);
+        else if (o->window == POOL_AVERAGE_2X2)
             pool2(buffers[o->source], (int)o->width, (int)o->source_stride, (int)o->channels, buffers[o->target],
                   (int)o->out_width, (int)o->target_stride, (int)o->target_offset, begin, end);
         else
@@ -704,6 +713,12 @@ static void run_share(const Op* op, float* const* buffers, const float* floats, 
     case OP_GLOBAL_AVERAGE: {
         const GlobalAverageOp* o = &op->as.global_average;
         share((int)o->channels, 16, t, T, &begin, &end); /* whole cache lines per thread */
+        if (o->value_bytes == 1) {
+            global_average_int8(o, (const uint8_t*)buffers[o->source], (uint8_t*)buffers[o->target],
+                                ints + o->input_zeros,
+                                requant_of(floats, ints, o->multipliers, o->lows, o->highs, o->zeros), begin, end);
+            break;
+        }
         global_average(buffers[o->source], (int)o->pixels, (int)o->source_stride, buffers[o->target], begin, end);
         break;
     }
@@ -776,10 +791,6 @@ static int64_t work_of(const Op* op) {
         const PointwiseInt8Op* o = &op->as.pointwise_int8;
         return o->lines * o->line_length * o->groups * o->quads_per_group * o->n_per_group; /* 4 bytes each */
     }
-    case OP_DEPTHWISE_INT8:
-        return 9 * op->as.depthwise_int8.out_height * op->as.depthwise_int8.out_width * op->as.depthwise_int8.channels;
-    case OP_POOL_INT8: return 9 * op->as.pool_int8.out_height * op->as.pool_int8.out_width * op->as.pool_int8.channels;
-    case OP_GLOBAL_AVERAGE_INT8: return op->as.global_average_int8.pixels * op->as.global_average_int8.channels;
     case OP_EXPAND_DEPTHWISE:
         return work_of(op + 1) + work_of(op + 2) + (op->as.expand_depthwise.project ? work_of(op + 3) : 0);
     }

@@ -29,9 +29,6 @@ enum {
        zero points, int8 weights, int32 sums, float32 requantization */
     OP_QUANTIZE_INPUT = 9,      /* NCHW float image -> NCHW uint8 with a border of each channel's zero point */
     OP_POINTWISE_INT8 = 10,     /* the pointwise GEMM on uint8 maps, 4-byte groups of input channels */
-    OP_DEPTHWISE_INT8 = 11,     /* 3x3 depthwise conv on a uint8 map */
-    OP_POOL_INT8 = 12,          /* the pools on a uint8 map */
-    OP_GLOBAL_AVERAGE_INT8 = 13, /* mean over pixels of a uint8 map, requantized */
 };
 
 /* Activations applied in an operation's epilogue. */
@@ -74,7 +71,9 @@ typedef struct {
     int64_t target_pitch;
 } PointwiseOp;
 
-/* Weights: 9 rows (taps) of ``channels`` floats; channels a multiple of 8. */
+/* Weights: 9 rows (taps) of ``channels`` floats; channels a multiple of 8. With ``value_bytes`` 1, on uint8
+   maps: sum = bias[c] + sum over the taps inside the map of (q - input_zeros[c]) * weights[tap][c] (weights
+   and bias int32, in the int arena; any channel count), requantized per channel. */
 typedef struct {
     int64_t source;
     int64_t height;
@@ -90,8 +89,17 @@ typedef struct {
     int64_t target_stride;
     int64_t target_offset;
     int64_t activation;
+    int64_t value_bytes;
+    int64_t input_zeros;
+    int64_t multipliers;
+    int64_t lows;
+    int64_t highs;
+    int64_t zeros;
 } DepthwiseOp;
 
+/* ``value_bytes`` 4: float maps. 1: uint8 maps, where a max pool moves bytes (the output keeps the input's
+   parameters) and an average pool requantizes the window's sum of q - input_zeros[c] (padding counted as
+   zero, as PyTorch); the requantization arrays are unused in float maps. */
 typedef struct {
     int64_t window;
     int64_t source;
@@ -104,6 +112,12 @@ typedef struct {
     int64_t out_width;
     int64_t target_stride;
     int64_t target_offset;
+    int64_t value_bytes;
+    int64_t input_zeros;
+    int64_t multipliers;
+    int64_t lows;
+    int64_t highs;
+    int64_t zeros;
 } PoolOp;
 
 /* ``runs``: (source offset, target offset, length) triples in the int arena; values of ``value_bytes``
@@ -119,12 +133,20 @@ typedef struct {
     int64_t value_bytes;
 } CopyOp;
 
+/* With ``value_bytes`` 1: the sum over pixels of q - input_zeros[c], requantized (the multipliers hold the
+   1 / pixels). */
 typedef struct {
     int64_t source;
     int64_t pixels;
     int64_t source_stride;
     int64_t channels;
     int64_t target;
+    int64_t value_bytes;
+    int64_t input_zeros;
+    int64_t multipliers;
+    int64_t lows;
+    int64_t highs;
+    int64_t zeros;
 } GlobalAverageOp;
 
 /* The gate buffer holds ``channels`` logits; they become sigmoids in place. */
@@ -226,64 +248,6 @@ typedef struct {
     int64_t real_output;
 } PointwiseInt8Op;
 
-/* DepthwiseOp on uint8 maps: sum = bias[c] + sum over the taps inside the map of (q - input_zeros[c]) *
-   weights[tap][c] (int32 arrays of ``channels`` per tap, in the int arena), requantized per channel. */
-typedef struct {
-    int64_t source;
-    int64_t height;
-    int64_t width;
-    int64_t source_stride;
-    int64_t channels;
-    int64_t stride;
-    int64_t weights;
-    int64_t bias;
-    int64_t input_zeros;
-    int64_t multipliers;
-    int64_t lows;
-    int64_t highs;
-    int64_t zeros;
-    int64_t target;
-    int64_t out_height;
-    int64_t out_width;
-    int64_t target_stride;
-    int64_t target_offset;
-} DepthwiseInt8Op;
-
-/* PoolOp on uint8 maps: a max pool moves bytes (the output keeps the input's parameters); an average
-   pool requantizes the window's sum of q - input_zeros[c] (padding counted as zero, as PyTorch). */
-typedef struct {
-    int64_t window;
-    int64_t source;
-    int64_t height;
-    int64_t width;
-    int64_t source_stride;
-    int64_t channels;
-    int64_t target;
-    int64_t out_height;
-    int64_t out_width;
-    int64_t target_stride;
-    int64_t target_offset;
-    int64_t input_zeros;
-    int64_t multipliers;
-    int64_t lows;
-    int64_t highs;
-    int64_t zeros;
-} PoolInt8Op;
-
-/* The sum over pixels of q - input_zeros[c], requantized (the multiplier holds the 1 / pixels). */
-typedef struct {
-    int64_t source;
-    int64_t pixels;
-    int64_t source_stride;
-    int64_t channels;
-    int64_t target;
-    int64_t input_zeros;
-    int64_t multipliers;
-    int64_t lows;
-    int64_t highs;
-    int64_t zeros;
-} GlobalAverageInt8Op;
-
 typedef struct {
     int64_t code;
     union {
@@ -298,9 +262,6 @@ typedef struct {
         ExpandDepthwiseOp expand_depthwise;
         QuantizeInputOp quantize_input;
         PointwiseInt8Op pointwise_int8;
-        DepthwiseInt8Op depthwise_int8;
-        PoolInt8Op pool_int8;
-        GlobalAverageInt8Op global_average_int8;
     } as;
 } Op;
 

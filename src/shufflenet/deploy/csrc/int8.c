@@ -262,7 +262,7 @@ VNNI static inline __attribute__((always_inline)) __m512i requantize_vector(__m5
 }
 
 /* The depthwise conv 16 channels at a time: for each, (q - zero) * tap summed in int32 lanes. */
-VNNI static void depthwise_int8_avx512(const DepthwiseInt8Op* o, const u8* in, u8* out, const int32_t* weights,
+VNNI static void depthwise_int8_avx512(const DepthwiseOp* o, const u8* in, u8* out, const int32_t* weights,
                                        const int32_t* bias, const int32_t* input_zeros, Requant r, int oy_begin,
                                        int oy_end) {
     const int H = (int)o->height, W = (int)o->width, C = (int)o->channels, S = (int)o->stride;
@@ -312,7 +312,7 @@ VNNI static void depthwise_int8_avx512(const DepthwiseInt8Op* o, const u8* in, u
 #endif
 
 /* Output rows [oy_begin, oy_end) of a 3x3 depthwise conv (padding 1) on a uint8 map. */
-static void depthwise_int8(const DepthwiseInt8Op* o, const u8* in, u8* out, const int32_t* weights,
+static void depthwise_int8(const DepthwiseOp* o, const u8* in, u8* out, const int32_t* weights,
                            const int32_t* bias, const int32_t* input_zeros, Requant r, int oy_begin, int oy_end) {
 #if defined(__AVX512F__)
     if (has_vnni()) {
@@ -341,7 +341,7 @@ static void depthwise_int8(const DepthwiseInt8Op* o, const u8* in, u8* out, cons
 
 #if defined(__AVX512F__)
 /* The 3x3 stride-2 max pool 32 channels at a time (ShuffleNet's stem pool). */
-VNNI static void max_pool_int8_avx512(const PoolInt8Op* o, const u8* in, u8* out, int oy_begin, int oy_end) {
+VNNI static void max_pool_int8_avx512(const PoolOp* o, const u8* in, u8* out, int oy_begin, int oy_end) {
     const int H = (int)o->height, W = (int)o->width, C = (int)o->channels;
     const ptrdiff_t pixel = (ptrdiff_t)o->source_stride, row = (ptrdiff_t)W * pixel;
     for (int oy = oy_begin; oy < oy_end; oy++)
@@ -362,8 +362,8 @@ VNNI static void max_pool_int8_avx512(const PoolInt8Op* o, const u8* in, u8* out
 }
 #endif
 
-/* Output rows [oy_begin, oy_end) of a pool on a uint8 map (PoolInt8Op). */
-static void pool_int8(const PoolInt8Op* o, const u8* in, u8* out, const int32_t* input_zeros, Requant r,
+/* Output rows [oy_begin, oy_end) of a pool on a uint8 map (PoolOp with value_bytes 1). */
+static void pool_int8(const PoolOp* o, const u8* in, u8* out, const int32_t* input_zeros, Requant r,
                       int oy_begin, int oy_end) {
     const int H = (int)o->height, W = (int)o->width, C = (int)o->channels;
     const int two = o->window == POOL_AVERAGE_2X2, average = o->window != POOL_MAX_3X3;
@@ -400,7 +400,7 @@ static void pool_int8(const PoolInt8Op* o, const u8* in, u8* out, const int32_t*
 }
 
 /* Channels [c_begin, c_end) of the global average of a uint8 map. */
-static void global_average_int8(const GlobalAverageInt8Op* o, const u8* in, u8* out, const int32_t* input_zeros,
+static void global_average_int8(const GlobalAverageOp* o, const u8* in, u8* out, const int32_t* input_zeros,
                                 Requant r, int c_begin, int c_end) {
     for (int c = c_begin; c < c_end; c++) {
         int32_t sum = 0;
@@ -424,28 +424,6 @@ static void run_share_int8(const Op* op, float* const* buffers, const float* flo
     case OP_POINTWISE_INT8: {
         const PointwiseInt8Op* o = &op->as.pointwise_int8;
         pointwise_int8(o, buffers, floats, ints, pointwise_int8_part(o, t, T));
-        break;
-    }
-    case OP_DEPTHWISE_INT8: {
-        const DepthwiseInt8Op* o = &op->as.depthwise_int8;
-        share((int)o->out_height, 1, t, T, &begin, &end);
-        depthwise_int8(o, (const u8*)buffers[o->source], (u8*)buffers[o->target], ints + o->weights,
-                       ints + o->bias, ints + o->input_zeros,
-                       requant_of(floats, ints, o->multipliers, o->lows, o->highs, o->zeros), begin, end);
-        break;
-    }
-    case OP_POOL_INT8: {
-        const PoolInt8Op* o = &op->as.pool_int8;
-        share((int)o->out_height, 1, t, T, &begin, &end);
-        pool_int8(o, (const u8*)buffers[o->source], (u8*)buffers[o->target], ints + o->input_zeros,
-                  requant_of(floats, ints, o->multipliers, o->lows, o->highs, o->zeros), begin, end);
-        break;
-    }
-    case OP_GLOBAL_AVERAGE_INT8: {
-        const GlobalAverageInt8Op* o = &op->as.global_average_int8;
-        share((int)o->channels, 64, t, T, &begin, &end);
-        global_average_int8(o, (const u8*)buffers[o->source], (u8*)buffers[o->target], ints + o->input_zeros,
-                            requant_of(floats, ints, o->multipliers, o->lows, o->highs, o->zeros), begin, end);
         break;
     }
     }
