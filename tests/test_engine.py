@@ -271,10 +271,27 @@ def test_only_a_map_that_nothing_else_reads_is_made_row_by_row():
     # map is read again later.
     assert engine._projects(ops, first, plan.ints)
     read = fields(ops[first + 1])[1].target
-    again = make_op("global_average", source=read, pixels=1, source_stride=8, channels=8, target=read + 1)
+    unused = dict.fromkeys(("input_zeros", "multipliers", "lows", "highs", "zeros"), 0)
+    again = make_op(
+        "global_average",
+        source=read,
+        pixels=1,
+        source_stride=8,
+        channels=8,
+        target=read + 1,
+        value_bytes=4,
+        **unused,
+    )
     assert not engine._projects([*ops[first : first + 3], again], 0, plan.ints)
     reader = make_op(
-        "global_average", source=expanded, pixels=1, source_stride=8, channels=8, target=expanded + 1
+        "global_average",
+        source=expanded,
+        pixels=1,
+        source_stride=8,
+        channels=8,
+        target=expanded + 1,
+        value_bytes=4,
+        **unused,
     )
     assert not engine._fusable([*ops[first : first + 2], reader], 0, 0)
     depthwise = fields(ops[first + 1])[1]
