@@ -120,7 +120,57 @@ static int has_vnni(void) {
     return known;
 }
 
-/* R pixels x V panels of 16 output channels (from channel n0 of group g, ``valid`` of them real). */
+/* R pixels x V panels of 16 output channels (from channel n0 of group g, ``valid`` of them real), the
+   accumulators in named registers: GCC keeps an array of vectors partly on the stack and copies it every
+   step (vpdpbusd overwrites its accumulator). They start at the bias. */
+/* vpdpbusd in place: through the intrinsic GCC gives every step a fresh register and copies it back,
+   and a 512-bit register copy costs as much as the multiply-adds on AMD Zen 4 (it halved their rate). */
+#define DPBUSD(acc, in, w) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(in), "v"(w))
+#define I8_INIT(r) __m512i a##r##0 = b0, a##r##1 = b1, a##r##2 = b2, a##r##3 = b3;
+#define I8_DOT(r)                                                                        \
+    if (R > r) {                                                                         \
+        int32_t word;                                                                    \
+        memcpy(&word, p + r * step, sizeof(word));                                       \
+        const __m512i in = _mm512_set1_epi32(word);                                      \
+        DPBUSD(a##r##0, in, w0);                                  \
+        if (V > 1) DPBUSD(a##r##1, in, w1);                       \
+        if (V > 2) DPBUSD(a##r##2, in, w2);                       \
+        if (V > 3) DPBUSD(a##r##3, in, w3);                       \
+    }
+#define I8_FINISH(r)                                                                     \
+    if (R > r) {                                                                         \
+        finish_int8_vector(k, line, p0 + r, c0, valid, a##r##0);                         \
+        if (V > 1) finish_int8_vector(k, line, p0 + r, c0 + 16, valid - 16, a##r##1);    \
+        if (V > 2) finish_int8_vector(k, line, p0 + r, c0 + 32, valid - 32, a##r##2);    \
+        if (V > 3) finish_int8_vector(k, line, p0 + r, c0 + 48, valid - 48, a##r##3);    \
+    }
+#define I8_ROWS(M) M(0) M(1) M(2) M(3) M(4) M(5)
+
+/* Channels [c, c + lanes) (lanes up to 16) of output pixel p of ``line`` from their int32 sums. */
+VNNI static inline __attribute__((always_inline)) void finish_int8_vector(const PointwiseInt8* k, int line, int p,
+                                                                         int c, int lanes, __m512i sum) {
+    const PointwiseInt8Op* o = k->o;
+    const __mmask16 mask = lanes >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << lanes) - 1);
+    __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), _mm512_maskz_loadu_ps(mask, k->r.multipliers + c));
+    const size_t pixel = (size_t)line * o->line_length + p;
+    if (k->residual) {
+        const u8* rp = k->residual + pixel * o->residual_stride + o->residual_offset + c;
+        const __m512i q = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, rp));
+        const __m512i zero = _mm512_maskz_loadu_epi32(mask, k->residual_zeros + c);
+        const __m512 centred = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, zero));
+        t = _mm512_add_ps(t, _mm512_mul_ps(centred, _mm512_maskz_loadu_ps(mask, k->residual_multipliers + c)));
+    }
+    t = _mm512_min_ps(_mm512_max_ps(t, _mm512_maskz_loadu_ps(mask, k->r.lows + c)),
+                      _mm512_maskz_loadu_ps(mask, k->r.highs + c));
+    const size_t pitch = o->target_pitch ? (size_t)o->target_pitch : (size_t)o->line_length;
+    const size_t at = ((size_t)line * pitch + p) * o->target_stride + o->target_offset + c;
+    if (o->real_output)
+        _mm512_mask_storeu_ps((float*)k->out + at, mask, t);
+    else
+        STORE_BYTES((u8*)k->out + at, mask,
+                    _mm512_add_epi32(_mm512_cvtps_epi32(t), _mm512_maskz_loadu_epi32(mask, k->r.zeros + c)));
+}
+
 VNNI static inline __attribute__((always_inline)) void pointwise_int8_tile(const PointwiseInt8* k, const int R,
                                                                           const int V, int g, int line, int p0,
                                                                           int n0, int valid) {
@@ -130,59 +180,23 @@ VNNI static inline __attribute__((always_inline)) void pointwise_int8_tile(const
     const u8* x = k->in + k->line_starts[line] + (size_t)p0 * step;
     const int32_t* index = k->index + (size_t)g * Q;
     const int8_t* w = k->weights + ((size_t)g * panels + n0 / 16) * Q * 64;
-    __m512i acc[INT8_ROWS][INT8_VECS];
-#pragma GCC unroll 6
-    for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
-        for (int v = 0; v < V; v++) acc[r][v] = _mm512_setzero_si512();
+    const int c0 = g * N + n0;
+    const __m512i b0 = _mm512_maskz_loadu_epi32(valid >= 16 ? 0xffff : (__mmask16)((1u << valid) - 1), k->bias + c0);
+    const __m512i b1 = V > 1 ? _mm512_maskz_loadu_epi32(valid >= 32 ? 0xffff : (__mmask16)((1u << (valid - 16)) - 1), k->bias + c0 + 16) : b0;
+    const __m512i b2 = V > 2 ? _mm512_maskz_loadu_epi32(valid >= 48 ? 0xffff : (__mmask16)((1u << (valid - 32)) - 1), k->bias + c0 + 32) : b0;
+    const __m512i b3 = V > 3 ? _mm512_maskz_loadu_epi32(valid >= 64 ? 0xffff : (__mmask16)((1u << (valid - 48)) - 1), k->bias + c0 + 48) : b0;
+    I8_ROWS(I8_INIT)
+    const size_t panel = (size_t)Q * 64;
     for (int j = 0; j < Q; j++) {
-        __m512i wv[INT8_VECS];
-#pragma GCC unroll 4
-        for (int v = 0; v < V; v++) wv[v] = _mm512_loadu_si512(w + ((size_t)v * Q + j) * 64);
-        const u8* b = x + index[j];
-#pragma GCC unroll 6
-        for (int r = 0; r < R; r++) {
-            int32_t word;
-            memcpy(&word, b + r * step, sizeof(word));
-            const __m512i in = _mm512_set1_epi32(word);
-#pragma GCC unroll 4
-            for (int v = 0; v < V; v++) acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], in, wv[v]);
-        }
+        const int8_t* wj = w + (size_t)j * 64;
+        const __m512i w0 = _mm512_loadu_si512(wj);
+        const __m512i w1 = V > 1 ? _mm512_loadu_si512(wj + panel) : w0;
+        const __m512i w2 = V > 2 ? _mm512_loadu_si512(wj + 2 * panel) : w0;
+        const __m512i w3 = V > 3 ? _mm512_loadu_si512(wj + 3 * panel) : w0;
+        const u8* p = x + index[j];
+        I8_ROWS(I8_DOT)
     }
-    const size_t pitch = o->target_pitch ? (size_t)o->target_pitch : (size_t)o->line_length;
-#pragma GCC unroll 4
-    for (int v = 0; v < V; v++) {
-        const int c = g * N + n0 + 16 * v, lanes = valid - 16 * v;
-        const __mmask16 mask = lanes >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << lanes) - 1);
-        const __m512i bias = _mm512_maskz_loadu_epi32(mask, k->bias + c);
-        const __m512 multiplier = _mm512_maskz_loadu_ps(mask, k->r.multipliers + c);
-        const __m512 low = _mm512_maskz_loadu_ps(mask, k->r.lows + c);
-        const __m512 high = _mm512_maskz_loadu_ps(mask, k->r.highs + c);
-        const __m512i zero = _mm512_maskz_loadu_epi32(mask, k->r.zeros + c);
-        __m512 residual_multiplier = multiplier;
-        __m512i residual_zero = zero;
-        if (k->residual) {
-            residual_multiplier = _mm512_maskz_loadu_ps(mask, k->residual_multipliers + c);
-            residual_zero = _mm512_maskz_loadu_epi32(mask, k->residual_zeros + c);
-        }
-#pragma GCC unroll 6
-        for (int r = 0; r < R; r++) {
-            const size_t pixel = (size_t)line * o->line_length + p0 + r;
-            __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc[r][v], bias)), multiplier);
-            if (k->residual) {
-                const u8* rp = k->residual + pixel * o->residual_stride + o->residual_offset + c;
-                const __m512i q = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, rp));
-                const __m512 centred = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, residual_zero));
-                t = _mm512_add_ps(t, _mm512_mul_ps(centred, residual_multiplier));
-            }
-            t = _mm512_min_ps(_mm512_max_ps(t, low), high);
-            const size_t at = ((size_t)line * pitch + p0 + r) * o->target_stride + o->target_offset + c;
-            if (o->real_output)
-                _mm512_mask_storeu_ps((float*)k->out + at, mask, t);
-            else
-                STORE_BYTES((u8*)k->out + at, mask, _mm512_add_epi32(_mm512_cvtps_epi32(t), zero));
-        }
-    }
+    I8_ROWS(I8_FINISH)
 }
 
 #define INT8_TILE(R, V) pointwise_int8_tile(k, R, V, g, line, p0, n0, valid)
