@@ -137,38 +137,61 @@ static int has_vnni(void) {
         if (V > 2) DPBUSD(a##r##2, in, w2);                       \
         if (V > 3) DPBUSD(a##r##3, in, w3);                       \
     }
-#define I8_FINISH(r)                                                                     \
-    if (R > r) {                                                                         \
-        finish_int8_vector(k, line, p0 + r, c0, valid, a##r##0);                         \
-        if (V > 1) finish_int8_vector(k, line, p0 + r, c0 + 16, valid - 16, a##r##1);    \
-        if (V > 2) finish_int8_vector(k, line, p0 + r, c0 + 32, valid - 32, a##r##2);    \
-        if (V > 3) finish_int8_vector(k, line, p0 + r, c0 + 48, valid - 48, a##r##3);    \
+#define I8_FINISH_0(r) if (R > r) finish_int8_vector(k, &par, line, p0 + r, c, a##r##0);
+#define I8_FINISH_1(r) if (R > r) finish_int8_vector(k, &par, line, p0 + r, c, a##r##1);
+#define I8_FINISH_2(r) if (R > r) finish_int8_vector(k, &par, line, p0 + r, c, a##r##2);
+#define I8_FINISH_3(r) if (R > r) finish_int8_vector(k, &par, line, p0 + r, c, a##r##3);
+/* Panel v's requantization loaded once for the tile's rows. */
+#define I8_FINISH_PANEL(v)                                              \
+    if (V > v) {                                                        \
+        const int c = c0 + 16 * v;                                      \
+        const Finish par = finish_params(k, c, valid - 16 * v);         \
+        I8_ROWS(I8_FINISH_##v)                                          \
     }
 #define I8_ROWS(M) M(0) M(1) M(2) M(3) M(4) M(5)
 
-/* Channels [c, c + lanes) (lanes up to 16) of output pixel p of ``line`` from their int32 sums. */
-VNNI static inline __attribute__((always_inline)) void finish_int8_vector(const PointwiseInt8* k, int line, int p,
-                                                                         int c, int lanes, __m512i sum) {
-    const PointwiseInt8Op* o = k->o;
-    const __mmask16 mask = lanes >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << lanes) - 1);
-    __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), _mm512_maskz_loadu_ps(mask, k->r.multipliers + c));
-    const size_t pixel = (size_t)line * o->line_length + p;
+/* The requantization of 16 channels (``mask``: those that exist). */
+typedef struct {
+    __mmask16 mask;
+    __m512 multiplier, low, high, residual_multiplier;
+    __m512i zero, residual_zero;
+} Finish;
+
+VNNI static inline __attribute__((always_inline)) Finish finish_params(const PointwiseInt8* k, int c, int lanes) {
+    Finish f;
+    f.mask = lanes >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << lanes) - 1);
+    f.multiplier = _mm512_maskz_loadu_ps(f.mask, k->r.multipliers + c);
+    f.low = _mm512_maskz_loadu_ps(f.mask, k->r.lows + c);
+    f.high = _mm512_maskz_loadu_ps(f.mask, k->r.highs + c);
+    f.zero = _mm512_maskz_loadu_epi32(f.mask, k->r.zeros + c);
+    f.residual_multiplier = f.multiplier;
+    f.residual_zero = f.zero;
     if (k->residual) {
-        const u8* rp = k->residual + pixel * o->residual_stride + o->residual_offset + c;
-        const __m512i q = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, rp));
-        const __m512i zero = _mm512_maskz_loadu_epi32(mask, k->residual_zeros + c);
-        const __m512 centred = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, zero));
-        t = _mm512_add_ps(t, _mm512_mul_ps(centred, _mm512_maskz_loadu_ps(mask, k->residual_multipliers + c)));
+        f.residual_multiplier = _mm512_maskz_loadu_ps(f.mask, k->residual_multipliers + c);
+        f.residual_zero = _mm512_maskz_loadu_epi32(f.mask, k->residual_zeros + c);
     }
-    t = _mm512_min_ps(_mm512_max_ps(t, _mm512_maskz_loadu_ps(mask, k->r.lows + c)),
-                      _mm512_maskz_loadu_ps(mask, k->r.highs + c));
+    return f;
+}
+
+/* Channels [c, c + 16) (those in f->mask) of output pixel p of ``line`` from their int32 sums. */
+VNNI static inline __attribute__((always_inline)) void finish_int8_vector(const PointwiseInt8* k, const Finish* f,
+                                                                         int line, int p, int c, __m512i sum) {
+    const PointwiseInt8Op* o = k->o;
+    __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), f->multiplier);
+    if (k->residual) {
+        const size_t pixel = (size_t)line * o->line_length + p;
+        const u8* rp = k->residual + pixel * o->residual_stride + o->residual_offset + c;
+        const __m512i q = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(f->mask, rp));
+        const __m512 centred = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, f->residual_zero));
+        t = _mm512_add_ps(t, _mm512_mul_ps(centred, f->residual_multiplier));
+    }
+    t = _mm512_min_ps(_mm512_max_ps(t, f->low), f->high);
     const size_t pitch = o->target_pitch ? (size_t)o->target_pitch : (size_t)o->line_length;
     const size_t at = ((size_t)line * pitch + p) * o->target_stride + o->target_offset + c;
     if (o->real_output)
-        _mm512_mask_storeu_ps((float*)k->out + at, mask, t);
+        _mm512_mask_storeu_ps((float*)k->out + at, f->mask, t);
     else
-        STORE_BYTES((u8*)k->out + at, mask,
-                    _mm512_add_epi32(_mm512_cvtps_epi32(t), _mm512_maskz_loadu_epi32(mask, k->r.zeros + c)));
+        STORE_BYTES((u8*)k->out + at, f->mask, _mm512_add_epi32(_mm512_cvtps_epi32(t), f->zero));
 }
 
 VNNI static inline __attribute__((always_inline)) void pointwise_int8_tile(const PointwiseInt8* k, const int R,
@@ -196,7 +219,7 @@ VNNI static inline __attribute__((always_inline)) void pointwise_int8_tile(const
         const u8* p = x + index[j];
         I8_ROWS(I8_DOT)
     }
-    I8_ROWS(I8_FINISH)
+    I8_FINISH_PANEL(0) I8_FINISH_PANEL(1) I8_FINISH_PANEL(2) I8_FINISH_PANEL(3)
 }
 
 #define INT8_TILE(R, V) pointwise_int8_tile(k, R, V, g, line, p0, n0, valid)
