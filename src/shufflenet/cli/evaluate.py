@@ -7,7 +7,7 @@ import json
 import sys
 
 from shufflenet._table import markdown_table
-from shufflenet.cli._common import Command, add_output_options, fmt
+from shufflenet.cli._common import CliError, Command, add_output_options, fmt
 from shufflenet.data.catalog import DATASETS
 
 HELP = "top-1/top-5 error, per-class accuracy and confusion matrix of trained weights"
@@ -33,6 +33,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--image-size", type=int, help="evaluation crop (default: the trained size, else the dataset's)"
     )
     parser.add_argument("--device", help="cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--runtime",
+        choices=("torch", "engine"),
+        default="torch",
+        help="run the network in PyTorch (default) or on the C engine (CPU)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "int8"),
+        default="fp32",
+        help="engine precision; int8 is calibrated on --calib-samples train images (default: fp32)",
+    )
+    parser.add_argument(
+        "--calib-samples", type=int, default=256, help="int8 calibration images (default: 256)"
+    )
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument(
         "--skip-bad-images", action="store_true", help="imagefolder: skip unreadable images, listing them"
@@ -46,9 +61,16 @@ def run(args: argparse.Namespace) -> int:
 
     # Notes go to stderr under --format json, which keeps stdout one JSON document.
     notes = sys.stderr if args.format == "json" else sys.stdout
+    if args.precision != "fp32" and args.runtime != "engine":
+        raise CliError(f"--precision {args.precision} runs on the engine: add --runtime engine")
+    if args.calib_samples < 1:
+        raise CliError("--calib-samples must be at least 1")
     summary = evaluate_checkpoint(
         args.checkpoint,
         args.dataset,
+        runtime=args.runtime,
+        precision=args.precision,
+        calib_samples=args.calib_samples,
         data_dir=args.data_dir,
         model_name=args.model,
         batch_size=args.batch_size,
@@ -65,13 +87,18 @@ def run(args: argparse.Namespace) -> int:
         return 0
     errors = [
         summary["model"],
+        "PyTorch" if summary["runtime"] == "torch" else f"engine {summary['precision']}",
         summary["dataset"],
         summary["samples"],
         fmt(summary["top1_err"], 2),
         fmt(summary["top5_err"], 2),
         fmt(summary["loss"], 4),
     ]
-    print(markdown_table(["model", "dataset", "samples", "top-1 err %", "top-5 err %", "loss"], [errors]))
+    print(
+        markdown_table(
+            ["model", "runtime", "dataset", "samples", "top-1 err %", "top-5 err %", "loss"], [errors]
+        )
+    )
     print()
     per_class = [[name, fmt(100 * acc, 2)] for name, acc in summary["per_class_accuracy"].items()]
     print(markdown_table(["class", "accuracy %"], per_class))

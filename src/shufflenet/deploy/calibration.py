@@ -63,11 +63,34 @@ def export_data(
             f"{height}x{width}; export a model trained on {dataset} (e.g. a run's model.safetensors) or "
             "drop --calib"
         )
-    step = max(1, len(train_set) // calib_samples)
-    picks = [train_set[index][0] for index in range(0, min(len(train_set), step * calib_samples), step)]
     return ExportData(
         input_size=size,
         real_inputs=real_inputs,
-        calibration=[image.unsqueeze(0).numpy() for image in picks],
+        calibration=[image[None] for image in _evenly_spaced(train_set, calib_samples)],
         accuracy_data=accuracy_data,
     )
+
+
+def _evenly_spaced(data: Dataset, count: int) -> list[np.ndarray]:
+    """``count`` images of ``data`` spread over it (a sorted dataset still gives every class)."""
+    step = max(1, len(data) // count)
+    return [data[index][0].numpy() for index in range(0, min(len(data), step * count), step)]
+
+
+def calibration_batches(
+    dataset: str,
+    size: int,
+    contract: InputContract | None,
+    *,
+    data_dir: str | None = None,
+    samples: int = 256,
+    batch: int = 32,
+) -> list[np.ndarray]:
+    """``samples`` images of ``dataset``'s train split at ``size`` (through the transforms the model was
+    trained with, see ``export_data``), evenly spaced, in NCHW batches of ``batch``: what int8 measures
+    its ranges on."""
+    train_set = build_dataset(
+        dataset, "train", data_dir, transform=trained_transforms(dataset, size, contract)
+    )
+    images = _evenly_spaced(train_set, samples)
+    return [np.stack(images[start : start + batch]) for start in range(0, len(images), batch)]

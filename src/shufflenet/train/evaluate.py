@@ -152,10 +152,57 @@ def resolve_input(
     return dataset or contract.dataset, height, notes
 
 
+EVAL_RUNTIMES = ("torch", "engine")
+
+
+class EngineClassifier(nn.Module):
+    """The C engine behind a module's call (a CPU batch of images in, logits out), for the evaluation
+    loop."""
+
+    def __init__(self, engine: Any, num_classes: int) -> None:
+        super().__init__()
+        self.engine = engine
+        self.num_classes = num_classes
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.engine(images.cpu().numpy()))
+
+
+def engine_classifier(
+    model: nn.Module,
+    dataset: str,
+    size: int,
+    contract: InputContract | None,
+    *,
+    precision: str = "fp32",
+    data_dir: str | Path | None = None,
+    calib_samples: int = 256,
+) -> EngineClassifier:
+    """``model`` planned for the engine at ``size`` x ``size`` in ``precision``; int8 measures its ranges
+    on ``calib_samples`` train images of ``dataset`` (as the model was trained to see them)."""
+    from shufflenet.deploy.calibration import calibration_batches
+    from shufflenet.deploy.engine import build_engine
+
+    calibration = None
+    if precision != "fp32":
+        calibration = calibration_batches(
+            dataset,
+            size,
+            contract,
+            data_dir=None if data_dir is None else str(data_dir),
+            samples=calib_samples,
+        )
+    engine = build_engine(model.eval(), (size, size), precision=precision, calibration=calibration)
+    return EngineClassifier(engine, model.num_classes)
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     dataset: str | None = None,
     *,
+    runtime: str = "torch",
+    precision: str = "fp32",
+    calib_samples: int = 256,
     data_dir: str | Path | None = None,
     model_name: str | None = None,
     batch_size: int = 256,
@@ -172,7 +219,15 @@ def evaluate_checkpoint(
     ``output``, default the run directory: ``checkpoint`` itself if a folder, else the folder holding it).
 
     ``dataset`` and ``image_size`` default to those the model was trained with (its input contract);
-    ``log`` receives one line saying so. Runs distributed under torchrun."""
+    ``log`` receives one line saying so. Runs distributed under torchrun. ``runtime="engine"`` runs the
+    network on the C engine (CPU) in ``precision`` (``"int8"``: calibrated on ``calib_samples`` train
+    images) instead of PyTorch."""
+    if runtime not in EVAL_RUNTIMES:
+        raise ValueError(f"runtime {runtime!r}: use one of {', '.join(EVAL_RUNTIMES)}")
+    if precision != "fp32" and runtime != "engine":
+        raise ValueError(f"{precision} runs on the engine: add --runtime engine")
+    if runtime == "engine" and device is not None and device != "cpu":
+        raise ValueError("the engine runs on the CPU: drop --device or use --runtime torch")
     ctx = init_distributed(device)
     try:
         contract = load_input_contract(checkpoint)
@@ -192,6 +247,16 @@ def evaluate_checkpoint(
                 "evaluate on the dataset the model was trained for"
             )
         size = image_size or dataset_info(dataset).image_size
+        if runtime == "engine":
+            model = engine_classifier(
+                model,
+                dataset,
+                size,
+                contract,
+                precision=precision,
+                data_dir=data_dir,
+                calib_samples=calib_samples,
+            )
         data = AugmentedDataset(base, trained_transforms(dataset, size, contract))
         loader = build_eval_loader(
             data, batch_size=batch_size, rank=ctx.rank, world_size=ctx.world_size, num_workers=num_workers
@@ -202,6 +267,8 @@ def evaluate_checkpoint(
         folder = Path(output) if output else path if path.is_dir() else path.parent
         summary = {
             "model": name,
+            "runtime": runtime,
+            "precision": precision,
             "checkpoint": str(checkpoint),
             "dataset": dataset,
             "input_size": [size, size],
