@@ -28,7 +28,18 @@ from shufflenet.bench.latency import latency_table, measure_paired, peer_ratios
 from shufflenet.bench.report import report_latency
 
 MODELS = ("shufflenet_v2_x1_0", "shufflenet_v1_g3_x1_0", "mobilenet_v2_x1_0", "fenet_x1_0")
-RUNTIMES = ("ort", "openvino", "openvino_default", "ncnn", "ncnn_default", "mnn", "engine")
+RUNTIMES = (
+    "ort",
+    "openvino",
+    "openvino_default",
+    "ncnn",
+    "ncnn_default",
+    "mnn",
+    "engine",
+    "ort_int8",
+    "openvino_int8",
+    "engine_int8",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from shufflenet._system import torch_threads
 from shufflenet.deploy.errors import require_package
 from shufflenet.deploy.optimize import optimize
-from shufflenet.deploy.runtimes import export_onnx, openvino_runner, ort_runner
+from shufflenet.deploy.runtimes import export_onnx, openvino_runner, ort_runner, quantize_onnx_int8
 from shufflenet.deploy.timing import median_seconds
 
 FORMATS = ("onnx", "openvino", "pt2")
@@ -121,35 +121,6 @@ def _write(graph: nn.Module, example: torch.Tensor, fmt: str, folder: Path) -> l
     return [xml, xml.with_suffix(".bin")]
 
 
-def _quantize_int8(onnx_path: Path, calibration: Sequence[np.ndarray], folder: Path) -> Path:
-    """ONNX Runtime static quantization (QDQ, per-channel weights, int8) calibrated on ``calibration``."""
-    require_package("onnxruntime", "onnxruntime")
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter(calibration)
-
-        def get_next(self):
-            batch = next(self.batches, None)
-            return None if batch is None else {"input": batch}
-
-    prepared = folder / "prepared.onnx"
-    quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
-    output = folder / "model.int8.onnx"
-    quantize_static(
-        str(prepared),
-        str(output),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-    )
-    return output
-
-
 def export_model(
     model: nn.Module,
     output: str | Path,
@@ -192,7 +163,7 @@ def export_model(
             try:
                 files = _write(graph, example, "onnx" if int8 else fmt, folder)
                 if int8:
-                    files = [_quantize_int8(files[0], calibration, folder)]
+                    files = [quantize_onnx_int8(files[0], calibration, folder)]
                     if fmt == "openvino":
                         ov = require_package("openvino", "openvino")
                         xml = folder / "model.int8.xml"
