@@ -716,17 +716,19 @@ class _Planner:
         )
 
     def _depthwise_integers(self, source: _Feature) -> dict:
-        """An int8 depthwise conv's filters, bias and parameters, placed where each channel lives."""
+        """An int8 depthwise conv's filters (integers held as floats, rows of the channels rounded up to 8,
+        which the float kernel sums exactly), integer bias and parameters, placed where each channel
+        lives."""
         current = self.current
         conv = current.integer
         assert isinstance(conv, QuantizedConv)
         channels, positions = source.channels, list(source.positions)
-        taps = np.zeros((9, channels), np.int32)
+        taps = np.zeros((9, _round_up(channels)), np.float32)
         taps[:, positions] = conv.weight.reshape(channels, 9).T
         bias = np.zeros(channels, np.int32)
         bias[positions] = conv.bias
         return {
-            "weights": self.add_ints(taps),
+            "weights": self.add_floats(taps),
             "bias": self.add_ints(bias),
             **self._uint8_fields(positions, channels, conv.requantize),
         }

@@ -85,8 +85,8 @@ def quantize_onnx_int8(
     onnx_path: Path, calibration: Sequence[np.ndarray], folder: Path, *, unsigned_activations: bool = False
 ) -> Path:
     """ONNX Runtime static quantization (QDQ, per-channel int8 weights; int8 activations, or uint8 with
-    ``unsigned_activations``: ONNX Runtime's and OpenVINO's fast path on x86, 1.6x / 2.3x faster than int8
-    activations for ShuffleNet V2 on AMD Zen 4) calibrated on ``calibration``."""
+    ``unsigned_activations``: ONNX Runtime's and OpenVINO's fast path on x86) calibrated on
+    ``calibration``."""
     require_package("onnxruntime", "onnxruntime")
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process

@@ -661,7 +661,7 @@ static void run_share(const Op* op, float* const* buffers, const float* floats, 
         const DepthwiseOp* o = &op->as.depthwise;
         share((int)o->out_height, 1, t, T, &begin, &end);
         if (o->value_bytes == 1) {
-            depthwise_int8(o, (const uint8_t*)buffers[o->source], (uint8_t*)buffers[o->target], ints + o->weights,
+            depthwise_int8(o, (const uint8_t*)buffers[o->source], (uint8_t*)buffers[o->target], floats + o->weights,
                            ints + o->bias, ints + o->input_zeros,
                            requant_of(floats, ints, o->multipliers, o->lows, o->highs, o->zeros), begin, end);
             break;

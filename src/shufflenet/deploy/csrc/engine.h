@@ -72,8 +72,9 @@ typedef struct {
 } PointwiseOp;
 
 /* Weights: 9 rows (taps) of ``channels`` floats; channels a multiple of 8. With ``value_bytes`` 1, on uint8
-   maps: sum = bias[c] + sum over the taps inside the map of (q - input_zeros[c]) * weights[tap][c] (weights
-   and bias int32, in the int arena; any channel count), requantized per channel. */
+   maps: sum = bias[c] + sum over the taps inside the map of (q - input_zeros[c]) * weights[tap][c] (weights:
+   9 rows of the channels rounded up to 8, integers held as floats; bias int32 in the int arena; any
+   channel count), requantized per channel. */
 typedef struct {
     int64_t source;
     int64_t height;

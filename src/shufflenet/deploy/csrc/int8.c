@@ -298,82 +298,97 @@ VNNI static inline __attribute__((always_inline)) __m512i requantize_vector(__m5
     return _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(t, low), high)), zero);
 }
 
-/* The depthwise conv 16 channels at a time: for each, (q - zero) * tap summed in int32 lanes. */
-VNNI static void depthwise_int8_avx512(const DepthwiseOp* o, const u8* in, u8* out, const int32_t* weights,
-                                       const int32_t* bias, const int32_t* input_zeros, Requant r, int oy_begin,
-                                       int oy_end) {
-    const int H = (int)o->height, W = (int)o->width, C = (int)o->channels, S = (int)o->stride;
-    const size_t in_stride = (size_t)o->source_stride;
+/* requantize_row 16 channels at a time. */
+VNNI static void requantize_row_avx512(const float* sums, int Wo, int Cp, int C, const int32_t* bias, Requant r,
+                                       u8* out, size_t out_stride) {
     for (int c0 = 0; c0 < C; c0 += 16) {
-        const int lanes = C - c0;
-        const __mmask16 mask = lanes >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << lanes) - 1);
-        __m512i taps[9];
-        for (int t = 0; t < 9; t++) taps[t] = _mm512_maskz_loadu_epi32(mask, weights + (size_t)t * C + c0);
-        const __m512i b = _mm512_maskz_loadu_epi32(mask, bias + c0);
-        const __m512i zero_in = _mm512_maskz_loadu_epi32(mask, input_zeros + c0);
+        const __mmask16 mask = C - c0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - c0)) - 1);
+        const __m512i b = _mm512_maskz_loadu_epi32(mask, bias + c0), zero = _mm512_maskz_loadu_epi32(mask, r.zeros + c0);
         const __m512 multiplier = _mm512_maskz_loadu_ps(mask, r.multipliers + c0);
         const __m512 low = _mm512_maskz_loadu_ps(mask, r.lows + c0), high = _mm512_maskz_loadu_ps(mask, r.highs + c0);
-        const __m512i zero = _mm512_maskz_loadu_epi32(mask, r.zeros + c0);
-        const ptrdiff_t row = (ptrdiff_t)W * (ptrdiff_t)in_stride;
-        for (int oy = oy_begin; oy < oy_end; oy++) {
-            const int rows_inside = oy * S - 1 >= 0 && oy * S + 1 < H;
-            for (int ox = 0; ox < o->out_width; ox++) {
-                __m512i sum = b;
-                const u8* corner = in + ((ptrdiff_t)(oy * S - 1) * W + ox * S - 1) * (ptrdiff_t)in_stride + c0;
-                if (rows_inside && ox * S - 1 >= 0 && ox * S + 1 < W) {
-                    /* Inside the map: nine fixed taps, no bounds. */
-#pragma GCC unroll 9
-                    for (int tap = 0; tap < 9; tap++) {
-                        const u8* x = corner + (tap / 3) * row + (ptrdiff_t)(tap % 3) * (ptrdiff_t)in_stride;
-                        const __m512i q = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, x));
-                        sum = _mm512_add_epi32(sum, _mm512_mullo_epi32(_mm512_sub_epi32(q, zero_in), taps[tap]));
-                    }
-                } else {
-                    int ky0, ky1, kx0, kx1;
-                    window_range(H, W, oy * S - 1, ox * S - 1, &ky0, &ky1, &kx0, &kx1);
-                    for (int ky = ky0; ky < ky1; ky++)
-                        for (int kx = kx0; kx < kx1; kx++) {
-                            const u8* x = corner + ky * row + (ptrdiff_t)kx * (ptrdiff_t)in_stride;
-                            const __m512i q = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, x));
-                            sum = _mm512_add_epi32(sum,
-                                                   _mm512_mullo_epi32(_mm512_sub_epi32(q, zero_in), taps[ky * 3 + kx]));
-                        }
-                }
-                const __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), multiplier);
-                u8* y = out + ((size_t)oy * o->out_width + ox) * o->target_stride + o->target_offset + c0;
-                STORE_BYTES(y, mask, requantize_vector(t, low, high, zero));
-            }
+        for (int ox = 0; ox < Wo; ox++) {
+            const __m512i sum = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_maskz_loadu_ps(mask, sums + (size_t)ox * Cp + c0)), b);
+            const __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), multiplier);
+            STORE_BYTES(out + ox * out_stride + c0, mask, requantize_vector(t, low, high, zero));
         }
     }
 }
 #endif
 
-/* Output rows [oy_begin, oy_end) of a 3x3 depthwise conv (padding 1) on a uint8 map. */
-static void depthwise_int8(const DepthwiseOp* o, const u8* in, u8* out, const int32_t* weights,
-                           const int32_t* bias, const int32_t* input_zeros, Requant r, int oy_begin, int oy_end) {
+/* One map row of C channels (pixels ``in_stride`` bytes apart) as floats q - zero, Cp apart per pixel, the
+   lanes past the channels 0. */
+#if defined(__AVX512F__)
+VNNI static void centre_row_avx512(const u8* in, int W, size_t in_stride, int C, int Cp, const int32_t* zeros,
+                                   float* out) {
+    for (int c0 = 0; c0 < Cp; c0 += 16) {
+        const int lanes = C - c0 >= 16 ? 16 : C - c0 > 0 ? C - c0 : 0;
+        const __mmask16 mask = (__mmask16)((1u << lanes) - 1), store = Cp - c0 >= 16 ? 0xffff : 0xff;
+        const __m512i zero = _mm512_maskz_loadu_epi32(mask, zeros + c0);
+        for (int x = 0; x < W; x++) {
+            const __m512i q = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, in + x * in_stride + c0));
+            _mm512_mask_storeu_ps(out + (size_t)x * Cp + c0, store, _mm512_cvtepi32_ps(_mm512_sub_epi32(q, zero)));
+        }
+    }
+}
+#endif
+
+static void centre_row(const u8* in, int W, size_t in_stride, int C, int Cp, const int32_t* zeros, float* out) {
 #if defined(__AVX512F__)
     if (has_vnni()) {
-        depthwise_int8_avx512(o, in, out, weights, bias, input_zeros, r, oy_begin, oy_end);
+        centre_row_avx512(in, W, in_stride, C, Cp, zeros, out);
         return;
     }
 #endif
-    const int H = (int)o->height, W = (int)o->width, C = (int)o->channels, S = (int)o->stride;
-    const size_t in_stride = (size_t)o->source_stride;
-    int32_t sums[C];
-    for (int oy = oy_begin; oy < oy_end; oy++)
-        for (int ox = 0; ox < o->out_width; ox++) {
-            int ky0, ky1, kx0, kx1;
-            window_range(H, W, oy * S - 1, ox * S - 1, &ky0, &ky1, &kx0, &kx1);
-            for (int c = 0; c < C; c++) sums[c] = bias[c];
-            for (int ky = ky0; ky < ky1; ky++)
-                for (int kx = kx0; kx < kx1; kx++) {
-                    const u8* x = in + ((size_t)(oy * S - 1 + ky) * W + ox * S - 1 + kx) * in_stride;
-                    const int32_t* w = weights + (size_t)(ky * 3 + kx) * C;
-                    for (int c = 0; c < C; c++) sums[c] += ((int32_t)x[c] - input_zeros[c]) * w[c];
-                }
-            u8* y = out + ((size_t)oy * o->out_width + ox) * o->target_stride + o->target_offset;
-            for (int c = 0; c < C; c++) y[c] = requantize_one(r, c, (float)sums[c] * r.multipliers[c]);
+    for (int x = 0; x < W; x++)
+        for (int c = 0; c < C; c++) out[(size_t)x * Cp + c] = (float)((int32_t)in[x * in_stride + c] - zeros[c]);
+}
+
+/* A row of depthwise sums (exact integers held as floats, Cp apart per pixel) plus the integer bias,
+   requantized into ``out``. */
+static void requantize_row(const float* sums, int Wo, int Cp, int C, const int32_t* bias, Requant r, u8* out,
+                           size_t out_stride) {
+#if defined(__AVX512F__)
+    if (has_vnni()) {
+        requantize_row_avx512(sums, Wo, Cp, C, bias, r, out, out_stride);
+        return;
+    }
+#endif
+    for (int ox = 0; ox < Wo; ox++)
+        for (int c = 0; c < C; c++) {
+            const int32_t sum = (int32_t)sums[(size_t)ox * Cp + c] + bias[c];
+            out[ox * out_stride + c] = requantize_one(r, c, (float)sum * r.multipliers[c]);
         }
+}
+
+/* Output rows [oy_begin, oy_end) of a 3x3 depthwise conv (padding 1) on a uint8 map. Each input row the
+   windows reach becomes floats once (q - zero: small integers), in a ring of three rows as in
+   expand_depthwise; the float kernel (depthwise_row) sums them with the integer taps held as floats, which
+   is exact (every sum stays below 2^24); each output row is then requantized with the integer bias. */
+static void depthwise_int8(const DepthwiseOp* o, const u8* in, u8* out, const float* taps, const int32_t* bias,
+                           const int32_t* input_zeros, Requant r, int oy_begin, int oy_end) {
+    const int H = (int)o->height, W = (int)o->width, C = (int)o->channels, Cp = (C + 7) / 8 * 8;
+    const int Wo = (int)o->out_width;
+    const size_t row_floats = (size_t)W * Cp;
+    float ring[3 * row_floats + 16], sums[(size_t)Wo * Cp + 16], no_bias[Cp + 16];
+    memset(ring, 0, sizeof(ring)); /* the lanes past the channels stay 0 */
+    memset(no_bias, 0, sizeof(no_bias));
+    int held[3] = {-1, -1, -1};
+    for (int oy = oy_begin; oy < oy_end; oy++) {
+        int row_inside[3], rows[3];
+        window_lines(oy * (int)o->stride - 1, H, row_inside, rows);
+        for (int i = 0; i < 3; i++) {
+            const int y = rows[i], slot = y % 3;
+            if (held[slot] == y) continue;
+            centre_row(in + (size_t)y * W * o->source_stride, W, (size_t)o->source_stride, C, Cp, input_zeros,
+                       ring + slot * row_floats);
+            held[slot] = y;
+        }
+        depthwise_row(ring + (rows[0] % 3) * row_floats, ring + (rows[1] % 3) * row_floats,
+                      ring + (rows[2] % 3) * row_floats, row_inside, W, Cp, Cp, (int)o->stride, taps, no_bias, sums,
+                      Wo, Cp, ACT_NONE);
+        requantize_row(sums, Wo, Cp, C, bias, r, out + (size_t)oy * Wo * o->target_stride + o->target_offset,
+                       (size_t)o->target_stride);
+    }
 }
 
 #if defined(__AVX512F__)
@@ -436,12 +451,18 @@ static void pool_int8(const PoolOp* o, const u8* in, u8* out, const int32_t* inp
         }
 }
 
-/* Channels [c_begin, c_end) of the global average of a uint8 map. */
+/* Channels [c_begin, c_end) of the global average of a uint8 map (pixels outer: the channel loop
+   vectorises). */
 static void global_average_int8(const GlobalAverageOp* o, const u8* in, u8* out, const int32_t* input_zeros,
                                 Requant r, int c_begin, int c_end) {
+    int32_t sums[c_end - c_begin + 1];
+    for (int c = c_begin; c < c_end; c++) sums[c - c_begin] = 0;
+    for (int64_t p = 0; p < o->pixels; p++) {
+        const u8* x = in + p * o->source_stride;
+        for (int c = c_begin; c < c_end; c++) sums[c - c_begin] += x[c];
+    }
     for (int c = c_begin; c < c_end; c++) {
-        int32_t sum = 0;
-        for (int64_t p = 0; p < o->pixels; p++) sum += (int32_t)in[p * o->source_stride + c] - input_zeros[c];
+        const int32_t sum = sums[c - c_begin] - (int32_t)o->pixels * input_zeros[c];
         out[c] = requantize_one(r, c, (float)sum * r.multipliers[c]);
     }
 }
