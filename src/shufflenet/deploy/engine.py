@@ -875,6 +875,9 @@ class Engine:
         if kind == "pointwise":
             pixels = op.lines * op.line_length
             return f"pointwise {pixels} px, {op.groups} x ({op.k_per_group} -> {op.n_per_group})"
+        if kind == "pointwise_int8":
+            pixels = op.lines * op.line_length
+            return f"pointwise int8 {pixels} px, {op.groups} x ({4 * op.quads_per_group} -> {op.n_per_group})"
         if kind == "depthwise":
             return f"depthwise {op.height}x{op.width} px, {op.channels} ch, stride {op.stride}"
         if kind == "pool":
@@ -892,6 +895,8 @@ class Engine:
         kind, op = fields(self._ops[index])
         if kind == "pointwise":
             return op.lines * op.line_length * op.groups * op.k_per_group * op.n_per_group
+        if kind == "pointwise_int8":  # the 4-byte runs as read, unused bytes included
+            return op.lines * op.line_length * op.groups * 4 * op.quads_per_group * op.n_per_group
         if kind == "depthwise":
             return 9 * op.out_height * op.out_width * op.channels
         if kind == "expand_depthwise":

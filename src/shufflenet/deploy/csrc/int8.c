@@ -392,9 +392,11 @@ static void depthwise_int8(const DepthwiseOp* o, const u8* in, u8* out, const fl
 }
 
 #if defined(__AVX512F__)
-/* The 3x3 stride-2 max pool 32 channels at a time (ShuffleNet's stem pool). */
-VNNI static void max_pool_int8_avx512(const PoolOp* o, const u8* in, u8* out, int oy_begin, int oy_end) {
-    const int H = (int)o->height, W = (int)o->width, C = (int)o->channels;
+/* The 3x3 stride-2 pools 16 channels at a time: the max of the bytes (ShuffleNet's stem pool), or the
+   requantized sum of q - zero over the taps inside the map (ShuffleNet V1's shortcut). */
+VNNI static void pool_int8_avx512(const PoolOp* o, const u8* in, u8* out, const int32_t* input_zeros, Requant r,
+                                  int oy_begin, int oy_end) {
+    const int H = (int)o->height, W = (int)o->width, C = (int)o->channels, average = o->window != POOL_MAX_3X3;
     const ptrdiff_t pixel = (ptrdiff_t)o->source_stride, row = (ptrdiff_t)W * pixel;
     for (int oy = oy_begin; oy < oy_end; oy++)
         for (int ox = 0; ox < o->out_width; ox++) {
@@ -402,13 +404,35 @@ VNNI static void max_pool_int8_avx512(const PoolOp* o, const u8* in, u8* out, in
             window_range(H, W, 2 * oy - 1, 2 * ox - 1, &ky0, &ky1, &kx0, &kx1);
             const u8* corner = in + (ptrdiff_t)(2 * oy - 1) * row + (ptrdiff_t)(2 * ox - 1) * pixel;
             u8* y = out + ((size_t)oy * o->out_width + ox) * o->target_stride + o->target_offset;
-            for (int c0 = 0; c0 < C; c0 += 32) {
-                const __mmask32 mask = C - c0 >= 32 ? 0xffffffffu : (__mmask32)((1u << (C - c0)) - 1);
-                __m256i best = _mm256_setzero_si256();
+            const int taps = (ky1 - ky0) * (kx1 - kx0);
+            if (!average) { /* bytes, 32 channels at a time */
+                for (int c0 = 0; c0 < C; c0 += 32) {
+                    const __mmask32 mask = C - c0 >= 32 ? 0xffffffffu : (__mmask32)((1u << (C - c0)) - 1);
+                    __m256i best = _mm256_setzero_si256();
+                    for (int ky = ky0; ky < ky1; ky++)
+                        for (int kx = kx0; kx < kx1; kx++)
+                            best = _mm256_max_epu8(best, _mm256_maskz_loadu_epi8(mask, corner + ky * row + kx * pixel + c0));
+                    _mm256_mask_storeu_epi8(y + c0, mask, best);
+                }
+                continue;
+            }
+            for (int c0 = 0; c0 < C; c0 += 16) {
+                const __mmask16 mask = C - c0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - c0)) - 1);
+                __m512i acc = _mm512_setzero_si512();
                 for (int ky = ky0; ky < ky1; ky++)
-                    for (int kx = kx0; kx < kx1; kx++)
-                        best = _mm256_max_epu8(best, _mm256_maskz_loadu_epi8(mask, corner + ky * row + kx * pixel + c0));
-                _mm256_mask_storeu_epi8(y + c0, mask, best);
+                    for (int kx = kx0; kx < kx1; kx++) {
+                        const __m512i q = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, corner + ky * row + kx * pixel + c0));
+                        acc = _mm512_add_epi32(acc, q);
+                    }
+                {
+                    const __m512i zero_in = _mm512_maskz_loadu_epi32(mask, input_zeros + c0);
+                    acc = _mm512_sub_epi32(acc, _mm512_mullo_epi32(zero_in, _mm512_set1_epi32(taps)));
+                    const __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_maskz_loadu_ps(mask, r.multipliers + c0));
+                    acc = requantize_vector(t, _mm512_maskz_loadu_ps(mask, r.lows + c0),
+                                            _mm512_maskz_loadu_ps(mask, r.highs + c0),
+                                            _mm512_maskz_loadu_epi32(mask, r.zeros + c0));
+                }
+                STORE_BYTES(y + c0, mask, acc);
             }
         }
 }
@@ -420,8 +444,8 @@ static void pool_int8(const PoolOp* o, const u8* in, u8* out, const int32_t* inp
     const int H = (int)o->height, W = (int)o->width, C = (int)o->channels;
     const int two = o->window == POOL_AVERAGE_2X2, average = o->window != POOL_MAX_3X3;
 #if defined(__AVX512F__)
-    if (!average && has_vnni()) {
-        max_pool_int8_avx512(o, in, out, oy_begin, oy_end);
+    if (!two && has_vnni()) {
+        pool_int8_avx512(o, in, out, input_zeros, r, oy_begin, oy_end);
         return;
     }
 #endif
