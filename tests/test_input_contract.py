@@ -143,7 +143,7 @@ def test_evaluate_without_dataset_uses_the_contract_and_plots_into_the_run(run_c
     code, out, err = cli(capsys, "evaluate", "--checkpoint", run, "--data-dir", data)
     assert code == 0, err
     assert out.splitlines()[0] == FASHION_LINE.format(run / "model.json")
-    assert "| shufflenet_v2_x0_5 | fashion-mnist |      16 |" in out
+    assert "| shufflenet_v2_x0_5 | PyTorch | fashion-mnist |      16 |" in out
     assert "evaluate: 100%" in err  # the progress bar
     assert (run / "confusion_matrix.png").is_file()
     assert not (run.parent / "confusion_matrix.png").exists()
@@ -161,6 +161,46 @@ def test_evaluate_a_file_in_a_run_plots_beside_it(run_copy, capsys):
     assert summary["dataset"] == "fashion-mnist" and summary["input_size"] == [28, 28]
     assert summary["confusion_matrix_png"] == str(run / "confusion_matrix.png")
     assert (run / "confusion_matrix.png").is_file() and not (run.parent / "confusion_matrix.png").exists()
+
+
+def test_evaluate_on_the_engine_in_fp32_and_int8(run_copy, capsys):
+    """The engine reports what PyTorch reports in fp32; int8 is calibrated on the run's training images
+    and evaluated the same way."""
+    from shufflenet.deploy.engine import EngineUnavailable, load_library
+
+    try:
+        load_library()
+    except EngineUnavailable as error:
+        pytest.skip(f"the C engine cannot run here: {error}")
+    run, data = run_copy
+    results = {}
+    for runtime, precision in (("torch", "fp32"), ("engine", "fp32"), ("engine", "int8")):
+        code, out, err = cli(
+            capsys, "evaluate", "--checkpoint", run, "--data-dir", data, "--no-progress", "--format", "json",
+            "--runtime", runtime, "--precision", precision, "--calib-samples", "8",
+        )  # fmt: skip
+        assert code == 0, err
+        results[runtime, precision] = json.loads(out)
+    engine_int8 = results["engine", "int8"]
+    assert (engine_int8["runtime"], engine_int8["precision"], engine_int8["samples"]) == (
+        "engine",
+        "int8",
+        16,
+    )
+    torch_fp32, engine_fp32 = results["torch", "fp32"], results["engine", "fp32"]
+    assert engine_fp32["top1_err"] == torch_fp32["top1_err"]
+    assert abs(engine_fp32["loss"] - torch_fp32["loss"]) < 1e-4
+    assert abs(engine_int8["loss"] - engine_fp32["loss"]) < 0.1 * engine_fp32["loss"]
+    code, out, err = cli(capsys, "evaluate", "--checkpoint", run, "--data-dir", data, "--format", "table",
+                         "--runtime", "engine", "--precision", "int8", "--no-progress")  # fmt: skip
+    assert code == 0 and "| shufflenet_v2_x0_5 | engine int8 | fashion-mnist |      16 |" in out
+
+
+def test_evaluate_refuses_int8_off_the_engine(trained, capsys):
+    run, data = trained
+    code, _, err = cli(capsys, "evaluate", "--checkpoint", run, "--data-dir", data, "--precision", "int8")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--precision int8 runs on the engine: add --runtime engine" in err
 
 
 def test_evaluate_refuses_an_inconsistent_image_size(trained, capsys):
