@@ -15,7 +15,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -25,29 +24,11 @@ from shufflenet.data import build_dataset
 from shufflenet.data.transforms import trained_transforms
 from shufflenet.deploy.calibration import calibration_batches
 from shufflenet.deploy.engine import build_engine
-from shufflenet.deploy.lower import lower, run_program
-from shufflenet.deploy.quantize import run_quantized
+from shufflenet.deploy.quantize import operation_errors
 from shufflenet.train.checkpoint import load_input_contract
 from shufflenet.train.evaluate import load_for_evaluation
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def layer_errors(program, quantized, images: torch.Tensor) -> list[tuple[int, str, float]]:
-    """(operation, kind, rms error / rms value) of each operation's int8 output against float32."""
-    exact: dict[int, np.ndarray] = {}
-    run_program(program, images, lambda target, value: exact.setdefault(len(exact), value.numpy()))
-    rows = []
-
-    def compare(index: int, target, value: np.ndarray) -> None:
-        reference = exact[index]
-        scale = float(np.sqrt((reference**2).mean())) or 1.0
-        op = program.operations[index]
-        kind = getattr(op, "kind", type(op).__name__)
-        rows.append((index, str(kind), float(np.sqrt(((value - reference) ** 2).mean())) / scale))
-
-    run_quantized(quantized, images.numpy(), compare)
-    return rows
 
 
 def main() -> int:
@@ -84,8 +65,7 @@ def main() -> int:
                 correct[key] += int((values.argmax(1) == labels.numpy()).sum())
             agree += int((logits["int8"].argmax(1) == logits["fp32"].argmax(1)).sum())
             total += len(labels)
-        program = lower(model, (size, size))
-        errors = layer_errors(program, engines["int8"].plan.quantized, first)
+        errors = operation_errors(engines["int8"].plan.quantized, first)
         worst = sorted(errors, key=lambda row: -row[2])[:3]
         top1 = {key: 100 * value / total for key, value in correct.items()}
         rows.append(

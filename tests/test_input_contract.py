@@ -345,3 +345,32 @@ def test_export_of_a_trained_run_takes_real_28x28_inputs(trained, tmp_path, caps
         (logits,) = session.run(None, {graph_input.name: image[None].numpy()})
         with torch.no_grad():
             np.testing.assert_allclose(logits, model(image[None]).numpy(), atol=1e-4)
+
+
+def test_export_to_the_engine_writes_a_verified_plan_with_its_contract(trained, tmp_path, capsys):
+    """fp32: the saved plan, loaded back, agrees with eager within 1e-4; int8: calibrated on the run's data,
+    judged by accuracy, each operation's error reported; the input contract beside each plan."""
+    from shufflenet.deploy.engine import EngineUnavailable, Plan, load_library
+
+    try:
+        load_library()
+    except EngineUnavailable as error:
+        pytest.skip(f"the C engine cannot run here: {error}")
+    run, data = trained
+    weights = run / "model.safetensors"
+    code, out, err = cli(capsys, "export", weights, "--format", "engine", "--output", tmp_path / "fm.plan")
+    assert code == 0, err
+    assert out.rstrip().endswith("verified") and "wrote " + str(tmp_path / "fm.plan") + " + fm.json" in out
+    code, out, err = cli(
+        capsys, "export", weights, "--format", "engine", "--precision", "int8", "--calib", "fashion-mnist",
+        "--data-dir", data, "--calib-samples", "8", "--output", tmp_path / "fm.int8.plan",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "int8 error per operation" in out and "int8: judged by accuracy" in out
+    sidecar = json.loads((tmp_path / "fm.int8.json").read_text())
+    assert sidecar["precision"] == "int8" and sidecar["model"] == "shufflenet_v2_x0_5"
+    assert sidecar["input"]["dataset"] == "fashion-mnist" and sidecar["input"]["image_size"] == [28, 28]
+    plan = Plan.load(tmp_path / "fm.int8.plan")
+    assert plan.input_shape == (1, 28, 28)
+    code, _, err = cli(capsys, "export", weights, "--format", "engine", "--int8", "--precision", "fp32")
+    assert code == 2 and "contradict each other" in err

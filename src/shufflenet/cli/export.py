@@ -20,7 +20,8 @@ DESCRIPTION = (
     "the eager model on random inputs (and real ones with --calib): fp32 must agree within 1e-4. "
     "Trained weights are exported at the input size their model.json (or checkpoint) records. "
     "Prints the difference and the latency of both. --int8 quantizes with ONNX Runtime static "
-    "quantization calibrated on --calib and reports the accuracy change instead."
+    "quantization (--format engine: the engine's own, with each operation's int8 error) calibrated on "
+    "--calib and reports the accuracy change instead."
 )
 
 
@@ -28,8 +29,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "target", help="registered model name (random weights), checkpoint.pt or model.safetensors"
     )
-    parser.add_argument("--format", choices=("onnx", "openvino", "pt2"), default="onnx")
-    parser.add_argument("--output", help="file to write (default: exports/NAME.{onnx,xml,pt2})")
+    parser.add_argument(
+        "--format",
+        choices=("onnx", "openvino", "pt2", "engine"),
+        default="onnx",
+        help="engine: the C engine's plan for this CPU (runs in csrc/runner.c), with the input contract as "
+        "JSON beside it (default: onnx)",
+    )
+    parser.add_argument("--output", help="file to write (default: exports/NAME.{onnx,xml,pt2,plan})")
     add_model_options(
         parser,
         input_size=None,
@@ -37,7 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         example="--set layout=torchvision",
     )
     parser.add_argument("--no-optimize", action="store_true", help="export the plain graph (no folding)")
-    parser.add_argument("--int8", action="store_true", help="static int8 quantization (onnx, openvino)")
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="int8: ONNX Runtime static quantization (onnx, openvino) or the engine's own (engine)",
+    )
+    parser.add_argument(
+        "--precision", choices=("fp32", "int8"), help="the same as --int8 for int8 (default: fp32)"
+    )
     parser.add_argument(
         "--calib",
         choices=tuple(DATASETS),
@@ -97,6 +111,10 @@ def run(args: argparse.Namespace) -> int:
     from shufflenet.deploy.calibration import export_data
     from shufflenet.deploy.export import ExportError, export_model
 
+    if args.precision == "int8":
+        args.int8 = True
+    elif args.precision == "fp32" and args.int8:
+        raise CliError("--int8 and --precision fp32 contradict each other; drop one")
     model, name, contract = export_target(args)
     input_size = input_size_for(args, contract)
     data = None
@@ -127,6 +145,11 @@ def run(args: argparse.Namespace) -> int:
             calibration=data.calibration if data else [],
             accuracy_data=data.accuracy_data if measure_accuracy else None,
             threads=args.threads,
+            metadata={
+                "model": name,
+                "precision": "int8" if args.int8 else "fp32",
+                "input": None if contract is None else contract.to_dict(),
+            },
         )
     except ExportError as error:
         print(f"shufflenet export: error: {error}", file=sys.stderr)

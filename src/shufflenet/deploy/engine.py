@@ -48,10 +48,13 @@ from torch import nn
 
 from shufflenet._system import atomic_write, cache_dir, cpu_info, usable_cores
 from shufflenet.deploy.engine_abi import (
+    ABI_VERSION,
     ACTIVATIONS,
     HEADER,
+    PLAN_MAGIC,
     POOL_WINDOWS,
     Op,
+    PlanFile,
     check_library,
     fields,
     make_op,
@@ -827,6 +830,52 @@ class Plan:
         ]
         data = b"".join(parts)
         atomic_write(Path(path), lambda handle: handle.write(data))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Plan:
+        """A plan written by :meth:`save` (its quantized program is not kept: the plan alone runs). Raises
+        ValueError for a file that is not a plan of this engine version."""
+        data = Path(path).read_bytes()
+        header = (
+            PlanFile.from_buffer_copy(data[: ctypes.sizeof(PlanFile)])
+            if len(data) >= ctypes.sizeof(PlanFile)
+            else None
+        )
+        if header is None or header.magic != PLAN_MAGIC:
+            raise ValueError(f"{path} is not an engine plan")
+        if header.abi != ABI_VERSION or header.op_size != ctypes.sizeof(Op):
+            raise ValueError(f"{path} is a plan of another engine version: plan it again with this package")
+        offset = ctypes.sizeof(PlanFile)
+
+        def take(dtype: type, count: int) -> np.ndarray:
+            nonlocal offset
+            size = np.dtype(dtype).itemsize * count
+            if offset + size > len(data):
+                raise ValueError(f"{path} is truncated")
+            values = np.frombuffer(data, dtype, count, offset).copy()
+            offset += size
+            return values
+
+        buffer_floats = take(np.int64, header.buffers)
+        positions = take(np.int64, header.outputs)
+        op_bytes = ctypes.sizeof(Op) * header.ops
+        ops = list((Op * header.ops).from_buffer_copy(data[offset : offset + op_bytes]))
+        offset += op_bytes
+        floats = _aligned_floats(header.floats)
+        floats[:] = take(np.float32, header.floats)
+        ints = take(np.int32, header.ints)
+        if offset != len(data):
+            raise ValueError(f"{path} is truncated or corrupt")
+        return cls(
+            lanes=header.lanes,
+            ops=ops,
+            floats=floats,
+            ints=ints,
+            buffer_floats=[int(size) for size in buffer_floats],
+            input_buffer=header.input_buffer,
+            input_shape=(header.input_channels, header.input_height, header.input_width),
+            output=_Feature(header.output_buffer, 1, 1, 0, [int(p) for p in positions]),
+        )
 
 
 class Engine:

@@ -3,6 +3,7 @@ the written file and compared with the eager model on random and real inputs."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -17,14 +18,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from shufflenet._system import torch_threads
+from shufflenet.deploy.engine import Engine, Plan, load_library, plan_engine
 from shufflenet.deploy.errors import require_package
 from shufflenet.deploy.optimize import optimize
+from shufflenet.deploy.quantize import operation_errors
 from shufflenet.deploy.runtimes import export_onnx, openvino_runner, ort_runner, quantize_onnx_int8
 from shufflenet.deploy.timing import median_seconds
 
-FORMATS = ("onnx", "openvino", "pt2")
-Format = Literal["onnx", "openvino", "pt2"]
-SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "pt2": ".pt2"}
+FORMATS = ("onnx", "openvino", "pt2", "engine")
+Format = Literal["onnx", "openvino", "pt2", "engine"]
+SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "pt2": ".pt2", "engine": ".plan"}
 FP32_TOLERANCE = 1e-4
 
 
@@ -46,6 +49,8 @@ class ExportReport:
     tolerance: float | None
     extra_files: list[Path] = field(default_factory=list)
     accuracy: dict[str, float] | None = None
+    layer_errors: list[tuple[int, str, float]] = field(default_factory=list)
+    """An int8 engine plan's operations with their int8 error (rms error over rms value) on real inputs."""
 
     @property
     def passed(self) -> bool:
@@ -69,6 +74,13 @@ class ExportReport:
             lines.append(
                 "accuracy: " + ", ".join(f"{key} {value:.2f}%" for key, value in self.accuracy.items())
             )
+        if self.layer_errors:
+            worst = sorted(self.layer_errors, key=lambda row: -row[2])[:3]
+            lines.append(
+                f"int8 error per operation (rms error / rms, {len(self.layer_errors)} operations): logits "
+                f"{self.layer_errors[-1][2]:.3f}; worst "
+                + ", ".join(f"#{index} {what} {error:.3f}" for index, what, error in worst)
+            )
         if self.tolerance is None and self.accuracy:
             change = self.accuracy["exported top-1"] - self.accuracy["eager top-1"]
             lines.append(f"int8: judged by accuracy, change {change:+.2f} points")
@@ -89,6 +101,8 @@ def _atomic_move(source: Path, target: Path) -> None:
 
 
 def _load_runner(path: Path, fmt: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    if fmt == "engine":
+        return Engine(load_library(), Plan.load(path), threads=threads)
     if fmt == "onnx":
         return ort_runner(path, threads)
     if fmt == "openvino":
@@ -100,6 +114,36 @@ def _load_runner(path: Path, fmt: str, threads: int) -> Callable[[np.ndarray], n
             return program(torch.from_numpy(batch)).numpy()
 
     return run
+
+
+def _write_plan(
+    model: nn.Module,
+    input_size: tuple[int, int],
+    folder: Path,
+    int8: bool,
+    calibration: Sequence[np.ndarray],
+    real_inputs: torch.Tensor | None,
+    metadata: dict | None,
+) -> tuple[list[Path], list[tuple[int, str, float]]]:
+    """The engine's plan of ``model`` for this CPU's build, in ``folder`` (and ``metadata`` as JSON beside
+    it); with ``int8``, each operation's int8 error on ``real_inputs``."""
+    plan = plan_engine(
+        model,
+        input_size,
+        lanes=load_library().shufflenet_engine_lanes(),
+        precision="int8" if int8 else "fp32",
+        calibration=calibration if int8 else None,
+    )
+    path = folder / "model.plan"
+    plan.save(path)
+    files = [path]
+    if metadata is not None:
+        files.append(folder / "model.json")
+        files[-1].write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+    errors: list[tuple[int, str, float]] = []
+    if int8 and real_inputs is not None and plan.quantized is not None:
+        errors = operation_errors(plan.quantized, real_inputs.float())
+    return files, errors
 
 
 def _write(graph: nn.Module, example: torch.Tensor, fmt: str, folder: Path) -> list[Path]:
@@ -135,18 +179,22 @@ def export_model(
     threads: int = 1,
     latency_repeats: int = 30,
     tolerance: float = FP32_TOLERANCE,
+    metadata: dict | None = None,
 ) -> ExportReport:
     """Export ``model``'s deploy graph (:func:`optimize`; the plain model with ``optimize_graph=False``)
     to ``output`` in ``fmt``, then load the written artifact and compare it with eager ``model`` on random
     inputs and on ``real_inputs`` when given. fp32 exports must agree within ``tolerance``; ``int8``
     (ONNX/OpenVINO; ONNX Runtime static quantization on ``calibration`` batches) is reported, not bound
     by it; ``accuracy_data`` (a labelled dataset) adds the top-1 accuracy of eager and exported models.
+    ``engine``: the C engine's plan for this CPU's build (:meth:`Plan.save`; ``int8``: the engine's own
+    quantization, calibrated on ``calibration``, with each operation's int8 error on ``real_inputs`` in
+    the report), with ``metadata`` (e.g. the input contract) beside it as ``<output>.json``.
     Files appear only once written completely and verified (staged in a temporary folder, then renamed); a
     failed verification raises :class:`ExportError` and leaves any existing file untouched."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     if int8 and fmt == "pt2":
-        raise ValueError("--int8 applies to onnx and openvino exports (ONNX Runtime static quantization)")
+        raise ValueError("--int8 applies to onnx, openvino and engine exports")
     if int8 and not calibration:
         raise ValueError("int8 export needs calibration batches (--calib DATASET)")
     output = Path(output)
@@ -161,8 +209,13 @@ def export_model(
         with tempfile.TemporaryDirectory() as workdir:
             folder = Path(workdir)
             try:
-                files = _write(graph, example, "onnx" if int8 else fmt, folder)
-                if int8:
+                if fmt == "engine":
+                    files, layer_errors = _write_plan(
+                        model, input_size, folder, int8, calibration, real_inputs, metadata
+                    )
+                else:
+                    files = _write(graph, example, "onnx" if int8 else fmt, folder)
+                if int8 and fmt != "engine":
                     files = [quantize_onnx_int8(files[0], calibration, folder)]
                     if fmt == "openvino":
                         ov = require_package("openvino", "openvino")
@@ -219,6 +272,7 @@ def export_model(
             tolerance=None if int8 else tolerance,
             extra_files=targets[1:],
             accuracy=accuracy,
+            layer_errors=layer_errors if fmt == "engine" else [],
         )
 
 
