@@ -1371,6 +1371,19 @@ def _describe(op: Operation) -> str:
     return {"SqueezeExcite": "squeeze-excite units"}.get(type(op).__name__, f"{type(op).__name__} operations")
 
 
+def _check_zero_borders(quantized: QuantizedProgram, place: _Placement, op: Operation) -> None:
+    """In an int8 plan, the maps read through a border (a shift's input, a dense 3x3 conv's input copied into
+    a bordered buffer) must have zero points 0: the borders hold 0 bytes, which stand for 0 only there.
+    Those maps follow a ReLU in the registered families."""
+    dense = isinstance(op, Conv) and op.kind == "conv" and op.source.map != 0
+    bordered = op.source.map in place.margins or dense
+    if bordered and quantized.maps[op.source.map].take(op.source.channels).zero.any():
+        raise EngineUnavailable(
+            f"int8 plans read {_describe(op)} through a zero border, which needs an input that is never "
+            "negative (after a ReLU); plan this model in fp32"
+        )
+
+
 def _plan(planner: _Planner, program: Program, fuse_map_bytes: int) -> _Feature:
     """Engine operations for ``program`` (:func:`shufflenet.deploy.lower.lower`), its maps placed so that
     the 1x1 convs whose maps take ``fuse_map_bytes`` can run row by row with the depthwise conv after
@@ -1384,10 +1397,9 @@ def _plan(planner: _Planner, program: Program, fuse_map_bytes: int) -> _Feature:
     for index, op in enumerate(program.operations):
         if planner.quantized is not None:
             planner.current = _op_integers(planner.quantized, op, index)
-            if isinstance(op, (Shift, SqueezeExcite)) or (
-                isinstance(op, Conv) and op.kind == "conv" and op.source.map != 0
-            ):
+            if isinstance(op, SqueezeExcite):
                 raise EngineUnavailable(f"int8 plans do not cover {_describe(op)} yet; plan in fp32")
+            _check_zero_borders(planner.quantized, place, op)
         if isinstance(op, Conv) and op.source.map == 0:
             if index != 0 or op.kind != "conv" or op.weight.shape[2:] != (3, 3) or op.padding != 1:
                 raise EngineUnavailable("the engine reads the image with one 3x3 conv (padding 1) first")
