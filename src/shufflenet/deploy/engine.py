@@ -79,6 +79,7 @@ from shufflenet.deploy.quantize import (
     ChannelParams,
     QuantizedConv,
     QuantizedProgram,
+    QuantizedSqueeze,
     Requantize,
     quantize_model_program,
 )
@@ -771,7 +772,7 @@ class _OpIntegers:
     """What an int8 plan needs of the operation being placed (:mod:`shufflenet.deploy.quantize`): its
     integer parameters and the channel parameters of what it reads, per channel read."""
 
-    integer: QuantizedConv | Requantize | None
+    integer: QuantizedConv | QuantizedSqueeze | Requantize | None
     source: ChannelParams
     residual: ChannelParams | None
 
@@ -1319,9 +1320,15 @@ def _squeeze_excite(planner: _Planner, place: _Placement, op: SqueezeExcite, ind
     if not _contiguous(source):
         raise EngineUnavailable("squeeze-excite reads its channels in order")
     residual = place.residual(op)
+    outer = planner.current
+    squeeze = None if outer is None else outer.integer
+    if isinstance(squeeze, QuantizedSqueeze):  # int8: each step with its own integers
+        planner.current = _OpIntegers(squeeze.pool, outer.source, None)
     pooled = planner.buffer("se-pooled", source.stride)
     planner.global_average(source, pooled)
     squeezed = _Feature(pooled, 1, 1, source.stride, source.positions)
+    if isinstance(squeeze, QuantizedSqueeze):
+        planner.current = _OpIntegers(squeeze.reduce, outer.source, None)
     hidden = planner.pointwise(
         squeezed,
         op.reduce_weight[:, :, None, None],
@@ -1330,6 +1337,8 @@ def _squeeze_excite(planner: _Planner, place: _Placement, op: SqueezeExcite, ind
         activation=ACTIVATIONS["relu"],
         role="se-hidden",
     )
+    if isinstance(squeeze, QuantizedSqueeze):
+        planner.current = _OpIntegers(squeeze.expand, squeeze.hidden, None)
     gate = planner.pointwise(
         hidden,
         op.expand_weight[:, :, None, None],
@@ -1354,7 +1363,33 @@ def _squeeze_excite(planner: _Planner, place: _Placement, op: SqueezeExcite, ind
         residual_offset=0 if residual is None else residual.positions[0],
         residual_stride=0 if residual is None else residual.stride,
         activation=_activation_code(op.activation),
+        **_scale_integers(planner, squeeze, outer, residual),
     )
+    planner.current = outer
+
+
+def _scale_integers(
+    planner: _Planner, squeeze: QuantizedSqueeze | None, outer: _OpIntegers | None, residual: _Feature | None
+) -> dict:
+    """The scale operation's int8 fields (unused, empty, in a float plan)."""
+    if not isinstance(squeeze, QuantizedSqueeze):
+        no_ints, no_floats = planner.add_ints([0]), planner.add_floats(np.zeros(1))
+        return planner._no_integers() | {
+            "residual_multipliers": no_floats,
+            "residual_zeros": no_ints,
+            "gate_table": no_floats,
+        }
+    scale = squeeze.scale
+    residual_zeros = outer.residual.zero if residual is not None else np.zeros(1, np.int32)
+    residual_multipliers = scale.residual_multiplier if residual is not None else np.zeros(1, np.float32)
+    return {
+        "value_bytes": 1,
+        "input_zeros": planner.add_ints(outer.source.zero),
+        **planner._requantize(scale),
+        "residual_multipliers": planner.add_floats(residual_multipliers),
+        "residual_zeros": planner.add_ints(residual_zeros),
+        "gate_table": planner.add_floats(squeeze.gate_table),
+    }
 
 
 def _strided_1x1(op: Conv) -> bool:
@@ -1397,8 +1432,6 @@ def _plan(planner: _Planner, program: Program, fuse_map_bytes: int) -> _Feature:
     for index, op in enumerate(program.operations):
         if planner.quantized is not None:
             planner.current = _op_integers(planner.quantized, op, index)
-            if isinstance(op, SqueezeExcite):
-                raise EngineUnavailable(f"int8 plans do not cover {_describe(op)} yet; plan in fp32")
             _check_zero_borders(planner.quantized, place, op)
         if isinstance(op, Conv) and op.source.map == 0:
             if index != 0 or op.kind != "conv" or op.weight.shape[2:] != (3, 3) or op.padding != 1:

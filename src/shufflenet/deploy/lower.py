@@ -597,10 +597,12 @@ def run_program(
     program: Program,
     batch: torch.Tensor,
     observe: Callable[[Write, torch.Tensor], None] | None = None,
+    observe_squeeze: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Run ``program`` on an NCHW float32 ``batch`` in PyTorch, operation by operation: the reference
     that backends are checked against. Returns the output map (N x C for a classifier). ``observe``, if
-    given, sees every operation's output and where it goes (calibration records the ranges)."""
+    given, sees every operation's output and where it goes (calibration records the ranges);
+    ``observe_squeeze`` a squeeze-excite's index, hidden values and gate logits."""
     maps: dict[int, torch.Tensor] = {0: batch.float()}
 
     def read(source: Read) -> torch.Tensor:
@@ -617,7 +619,7 @@ def run_program(
     def epilogue(value: torch.Tensor, residual: Read | None, activation: Activation) -> torch.Tensor:
         return _act(value if residual is None else value + read(residual), activation)
 
-    for op in program.operations:
+    for index, op in enumerate(program.operations):
         x = read(op.source)
         if isinstance(op, Conv):
             weight, bias = torch.from_numpy(op.weight), torch.from_numpy(op.bias)
@@ -644,9 +646,10 @@ def run_program(
             hidden = F.relu(
                 squeezed @ torch.from_numpy(op.reduce_weight).T + torch.from_numpy(op.reduce_bias)
             )
-            gate = torch.sigmoid(
-                hidden @ torch.from_numpy(op.expand_weight).T + torch.from_numpy(op.expand_bias)
-            )
+            logits = hidden @ torch.from_numpy(op.expand_weight).T + torch.from_numpy(op.expand_bias)
+            if observe_squeeze is not None:
+                observe_squeeze(index, hidden, logits)
+            gate = torch.sigmoid(logits)
             out = epilogue(x * gate[:, :, None, None], op.residual, op.activation)
         elif isinstance(op, Copy):
             out = x

@@ -34,6 +34,7 @@ from shufflenet.deploy.lower import (
     Program,
     Read,
     Shift,
+    SqueezeExcite,
     Write,
     run_program,
 )
@@ -78,6 +79,22 @@ class QuantizedConv:
     real_output: bool  # the classifier: logits in real units, not bytes
 
 
+@dataclass(frozen=True)
+class QuantizedSqueeze:
+    """A squeeze-excite in integers: the channel means on the input's grid (``pool``), the two small convs
+    to uint8 hidden values and to uint8 gate logits (one grid for every channel), the sigmoid of each logit
+    byte (``gate_table``), then each output t = float(q - zero_in) * (gate * multiplier[c]) (+ the
+    residual), requantized as a conv's (``scale``)."""
+
+    pool: Requantize
+    reduce: QuantizedConv
+    expand: QuantizedConv
+    hidden: ChannelParams
+    logits: ChannelParams
+    gate_table: np.ndarray  # float32 (256,)
+    scale: Requantize
+
+
 @dataclass
 class QuantizedProgram:
     """A program with every map's channel parameters and every operation's integer parameters
@@ -86,10 +103,19 @@ class QuantizedProgram:
 
     program: Program
     maps: list[ChannelParams]
-    operations: list[QuantizedConv | Requantize | None]
+    operations: list[QuantizedConv | QuantizedSqueeze | Requantize | None]
 
 
-Ranges = list[tuple[np.ndarray, np.ndarray]]
+@dataclass
+class Ranges:
+    """What calibration measured: each map's per-channel (minimum, maximum), and for each squeeze-excite
+    (by operation index) the ranges of its hidden values (per channel) and of its gate logits (one)."""
+
+    maps: list[tuple[np.ndarray, np.ndarray]]
+    squeeze: dict[int, tuple[np.ndarray, np.ndarray, float, float]]
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.maps[index]
 
 
 @torch.no_grad()
@@ -101,21 +127,33 @@ def calibrate(program: Program, images: Iterable[torch.Tensor | np.ndarray]) -> 
         for m in program.maps
     ]
 
+    squeeze: dict[int, tuple[np.ndarray, np.ndarray, float, float]] = {}
+
     def observe(target: Write, value: torch.Tensor) -> None:
         low, high = ranges[target.map]
         span = slice(target.offset, target.offset + value.shape[1])
         low[span] = np.minimum(low[span], value.amin((0, 2, 3)).double().numpy())
         high[span] = np.maximum(high[span], value.amax((0, 2, 3)).double().numpy())
 
+    def observe_squeeze(index: int, hidden: torch.Tensor, logits: torch.Tensor) -> None:
+        low, high = hidden.amin(0).double().numpy(), hidden.amax(0).double().numpy()
+        if index in squeeze:
+            seen_low, seen_high, logit_low, logit_high = squeeze[index]
+            low, high = np.minimum(low, seen_low), np.maximum(high, seen_high)
+        else:
+            logit_low, logit_high = np.inf, -np.inf
+        logit_low, logit_high = min(logit_low, float(logits.min())), max(logit_high, float(logits.max()))
+        squeeze[index] = (low, high, logit_low, logit_high)
+
     seen = False
     for batch in images:
         batch = torch.as_tensor(batch).float()
         observe(Write(0), batch)
-        run_program(program, batch, observe)
+        run_program(program, batch, observe, observe_squeeze)
         seen = True
     if not seen:
         raise ValueError("calibration needs at least one batch of images")
-    return ranges
+    return Ranges(ranges, squeeze)
 
 
 def _params_from_range(low: np.ndarray, high: np.ndarray) -> ChannelParams:
@@ -177,6 +215,42 @@ def _scaled_sum(source: ChannelParams, out: ChannelParams, count: int, activatio
     return Requantize(multiplier, low, high, out.zero)
 
 
+def _quantize_squeeze(
+    op: SqueezeExcite,
+    source: ChannelParams,
+    out: ChannelParams,
+    residual: ChannelParams | None,
+    pixels: int,
+    ranges: tuple[np.ndarray, np.ndarray, float, float],
+) -> QuantizedSqueeze:
+    """The integer squeeze-excite (:class:`QuantizedSqueeze`): the means keep the input's grid."""
+    hidden_low, hidden_high, logit_low, logit_high = ranges
+    hidden = _params_from_range(hidden_low, hidden_high)
+    one = _params_from_range(np.array([logit_low]), np.array([logit_high]))
+    channels = source.scale.size
+    logits = ChannelParams(np.repeat(one.scale, channels), np.repeat(one.zero, channels))
+
+    def conv(weight: np.ndarray, bias: np.ndarray, activation: Activation) -> Conv:
+        return Conv(Read(0, ()), Write(0), weight[:, :, None, None], bias, activation=activation)
+
+    reduce = _quantize_conv(conv(op.reduce_weight, op.reduce_bias, "relu"), source, hidden, None)
+    expand = _quantize_conv(conv(op.expand_weight, op.expand_bias, "none"), hidden, logits, None)
+    steps = one.scale.astype(np.float64)[0] * (np.arange(QMAX + 1) - one.zero[0])
+    table = (1.0 / (1.0 + np.exp(-steps))).astype(np.float32)
+    low, high = _bounds(out, op.activation)
+    out_scale = out.scale.astype(np.float64)
+    scale = Requantize(
+        (source.scale / out_scale).astype(np.float32),
+        low,
+        high,
+        out.zero,
+        None if residual is None else (residual.scale / out_scale).astype(np.float32),
+    )
+    return QuantizedSqueeze(
+        _scaled_sum(source, source, pixels, "none"), reduce, expand, hidden, logits, table, scale
+    )
+
+
 def quantize(program: Program, ranges: Ranges) -> QuantizedProgram:
     """``program`` in int8 with the map ranges of :func:`calibrate`. Raises :class:`QuantizationError` for
     operations int8 does not cover."""
@@ -193,8 +267,8 @@ def quantize(program: Program, ranges: Ranges) -> QuantizedProgram:
         scales[target.map][span], zeros[target.map][span] = value.scale, value.zero
 
     place(Write(0), _params_from_range(*ranges[0]))
-    integers: list[QuantizedConv | Requantize | None] = []
-    for op in program.operations:
+    integers: list[QuantizedConv | QuantizedSqueeze | Requantize | None] = []
+    for index, op in enumerate(program.operations):
         source = params(op.source)
         width = len(op.source.channels) if not isinstance(op, Conv) else op.weight.shape[0]
         low, high = ranges[op.target.map]
@@ -218,6 +292,13 @@ def quantize(program: Program, ranges: Ranges) -> QuantizedProgram:
         elif isinstance(op, GlobalAverage):
             height, width_ = program.size(op.source)
             integers.append(_scaled_sum(source, measured, height * width_, "none"))
+            out = measured
+        elif isinstance(op, SqueezeExcite):
+            residual = None if op.residual is None else params(op.residual)
+            height, width_ = program.size(op.source)
+            integers.append(
+                _quantize_squeeze(op, source, measured, residual, height * width_, ranges.squeeze[index])
+            )
             out = measured
         else:
             raise QuantizationError(f"int8 does not cover {type(op).__name__} operations yet")
@@ -243,6 +324,14 @@ def _finish(t: np.ndarray, requantize: Requantize, real: bool) -> np.ndarray:
     if real:
         return t
     return np.rint(t).astype(np.int32) + requantize.zero[None, :, None, None]
+
+
+def _dense_int8(centred: np.ndarray, conv: QuantizedConv) -> np.ndarray:
+    """A squeeze-excite's small conv on (N, K) centred integers: uint8 outputs (N, N_out)."""
+    weight = conv.weight[:, :, 0, 0].astype(np.float64)
+    acc = centred.astype(np.float64) @ weight.T + conv.bias.astype(np.float64)
+    t = acc.astype(np.float32)[:, :, None, None] * _per_channel(conv.requantize.multiplier)
+    return _finish(t, conv.requantize, False)[:, :, 0, 0]
 
 
 def integer_real(integer: QuantizedConv | Requantize | None) -> bool:
@@ -326,6 +415,23 @@ def run_quantized(
             out = moved + torch.from_numpy(_per_channel(zero).astype(np.float64))
         elif isinstance(op, Copy):
             out = read(op.source)
+        elif isinstance(op, SqueezeExcite):
+            assert isinstance(integer, QuantizedSqueeze)
+            x = centred(op.source)
+            pooled = _finish(
+                x.sum((2, 3), keepdim=True).numpy().astype(np.float32)
+                * _per_channel(integer.pool.multiplier),
+                integer.pool,
+                False,
+            )
+            hidden = _dense_int8(pooled[:, :, 0, 0] - integer.pool.zero, integer.reduce)
+            logits = _dense_int8(hidden - integer.hidden.zero, integer.expand)
+            factor = integer.gate_table[logits] * integer.scale.multiplier[None, :]
+            t = x.numpy().astype(np.float32) * factor[:, :, None, None]
+            if op.residual is not None:
+                residual = centred(op.residual).numpy().astype(np.float32)
+                t = t + residual * _per_channel(integer.scale.residual_multiplier)
+            out = _finish(t, integer.scale, False)
         else:
             raise QuantizationError(f"int8 does not cover {type(op).__name__} operations yet")
         write(op.target, out)

@@ -689,6 +689,13 @@ static void run_share(const Op* op, float* const* buffers, const float* floats, 
     case OP_SCALE: {
         const ScaleOp* o = &op->as.scale;
         share((int)o->pixels, 1, t, T, &begin, &end);
+        if (o->value_bytes == 1) {
+            scale_channels_int8(o, (const uint8_t*)buffers[o->source] + o->source_offset, (const uint8_t*)buffers[o->gate],
+                                (uint8_t*)buffers[o->target] + o->target_offset,
+                                o->residual >= 0 ? (const uint8_t*)buffers[o->residual] + o->residual_offset : 0, floats,
+                                ints, begin, end);
+            break;
+        }
         scale_channels(buffers[o->source] + o->source_offset, (int)o->source_stride, (int)o->channels,
                        buffers[o->gate], buffers[o->target] + o->target_offset, (int)o->target_stride,
                        o->residual >= 0 ? buffers[o->residual] + o->residual_offset : 0, (int)o->residual_stride,

@@ -150,7 +150,10 @@ typedef struct {
     int64_t zeros;
 } GlobalAverageOp;
 
-/* The gate buffer holds ``channels`` logits; they become sigmoids in place. */
+/* The gate buffer holds ``channels`` logits; they become sigmoids in place. With ``value_bytes`` 1, on uint8
+   maps (quantize.py's QuantizedSqueeze): the gate buffer holds logit bytes, gate_table (256 floats) their
+   sigmoids, and out = requantized float(q - input_zeros[c]) * (gate * multipliers[c]) (+ the residual's
+   float(q - residual_zeros[c]) * residual_multipliers[c]). */
 typedef struct {
     int64_t source;
     int64_t source_offset;
@@ -165,6 +168,15 @@ typedef struct {
     int64_t residual_offset;
     int64_t residual_stride;
     int64_t activation;
+    int64_t value_bytes;
+    int64_t input_zeros;
+    int64_t multipliers;
+    int64_t lows;
+    int64_t highs;
+    int64_t zeros;
+    int64_t residual_multipliers;
+    int64_t residual_zeros;
+    int64_t gate_table;
 } ScaleOp;
 
 /* out[p, target_offset + c] = in[line_starts[l] + i * step + index[c]] for pixel i of line l: the

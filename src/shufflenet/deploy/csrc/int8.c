@@ -491,6 +491,29 @@ static void global_average_int8(const GlobalAverageOp* o, const u8* in, u8* out,
     }
 }
 
+/* Pixels [p_begin, p_end) of a squeeze-excite's scaling on uint8 maps (ScaleOp with value_bytes 1). */
+static void scale_channels_int8(const ScaleOp* o, const u8* in, const u8* logits, u8* out, const u8* res,
+                                const float* floats, const int32_t* ints, int p_begin, int p_end) {
+    const int C = (int)o->channels;
+    const Requant r = requant_of(floats, ints, o->multipliers, o->lows, o->highs, o->zeros);
+    const float *table = floats + o->gate_table, *residual_multipliers = floats + o->residual_multipliers;
+    const int32_t *input_zeros = ints + o->input_zeros, *residual_zeros = ints + o->residual_zeros;
+    float factor[C];
+    for (int c = 0; c < C; c++) factor[c] = table[logits[c]] * r.multipliers[c];
+    for (int p = p_begin; p < p_end; p++) {
+        const u8* x = in + (size_t)p * o->source_stride;
+        u8* y = out + (size_t)p * o->target_stride;
+        for (int c = 0; c < C; c++) {
+            float t = (float)((int32_t)x[c] - input_zeros[c]) * factor[c];
+            if (res) {
+                const int32_t q = res[(size_t)p * o->residual_stride + c];
+                t = t + (float)(q - residual_zeros[c]) * residual_multipliers[c];
+            }
+            y[c] = requantize_one(r, c, t);
+        }
+    }
+}
+
 /* Thread t of T runs its share of an int8 operation. */
 static void run_share_int8(const Op* op, float* const* buffers, const float* floats, const int32_t* ints, int t,
                            int T) {
