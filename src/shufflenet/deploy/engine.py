@@ -420,30 +420,22 @@ class _Planner:
             index = source.positions
         if len(index) != groups * k_per_group:
             raise EngineUnavailable(f"a conv reads {groups * k_per_group} channels of {len(index)}")
-        line_starts, step = lines if lines is not None else ([0], source.stride)
-        self.op(
-            "pointwise",
-            source=source.buffer,
-            line_starts=self.add_ints(line_starts),
-            lines=len(line_starts),
-            line_length=pixels // len(line_starts),
-            step=step,
-            index=self.add_ints(index),
+        self._emit_pointwise(
+            source,
+            (buffer, stride, offset),
+            residual,
+            lines,
+            index,
+            height * width,
             groups=groups,
             k_per_group=k_per_group,
             n_per_group=n_per_group,
             n_padded=n_pad,
             weights=self.add_floats(packed),
             bias=self.add_floats(packed_bias),
-            target=buffer,
-            target_stride=stride,
-            target_offset=offset,
-            residual=-1 if residual is None else residual.buffer,
-            residual_stride=0 if residual is None else residual.stride,
-            # a residual lies in channel order from here
-            residual_offset=0 if residual is None else residual.positions[0],
             activation=activation,
             target_pitch=out_pitch,
+            **self._no_pointwise_integers(),
         )
         return _Feature(buffer, height, width, stride, list(range(offset, offset + out_channels)))
 
@@ -674,7 +666,6 @@ class _Planner:
             stride = _round_up(out_channels)
             target = (self.map_buffer(role, height * width * stride, real=real), stride, 0)
         buffer, stride, offset = target
-        line_starts, step = lines if lines is not None else ([0], source.stride)
         requantize = self._requantize(conv.requantize)
         residual_fields = {
             "residual_multipliers": requantize["multipliers"],
@@ -685,32 +676,68 @@ class _Planner:
                 "residual_multipliers": self.add_floats(conv.requantize.residual_multiplier),
                 "residual_zeros": self.add_ints(current.residual.zero),
             }
-        self.op(
-            "pointwise_int8",
-            source=source.buffer,
-            line_starts=self.add_ints(line_starts),
-            lines=len(line_starts),
-            line_length=height * width // len(line_starts),
-            step=step,
-            index=self.add_ints(np.concatenate(runs)),
+        self._emit_pointwise(
+            source,
+            target,
+            residual,
+            lines,
+            np.concatenate(runs),
+            height * width,
             groups=groups,
-            quads_per_group=quads,
+            k_per_group=quads,
             n_per_group=n_per_group,
             n_padded=n_padded,
             weights=self.add_ints(packed.view(np.int32)),
             bias=self.add_ints(bias),
-            target=buffer,
-            target_stride=stride,
-            target_offset=offset,
+            activation=0,
             target_pitch=out_pitch,
-            residual=-1 if residual is None else residual.buffer,
-            residual_stride=0 if residual is None else residual.stride,
-            residual_offset=0 if residual is None else residual.positions[0],
+            value_bytes=1,
             real_output=int(real),
             **requantize,
             **residual_fields,
         )
         return _Feature(buffer, height, width, stride, list(range(offset, offset + out_channels)))
+
+    def _emit_pointwise(
+        self,
+        source: _Feature,
+        target: tuple[int, int, int],
+        residual: _Feature | None,
+        lines: tuple[Sequence[int], int] | None,
+        index: Sequence[int],
+        pixels: int,
+        **fields: int,
+    ) -> None:
+        """A pointwise operation's addressing (input lines and index, target, residual), then ``fields``."""
+        line_starts, step = lines if lines is not None else ([0], source.stride)
+        buffer, stride, offset = target
+        self.op(
+            "pointwise",
+            source=source.buffer,
+            line_starts=self.add_ints(line_starts),
+            lines=len(line_starts),
+            line_length=pixels // len(line_starts),
+            step=step,
+            index=self.add_ints(index),
+            target=buffer,
+            target_stride=stride,
+            target_offset=offset,
+            residual=-1 if residual is None else residual.buffer,
+            residual_stride=0 if residual is None else residual.stride,
+            # a residual lies in channel order from here
+            residual_offset=0 if residual is None else residual.positions[0],
+            **fields,
+        )
+
+    def _no_pointwise_integers(self) -> dict:
+        """A pointwise conv's int8 fields in a float plan: unused."""
+        no_ints, no_floats = self.add_ints([0]), self.add_floats(np.zeros(1))
+        return {
+            "value_bytes": 4,
+            "real_output": 0,
+            "zeros": no_ints,
+            "residual_zeros": no_ints,
+        } | dict.fromkeys(("multipliers", "lows", "highs", "residual_multipliers"), no_floats)
 
     def _no_integers(self) -> dict:
         """The int8 fields of a depthwise conv, pool or global average in a float plan: unused."""
@@ -923,11 +950,9 @@ class Engine:
         """A short description of planned operation ``index``."""
         kind, op = fields(self._ops[index])
         if kind == "pointwise":
-            pixels = op.lines * op.line_length
-            return f"pointwise {pixels} px, {op.groups} x ({op.k_per_group} -> {op.n_per_group})"
-        if kind == "pointwise_int8":
-            pixels = op.lines * op.line_length
-            return f"pointwise int8 {pixels} px, {op.groups} x ({4 * op.quads_per_group} -> {op.n_per_group})"
+            pixels, k = op.lines * op.line_length, op.k_per_group * (4 if op.value_bytes == 1 else 1)
+            precision = " int8" if op.value_bytes == 1 else ""
+            return f"pointwise{precision} {pixels} px, {op.groups} x ({k} -> {op.n_per_group})"
         if kind == "depthwise":
             return f"depthwise {op.height}x{op.width} px, {op.channels} ch, stride {op.stride}"
         if kind == "pool":
@@ -943,10 +968,9 @@ class Engine:
         """Multiply-adds of planned operation ``index`` per image (a fused run's marker: those of the
         operations it runs; data movement: 0), to read its profile time as GMAC/s."""
         kind, op = fields(self._ops[index])
-        if kind == "pointwise":
-            return op.lines * op.line_length * op.groups * op.k_per_group * op.n_per_group
-        if kind == "pointwise_int8":  # the 4-byte runs as read, unused bytes included
-            return op.lines * op.line_length * op.groups * 4 * op.quads_per_group * op.n_per_group
+        if kind == "pointwise":  # int8: the 4-byte runs as read, unused bytes included
+            runs = 4 if op.value_bytes == 1 else 1
+            return op.lines * op.line_length * op.groups * op.k_per_group * runs * op.n_per_group
         if kind == "depthwise":
             return 9 * op.out_height * op.out_width * op.channels
         if kind == "expand_depthwise":
@@ -1534,6 +1558,8 @@ def _fusable(ops: Sequence[Op], index: int, least_bytes: int) -> bool:
     after them reads, and writes nothing the 1x1 conv reads."""
     (first, p), (second, d) = fields(ops[index]), fields(ops[index + 1])
     if first != "pointwise" or second != "depthwise" or d.source != p.target:
+        return False
+    if p.value_bytes != 4 or d.value_bytes != 4:  # the row-by-row run is float
         return False
     rows = p.lines == 1 or p.line_length == d.width
     return (

@@ -650,6 +650,10 @@ static void run_share(const Op* op, float* const* buffers, const float* floats, 
     }
     case OP_POINTWISE: {
         const PointwiseOp* o = &op->as.pointwise;
+        if (o->value_bytes == 1) {
+            pointwise_int8(o, buffers, floats, ints, pointwise_int8_part(o, t, T));
+            break;
+        }
         pointwise(buffers[o->source], ints + o->line_starts, (int)o->line_length, (int)o->step,
                   ints + o->index, (int)o->groups, (int)o->k_per_group, (int)o->n_per_group, (int)o->n_padded,
                   floats + o->weights, floats + o->bias, buffers[o->target], (int)o->target_stride,
@@ -729,7 +733,13 @@ static void run_share(const Op* op, float* const* buffers, const float* floats, 
         global_average(buffers[o->source], (int)o->pixels, (int)o->source_stride, buffers[o->target], begin, end);
         break;
     }
-    default: run_share_int8(op, buffers, floats, ints, t, T);
+    case OP_QUANTIZE_INPUT: {
+        const QuantizeInputOp* o = &op->as.quantize_input;
+        share((int)(o->channels * (o->height + 2)), 1, t, T, &begin, &end);
+        quantize_input(buffers[o->source], (int)o->height, (int)o->width, (uint8_t*)buffers[o->target],
+                       floats + o->inverse_scales, ints + o->zeros, begin, end);
+        break;
+    }
     }
 }
 
@@ -784,7 +794,8 @@ static int64_t work_of(const Op* op) {
     switch (op->code) {
     case OP_POINTWISE: {
         const PointwiseOp* o = &op->as.pointwise;
-        return o->lines * o->line_length * o->groups * o->k_per_group * o->n_per_group;
+        const int64_t values = o->value_bytes == 1 ? 4 : 1; /* int8: k_per_group counts 4-byte runs */
+        return o->lines * o->line_length * o->groups * o->k_per_group * o->n_per_group * values;
     }
     case OP_DEPTHWISE: return 9 * op->as.depthwise.out_height * op->as.depthwise.out_width * op->as.depthwise.channels;
     case OP_POOL: return 9 * op->as.pool.out_height * op->as.pool.out_width * op->as.pool.channels;
@@ -794,10 +805,6 @@ static int64_t work_of(const Op* op) {
     case OP_COPY: return op->as.copy.pixels * op->as.copy.source_stride;
     case OP_GATHER: return op->as.gather.lines * op->as.gather.line_length * op->as.gather.channels;
     case OP_QUANTIZE_INPUT: return op->as.quantize_input.channels * op->as.quantize_input.height * op->as.quantize_input.width;
-    case OP_POINTWISE_INT8: {
-        const PointwiseInt8Op* o = &op->as.pointwise_int8;
-        return o->lines * o->line_length * o->groups * o->quads_per_group * o->n_per_group; /* 4 bytes each */
-    }
     case OP_EXPAND_DEPTHWISE:
         return work_of(op + 1) + work_of(op + 2) + (op->as.expand_depthwise.project ? work_of(op + 3) : 0);
     }

@@ -28,7 +28,6 @@ enum {
     /* int8 (shufflenet/deploy/quantize.py says what they compute): uint8 maps with per-channel scales and
        zero points, int8 weights, int32 sums, float32 requantization */
     OP_QUANTIZE_INPUT = 9,      /* NCHW float image -> NCHW uint8 with a border of each channel's zero point */
-    OP_POINTWISE_INT8 = 10,     /* the pointwise GEMM on uint8 maps, 4-byte groups of input channels */
 };
 
 /* Activations applied in an operation's epilogue. */
@@ -47,7 +46,16 @@ typedef struct {
 
 /* out[p, target_offset + g*n + j] = act(bias + sum_k in[pixel p + index[g*k_per_group + k]] * w[g][k][j]
    (+ residual)). Pixels come in ``lines`` lines of ``line_length``; pixel i of line l starts at
-   in + line_starts[l] + i * step; output line l starts at pixel l * target_pitch (0: line_length). */
+   in + line_starts[l] + i * step; output line l starts at pixel l * target_pitch (0: line_length). 
+   ``value_bytes`` 4: float maps (the fields after it unused). 1: uint8 maps, offsets in bytes, the input
+   read 4 bytes at a time: ``index`` holds groups * k_per_group byte offsets, each the start of 4
+   consecutive bytes (channels or taps) of the pixel. sum = bias[n] + sum_j sum_b in[pixel + index[j] + b] *
+   w[n][j][b]: the input zero points are folded into the bias, bytes read but not used have weight 0.
+   Weights int8 and bias int32 in the int arena, per group panels of 16 output channels, each k_per_group
+   x 16 x 4 bytes; n_padded: channels per group rounded up to 16. Requantization arrays indexed by
+   g * n_per_group + n. The residual (uint8, its own zero points and multipliers) adds float(q -
+   residual_zero) * residual_multiplier before the clamp. With ``real_output`` the target is float32 and
+   gets the clamped t itself (the logits). */
 typedef struct {
     int64_t source;
     int64_t line_starts;
@@ -69,6 +77,14 @@ typedef struct {
     int64_t residual_offset;
     int64_t activation;
     int64_t target_pitch;
+    int64_t value_bytes;
+    int64_t multipliers;
+    int64_t lows;
+    int64_t highs;
+    int64_t zeros;
+    int64_t residual_multipliers;
+    int64_t residual_zeros;
+    int64_t real_output;
 } PointwiseOp;
 
 /* Weights: 9 rows (taps) of ``channels`` floats; channels a multiple of 8. With ``value_bytes`` 1, on uint8
@@ -224,43 +240,6 @@ typedef struct {
     int64_t zeros;
 } QuantizeInputOp;
 
-/* PointwiseOp's addressing on uint8 maps (offsets in bytes), reading input channels 4 bytes at a time:
-   ``index`` holds groups * quads_per_group byte offsets, each the start of 4 consecutive bytes (channels
-   or taps) of the pixel. sum = bias[n] + sum_j sum_b in[pixel + index[j] + b] * w[n][j][b]: the input zero
-   points are folded into the bias, bytes read but not used have weight 0. Weights: int8 in the int arena,
-   per group panels of 16 output channels, each quads_per_group x 16 x 4 bytes; n_padded: channels per
-   group rounded up to 16. Requantization arrays indexed by g * n_per_group + n. The residual (uint8, its
-   own zero points and multipliers) adds float(q - residual_zero) * residual_multiplier before the clamp.
-   With ``real_output`` the target is float32 and gets the clamped t itself (the logits). */
-typedef struct {
-    int64_t source;
-    int64_t line_starts;
-    int64_t lines;
-    int64_t line_length;
-    int64_t step;
-    int64_t index;
-    int64_t groups;
-    int64_t quads_per_group;
-    int64_t n_per_group;
-    int64_t n_padded;
-    int64_t weights;
-    int64_t bias;
-    int64_t multipliers;
-    int64_t lows;
-    int64_t highs;
-    int64_t zeros;
-    int64_t target;
-    int64_t target_stride;
-    int64_t target_offset;
-    int64_t target_pitch;
-    int64_t residual;
-    int64_t residual_stride;
-    int64_t residual_offset;
-    int64_t residual_multipliers;
-    int64_t residual_zeros;
-    int64_t real_output;
-} PointwiseInt8Op;
-
 typedef struct {
     int64_t code;
     union {
@@ -274,7 +253,6 @@ typedef struct {
         GatherOp gather;
         ExpandDepthwiseOp expand_depthwise;
         QuantizeInputOp quantize_input;
-        PointwiseInt8Op pointwise_int8;
     } as;
 } Op;
 

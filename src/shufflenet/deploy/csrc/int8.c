@@ -48,7 +48,7 @@ static void quantize_input(const float* in, int H, int W, u8* out, const float* 
 
 /* The int8 pointwise conv's operands, resolved once per call. */
 typedef struct {
-    const PointwiseInt8Op* o;
+    const PointwiseOp* o;
     const u8* in;
     const int32_t *line_starts, *index, *bias, *residual_zeros;
     const int8_t* weights;
@@ -60,7 +60,7 @@ typedef struct {
 
 /* Output channel c (g * N + n) of output pixel ``out_pixel`` (input pixel ``pixel``, for the residual). */
 static inline void finish_int8(const PointwiseInt8* k, int c, size_t pixel, size_t out_pixel, int32_t sum) {
-    const PointwiseInt8Op* o = k->o;
+    const PointwiseOp* o = k->o;
     float t = (float)sum * k->r.multipliers[c];
     if (k->residual) {
         const int32_t q = k->residual[pixel * o->residual_stride + o->residual_offset + c];
@@ -77,8 +77,8 @@ static inline void finish_int8(const PointwiseInt8* k, int c, size_t pixel, size
    time: the plain-C kernel, and every ISA's remainder. */
 static void pointwise_int8_plain(const PointwiseInt8* k, int g, int line, int p0, int count, int n_begin,
                                  int n_end) {
-    const PointwiseInt8Op* o = k->o;
-    const int N = (int)o->n_per_group, Q = (int)o->quads_per_group, panels = (int)o->n_padded / 16;
+    const PointwiseOp* o = k->o;
+    const int N = (int)o->n_per_group, Q = (int)o->k_per_group, panels = (int)o->n_padded / 16;
     const size_t pitch = o->target_pitch ? (size_t)o->target_pitch : (size_t)o->line_length;
     for (int p = p0; p < p0 + count; p++) {
         const u8* x = k->in + k->line_starts[line] + (size_t)p * o->step;
@@ -176,7 +176,7 @@ VNNI static inline __attribute__((always_inline)) Finish finish_params(const Poi
 /* Channels [c, c + 16) (those in f->mask) of output pixel p of ``line`` from their int32 sums. */
 VNNI static inline __attribute__((always_inline)) void finish_int8_vector(const PointwiseInt8* k, const Finish* f,
                                                                          int line, int p, int c, __m512i sum) {
-    const PointwiseInt8Op* o = k->o;
+    const PointwiseOp* o = k->o;
     __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), f->multiplier);
     if (k->residual) {
         const size_t pixel = (size_t)line * o->line_length + p;
@@ -197,8 +197,8 @@ VNNI static inline __attribute__((always_inline)) void finish_int8_vector(const 
 VNNI static inline __attribute__((always_inline)) void pointwise_int8_tile(const PointwiseInt8* k, const int R,
                                                                           const int V, int g, int line, int p0,
                                                                           int n0, int valid) {
-    const PointwiseInt8Op* o = k->o;
-    const int N = (int)o->n_per_group, Q = (int)o->quads_per_group, panels = (int)o->n_padded / 16;
+    const PointwiseOp* o = k->o;
+    const int N = (int)o->n_per_group, Q = (int)o->k_per_group, panels = (int)o->n_padded / 16;
     const size_t step = (size_t)o->step;
     const u8* x = k->in + k->line_starts[line] + (size_t)p0 * step;
     const int32_t* index = k->index + (size_t)g * Q;
@@ -250,7 +250,7 @@ VNNI static void pointwise_int8_vnni(const PointwiseInt8* k, int g, int line, in
 #endif
 
 /* A thread's share of an int8 pointwise conv: lines, else pixels, else whole panels of 16 channels. */
-static Part pointwise_int8_part(const PointwiseInt8Op* o, int t, int T) {
+static Part pointwise_int8_part(const PointwiseOp* o, int t, int T) {
     Part part = {0, (int)o->lines, 0, (int)o->line_length, 0, (int)o->n_per_group};
     if (T == 1) return part;
     if (o->lines >= 2 * T)
@@ -262,7 +262,7 @@ static Part pointwise_int8_part(const PointwiseInt8Op* o, int t, int T) {
     return part;
 }
 
-static void pointwise_int8(const PointwiseInt8Op* o, float* const* buffers, const float* floats,
+static void pointwise_int8(const PointwiseOp* o, float* const* buffers, const float* floats,
                            const int32_t* ints, Part part) {
     const PointwiseInt8 k = {
         o,
@@ -511,25 +511,5 @@ static void scale_channels_int8(const ScaleOp* o, const u8* in, const u8* logits
             }
             y[c] = requantize_one(r, c, t);
         }
-    }
-}
-
-/* Thread t of T runs its share of an int8 operation. */
-static void run_share_int8(const Op* op, float* const* buffers, const float* floats, const int32_t* ints, int t,
-                           int T) {
-    int begin, end;
-    switch (op->code) {
-    case OP_QUANTIZE_INPUT: {
-        const QuantizeInputOp* o = &op->as.quantize_input;
-        share((int)(o->channels * (o->height + 2)), 1, t, T, &begin, &end);
-        quantize_input(buffers[o->source], (int)o->height, (int)o->width, (u8*)buffers[o->target],
-                       floats + o->inverse_scales, ints + o->zeros, begin, end);
-        break;
-    }
-    case OP_POINTWISE_INT8: {
-        const PointwiseInt8Op* o = &op->as.pointwise_int8;
-        pointwise_int8(o, buffers, floats, ints, pointwise_int8_part(o, t, T));
-        break;
-    }
     }
 }
