@@ -271,7 +271,6 @@ def test_only_a_map_that_nothing_else_reads_is_made_row_by_row():
     # map is read again later.
     assert engine._projects(ops, first, plan.ints)
     read = fields(ops[first + 1])[1].target
-    unused = dict.fromkeys(("input_zeros", "multipliers", "lows", "highs", "zeros"), 0)
     again = make_op(
         "global_average",
         source=read,
@@ -280,7 +279,7 @@ def test_only_a_map_that_nothing_else_reads_is_made_row_by_row():
         channels=8,
         target=read + 1,
         value_bytes=4,
-        **unused,
+        integers=0,
     )
     assert not engine._projects([*ops[first : first + 3], again], 0, plan.ints)
     reader = make_op(
@@ -291,7 +290,7 @@ def test_only_a_map_that_nothing_else_reads_is_made_row_by_row():
         channels=8,
         target=expanded + 1,
         value_bytes=4,
-        **unused,
+        integers=0,
     )
     assert not engine._fusable([*ops[first : first + 2], reader], 0, 0)
     depthwise = fields(ops[first + 1])[1]

@@ -51,6 +51,7 @@ from shufflenet.deploy.engine_abi import (
     ABI_VERSION,
     ACTIVATIONS,
     HEADER,
+    INT8_SLOTS,
     PLAN_MAGIC,
     POOL_WINDOWS,
     Op,
@@ -610,6 +611,14 @@ class _Planner:
             "zeros": self.add_ints(zeros),
         }
 
+    def _record(self, **offsets: int) -> int:
+        """The int arena offset of an int8 operation's record of array offsets (engine.h's INT8_ slots;
+        those not given are 0)."""
+        record = np.zeros(INT8_SLOTS["fields"], np.int32)
+        for name, offset in offsets.items():
+            record[INT8_SLOTS[name]] = offset
+        return self.add_ints(record)
+
     def _pointwise_int8(
         self,
         source: _Feature,
@@ -666,16 +675,10 @@ class _Planner:
             stride = _round_up(out_channels)
             target = (self.map_buffer(role, height * width * stride, real=real), stride, 0)
         buffer, stride, offset = target
-        requantize = self._requantize(conv.requantize)
-        residual_fields = {
-            "residual_multipliers": requantize["multipliers"],
-            "residual_zeros": requantize["zeros"],
-        }
+        arrays = self._requantize(conv.requantize)
         if residual is not None:
-            residual_fields = {
-                "residual_multipliers": self.add_floats(conv.requantize.residual_multiplier),
-                "residual_zeros": self.add_ints(current.residual.zero),
-            }
+            arrays["residual_multipliers"] = self.add_floats(conv.requantize.residual_multiplier)
+            arrays["residual_zeros"] = self.add_ints(current.residual.zero)
         self._emit_pointwise(
             source,
             target,
@@ -693,8 +696,7 @@ class _Planner:
             target_pitch=out_pitch,
             value_bytes=1,
             real_output=int(real),
-            **requantize,
-            **residual_fields,
+            integers=self._record(**arrays),
         )
         return _Feature(buffer, height, width, stride, list(range(offset, offset + out_channels)))
 
@@ -731,20 +733,11 @@ class _Planner:
 
     def _no_pointwise_integers(self) -> dict:
         """A pointwise conv's int8 fields in a float plan: unused."""
-        no_ints, no_floats = self.add_ints([0]), self.add_floats(np.zeros(1))
-        return {
-            "value_bytes": 4,
-            "real_output": 0,
-            "zeros": no_ints,
-            "residual_zeros": no_ints,
-        } | dict.fromkeys(("multipliers", "lows", "highs", "residual_multipliers"), no_floats)
+        return {"value_bytes": 4, "integers": 0, "real_output": 0}
 
     def _no_integers(self) -> dict:
-        """The int8 fields of a depthwise conv, pool or global average in a float plan: unused."""
-        no_ints, no_floats = self.add_ints([0]), self.add_floats(np.zeros(1))
-        return {"value_bytes": 4, "input_zeros": no_ints, "zeros": no_ints} | dict.fromkeys(
-            ("multipliers", "lows", "highs"), no_floats
-        )
+        """The int8 fields of a depthwise conv, pool, global average or scale in a float plan: unused."""
+        return {"value_bytes": 4, "integers": 0}
 
     def _depthwise_integers(self, source: _Feature) -> dict:
         """An int8 depthwise conv's filters (integers held as floats, rows of the channels rounded up to 8,
@@ -787,11 +780,8 @@ class _Planner:
         ``size`` entries with the channels' at ``positions``."""
         input_zeros = np.zeros(size, np.int32)
         input_zeros[list(positions)] = self.current.source.zero
-        return {
-            "value_bytes": 1,
-            "input_zeros": self.add_ints(input_zeros),
-            **self._requantize(requantize, positions, size),
-        }
+        arrays = self._requantize(requantize, positions, size)
+        return {"value_bytes": 1, "integers": self._record(input_zeros=self.add_ints(input_zeros), **arrays)}
 
 
 @dataclass
@@ -1395,25 +1385,19 @@ def _squeeze_excite(planner: _Planner, place: _Placement, op: SqueezeExcite, ind
 def _scale_integers(
     planner: _Planner, squeeze: QuantizedSqueeze | None, outer: _OpIntegers | None, residual: _Feature | None
 ) -> dict:
-    """The scale operation's int8 fields (unused, empty, in a float plan)."""
+    """The scale operation's int8 fields (unused in a float plan)."""
     if not isinstance(squeeze, QuantizedSqueeze):
-        no_ints, no_floats = planner.add_ints([0]), planner.add_floats(np.zeros(1))
-        return planner._no_integers() | {
-            "residual_multipliers": no_floats,
-            "residual_zeros": no_ints,
-            "gate_table": no_floats,
-        }
-    scale = squeeze.scale
-    residual_zeros = outer.residual.zero if residual is not None else np.zeros(1, np.int32)
-    residual_multipliers = scale.residual_multiplier if residual is not None else np.zeros(1, np.float32)
-    return {
-        "value_bytes": 1,
-        "input_zeros": planner.add_ints(outer.source.zero),
-        **planner._requantize(scale),
-        "residual_multipliers": planner.add_floats(residual_multipliers),
-        "residual_zeros": planner.add_ints(residual_zeros),
-        "gate_table": planner.add_floats(squeeze.gate_table),
-    }
+        return planner._no_integers()
+    arrays = planner._requantize(squeeze.scale)
+    if residual is not None:
+        arrays["residual_multipliers"] = planner.add_floats(squeeze.scale.residual_multiplier)
+        arrays["residual_zeros"] = planner.add_ints(outer.residual.zero)
+    record = planner._record(
+        input_zeros=planner.add_ints(outer.source.zero),
+        gate_table=planner.add_floats(squeeze.gate_table),
+        **arrays,
+    )
+    return {"value_bytes": 1, "integers": record}
 
 
 def _strided_1x1(op: Conv) -> bool:

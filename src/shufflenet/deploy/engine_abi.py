@@ -38,6 +38,8 @@ _TEXT = HEADER.read_text()
 ABI_VERSION = int(re.search(r"#define SHUFFLENET_ENGINE_ABI (\d+)", _TEXT).group(1))
 PLAN_MAGIC = int(re.search(r"#define SHUFFLENET_PLAN_MAGIC (0x[0-9a-f]+)LL", _TEXT).group(1), 16)
 OPCODES, ACTIVATIONS, POOL_WINDOWS = _enum(_TEXT, "OP"), _enum(_TEXT, "ACT"), _enum(_TEXT, "POOL")
+# Where an int8 operation's record holds each array's offset (and the record's length, "fields").
+INT8_SLOTS = _enum(_TEXT, "INT8")
 _ALL = _structures(_TEXT)
 PlanFile = _ALL.pop("PlanFile")
 # The operation structures by union member name: PointwiseOp -> "pointwise".

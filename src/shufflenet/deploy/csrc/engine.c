@@ -666,8 +666,7 @@ static void run_share(const Op* op, float* const* buffers, const float* floats, 
         share((int)o->out_height, 1, t, T, &begin, &end);
         if (o->value_bytes == 1) {
             depthwise_int8(o, (const uint8_t*)buffers[o->source], (uint8_t*)buffers[o->target], floats + o->weights,
-                           ints + o->bias, ints + o->input_zeros,
-                           requant_of(floats, ints, o->multipliers, o->lows, o->highs, o->zeros), begin, end);
+                           ints + o->bias, requant_of(floats, ints, o->integers), begin, end);
             break;
         }
         depthwise(buffers[o->source], (int)o->height, (int)o->width, (int)o->source_stride, (int)o->channels,
@@ -679,8 +678,8 @@ static void run_share(const Op* op, float* const* buffers, const float* floats, 
         const PoolOp* o = &op->as.pool;
         share((int)o->out_height, 1, t, T, &begin, &end);
         if (o->value_bytes == 1)
-            pool_int8(o, (const uint8_t*)buffers[o->source], (uint8_t*)buffers[o->target], ints + o->input_zeros,
-                      requant_of(floats, ints, o->multipliers, o->lows, o->highs, o->zeros), begin, end);
+            pool_int8(o, (const uint8_t*)buffers[o->source], (uint8_t*)buffers[o->target],
+                      requant_of(floats, ints, o->integers), begin, end);
         else if (o->window == POOL_AVERAGE_2X2)
             pool2(buffers[o->source], (int)o->width, (int)o->source_stride, (int)o->channels, buffers[o->target],
                   (int)o->out_width, (int)o->target_stride, (int)o->target_offset, begin, end);
@@ -726,8 +725,7 @@ static void run_share(const Op* op, float* const* buffers, const float* floats, 
         share((int)o->channels, 16, t, T, &begin, &end); /* whole cache lines per thread */
         if (o->value_bytes == 1) {
             global_average_int8(o, (const uint8_t*)buffers[o->source], (uint8_t*)buffers[o->target],
-                                ints + o->input_zeros,
-                                requant_of(floats, ints, o->multipliers, o->lows, o->highs, o->zeros), begin, end);
+                                requant_of(floats, ints, o->integers), begin, end);
             break;
         }
         global_average(buffers[o->source], (int)o->pixels, (int)o->source_stride, buffers[o->target], begin, end);

@@ -54,7 +54,7 @@ typedef struct {
    Weights int8 and bias int32 in the int arena, per group panels of 16 output channels, each k_per_group
    x 16 x 4 bytes; n_padded: channels per group rounded up to 16. Requantization arrays indexed by
    g * n_per_group + n. The residual (uint8, its own zero points and multipliers) adds float(q -
-   residual_zero) * residual_multiplier before the clamp. With ``real_output`` the target is float32 and
+   residual_zeros[n]) * residual_multipliers[n] before the clamp. With ``real_output`` the target is float32 and
    gets the clamped t itself (the logits). */
 typedef struct {
     int64_t source;
@@ -78,12 +78,7 @@ typedef struct {
     int64_t activation;
     int64_t target_pitch;
     int64_t value_bytes;
-    int64_t multipliers;
-    int64_t lows;
-    int64_t highs;
-    int64_t zeros;
-    int64_t residual_multipliers;
-    int64_t residual_zeros;
+    int64_t integers;
     int64_t real_output;
 } PointwiseOp;
 
@@ -107,11 +102,7 @@ typedef struct {
     int64_t target_offset;
     int64_t activation;
     int64_t value_bytes;
-    int64_t input_zeros;
-    int64_t multipliers;
-    int64_t lows;
-    int64_t highs;
-    int64_t zeros;
+    int64_t integers;
 } DepthwiseOp;
 
 /* ``value_bytes`` 4: float maps. 1: uint8 maps, where a max pool moves bytes (the output keeps the input's
@@ -130,11 +121,7 @@ typedef struct {
     int64_t target_stride;
     int64_t target_offset;
     int64_t value_bytes;
-    int64_t input_zeros;
-    int64_t multipliers;
-    int64_t lows;
-    int64_t highs;
-    int64_t zeros;
+    int64_t integers;
 } PoolOp;
 
 /* ``runs``: (source offset, target offset, length) triples in the int arena; values of ``value_bytes``
@@ -159,11 +146,7 @@ typedef struct {
     int64_t channels;
     int64_t target;
     int64_t value_bytes;
-    int64_t input_zeros;
-    int64_t multipliers;
-    int64_t lows;
-    int64_t highs;
-    int64_t zeros;
+    int64_t integers;
 } GlobalAverageOp;
 
 /* The gate buffer holds ``channels`` logits; they become sigmoids in place. With ``value_bytes`` 1, on uint8
@@ -185,14 +168,7 @@ typedef struct {
     int64_t residual_stride;
     int64_t activation;
     int64_t value_bytes;
-    int64_t input_zeros;
-    int64_t multipliers;
-    int64_t lows;
-    int64_t highs;
-    int64_t zeros;
-    int64_t residual_multipliers;
-    int64_t residual_zeros;
-    int64_t gate_table;
+    int64_t integers;
 } ScaleOp;
 
 /* out[p, target_offset + c] = in[line_starts[l] + i * step + index[c]] for pixel i of line l: the
@@ -224,9 +200,22 @@ typedef struct {
     int64_t project;
 } ExpandDepthwiseOp;
 
-/* Per-channel requantization (quantize.py): t = float(sum) * multipliers[c], clamped to [lows[c], highs[c]],
-   rounded half to even, plus zeros[c]. Arrays of floats (multipliers, lows, highs) and ints (zeros) in
-   the arenas, indexed like the output channels. */
+/* An operation on uint8 maps (``value_bytes`` 1) finds its per-channel arrays through ``integers``: the
+   offset in the int arena of INT8_FIELDS int32 values, each the arena offset of one array (unused ones 0).
+   Requantization (quantize.py): t = float(sum) * multipliers[c], clamped to [lows[c], highs[c]], rounded
+   half to even, plus zeros[c]; the sums are of q - input_zeros[c]. Float arrays: multipliers, lows,
+   highs, residual_multipliers, gate_table; int arrays: zeros, input_zeros, residual_zeros. */
+enum {
+    INT8_MULTIPLIERS = 0,
+    INT8_LOWS = 1,
+    INT8_HIGHS = 2,
+    INT8_ZEROS = 3,
+    INT8_INPUT_ZEROS = 4,
+    INT8_RESIDUAL_MULTIPLIERS = 5,
+    INT8_RESIDUAL_ZEROS = 6,
+    INT8_GATE_TABLE = 7,
+    INT8_FIELDS = 8,
+};
 
 /* q = round(clamp(x * inverse_scales[c], -zeros[c], 255 - zeros[c])) + zeros[c] into the interior of a
    (height + 2) x (width + 2) NCHW uint8 image whose border holds zeros[c]. */

@@ -5,15 +5,17 @@
 
 typedef uint8_t u8;
 
-/* Requantization arrays of one operation, indexed by output channel. */
+/* The per-channel arrays of one operation (engine.h's INT8_ record), indexed by channel. */
 typedef struct {
-    const float *multipliers, *lows, *highs;
-    const int32_t* zeros;
+    const float *multipliers, *lows, *highs, *residual_multipliers, *gate_table;
+    const int32_t *zeros, *input_zeros, *residual_zeros;
 } Requant;
 
-static Requant requant_of(const float* floats, const int32_t* ints, int64_t multipliers, int64_t lows,
-                          int64_t highs, int64_t zeros) {
-    return (Requant){floats + multipliers, floats + lows, floats + highs, ints + zeros};
+static Requant requant_of(const float* floats, const int32_t* ints, int64_t record) {
+    const int32_t* at = ints + record;
+    return (Requant){floats + at[INT8_MULTIPLIERS],  floats + at[INT8_LOWS],         floats + at[INT8_HIGHS],
+                     floats + at[INT8_RESIDUAL_MULTIPLIERS], floats + at[INT8_GATE_TABLE], ints + at[INT8_ZEROS],
+                     ints + at[INT8_INPUT_ZEROS],   ints + at[INT8_RESIDUAL_ZEROS]};
 }
 
 static inline float clamp_to(float t, float low, float high) {
@@ -50,10 +52,9 @@ static void quantize_input(const float* in, int H, int W, u8* out, const float* 
 typedef struct {
     const PointwiseOp* o;
     const u8* in;
-    const int32_t *line_starts, *index, *bias, *residual_zeros;
+    const int32_t *line_starts, *index, *bias;
     const int8_t* weights;
     Requant r;
-    const float* residual_multipliers;
     const u8* residual;
     void* out;
 } PointwiseInt8;
@@ -64,7 +65,7 @@ static inline void finish_int8(const PointwiseInt8* k, int c, size_t pixel, size
     float t = (float)sum * k->r.multipliers[c];
     if (k->residual) {
         const int32_t q = k->residual[pixel * o->residual_stride + o->residual_offset + c];
-        t = t + (float)(q - k->residual_zeros[c]) * k->residual_multipliers[c];
+        t = t + (float)(q - k->r.residual_zeros[c]) * k->r.residual_multipliers[c];
     }
     const size_t at = out_pixel * o->target_stride + o->target_offset + c;
     if (o->real_output)
@@ -167,8 +168,8 @@ VNNI static inline __attribute__((always_inline)) Finish finish_params(const Poi
     f.residual_multiplier = f.multiplier;
     f.residual_zero = f.zero;
     if (k->residual) {
-        f.residual_multiplier = _mm512_maskz_loadu_ps(f.mask, k->residual_multipliers + c);
-        f.residual_zero = _mm512_maskz_loadu_epi32(f.mask, k->residual_zeros + c);
+        f.residual_multiplier = _mm512_maskz_loadu_ps(f.mask, k->r.residual_multipliers + c);
+        f.residual_zero = _mm512_maskz_loadu_epi32(f.mask, k->r.residual_zeros + c);
     }
     return f;
 }
@@ -270,10 +271,8 @@ static void pointwise_int8(const PointwiseOp* o, float* const* buffers, const fl
         ints + o->line_starts,
         ints + o->index,
         ints + o->bias,
-        ints + o->residual_zeros,
         (const int8_t*)(ints + o->weights),
-        requant_of(floats, ints, o->multipliers, o->lows, o->highs, o->zeros),
-        floats + o->residual_multipliers,
+        requant_of(floats, ints, o->integers),
         o->residual >= 0 ? (const u8*)buffers[o->residual] : 0,
         buffers[o->target],
     };
@@ -365,7 +364,7 @@ static void requantize_row(const float* sums, int Wo, int Cp, int C, const int32
    expand_depthwise; the float kernel (depthwise_row) sums them with the integer taps held as floats, which
    is exact (every sum stays below 2^24); each output row is then requantized with the integer bias. */
 static void depthwise_int8(const DepthwiseOp* o, const u8* in, u8* out, const float* taps, const int32_t* bias,
-                           const int32_t* input_zeros, Requant r, int oy_begin, int oy_end) {
+                           Requant r, int oy_begin, int oy_end) {
     const int H = (int)o->height, W = (int)o->width, C = (int)o->channels, Cp = (C + 7) / 8 * 8;
     const int Wo = (int)o->out_width;
     const size_t row_floats = (size_t)W * Cp;
@@ -379,7 +378,7 @@ static void depthwise_int8(const DepthwiseOp* o, const u8* in, u8* out, const fl
         for (int i = 0; i < 3; i++) {
             const int y = rows[i], slot = y % 3;
             if (held[slot] == y) continue;
-            centre_row(in + (size_t)y * W * o->source_stride, W, (size_t)o->source_stride, C, Cp, input_zeros,
+            centre_row(in + (size_t)y * W * o->source_stride, W, (size_t)o->source_stride, C, Cp, r.input_zeros,
                        ring + slot * row_floats);
             held[slot] = y;
         }
@@ -394,7 +393,7 @@ static void depthwise_int8(const DepthwiseOp* o, const u8* in, u8* out, const fl
 #if defined(__AVX512F__)
 /* The 3x3 stride-2 pools 16 channels at a time: the max of the bytes (ShuffleNet's stem pool), or the
    requantized sum of q - zero over the taps inside the map (ShuffleNet V1's shortcut). */
-VNNI static void pool_int8_avx512(const PoolOp* o, const u8* in, u8* out, const int32_t* input_zeros, Requant r,
+VNNI static void pool_int8_avx512(const PoolOp* o, const u8* in, u8* out, Requant r,
                                   int oy_begin, int oy_end) {
     const int H = (int)o->height, W = (int)o->width, C = (int)o->channels, average = o->window != POOL_MAX_3X3;
     const ptrdiff_t pixel = (ptrdiff_t)o->source_stride, row = (ptrdiff_t)W * pixel;
@@ -425,7 +424,7 @@ VNNI static void pool_int8_avx512(const PoolOp* o, const u8* in, u8* out, const 
                         acc = _mm512_add_epi32(acc, q);
                     }
                 {
-                    const __m512i zero_in = _mm512_maskz_loadu_epi32(mask, input_zeros + c0);
+                    const __m512i zero_in = _mm512_maskz_loadu_epi32(mask, r.input_zeros + c0);
                     acc = _mm512_sub_epi32(acc, _mm512_mullo_epi32(zero_in, _mm512_set1_epi32(taps)));
                     const __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_maskz_loadu_ps(mask, r.multipliers + c0));
                     acc = requantize_vector(t, _mm512_maskz_loadu_ps(mask, r.lows + c0),
@@ -439,13 +438,13 @@ VNNI static void pool_int8_avx512(const PoolOp* o, const u8* in, u8* out, const 
 #endif
 
 /* Output rows [oy_begin, oy_end) of a pool on a uint8 map (PoolOp with value_bytes 1). */
-static void pool_int8(const PoolOp* o, const u8* in, u8* out, const int32_t* input_zeros, Requant r,
+static void pool_int8(const PoolOp* o, const u8* in, u8* out, Requant r,
                       int oy_begin, int oy_end) {
     const int H = (int)o->height, W = (int)o->width, C = (int)o->channels;
     const int two = o->window == POOL_AVERAGE_2X2, average = o->window != POOL_MAX_3X3;
 #if defined(__AVX512F__)
     if (!two && has_vnni()) {
-        pool_int8_avx512(o, in, out, input_zeros, r, oy_begin, oy_end);
+        pool_int8_avx512(o, in, out, r, oy_begin, oy_end);
         return;
     }
 #endif
@@ -469,7 +468,7 @@ static void pool_int8(const PoolOp* o, const u8* in, u8* out, const int32_t* inp
             for (int ky = ky0; ky < ky1; ky++)
                 for (int kx = kx0; kx < kx1; kx++) {
                     const u8* x = in + ((size_t)(iy0 + ky) * W + ix0 + kx) * o->source_stride;
-                    for (int c = 0; c < C; c++) sums[c] += (int32_t)x[c] - input_zeros[c];
+                    for (int c = 0; c < C; c++) sums[c] += (int32_t)x[c] - r.input_zeros[c];
                 }
             for (int c = 0; c < C; c++) y[c] = requantize_one(r, c, (float)sums[c] * r.multipliers[c]);
         }
@@ -477,8 +476,8 @@ static void pool_int8(const PoolOp* o, const u8* in, u8* out, const int32_t* inp
 
 /* Channels [c_begin, c_end) of the global average of a uint8 map (pixels outer: the channel loop
    vectorises). */
-static void global_average_int8(const GlobalAverageOp* o, const u8* in, u8* out, const int32_t* input_zeros,
-                                Requant r, int c_begin, int c_end) {
+static void global_average_int8(const GlobalAverageOp* o, const u8* in, u8* out, Requant r, int c_begin,
+                                int c_end) {
     int32_t sums[c_end - c_begin + 1];
     for (int c = c_begin; c < c_end; c++) sums[c - c_begin] = 0;
     for (int64_t p = 0; p < o->pixels; p++) {
@@ -486,7 +485,7 @@ static void global_average_int8(const GlobalAverageOp* o, const u8* in, u8* out,
         for (int c = c_begin; c < c_end; c++) sums[c - c_begin] += x[c];
     }
     for (int c = c_begin; c < c_end; c++) {
-        const int32_t sum = sums[c - c_begin] - (int32_t)o->pixels * input_zeros[c];
+        const int32_t sum = sums[c - c_begin] - (int32_t)o->pixels * r.input_zeros[c];
         out[c] = requantize_one(r, c, (float)sum * r.multipliers[c]);
     }
 }
@@ -495,9 +494,9 @@ static void global_average_int8(const GlobalAverageOp* o, const u8* in, u8* out,
 static void scale_channels_int8(const ScaleOp* o, const u8* in, const u8* logits, u8* out, const u8* res,
                                 const float* floats, const int32_t* ints, int p_begin, int p_end) {
     const int C = (int)o->channels;
-    const Requant r = requant_of(floats, ints, o->multipliers, o->lows, o->highs, o->zeros);
-    const float *table = floats + o->gate_table, *residual_multipliers = floats + o->residual_multipliers;
-    const int32_t *input_zeros = ints + o->input_zeros, *residual_zeros = ints + o->residual_zeros;
+    const Requant r = requant_of(floats, ints, o->integers);
+    const float *table = r.gate_table, *residual_multipliers = r.residual_multipliers;
+    const int32_t *input_zeros = r.input_zeros, *residual_zeros = r.residual_zeros;
     float factor[C];
     for (int c = 0; c < C; c++) factor[c] = table[logits[c]] * r.multipliers[c];
     for (int p = p_begin; p < p_end; p++) {
