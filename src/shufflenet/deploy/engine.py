@@ -531,16 +531,10 @@ class _Planner:
         """Copy channels read at ``index`` offsets (lines of pixels as the pointwise conv's) into
         ``target`` = (buffer, stride, channel offset), in order; output lines ``target_pitch`` pixels
         apart (0: packed)."""
-        line_starts, step = lines
         buffer, stride, offset = target
         self.op(
             "gather",
-            source=source.buffer,
-            line_starts=self.add_ints(line_starts),
-            lines=len(line_starts),
-            line_length=line_length,
-            step=step,
-            index=self.add_ints(index),
+            **self._addressing(source, lines, index, line_length),
             channels=len(index),
             target=buffer,
             target_stride=stride,
@@ -700,6 +694,21 @@ class _Planner:
         )
         return _Feature(buffer, height, width, stride, list(range(offset, offset + out_channels)))
 
+    def _addressing(
+        self, source: _Feature, lines: tuple[Sequence[int], int], index: Sequence[int], line_length: int
+    ) -> dict:
+        """The fields that say where a pointwise conv or a gather reads: ``source``'s buffer, the start of
+        each line of output pixels and the step between neighbours (``lines``), each channel's offset."""
+        line_starts, step = lines
+        return {
+            "source": source.buffer,
+            "line_starts": self.add_ints(line_starts),
+            "lines": len(line_starts),
+            "line_length": line_length,
+            "step": step,
+            "index": self.add_ints(index),
+        }
+
     def _emit_pointwise(
         self,
         source: _Feature,
@@ -711,16 +720,11 @@ class _Planner:
         **fields: int,
     ) -> None:
         """A pointwise operation's addressing (input lines and index, target, residual), then ``fields``."""
-        line_starts, step = lines if lines is not None else ([0], source.stride)
+        lines = lines if lines is not None else ([0], source.stride)
         buffer, stride, offset = target
         self.op(
             "pointwise",
-            source=source.buffer,
-            line_starts=self.add_ints(line_starts),
-            lines=len(line_starts),
-            line_length=pixels // len(line_starts),
-            step=step,
-            index=self.add_ints(index),
+            **self._addressing(source, lines, index, pixels // len(lines[0])),
             target=buffer,
             target_stride=stride,
             target_offset=offset,
@@ -1001,19 +1005,21 @@ def _stem(planner: _Planner, op: Conv, channels: int, height: int, width: int) -
     """The first conv (3x3, padding 1, any stride) as a GEMM over the zero-bordered image."""
     stride = op.stride
     padded = planner.map_buffer("padded", channels * (height + 2) * (width + 2))
-    geometry = {"source": planner.buffer("input", 0), "channels": channels, "height": height, "width": width}
+    integers = planner._no_integers()
     if planner.quantized is not None:
         image = planner.current.source
         inverse = (1.0 / image.scale.astype(np.float64)).astype(np.float32)
-        planner.op(
-            "quantize_input",
-            target=padded,
-            inverse_scales=planner.add_floats(inverse),
-            zeros=planner.add_ints(image.zero),
-            **geometry,
-        )
-    else:
-        planner.op("pad_input", target=padded, **geometry)
+        record = planner._record(multipliers=planner.add_floats(inverse), zeros=planner.add_ints(image.zero))
+        integers = {"value_bytes": 1, "integers": record}
+    planner.op(
+        "pad_input",
+        source=planner.buffer("input", 0),
+        channels=channels,
+        height=height,
+        width=width,
+        target=padded,
+        **integers,
+    )
     out_h, out_w = (height - 1) // stride + 1, (width - 1) // stride + 1
     row = width + 2
     line_starts = [stride * oy * row for oy in range(out_h)]

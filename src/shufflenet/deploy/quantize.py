@@ -20,24 +20,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from shufflenet.deploy.lower import (
-    Activation,
     Conv,
     Copy,
     GlobalAverage,
     Pool,
-    Program,
     Read,
     Shift,
     SqueezeExcite,
     Write,
     run_program,
 )
+
+if TYPE_CHECKING:
+    from shufflenet.deploy.lower import Activation, Program
 
 QMAX = 255
 WEIGHT_MAX = 127

@@ -644,6 +644,13 @@ static void run_share(const Op* op, float* const* buffers, const float* floats, 
     }
     case OP_PAD_INPUT: {
         const PadInputOp* o = &op->as.pad_input;
+        if (o->value_bytes == 1) { /* padded rows, the border included */
+            const Requant r = requant_of(floats, ints, o->integers);
+            share((int)(o->channels * (o->height + 2)), 1, t, T, &begin, &end);
+            quantize_input(buffers[o->source], (int)o->height, (int)o->width, (uint8_t*)buffers[o->target],
+                           r.multipliers, r.zeros, begin, end);
+            break;
+        }
         share((int)(o->channels * o->height), 1, t, T, &begin, &end); /* rows: 3 channels split unevenly */
         pad_input(buffers[o->source], (int)o->height, (int)o->width, buffers[o->target], begin, end);
         break;
@@ -731,13 +738,6 @@ static void run_share(const Op* op, float* const* buffers, const float* floats, 
         global_average(buffers[o->source], (int)o->pixels, (int)o->source_stride, buffers[o->target], begin, end);
         break;
     }
-    case OP_QUANTIZE_INPUT: {
-        const QuantizeInputOp* o = &op->as.quantize_input;
-        share((int)(o->channels * (o->height + 2)), 1, t, T, &begin, &end);
-        quantize_input(buffers[o->source], (int)o->height, (int)o->width, (uint8_t*)buffers[o->target],
-                       floats + o->inverse_scales, ints + o->zeros, begin, end);
-        break;
-    }
     }
 }
 
@@ -802,7 +802,6 @@ static int64_t work_of(const Op* op) {
     case OP_PAD_INPUT: return op->as.pad_input.channels * op->as.pad_input.height * op->as.pad_input.width;
     case OP_COPY: return op->as.copy.pixels * op->as.copy.source_stride;
     case OP_GATHER: return op->as.gather.lines * op->as.gather.line_length * op->as.gather.channels;
-    case OP_QUANTIZE_INPUT: return op->as.quantize_input.channels * op->as.quantize_input.height * op->as.quantize_input.width;
     case OP_EXPAND_DEPTHWISE:
         return work_of(op + 1) + work_of(op + 2) + (op->as.expand_depthwise.project ? work_of(op + 3) : 0);
     }

@@ -25,10 +25,10 @@ enum {
     OP_SCALE = 6,          /* squeeze-and-excitation's gate: channels times sigmoid(gate), + residual, act */
     OP_GATHER = 7,         /* per-pixel copy of channels read through an index table (a shift made real) */
     OP_EXPAND_DEPTHWISE = 8, /* the next two or three operations (1x1 conv, depthwise conv, 1x1 conv), fused */
-    /* int8 (shufflenet/deploy/quantize.py says what they compute): uint8 maps with per-channel scales and
-       zero points, int8 weights, int32 sums, float32 requantization */
-    OP_QUANTIZE_INPUT = 9,      /* NCHW float image -> NCHW uint8 with a border of each channel's zero point */
 };
+
+/* Operations on uint8 maps (``value_bytes`` 1; shufflenet/deploy/quantize.py says what they compute): per-
+   channel scales and zero points, int8 weights, int32 sums, float32 requantization. */
 
 /* Activations applied in an operation's epilogue. */
 enum { ACT_NONE = 0, ACT_RELU = 1, ACT_RELU6 = 2 };
@@ -36,12 +36,16 @@ enum { ACT_NONE = 0, ACT_RELU = 1, ACT_RELU6 = 2 };
 /* Pool windows. */
 enum { POOL_MAX_3X3 = 0, POOL_AVERAGE_3X3 = 1, POOL_AVERAGE_2X2 = 2 };
 
+/* ``value_bytes`` 4: the image copied. 1: quantized, q = round(clamp(x * multipliers[c], -zeros[c], 255 -
+   zeros[c])) + zeros[c] (multipliers: the inverse scales), and the border holds zeros[c]. */
 typedef struct {
     int64_t source;
     int64_t channels;
     int64_t height;
     int64_t width;
     int64_t target;
+    int64_t value_bytes;
+    int64_t integers;
 } PadInputOp;
 
 /* out[p, target_offset + g*n + j] = act(bias + sum_k in[pixel p + index[g*k_per_group + k]] * w[g][k][j]
@@ -217,18 +221,6 @@ enum {
     INT8_FIELDS = 8,
 };
 
-/* q = round(clamp(x * inverse_scales[c], -zeros[c], 255 - zeros[c])) + zeros[c] into the interior of a
-   (height + 2) x (width + 2) NCHW uint8 image whose border holds zeros[c]. */
-typedef struct {
-    int64_t source;
-    int64_t channels;
-    int64_t height;
-    int64_t width;
-    int64_t target;
-    int64_t inverse_scales;
-    int64_t zeros;
-} QuantizeInputOp;
-
 typedef struct {
     int64_t code;
     union {
@@ -241,7 +233,6 @@ typedef struct {
         ScaleOp scale;
         GatherOp gather;
         ExpandDepthwiseOp expand_depthwise;
-        QuantizeInputOp quantize_input;
     } as;
 } Op;
 
