@@ -250,6 +250,97 @@ VNNI static void pointwise_int8_vnni(const PointwiseInt8* k, int g, int line, in
 }
 #endif
 
+#if defined(__AVX2__)
+/* Without VNNI: vpmaddwd on the bytes widened to 16 bits (exact: no 16-bit saturation, unlike vpmaddubsw).
+   A 4-byte run broadcast and widened is [x0 x1 x2 x3] four times; 4 channels' int8 weights widened are
+   [w(c,0..3)] for c = 0..3; their vpmaddwd holds each channel's two pair sums side by side, added up once
+   at the end. R pixels x 8 output channels (from channel n0 of group g, ``valid`` of them real). */
+#define AVX2_INT8_ROWS 3
+
+/* finish_int8 for channels [c, c + 8) of one pixel at once (sums without the bias). */
+static inline __attribute__((always_inline)) void finish_int8_avx2(const PointwiseInt8* k, int c, size_t pixel,
+                                                                  size_t out_pixel, __m256i sums) {
+    const PointwiseOp* o = k->o;
+    const __m256i total = _mm256_add_epi32(sums, _mm256_loadu_si256((const __m256i*)(k->bias + c)));
+    __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(total), _mm256_loadu_ps(k->r.multipliers + c));
+    if (k->residual) {
+        const u8* rp = k->residual + pixel * o->residual_stride + o->residual_offset + c;
+        const __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)rp));
+        const __m256i zero = _mm256_loadu_si256((const __m256i*)(k->r.residual_zeros + c));
+        const __m256 centred = _mm256_cvtepi32_ps(_mm256_sub_epi32(q, zero));
+        t = _mm256_add_ps(t, _mm256_mul_ps(centred, _mm256_loadu_ps(k->r.residual_multipliers + c)));
+    }
+    t = _mm256_min_ps(_mm256_max_ps(t, _mm256_loadu_ps(k->r.lows + c)), _mm256_loadu_ps(k->r.highs + c));
+    const size_t at = out_pixel * o->target_stride + o->target_offset + c;
+    if (o->real_output) {
+        _mm256_storeu_ps((float*)k->out + at, t);
+        return;
+    }
+    const __m256i q = _mm256_add_epi32(_mm256_cvtps_epi32(t), _mm256_loadu_si256((const __m256i*)(k->r.zeros + c)));
+    const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+    _mm_storel_epi64((__m128i*)((u8*)k->out + at), _mm_packus_epi16(words, words));
+}
+static inline __attribute__((always_inline)) void pointwise_int8_tile_avx2(const PointwiseInt8* k, const int R,
+                                                                          int g, int line, int p0, int n0,
+                                                                          int valid) {
+    const PointwiseOp* o = k->o;
+    const int N = (int)o->n_per_group, Q = (int)o->k_per_group, panels = (int)o->n_padded / 16;
+    const size_t step = (size_t)o->step;
+    const u8* x = k->in + k->line_starts[line] + (size_t)p0 * step;
+    const int32_t* index = k->index + (size_t)g * Q;
+    const int8_t* w = k->weights + (((size_t)g * panels + n0 / 16) * Q * 16 + n0 % 16) * 4;
+    /* Named registers, as in the VNNI tile: GCC copies an array of accumulators every step. */
+    __m256i l0 = _mm256_setzero_si256(), h0 = l0, l1 = l0, h1 = l0, l2 = l0, h2 = l0;
+#define AVX2_DOT(r)                                                                   \
+    if (R > r) {                                                                      \
+        int32_t word;                                                                 \
+        memcpy(&word, b + r * step, sizeof(word));                                    \
+        const __m256i in = _mm256_cvtepu8_epi16(_mm_set1_epi32(word));                \
+        l##r = _mm256_add_epi32(l##r, _mm256_madd_epi16(in, w_low));                  \
+        h##r = _mm256_add_epi32(h##r, _mm256_madd_epi16(in, w_high));                 \
+    }
+    for (int j = 0; j < Q; j++) {
+        const int8_t* wj = w + (size_t)j * 64;
+        const __m256i w_low = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)wj));
+        const __m256i w_high = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(wj + 16)));
+        const u8* b = x + index[j];
+        AVX2_DOT(0) AVX2_DOT(1) AVX2_DOT(2)
+    }
+#undef AVX2_DOT
+    const __m256i low[AVX2_INT8_ROWS] = {l0, l1, l2}, high[AVX2_INT8_ROWS] = {h0, h1, h2};
+    const int c0 = g * N + n0;
+    const size_t pitch = o->target_pitch ? (size_t)o->target_pitch : (size_t)o->line_length;
+#pragma GCC unroll 3
+    for (int r = 0; r < R; r++) {
+        /* [c0 c1 c4 c5 | c2 c3 c6 c7] -> channel order */
+        const __m256i sums = _mm256_permute4x64_epi64(_mm256_hadd_epi32(low[r], high[r]), 0xD8);
+        const size_t pixel = (size_t)line * o->line_length + p0 + r, out_pixel = (size_t)line * pitch + p0 + r;
+        if (valid == 8)
+            finish_int8_avx2(k, c0, pixel, out_pixel, sums);
+        else {
+            int32_t each[8];
+            _mm256_storeu_si256((__m256i*)each, sums);
+            for (int c = 0; c < valid; c++) finish_int8(k, c0 + c, pixel, out_pixel, each[c] + k->bias[c0 + c]);
+        }
+    }
+}
+
+static void pointwise_int8_avx2(const PointwiseInt8* k, int g, int line, int p_begin, int p_end, int n_begin,
+                                int n_end) {
+    for (int p0 = p_begin, rows; p0 < p_end; p0 += rows) {
+        rows = p_end - p0 < AVX2_INT8_ROWS ? p_end - p0 : AVX2_INT8_ROWS;
+        for (int n0 = n_begin; n0 < n_end; n0 += 8) {
+            const int valid = n_end - n0 < 8 ? n_end - n0 : 8;
+            switch (rows) {
+            case 3: pointwise_int8_tile_avx2(k, 3, g, line, p0, n0, valid); break;
+            case 2: pointwise_int8_tile_avx2(k, 2, g, line, p0, n0, valid); break;
+            default: pointwise_int8_tile_avx2(k, 1, g, line, p0, n0, valid); break;
+            }
+        }
+    }
+}
+#endif
+
 /* A thread's share of an int8 pointwise conv: lines, else pixels, else whole panels of 16 channels. */
 static Part pointwise_int8_part(const PointwiseOp* o, int t, int T) {
     Part part = {0, (int)o->lines, 0, (int)o->line_length, 0, (int)o->n_per_group};
@@ -284,6 +375,11 @@ static void pointwise_int8(const PointwiseOp* o, float* const* buffers, const fl
                                     part.channel_end);
                 continue;
             }
+#endif
+#if defined(__AVX2__)
+            pointwise_int8_avx2(&k, g, line, part.pixel_begin, part.pixel_end, part.channel_begin,
+                                part.channel_end);
+            continue;
 #endif
             pointwise_int8_plain(&k, g, line, part.pixel_begin, part.pixel_end - part.pixel_begin,
                                  part.channel_begin, part.channel_end);
