@@ -434,8 +434,18 @@ static void centre_row(const u8* in, int W, size_t in_stride, int C, int Cp, con
         return;
     }
 #endif
+    int whole = 0;
+#if defined(__AVX2__)
+    whole = C / 8 * 8;
     for (int x = 0; x < W; x++)
-        for (int c = 0; c < C; c++) out[(size_t)x * Cp + c] = (float)((int32_t)in[x * in_stride + c] - zeros[c]);
+        for (int c = 0; c < whole; c += 8) {
+            const __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(in + x * in_stride + c)));
+            const __m256i centred = _mm256_sub_epi32(q, _mm256_loadu_si256((const __m256i*)(zeros + c)));
+            _mm256_storeu_ps(out + (size_t)x * Cp + c, _mm256_cvtepi32_ps(centred));
+        }
+#endif
+    for (int x = 0; x < W; x++)
+        for (int c = whole; c < C; c++) out[(size_t)x * Cp + c] = (float)((int32_t)in[x * in_stride + c] - zeros[c]);
 }
 
 /* A row of depthwise sums (exact integers held as floats, Cp apart per pixel) plus the integer bias,
@@ -448,8 +458,26 @@ static void requantize_row(const float* sums, int Wo, int Cp, int C, const int32
         return;
     }
 #endif
+    int whole = 0;
+#if defined(__AVX2__)
+    whole = C / 8 * 8;
+    for (int c = 0; c < whole; c += 8) {
+        const __m256i b = _mm256_loadu_si256((const __m256i*)(bias + c));
+        const __m256i zero = _mm256_loadu_si256((const __m256i*)(r.zeros + c));
+        const __m256 multiplier = _mm256_loadu_ps(r.multipliers + c);
+        const __m256 low = _mm256_loadu_ps(r.lows + c), high = _mm256_loadu_ps(r.highs + c);
+        for (int ox = 0; ox < Wo; ox++) {
+            const __m256i sum = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_loadu_ps(sums + (size_t)ox * Cp + c)), b);
+            __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(sum), multiplier);
+            t = _mm256_min_ps(_mm256_max_ps(t, low), high);
+            const __m256i q = _mm256_add_epi32(_mm256_cvtps_epi32(t), zero);
+            const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+            _mm_storel_epi64((__m128i*)(out + ox * out_stride + c), _mm_packus_epi16(words, words));
+        }
+    }
+#endif
     for (int ox = 0; ox < Wo; ox++)
-        for (int c = 0; c < C; c++) {
+        for (int c = whole; c < C; c++) {
             const int32_t sum = (int32_t)sums[(size_t)ox * Cp + c] + bias[c];
             out[ox * out_stride + c] = requantize_one(r, c, (float)sum * r.multipliers[c]);
         }
@@ -552,11 +580,23 @@ static void pool_int8(const PoolOp* o, const u8* in, u8* out, Requant r,
             if (!two) window_range(H, W, iy0, ix0, &ky0, &ky1, &kx0, &kx1);
             u8* y = out + ((size_t)oy * o->out_width + ox) * o->target_stride + o->target_offset;
             if (!average) {
-                memcpy(y, in + ((size_t)(iy0 + ky0) * W + ix0 + kx0) * o->source_stride, (size_t)C);
+                int whole = 0;
+#if defined(__AVX2__)
+                whole = C / 16 * 16;
+                for (int c = 0; c < whole; c += 16) {
+                    __m128i best = _mm_setzero_si128();
+                    for (int ky = ky0; ky < ky1; ky++)
+                        for (int kx = kx0; kx < kx1; kx++)
+                            best = _mm_max_epu8(best, _mm_loadu_si128((const __m128i*)(
+                                in + ((size_t)(iy0 + ky) * W + ix0 + kx) * o->source_stride + c)));
+                    _mm_storeu_si128((__m128i*)(y + c), best);
+                }
+#endif
+                for (int c = whole; c < C; c++) y[c] = 0;
                 for (int ky = ky0; ky < ky1; ky++)
                     for (int kx = kx0; kx < kx1; kx++) {
                         const u8* x = in + ((size_t)(iy0 + ky) * W + ix0 + kx) * o->source_stride;
-                        for (int c = 0; c < C; c++) y[c] = x[c] > y[c] ? x[c] : y[c];
+                        for (int c = whole; c < C; c++) y[c] = x[c] > y[c] ? x[c] : y[c];
                     }
                 continue;
             }
