@@ -347,7 +347,9 @@ def test_export_of_a_trained_run_takes_real_28x28_inputs(trained, tmp_path, caps
             np.testing.assert_allclose(logits, model(image[None]).numpy(), atol=1e-4)
 
 
-def test_export_to_the_engine_writes_a_verified_plan_with_its_contract(trained, tmp_path, capsys):
+def test_export_to_the_engine_writes_a_verified_plan_with_its_contract(
+    trained, tmp_path, capsys, monkeypatch
+):
     """fp32: the saved plan, loaded back, agrees with eager within 1e-4; int8: calibrated on the run's data,
     judged by accuracy, each operation's error reported; the input contract beside each plan."""
     from shufflenet.deploy.engine import EngineUnavailable, Plan, load_library
@@ -360,17 +362,26 @@ def test_export_to_the_engine_writes_a_verified_plan_with_its_contract(trained, 
     weights = run / "model.safetensors"
     code, out, err = cli(capsys, "export", weights, "--format", "engine", "--output", tmp_path / "fm.plan")
     assert code == 0, err
-    assert out.rstrip().endswith("verified") and "wrote " + str(tmp_path / "fm.plan") + " + fm.json" in out
+    assert (
+        out.rstrip().endswith("verified") and "wrote " + str(tmp_path / "fm.plan") + " + fm.plan.json" in out
+    )
     code, out, err = cli(
         capsys, "export", weights, "--format", "engine", "--precision", "int8", "--calib", "fashion-mnist",
         "--data-dir", data, "--calib-samples", "8", "--output", tmp_path / "fm.int8.plan",
     )  # fmt: skip
     assert code == 0, err
     assert "int8 error per operation" in out and "int8: judged by accuracy" in out
-    sidecar = json.loads((tmp_path / "fm.int8.json").read_text())
+    sidecar = json.loads((tmp_path / "fm.int8.plan.json").read_text())
     assert sidecar["precision"] == "int8" and sidecar["model"] == "shufflenet_v2_x0_5"
     assert sidecar["input"]["dataset"] == "fashion-mnist" and sidecar["input"]["image_size"] == [28, 28]
     plan = Plan.load(tmp_path / "fm.int8.plan")
     assert plan.input_shape == (1, 28, 28)
+    monkeypatch.chdir(tmp_path)  # the default name keeps ".int8" beside the format's suffix
+    code, _, err = cli(
+        capsys, "export", weights, "--format", "engine", "--int8", "--calib", "fashion-mnist",
+        "--data-dir", data, "--calib-samples", "8",
+    )  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "exports" / "shufflenet_v2_x0_5.int8.plan").is_file()
     code, _, err = cli(capsys, "export", weights, "--format", "engine", "--int8", "--precision", "fp32")
     assert code == 2 and "contradict each other" in err

@@ -57,15 +57,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shufflenet.train.evaluate import evaluate_checkpoint
-
-    # Notes go to stderr under --format json, which keeps stdout one JSON document.
-    notes = sys.stderr if args.format == "json" else sys.stdout
     if args.precision != "fp32" and args.runtime != "engine":
         raise CliError(f"--precision {args.precision} runs on the engine: add --runtime engine")
     if args.calib_samples < 1:
         raise CliError("--calib-samples must be at least 1")
-    summary = evaluate_checkpoint(
+    from shufflenet.deploy.errors import RuntimeUnavailable
+
+    try:
+        summary = _evaluate(args)
+    except RuntimeUnavailable as error:  # the engine refuses the model or cannot run here
+        print(f"shufflenet evaluate: error: {error}", file=sys.stderr)
+        return 1
+    return _report(args, summary)
+
+
+def _evaluate(args: argparse.Namespace) -> dict:
+    from shufflenet.train.evaluate import evaluate_checkpoint
+
+    # Notes go to stderr under --format json, which keeps stdout one JSON document.
+    notes = sys.stderr if args.format == "json" else sys.stdout
+    return evaluate_checkpoint(
         args.checkpoint,
         args.dataset,
         runtime=args.runtime,
@@ -82,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         log=lambda line: print(line, file=notes, flush=True),
     )
+
+
+def _report(args: argparse.Namespace, summary: dict) -> int:
     if args.format == "json":
         print(json.dumps(summary, indent=2))
         return 0

@@ -131,7 +131,10 @@ def run(args: argparse.Namespace) -> int:
         input_size = data.input_size
     elif args.int8:
         raise CliError("--int8 needs calibration data: add --calib DATASET (e.g. --calib fashion-mnist)")
-    output = Path(args.output) if args.output else Path("exports") / f"{name}{'.int8' if args.int8 else ''}"
+    # The suffix is appended, not substituted: NAME.int8 must keep its ".int8".
+    suffix = {"onnx": ".onnx", "openvino": ".xml", "pt2": ".pt2", "engine": ".plan"}[args.format]
+    default = Path("exports") / f"{name}{'.int8' if args.int8 else ''}{suffix}"
+    output = Path(args.output) if args.output else default
     measure_accuracy = data is not None and (args.int8 or args.accuracy_samples)
     try:
         report = export_model(

@@ -78,6 +78,7 @@ from shufflenet.deploy.lower import (
 )
 from shufflenet.deploy.quantize import (
     ChannelParams,
+    QuantizationError,
     QuantizedConv,
     QuantizedProgram,
     QuantizedSqueeze,
@@ -643,6 +644,8 @@ class _Planner:
         dense = conv.weight.reshape(groups, n_per_group, k_per_group).astype(np.int64)
         zeros = np.repeat(current.source.zero.reshape(groups, per_group_channels), taps, axis=1)
         bias = conv.bias.reshape(groups, n_per_group) - np.einsum("gnk,gk->gn", dense, zeros)
+        if np.abs(bias).max() + 4 * k_per_group * 255 * 127 >= 2**31:
+            raise EngineUnavailable("an int8 conv's sums could leave int32 (too many inputs); plan in fp32")
         runs: list[list[int]] = []
         where: list[list[tuple[int, int]]] = []  # per group, per k: (run, byte)
         for group in range(groups):
@@ -1424,7 +1427,9 @@ def _check_zero_borders(quantized: QuantizedProgram, place: _Placement, op: Oper
     """In an int8 plan, the maps read through a border (a shift's input, a dense 3x3 conv's input copied into
     a bordered buffer) must have zero points 0: the borders hold 0 bytes, which stand for 0 only there.
     Those maps follow a ReLU in the registered families."""
-    dense = isinstance(op, Conv) and op.kind == "conv" and op.source.map != 0
+    dense = (
+        isinstance(op, Conv) and op.kind == "conv" and op.weight.shape[2:] == (3, 3) and op.source.map != 0
+    )
     bordered = op.source.map in place.margins or dense
     if bordered and quantized.maps[op.source.map].take(op.source.channels).zero.any():
         raise EngineUnavailable(
@@ -1669,7 +1674,10 @@ def plan_engine(
     if precision == "int8":
         if calibration is None:
             raise ValueError("an int8 plan measures its ranges on real images: pass calibration batches")
-        quantized = quantize_model_program(program, calibration)
+        try:
+            quantized = quantize_model_program(program, calibration)
+        except QuantizationError as error:
+            raise EngineUnavailable(str(error)) from error
     planner = _Planner(lanes, quantized)
     fuse_map_bytes = FUSE_MAP_BYTES if fuse_map_bytes is None else fuse_map_bytes
     logits = _plan(planner, program, fuse_map_bytes)

@@ -188,7 +188,7 @@ def export_model(
     by it; ``accuracy_data`` (a labelled dataset) adds the top-1 accuracy of eager and exported models.
     ``engine``: the C engine's plan for this CPU's build (:meth:`Plan.save`; ``int8``: the engine's own
     quantization, calibrated on ``calibration``, with each operation's int8 error on ``real_inputs`` in
-    the report), with ``metadata`` (e.g. the input contract) beside it as ``<output>.json``.
+    the report), with ``metadata`` (e.g. the input contract) beside it as ``NAME.plan.json``.
     Files appear only once written completely and verified (staged in a temporary folder, then renamed); a
     failed verification raises :class:`ExportError` and leaves any existing file untouched."""
     if fmt not in FORMATS:
@@ -258,7 +258,14 @@ def export_model(
                     f"the {fmt} export differs from the eager model by {worst:.2e} "
                     f"(tolerance {tolerance:g}); nothing written to {output}"
                 )
-            targets = [output] + [output.with_suffix(extra.suffix) for extra in files[1:]]
+            # The engine's JSON goes beside its plan as NAME.plan.json: NAME.json may be the sidecar of the
+            # weights it came from.
+            targets = [output] + [
+                output.with_name(output.name + ".json")
+                if fmt == "engine"
+                else output.with_suffix(extra.suffix)
+                for extra in files[1:]
+            ]
             for source, target in zip(files, targets, strict=True):
                 _atomic_move(source, target)
         return ExportReport(

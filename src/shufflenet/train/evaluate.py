@@ -228,7 +228,7 @@ def evaluate_checkpoint(
         raise ValueError(f"{precision} runs on the engine: add --runtime engine")
     if runtime == "engine" and device is not None and device != "cpu":
         raise ValueError("the engine runs on the CPU: drop --device or use --runtime torch")
-    ctx = init_distributed(device)
+    ctx = init_distributed("cpu" if runtime == "engine" else device)
     try:
         contract = load_input_contract(checkpoint)
         dataset, image_size, notes = resolve_input(contract, dataset, image_size)

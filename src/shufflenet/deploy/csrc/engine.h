@@ -141,8 +141,8 @@ typedef struct {
     int64_t value_bytes;
 } CopyOp;
 
-/* With ``value_bytes`` 1: the sum over pixels of q - input_zeros[c], requantized (the multipliers hold the
-   1 / pixels). */
+/* With ``value_bytes`` 1: the sum over pixels of q - input_zeros[c], requantized (the multipliers hold
+   scale_in / (pixels * scale_out)). */
 typedef struct {
     int64_t source;
     int64_t pixels;
