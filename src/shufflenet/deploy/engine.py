@@ -1157,7 +1157,7 @@ class _Placement:
             role = f"{geometry}-{suffix}"
         self.busy_borders.add(role)
         self.roles[index] = role
-        buffer = self.planner.buffer(role, (feature.height + 2 * margin) * pitch * stride)
+        buffer = self.planner.map_buffer(role, (feature.height + 2 * margin) * pitch * stride)
         self.features[index] = _Feature(
             buffer, feature.height, feature.width, stride, list(range(feature.channels))
         )
@@ -1307,7 +1307,7 @@ def _dense_3x3(planner: _Planner, place: _Placement, op: Conv, index: int) -> No
     channels, height, width = source.channels, source.height, source.width
     stride, pitch = _round_up(channels), width + 2
     # A buffer per conv: nothing else writes it, so its border stays zero.
-    bordered = planner.buffer(f"bordered-{index}", (height + 2) * pitch * stride)
+    bordered = planner.map_buffer(f"bordered-{index}", (height + 2) * pitch * stride)
     planner.gather(
         source,
         source.positions,
@@ -1522,6 +1522,7 @@ def _plan(planner: _Planner, program: Program, fuse_map_bytes: int) -> _Feature:
 
 
 PRECISIONS = ("fp32", "int8")
+NEVER_FUSE = 1 << 62
 
 FUSE_MAP_BYTES = 512 * 1024
 """A 1x1 conv's map of at least this many bytes that only the depthwise conv right after it reads is made
@@ -1680,6 +1681,8 @@ def plan_engine(
             raise EngineUnavailable(str(error)) from error
     planner = _Planner(lanes, quantized)
     fuse_map_bytes = FUSE_MAP_BYTES if fuse_map_bytes is None else fuse_map_bytes
+    if quantized is not None:  # the row-by-row run is float: no map is kept alive or placed for it
+        fuse_map_bytes = NEVER_FUSE
     logits = _plan(planner, program, fuse_map_bytes)
     floats = _aligned_floats(max(planner.float_size, 8))
     if planner.floats:
