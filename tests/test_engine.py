@@ -271,27 +271,21 @@ def test_only_a_map_that_nothing_else_reads_is_made_row_by_row():
     # map is read again later.
     assert engine._projects(ops, first, plan.ints)
     read = fields(ops[first + 1])[1].target
-    again = make_op(
-        "global_average",
-        source=read,
-        pixels=1,
-        source_stride=8,
-        channels=8,
-        target=read + 1,
-        value_bytes=4,
-        integers=0,
-    )
-    assert not engine._projects([*ops[first : first + 3], again], 0, plan.ints)
-    reader = make_op(
-        "global_average",
-        source=expanded,
-        pixels=1,
-        source_stride=8,
-        channels=8,
-        target=expanded + 1,
-        value_bytes=4,
-        integers=0,
-    )
+
+    def global_average(source: int) -> object:
+        return make_op(
+            "global_average",
+            source=source,
+            pixels=1,
+            source_stride=8,
+            channels=8,
+            target=source + 1,
+            value_bytes=4,
+            integers=0,
+        )
+
+    assert not engine._projects([*ops[first : first + 3], global_average(read)], 0, plan.ints)
+    reader = global_average(expanded)
     assert not engine._fusable([*ops[first : first + 2], reader], 0, 0)
     depthwise = fields(ops[first + 1])[1]
     map_bytes = 4 * depthwise.source_stride * depthwise.height * depthwise.width

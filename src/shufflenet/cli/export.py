@@ -109,7 +109,7 @@ def input_size_for(args: argparse.Namespace, contract: InputContract | None) -> 
 
 def run(args: argparse.Namespace) -> int:
     from shufflenet.deploy.calibration import export_data
-    from shufflenet.deploy.export import ExportError, export_model
+    from shufflenet.deploy.export import SUFFIX, ExportError, export_model
 
     if args.precision == "int8":
         args.int8 = True
@@ -132,8 +132,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.int8:
         raise CliError("--int8 needs calibration data: add --calib DATASET (e.g. --calib fashion-mnist)")
     # The suffix is appended, not substituted: NAME.int8 must keep its ".int8".
-    suffix = {"onnx": ".onnx", "openvino": ".xml", "pt2": ".pt2", "engine": ".plan"}[args.format]
-    default = Path("exports") / f"{name}{'.int8' if args.int8 else ''}{suffix}"
+    default = Path("exports") / f"{name}{'.int8' if args.int8 else ''}{SUFFIX[args.format]}"
     output = Path(args.output) if args.output else default
     measure_accuracy = data is not None and (args.int8 or args.accuracy_samples)
     try:

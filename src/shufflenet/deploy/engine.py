@@ -1555,8 +1555,6 @@ def _fusable(ops: Sequence[Op], index: int, least_bytes: int) -> bool:
     (first, p), (second, d) = fields(ops[index]), fields(ops[index + 1])
     if first != "pointwise" or second != "depthwise" or d.source != p.target:
         return False
-    if p.value_bytes != 4 or d.value_bytes != 4:  # the row-by-row run is float
-        return False
     rows = p.lines == 1 or p.line_length == d.width
     return (
         rows

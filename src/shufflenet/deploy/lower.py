@@ -592,6 +592,22 @@ def _act(x: torch.Tensor, activation: Activation) -> torch.Tensor:
     return x
 
 
+def shift_channels(x: torch.Tensor, dy: Sequence[int], dx: Sequence[int]) -> torch.Tensor:
+    """Channel k of NCHW ``x`` moved by (``dy[k]``, ``dx[k]``) pixels, zeros where nothing moved in
+    (:class:`Shift`)."""
+    height, width = x.shape[-2:]
+    out = torch.zeros_like(x)
+    for k, (down, right) in enumerate(zip(dy, dx, strict=True)):
+        if abs(down) >= height or abs(right) >= width:
+            continue  # moved wholly out of the map: zeros
+        rows = slice(max(down, 0), height + min(down, 0))
+        cols = slice(max(right, 0), width + min(right, 0))
+        source_rows = slice(max(-down, 0), height + min(-down, 0))
+        source_cols = slice(max(-right, 0), width + min(-right, 0))
+        out[:, k, rows, cols] = x[:, k, source_rows, source_cols]
+    return out
+
+
 @torch.no_grad()
 def run_program(
     program: Program,
@@ -632,15 +648,7 @@ def run_program(
                 out = F.avg_pool2d(x, op.kernel, op.stride, op.padding)
             out = _act(out, op.activation)
         elif isinstance(op, Shift):
-            height, width = x.shape[-2:]
-            out = torch.zeros_like(x)
-            for k, (dy, dx) in enumerate(zip(op.dy, op.dx, strict=True)):
-                if abs(dy) >= height or abs(dx) >= width:
-                    continue  # moved wholly out of the map: zeros
-                rows, cols = slice(max(dy, 0), height + min(dy, 0)), slice(max(dx, 0), width + min(dx, 0))
-                source_rows = slice(max(-dy, 0), height + min(-dy, 0))
-                source_cols = slice(max(-dx, 0), width + min(-dx, 0))
-                out[:, k, rows, cols] = x[:, k, source_rows, source_cols]
+            out = shift_channels(x, op.dy, op.dx)
         elif isinstance(op, SqueezeExcite):
             squeezed = x.mean((2, 3))
             hidden = F.relu(

@@ -36,6 +36,7 @@ from shufflenet.deploy.lower import (
     SqueezeExcite,
     Write,
     run_program,
+    shift_channels,
 )
 
 if TYPE_CHECKING:
@@ -341,6 +342,11 @@ def integer_real(integer: QuantizedConv | Requantize | None) -> bool:
     return isinstance(integer, QuantizedConv) and integer.real_output
 
 
+def _requantized_sum(total: torch.Tensor, requantize: Requantize) -> np.ndarray:
+    """Bytes of exact integer sums (N, C, H, W) of ``q - zero`` (a pool's window, a global average)."""
+    return _finish(total.numpy().astype(np.float32) * _per_channel(requantize.multiplier), requantize, False)
+
+
 def _per_channel(values: np.ndarray) -> np.ndarray:
     return values[None, :, None, None]
 
@@ -396,36 +402,19 @@ def run_quantized(
             x = centred(op.source)
             ones = torch.ones(x.shape[1], 1, op.kernel, op.kernel, dtype=torch.float64)
             total = F.conv2d(x, ones, None, op.stride, op.padding, groups=x.shape[1])
-            t = total.numpy().astype(np.float32) * _per_channel(integer.multiplier)
-            out = _finish(t, integer, False)
+            out = _requantized_sum(total, integer)
         elif isinstance(op, GlobalAverage):
-            total = centred(op.source).sum((2, 3), keepdim=True)
-            t = total.numpy().astype(np.float32) * _per_channel(integer.multiplier)
-            out = _finish(t, integer, False)
-        elif isinstance(op, Shift):
-            x = centred(op.source)
-            height, width = x.shape[-2:]
-            moved = torch.zeros_like(x)
-            for k, (dy, dx) in enumerate(zip(op.dy, op.dx, strict=True)):
-                if abs(dy) >= height or abs(dx) >= width:
-                    continue
-                rows, cols = slice(max(dy, 0), height + min(dy, 0)), slice(max(dx, 0), width + min(dx, 0))
-                source_rows = slice(max(-dy, 0), height + min(-dy, 0))
-                source_cols = slice(max(-dx, 0), width + min(-dx, 0))
-                moved[:, k, rows, cols] = x[:, k, source_rows, source_cols]
+            out = _requantized_sum(centred(op.source).sum((2, 3), keepdim=True), integer)
+        elif isinstance(op, Shift):  # zero fill in centred values: each channel's zero point
             zero = quantized.maps[op.source.map].take(op.source.channels).zero
+            moved = shift_channels(centred(op.source), op.dy, op.dx)
             out = moved + torch.from_numpy(_per_channel(zero).astype(np.float64))
         elif isinstance(op, Copy):
             out = read(op.source)
         elif isinstance(op, SqueezeExcite):
             assert isinstance(integer, QuantizedSqueeze)
             x = centred(op.source)
-            pooled = _finish(
-                x.sum((2, 3), keepdim=True).numpy().astype(np.float32)
-                * _per_channel(integer.pool.multiplier),
-                integer.pool,
-                False,
-            )
+            pooled = _requantized_sum(x.sum((2, 3), keepdim=True), integer.pool)
             hidden = _dense_int8(pooled[:, :, 0, 0] - integer.pool.zero, integer.reduce)
             logits = _dense_int8(hidden - integer.hidden.zero, integer.expand)
             factor = integer.gate_table[logits] * integer.scale.multiplier[None, :]

@@ -257,6 +257,12 @@ VNNI static void pointwise_int8_vnni(const PointwiseInt8* k, int g, int line, in
    at the end. R pixels x 8 output channels (from channel n0 of group g, ``valid`` of them real). */
 #define AVX2_INT8_ROWS 3
 
+/* 8 int32 lanes, each in 0..255, stored as 8 bytes. */
+static inline __attribute__((always_inline)) void store_bytes_avx2(u8* out, __m256i q) {
+    const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+    _mm_storel_epi64((__m128i*)out, _mm_packus_epi16(words, words));
+}
+
 /* finish_int8 for channels [c, c + 8) of one pixel at once (sums without the bias). */
 static inline __attribute__((always_inline)) void finish_int8_avx2(const PointwiseInt8* k, int c, size_t pixel,
                                                                   size_t out_pixel, __m256i sums) {
@@ -276,9 +282,8 @@ static inline __attribute__((always_inline)) void finish_int8_avx2(const Pointwi
         _mm256_storeu_ps((float*)k->out + at, t);
         return;
     }
-    const __m256i q = _mm256_add_epi32(_mm256_cvtps_epi32(t), _mm256_loadu_si256((const __m256i*)(k->r.zeros + c)));
-    const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
-    _mm_storel_epi64((__m128i*)((u8*)k->out + at), _mm_packus_epi16(words, words));
+    store_bytes_avx2((u8*)k->out + at,
+                     _mm256_add_epi32(_mm256_cvtps_epi32(t), _mm256_loadu_si256((const __m256i*)(k->r.zeros + c))));
 }
 static inline __attribute__((always_inline)) void pointwise_int8_tile_avx2(const PointwiseInt8* k, const int R,
                                                                           int g, int line, int p0, int n0,
@@ -470,9 +475,7 @@ static void requantize_row(const float* sums, int Wo, int Cp, int C, const int32
             const __m256i sum = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_loadu_ps(sums + (size_t)ox * Cp + c)), b);
             __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(sum), multiplier);
             t = _mm256_min_ps(_mm256_max_ps(t, low), high);
-            const __m256i q = _mm256_add_epi32(_mm256_cvtps_epi32(t), zero);
-            const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
-            _mm_storel_epi64((__m128i*)(out + ox * out_stride + c), _mm_packus_epi16(words, words));
+            store_bytes_avx2(out + ox * out_stride + c, _mm256_add_epi32(_mm256_cvtps_epi32(t), zero));
         }
     }
 #endif
