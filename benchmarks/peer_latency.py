@@ -1,7 +1,9 @@
 """The engine beside the inference frameworks users pick for these nets: ONNX Runtime, OpenVINO (fp32, and
 its default precision: bf16 on CPUs with AVX512_BF16), ncnn through pnnx (fp32, and its fp16 defaults),
-MNN (fp32), and in int8 (ONNX Runtime's static quantization run by ONNX Runtime and by OpenVINO; the
-engine's own int8, judged by accuracy on trained nets, see docs/int8.md), all in one process, called in
+MNN (fp32), and in int8 (ONNX Runtime's static quantization run by ONNX Runtime and by OpenVINO; ncnn's
+own, ncnn2table and ncnn2int8, which the ncnn wheel lacks: build them once with
+benchmarks/build_ncnn_quantize_tools.sh, else that cell is reported unavailable; the engine's own int8,
+judged by accuracy on trained nets, see docs/int8.md), all in one process, called in
 interleaved passes (see paired_latency.py), every cell's output
 checked against eager PyTorch first (a cell that computes something else is reported, not timed). Each cell
 first waits until no thread of the process is busy, then makes untimed calls for at least 50 ms before its
@@ -41,6 +43,7 @@ RUNTIMES = (
     "engine",
     "ort_int8",
     "openvino_int8",
+    "ncnn_int8",
     "engine_int8",
 )
 

@@ -389,8 +389,8 @@ REDUCED_PRECISION = ("openvino_default", "ncnn_default")
 # The fp32 peers of the engine (Ma et al. 2018 and the mobile frameworks): ONNX Runtime, OpenVINO forced to
 # fp32, ncnn forced to fp32, MNN at high precision.
 FP32_PEERS = ("ort", "openvino", "ncnn", "mnn")
-# The peers' int8: ONNX Runtime's static quantization, run by ONNX Runtime and by OpenVINO.
-PEER_INT8 = ("ort_int8", "openvino_int8")
+# The peers' int8: ONNX Runtime's static quantization, run by ONNX Runtime and by OpenVINO; ncnn's own.
+PEER_INT8 = ("ort_int8", "openvino_int8", "ncnn_int8")
 
 
 def peer_ratios(cells: Sequence[LatencyCell]) -> list[tuple[str, float | None, str]]:

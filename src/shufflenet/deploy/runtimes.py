@@ -8,11 +8,11 @@ convs are matrix products on NHWC rows (:mod:`shufflenet.deploy.eager`); ``compi
 OpenVINO on the same export, fp32 (``openvino_default``: at its default precision, bf16 on CPUs with
 AVX512_BF16); ``ncnn`` (fp32) and ``ncnn_default`` (its fp16 defaults) through pnnx, and ``mnn`` on the
 ONNX export (:mod:`shufflenet.deploy.peers`); ``ort_int8`` and ``openvino_int8``: ONNX Runtime's static
-int8 quantization (QDQ) run by each; ``engine``: our C engine alone (``engine_int8``: in int8)
-(:mod:`shufflenet.deploy.engine`: ShuffleNet V1/V2, MobileNet V1/V2, FE-Net, ShiftResNet); ``ours``: our
-deploy path, the fastest here of that engine and our deploy graph (:func:`shufflenet.deploy.optimize`)
-on OpenVINO, ONNX Runtime or PyTorch, with the ShuffleNet V1 shuffle form chosen by timing that backend
-itself.
+int8 quantization (QDQ) run by each; ``ncnn_int8``: ncnn's own int8 (ncnn2table, ncnn2int8);
+``engine``: our C engine alone (``engine_int8``: in int8) (:mod:`shufflenet.deploy.engine`: ShuffleNet
+V1/V2, MobileNet V1/V2, FE-Net, ShiftResNet); ``ours``: our deploy path, the fastest here of that engine
+and our deploy graph (:func:`shufflenet.deploy.optimize`) on OpenVINO, ONNX Runtime or PyTorch, with the
+ShuffleNet V1 shuffle form chosen by timing that backend itself.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from shufflenet._system import usable_cores
 from shufflenet.deploy.engine import build_engine
 from shufflenet.deploy.errors import RuntimeUnavailable, require_package
 from shufflenet.deploy.optimize import optimize
-from shufflenet.deploy.peers import mnn_runner, ncnn_runner
+from shufflenet.deploy.peers import mnn_runner, ncnn_int8_runner, ncnn_runner
 from shufflenet.deploy.timing import eager_timer, interleaved_seconds, median_seconds
 
 RUNTIMES = (
@@ -49,10 +49,12 @@ RUNTIMES = (
     "engine_int8",
     "ort_int8",
     "openvino_int8",
+    "ncnn_int8",
 )
-# int8 cells: our engine's (shufflenet.deploy.quantize) and ONNX Runtime's static quantization (QDQ,
-# per-channel weights) run by ONNX Runtime and by OpenVINO (at its default precision for what stays float).
-INT8_RUNTIMES = ("engine_int8", "ort_int8", "openvino_int8")
+# int8 cells: our engine's (shufflenet.deploy.quantize), ONNX Runtime's static quantization (QDQ,
+# per-channel weights) run by ONNX Runtime and by OpenVINO (at its default precision for what stays float),
+# and ncnn's own post-training quantization run by ncnn (likewise at its defaults for what stays float).
+INT8_RUNTIMES = ("engine_int8", "ort_int8", "openvino_int8", "ncnn_int8")
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
@@ -303,6 +305,8 @@ def build_runner(
         return build_engine(model, size, threads=threads, precision="int8", calibration=calibration)
     if runtime in ("ncnn", "ncnn_default"):
         return ncnn_runner(model, example, threads, workdir, defaults=runtime == "ncnn_default")
+    if runtime == "ncnn_int8":
+        return ncnn_int8_runner(model, example, benchmark_calibration(example), workdir, threads)
     path = export_onnx(model, workdir / "plain.onnx", example)
     if runtime == "mnn":
         return mnn_runner(path, threads)
