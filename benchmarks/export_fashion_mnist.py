@@ -42,7 +42,7 @@ def main() -> int:
         for fmt, int8 in (("onnx", False), ("openvino", False), ("onnx", True), ("openvino", True)):
             report = export_model(
                 model, Path(folder) / f"m-{fmt}-{int8}", fmt, input_size=(28, 28), real_inputs=real,
-                int8=int8, calibration=calibration, accuracy_data=test_set,
+                precision="int8" if int8 else "fp32", calibration=calibration, accuracy_data=test_set,
             )  # fmt: skip
             rows.append(
                 {

@@ -248,7 +248,7 @@ def test_int8_export_reports_accuracy(tmp_path):
         tmp_path / "q",
         "onnx",
         input_size=(28, 28),
-        int8=True,
+        precision="int8",
         calibration=calibration,
         accuracy_data=data,
     )
@@ -257,7 +257,7 @@ def test_int8_export_reports_accuracy(tmp_path):
     assert 0.0 <= report.accuracy["exported top-1"] <= 100.0
     assert report.tolerance is None
     with pytest.raises(ValueError, match="calibration"):
-        export_model(model, tmp_path / "q2", "onnx", int8=True)
+        export_model(model, tmp_path / "q2", "onnx", precision="int8")
 
 
 def _float32_error(model: torch.nn.Module, input_size: tuple[int, int]) -> float:

@@ -174,7 +174,10 @@ def test_evaluate_on_the_engine_in_fp32_and_int8(run_copy, capsys):
         pytest.skip(f"the C engine cannot run here: {error}")
     run, data = run_copy
     results = {}
-    for runtime, precision in (("torch", "fp32"), ("engine", "fp32"), ("engine", "int8")):
+    cells = [("torch", "fp32"), ("engine", "fp32"), ("engine", "int8")]
+    if load_library().shufflenet_engine_bf16():
+        cells.append(("engine", "bf16"))
+    for runtime, precision in cells:
         code, out, err = cli(
             capsys, "evaluate", "--checkpoint", run, "--data-dir", data, "--no-progress", "--format", "json",
             "--runtime", runtime, "--precision", precision, "--calib-samples", "8",
@@ -191,6 +194,9 @@ def test_evaluate_on_the_engine_in_fp32_and_int8(run_copy, capsys):
     assert engine_fp32["top1_err"] == torch_fp32["top1_err"]
     assert abs(engine_fp32["loss"] - torch_fp32["loss"]) < 1e-4
     assert abs(engine_int8["loss"] - engine_fp32["loss"]) < 0.1 * engine_fp32["loss"]
+    if ("engine", "bf16") in results:
+        assert results["engine", "bf16"]["precision"] == "bf16"
+        assert abs(results["engine", "bf16"]["loss"] - engine_fp32["loss"]) < 0.02 * engine_fp32["loss"]
     code, out, err = cli(capsys, "evaluate", "--checkpoint", run, "--data-dir", data, "--format", "table",
                          "--runtime", "engine", "--precision", "int8", "--no-progress")  # fmt: skip
     assert code == 0 and "| shufflenet_v2_x0_5 | engine int8 | fashion-mnist |      16 |" in out
@@ -385,3 +391,16 @@ def test_export_to_the_engine_writes_a_verified_plan_with_its_contract(
     assert (tmp_path / "exports" / "shufflenet_v2_x0_5.int8.plan").is_file()
     code, _, err = cli(capsys, "export", weights, "--format", "engine", "--int8", "--precision", "fp32")
     assert code == 2 and "contradict each other" in err
+    code, _, err = cli(capsys, "export", weights, "--format", "onnx", "--precision", "bf16")
+    assert code == 2 and "--precision bf16 runs on the engine: add --format engine" in err
+    if not load_library().shufflenet_engine_bf16():
+        return
+    code, out, err = cli(
+        capsys, "export", weights, "--format", "engine", "--precision", "bf16", "--calib", "fashion-mnist",
+        "--data-dir", data, "--accuracy-samples", "16",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "bf16: judged by accuracy" in out and "int8 error" not in out
+    written = tmp_path / "exports" / "shufflenet_v2_x0_5.bf16.plan"
+    assert Plan.load(written).precision == "bf16"
+    assert json.loads(written.with_name(written.name + ".json").read_text())["precision"] == "bf16"

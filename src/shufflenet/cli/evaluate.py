@@ -41,9 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--precision",
-        choices=("fp32", "int8"),
+        choices=("fp32", "bf16", "int8"),
         default="fp32",
-        help="engine precision; int8 is calibrated on --calib-samples train images (default: fp32)",
+        help="engine precision; int8 is calibrated on --calib-samples train images, bf16 needs a CPU with "
+        "AVX512_BF16 (default: fp32)",
     )
     parser.add_argument(
         "--calib-samples", type=int, default=256, help="int8 calibration images (default: 256)"

@@ -21,7 +21,8 @@ DESCRIPTION = (
     "Trained weights are exported at the input size their model.json (or checkpoint) records. "
     "Prints the difference and the latency of both. --int8 quantizes with ONNX Runtime static "
     "quantization (--format engine: the engine's own, with each operation's int8 error) calibrated on "
-    "--calib and reports the accuracy change instead."
+    "--calib and reports the accuracy change instead; --format engine --precision bf16 plans bfloat16 "
+    "dot products (CPUs with AVX512_BF16) and reports the same."
 )
 
 
@@ -50,7 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="int8: ONNX Runtime static quantization (onnx, openvino) or the engine's own (engine)",
     )
     parser.add_argument(
-        "--precision", choices=("fp32", "int8"), help="the same as --int8 for int8 (default: fp32)"
+        "--precision",
+        choices=("fp32", "bf16", "int8"),
+        help="int8: the same as --int8; bf16: the engine's bfloat16 dot products, on CPUs with AVX512_BF16 "
+        "(default: fp32)",
     )
     parser.add_argument(
         "--calib",
@@ -63,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--accuracy-samples",
         type=int,
         default=0,
-        help="val images for the accuracy comparison (default: all with --int8, none otherwise)",
+        help="val images for the accuracy comparison (default: all with int8 or bf16, none otherwise)",
     )
     parser.add_argument("--threads", type=int, default=1, help="threads for the latency check (default: 1)")
 
@@ -111,10 +115,12 @@ def run(args: argparse.Namespace) -> int:
     from shufflenet.deploy.calibration import export_data
     from shufflenet.deploy.export import SUFFIX, ExportError, export_model
 
-    if args.precision == "int8":
-        args.int8 = True
-    elif args.precision == "fp32" and args.int8:
-        raise CliError("--int8 and --precision fp32 contradict each other; drop one")
+    if args.int8 and args.precision not in (None, "int8"):
+        raise CliError(f"--int8 and --precision {args.precision} contradict each other; drop one")
+    precision = "int8" if args.int8 else args.precision or "fp32"
+    if precision == "bf16" and args.format != "engine":
+        raise CliError("--precision bf16 runs on the engine: add --format engine")
+    args.int8 = precision == "int8"
     model, name, contract = export_target(args)
     input_size = input_size_for(args, contract)
     data = None
@@ -132,9 +138,10 @@ def run(args: argparse.Namespace) -> int:
     elif args.int8:
         raise CliError("--int8 needs calibration data: add --calib DATASET (e.g. --calib fashion-mnist)")
     # The suffix is appended, not substituted: NAME.int8 must keep its ".int8".
-    default = Path("exports") / f"{name}{'.int8' if args.int8 else ''}{SUFFIX[args.format]}"
+    tag = "" if precision == "fp32" else f".{precision}"
+    default = Path("exports") / f"{name}{tag}{SUFFIX[args.format]}"
     output = Path(args.output) if args.output else default
-    measure_accuracy = data is not None and (args.int8 or args.accuracy_samples)
+    measure_accuracy = data is not None and (precision != "fp32" or args.accuracy_samples)
     try:
         report = export_model(
             model,
@@ -143,13 +150,13 @@ def run(args: argparse.Namespace) -> int:
             input_size=input_size or (224, 224),
             real_inputs=data.real_inputs if data else None,
             optimize_graph=not args.no_optimize,
-            int8=args.int8,
+            precision=precision,
             calibration=data.calibration if data else [],
             accuracy_data=data.accuracy_data if measure_accuracy else None,
             threads=args.threads,
             metadata={
                 "model": name,
-                "precision": "int8" if args.int8 else "fp32",
+                "precision": precision,
                 "input": None if contract is None else contract.to_dict(),
             },
         )

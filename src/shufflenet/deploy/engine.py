@@ -207,6 +207,7 @@ def load_library(isa: str | None = None) -> ctypes.CDLL:
     library.shufflenet_engine_run.restype = None
     library.shufflenet_engine_run.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 5
     library.shufflenet_engine_lanes.restype = ctypes.c_int
+    library.shufflenet_engine_bf16.restype = ctypes.c_int
     library.shufflenet_pool_create.restype = ctypes.c_void_p
     library.shufflenet_pool_create.argtypes = [ctypes.c_int]
     library.shufflenet_pool_destroy.restype = None
@@ -307,11 +308,26 @@ def _panels(channels: int, lanes: int) -> list[tuple[int, int]]:
     return panels
 
 
+def _bfloat16_pairs(weights: np.ndarray) -> np.ndarray:
+    """Weights (groups x K x N) rounded to bfloat16 (nearest even) and paired along K as engine.h's
+    PointwiseOp ``bfloat16`` reads them: groups x (K + 1) // 2 x N words (input channel 2j in the low half,
+    2j + 1 in the high half, 0 past K), as float32 bits."""
+    if weights.shape[1] % 2:
+        weights = np.concatenate([weights, np.zeros_like(weights[:, :1])], axis=1)
+    halves = torch.from_numpy(np.ascontiguousarray(weights, np.float32)).bfloat16().view(torch.int16).numpy()
+    halves = halves.view(np.uint16).astype(np.uint32)
+    return (halves[:, 0::2] | (halves[:, 1::2] << 16)).view(np.float32)
+
+
 class _Planner:
     """Collects operations, buffers and the two arenas of a plan, for vectors of ``lanes`` floats."""
 
-    def __init__(self, lanes: int, quantized: QuantizedProgram | None = None) -> None:
+    def __init__(
+        self, lanes: int, quantized: QuantizedProgram | None = None, *, bfloat16: bool = False
+    ) -> None:
         self.lanes = lanes
+        # bf16 plans: float maps, every conv a pointwise op with bfloat16 weights and inputs rounded to them
+        self.bfloat16 = bfloat16
         # int8 plans: uint8 maps; ``current`` holds the integer parameters of the operation being planned.
         self.quantized = quantized
         self.current: _OpIntegers | None = None
@@ -410,6 +426,12 @@ class _Planner:
             rows = slice(group * n_per_group, (group + 1) * n_per_group)
             dense[group, :, :n_per_group] = weight[rows].reshape(n_per_group, k_per_group).T
             packed_bias[group, :n_per_group] = bias[rows]
+        if self.bfloat16:
+            if k_per_group > BFLOAT16_MAX_K:
+                raise EngineUnavailable(
+                    f"a bf16 conv reads at most {BFLOAT16_MAX_K} channels, not {k_per_group}"
+                )
+            dense = _bfloat16_pairs(dense)
         # Per group, panels of output channels, each K rows of the panel's width (the C kernel's order).
         packed = np.concatenate(
             [dense[:, :, start:stop].reshape(groups, -1) for start, stop in panels], axis=1
@@ -437,6 +459,7 @@ class _Planner:
             bias=self.add_floats(packed_bias),
             activation=activation,
             target_pitch=out_pitch,
+            bfloat16=int(self.bfloat16),
             **self._no_pointwise_integers(),
         )
         return _Feature(buffer, height, width, stride, list(range(offset, offset + out_channels)))
@@ -693,6 +716,7 @@ class _Planner:
             target_pitch=out_pitch,
             value_bytes=1,
             real_output=int(real),
+            bfloat16=0,
             integers=self._record(**arrays),
         )
         return _Feature(buffer, height, width, stride, list(range(offset, offset + out_channels)))
@@ -828,6 +852,14 @@ class Plan:
     quantized: QuantizedProgram | None = None
     """An int8 plan's quantized program (its integer reference: quantize.run_quantized)."""
 
+    @property
+    def precision(self) -> str:
+        """``int8`` (uint8 maps), ``bf16`` (bfloat16 dot products) or ``fp32``."""
+        pointwise = [values for kind, values in map(fields, self.ops) if kind == "pointwise"]
+        if any(op.value_bytes == 1 for op in pointwise):
+            return "int8"
+        return "bf16" if any(op.bfloat16 for op in pointwise) else "fp32"
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the plan as a file that ``runner.c`` runs (engine.h's PlanFile header, then the buffer
         sizes, the logits' positions, the operations and the two arenas), written whole or not at all."""
@@ -913,6 +945,8 @@ class Engine:
                 f"the plan packs weights for {plan.lanes}-float vectors, the library runs "
                 f"{library.shufflenet_engine_lanes()}; plan for this library's instruction set"
             )
+        if plan.precision == "bf16" and not library.shufflenet_engine_bf16():
+            raise EngineUnavailable(BFLOAT16_MISSING)
         self._library = library
         self.plan = plan
         self.input_shape = plan.input_shape
@@ -948,7 +982,7 @@ class Engine:
         kind, op = fields(self._ops[index])
         if kind == "pointwise":
             pixels, k = op.lines * op.line_length, op.k_per_group * (4 if op.value_bytes == 1 else 1)
-            precision = " int8" if op.value_bytes == 1 else ""
+            precision = " int8" if op.value_bytes == 1 else " bf16" if op.bfloat16 else ""
             return f"pointwise{precision} {pixels} px, {op.groups} x ({k} -> {op.n_per_group})"
         if kind == "depthwise":
             return f"depthwise {op.height}x{op.width} px, {op.channels} ch, stride {op.stride}"
@@ -1521,7 +1555,13 @@ def _plan(planner: _Planner, program: Program, fuse_map_bytes: int) -> _Feature:
     return place.read(program.output)
 
 
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "bf16", "int8")
+BFLOAT16_MISSING = (
+    "bf16 needs a CPU with AVX512_BF16 (AMD Zen 4 and later, Intel Cooper Lake, Sapphire Rapids and "
+    "later), which this one lacks: use fp32 or int8"
+)
+BFLOAT16_MAX_K = 16384
+"""The most input channels of a bf16 conv: engine.c packs at least one pixel's in PACK_WORDS words."""
 NEVER_FUSE = 1 << 62
 
 FUSE_MAP_BYTES = 512 * 1024
@@ -1631,6 +1671,8 @@ def build_engine(
     shared buffers). ``precision="int8"`` quantizes the network (:mod:`shufflenet.deploy.quantize`) with
     ranges measured on ``calibration`` (NCHW image batches: real images the model will see)."""
     library = load_library(isa)
+    if precision == "bf16" and not library.shufflenet_engine_bf16():
+        raise EngineUnavailable(BFLOAT16_MISSING)
     plan = plan_engine(
         model,
         input_size,
@@ -1677,7 +1719,9 @@ def plan_engine(
             quantized = quantize_model_program(program, calibration)
         except QuantizationError as error:
             raise EngineUnavailable(str(error)) from error
-    planner = _Planner(lanes, quantized)
+    if precision == "bf16" and lanes != 16:
+        raise EngineUnavailable("bf16 plans are for the engine's AVX-512 build (16-float vectors)")
+    planner = _Planner(lanes, quantized, bfloat16=precision == "bf16")
     fuse_map_bytes = FUSE_MAP_BYTES if fuse_map_bytes is None else fuse_map_bytes
     if quantized is not None:  # the row-by-row run is float: no map is kept alive or placed for it
         fuse_map_bytes = NEVER_FUSE

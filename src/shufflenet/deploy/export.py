@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from shufflenet._system import torch_threads
-from shufflenet.deploy.engine import Engine, Plan, load_library, plan_engine
+from shufflenet.deploy.engine import BFLOAT16_MISSING, Engine, Plan, load_library, plan_engine
 from shufflenet.deploy.errors import require_package
 from shufflenet.deploy.optimize import optimize
 from shufflenet.deploy.quantize import operation_errors
@@ -29,6 +29,7 @@ FORMATS = ("onnx", "openvino", "pt2", "engine")
 Format = Literal["onnx", "openvino", "pt2", "engine"]
 SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "pt2": ".pt2", "engine": ".plan"}
 FP32_TOLERANCE = 1e-4
+EXPORT_PRECISIONS = ("fp32", "bf16", "int8")
 
 
 class ExportError(RuntimeError):
@@ -41,7 +42,7 @@ class ExportReport:
 
     path: Path
     format: str
-    int8: bool
+    precision: str
     max_abs_diff_random: float
     max_abs_diff_real: float | None
     latency_ms: float
@@ -54,7 +55,7 @@ class ExportReport:
 
     @property
     def passed(self) -> bool:
-        if self.tolerance is None:  # int8: judged by accuracy, not by a tolerance
+        if self.tolerance is None:  # reduced precision: judged by accuracy, not by a tolerance
             return True
         diffs = [self.max_abs_diff_random] + (
             [self.max_abs_diff_real] if self.max_abs_diff_real is not None else []
@@ -83,9 +84,9 @@ class ExportReport:
             )
         if self.tolerance is None and self.accuracy:
             change = self.accuracy["exported top-1"] - self.accuracy["eager top-1"]
-            lines.append(f"int8: judged by accuracy, change {change:+.2f} points")
+            lines.append(f"{self.precision}: judged by accuracy, change {change:+.2f} points")
         elif self.tolerance is None:
-            lines.append("int8: no labelled data given (--calib), so only the differences above")
+            lines.append(f"{self.precision}: no labelled data given (--calib), so only the differences above")
         else:
             lines.append(
                 "verified" if self.passed else "NOT verified: the exported model disagrees with eager"
@@ -120,18 +121,22 @@ def _write_plan(
     model: nn.Module,
     input_size: tuple[int, int],
     folder: Path,
-    int8: bool,
+    precision: str,
     calibration: Sequence[np.ndarray],
     real_inputs: torch.Tensor | None,
     metadata: dict | None,
 ) -> tuple[list[Path], list[tuple[int, str, float]]]:
-    """The engine's plan of ``model`` for this CPU's build, in ``folder`` (and ``metadata`` as JSON beside
-    it); with ``int8``, each operation's int8 error on ``real_inputs``."""
+    """The engine's plan of ``model`` in ``precision`` for this CPU's build, in ``folder`` (and ``metadata``
+    as JSON beside it); int8 adds each operation's int8 error on ``real_inputs``."""
+    int8 = precision == "int8"
+    library = load_library()
+    if precision == "bf16" and not library.shufflenet_engine_bf16():
+        raise ExportError(BFLOAT16_MISSING)
     plan = plan_engine(
         model,
         input_size,
-        lanes=load_library().shufflenet_engine_lanes(),
-        precision="int8" if int8 else "fp32",
+        lanes=library.shufflenet_engine_lanes(),
+        precision=precision,
         calibration=calibration if int8 else None,
     )
     path = folder / "model.plan"
@@ -173,7 +178,7 @@ def export_model(
     input_size: tuple[int, int] = (224, 224),
     real_inputs: torch.Tensor | None = None,
     optimize_graph: bool = True,
-    int8: bool = False,
+    precision: str = "fp32",
     calibration: Sequence[np.ndarray] = (),
     accuracy_data: Dataset | None = None,
     threads: int = 1,
@@ -183,18 +188,24 @@ def export_model(
 ) -> ExportReport:
     """Export ``model``'s deploy graph (:func:`optimize`; the plain model with ``optimize_graph=False``)
     to ``output`` in ``fmt``, then load the written artifact and compare it with eager ``model`` on random
-    inputs and on ``real_inputs`` when given. fp32 exports must agree within ``tolerance``; ``int8``
-    (ONNX/OpenVINO; ONNX Runtime static quantization on ``calibration`` batches) is reported, not bound
-    by it; ``accuracy_data`` (a labelled dataset) adds the top-1 accuracy of eager and exported models.
-    ``engine``: the C engine's plan for this CPU's build (:meth:`Plan.save`; ``int8``: the engine's own
-    quantization, calibrated on ``calibration``, with each operation's int8 error on ``real_inputs`` in
-    the report), with ``metadata`` (e.g. the input contract) beside it as ``NAME.plan.json``.
+    inputs and on ``real_inputs`` when given. fp32 exports must agree within ``tolerance``; reduced
+    ``precision`` is reported, not bound by it: ``int8`` (ONNX/OpenVINO: ONNX Runtime static quantization
+    on ``calibration`` batches), ``bf16`` (the engine only); ``accuracy_data`` (a labelled dataset) adds
+    the top-1 accuracy of eager and exported models. ``engine``: the C engine's plan for this CPU's build
+    (:meth:`Plan.save`; ``int8``: the engine's own quantization, calibrated on ``calibration``, with each
+    operation's int8 error on ``real_inputs`` in the report; ``bf16``: bfloat16 dot products, on CPUs
+    with AVX512_BF16), with ``metadata`` (e.g. the input contract) beside it as ``NAME.plan.json``.
     Files appear only once written completely and verified (staged in a temporary folder, then renamed); a
     failed verification raises :class:`ExportError` and leaves any existing file untouched."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if precision not in EXPORT_PRECISIONS:
+        raise ValueError(f"precision {precision!r}: use one of {', '.join(EXPORT_PRECISIONS)}")
+    int8 = precision == "int8"
     if int8 and fmt == "pt2":
         raise ValueError("--int8 applies to onnx, openvino and engine exports")
+    if precision == "bf16" and fmt != "engine":
+        raise ValueError("bf16 applies to engine exports (--format engine)")
     if int8 and not calibration:
         raise ValueError("int8 export needs calibration batches (--calib DATASET)")
     output = Path(output)
@@ -211,7 +222,7 @@ def export_model(
             try:
                 if fmt == "engine":
                     files, layer_errors = _write_plan(
-                        model, input_size, folder, int8, calibration, real_inputs, metadata
+                        model, input_size, folder, precision, calibration, real_inputs, metadata
                     )
                 else:
                     files = _write(graph, example, "onnx" if int8 else fmt, folder)
@@ -252,7 +263,7 @@ def export_model(
                     "exported top-1": top1_accuracy(run, accuracy_data),
                 }
             worst = max(max_random, max_real or 0.0)
-            if not int8 and worst > tolerance:
+            if precision == "fp32" and worst > tolerance:
                 # An export that disagrees with its model must not replace a good file of the same name.
                 raise ExportError(
                     f"the {fmt} export differs from the eager model by {worst:.2e} "
@@ -271,12 +282,12 @@ def export_model(
         return ExportReport(
             path=output,
             format=fmt,
-            int8=int8,
+            precision=precision,
             max_abs_diff_random=max_random,
             max_abs_diff_real=max_real,
             latency_ms=1000 * latency,
             eager_latency_ms=1000 * eager,
-            tolerance=None if int8 else tolerance,
+            tolerance=tolerance if precision == "fp32" else None,
             extra_files=targets[1:],
             accuracy=accuracy,
             layer_errors=layer_errors if fmt == "engine" else [],

@@ -614,12 +614,19 @@ def run_program(
     batch: torch.Tensor,
     observe: Callable[[Write, torch.Tensor], None] | None = None,
     observe_squeeze: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    *,
+    bfloat16: bool = False,
 ) -> torch.Tensor:
     """Run ``program`` on an NCHW float32 ``batch`` in PyTorch, operation by operation: the reference
     that backends are checked against. Returns the output map (N x C for a classifier). ``observe``, if
     given, sees every operation's output and where it goes (calibration records the ranges);
-    ``observe_squeeze`` a squeeze-excite's index, hidden values and gate logits."""
+    ``observe_squeeze`` a squeeze-excite's index, hidden values and gate logits. With ``bfloat16``, as
+    the engine's bf16 plans: every conv but a depthwise one, and the squeeze-excite's two layers, multiply
+    inputs and weights rounded to bfloat16 (nearest even), summing in float32."""
     maps: dict[int, torch.Tensor] = {0: batch.float()}
+
+    def operand(value: torch.Tensor, rounded: bool = True) -> torch.Tensor:
+        return value.bfloat16().float() if bfloat16 and rounded else value
 
     def read(source: Read) -> torch.Tensor:
         return maps[source.map].index_select(1, torch.tensor(source.channels, dtype=torch.long))
@@ -639,7 +646,15 @@ def run_program(
         x = read(op.source)
         if isinstance(op, Conv):
             weight, bias = torch.from_numpy(op.weight), torch.from_numpy(op.bias)
-            out = F.conv2d(x, weight, bias, stride=op.stride, padding=op.padding, groups=op.groups)
+            dense = op.kind != "depthwise"
+            out = F.conv2d(
+                operand(x, dense),
+                operand(weight, dense),
+                bias,
+                stride=op.stride,
+                padding=op.padding,
+                groups=op.groups,
+            )
             out = epilogue(out, op.residual, op.activation)
         elif isinstance(op, Pool):
             if op.kind == "max":
@@ -652,9 +667,12 @@ def run_program(
         elif isinstance(op, SqueezeExcite):
             squeezed = x.mean((2, 3))
             hidden = F.relu(
-                squeezed @ torch.from_numpy(op.reduce_weight).T + torch.from_numpy(op.reduce_bias)
+                operand(squeezed) @ operand(torch.from_numpy(op.reduce_weight)).T
+                + torch.from_numpy(op.reduce_bias)
             )
-            logits = hidden @ torch.from_numpy(op.expand_weight).T + torch.from_numpy(op.expand_bias)
+            logits = operand(hidden) @ operand(torch.from_numpy(op.expand_weight)).T + torch.from_numpy(
+                op.expand_bias
+            )
             if observe_squeeze is not None:
                 observe_squeeze(index, hidden, logits)
             gate = torch.sigmoid(logits)

@@ -184,7 +184,7 @@ def engine_classifier(
     from shufflenet.deploy.engine import build_engine
 
     calibration = None
-    if precision != "fp32":
+    if precision == "int8":
         calibration = calibration_batches(
             dataset,
             size,
@@ -221,7 +221,7 @@ def evaluate_checkpoint(
     ``dataset`` and ``image_size`` default to those the model was trained with (its input contract);
     ``log`` receives one line saying so. Runs distributed under torchrun. ``runtime="engine"`` runs the
     network on the C engine (CPU) in ``precision`` (``"int8"``: calibrated on ``calib_samples`` train
-    images) instead of PyTorch."""
+    images; ``"bf16"``: bfloat16 dot products, on CPUs with AVX512_BF16) instead of PyTorch."""
     if runtime not in EVAL_RUNTIMES:
         raise ValueError(f"runtime {runtime!r}: use one of {', '.join(EVAL_RUNTIMES)}")
     if precision != "fp32" and runtime != "engine":

@@ -33,6 +33,8 @@
 #ifndef CHUNK_WEIGHT_BYTES
 #define CHUNK_WEIGHT_BYTES 262144
 #endif
+/* A bfloat16 conv's packed input chunk (words, on the stack): at least one pixel of K <= 2 * PACK_WORDS. */
+#define PACK_WORDS 8192
 
 #include "vector.h"
 
@@ -68,18 +70,60 @@ INLINE void finish_half(float* out, const float* res, hvec y, int lanes, int act
    panel remainders (on AMD Zen 1 a 128-bit FMA costs half a 256-bit one, so it wastes nothing). Pixel r's
    input starts at a + r * step (a fixed step: a few base registers cover all rows, where a pointer per row
    would spill); idx[k] is the offset of input channel k within it. The tile's weights are K rows of its
-   panel's stride. */
+   panel's stride. With BF16, the input is packed bfloat16 pairs (pack_bf16): K pair words per pixel, read
+   in order, and the weights K rows of pair words. */
+#if defined(__AVX512F__)
+/* bfloat16 dot products (engine.h: PointwiseOp's ``bfloat16``): vdpbf16ps adds to each float lane the
+   products of its two bfloat16 halves. Inline assembly needs no compiler flag for it (the build runs it only
+   where the CPU has AVX512_BF16, has_bf16) and updates the accumulator in place (see DPBUSD in int8.c). */
+#define BF16_KERNELS 1
+#define DPBF16(acc, x, w) __asm__("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w))
+#define MAC(acc, x, w)                   \
+    do {                                 \
+        if (BF16)                        \
+            DPBF16(acc, x, w);           \
+        else                             \
+            acc = v_fma(x, w, acc);      \
+    } while (0)
+#define HMAC(acc, x, w)                  \
+    do {                                 \
+        if (BF16)                        \
+            DPBF16(acc, x, w);           \
+        else                             \
+            acc = h_fma(x, w, acc);      \
+    } while (0)
+
+static int has_bf16(void) {
+    static int known = -1;
+    if (known < 0) known = __builtin_cpu_supports("avx512bf16");
+    return known;
+}
+#else
+#define BF16_KERNELS 0
+#define MAC(acc, x, w) acc = v_fma(x, w, acc)
+#define HMAC(acc, x, w) acc = h_fma(x, w, acc)
+#endif
+
+/* Whether this build on this CPU runs bfloat16 pointwise convs (PointwiseOp's ``bfloat16``). */
+int shufflenet_engine_bf16(void) {
+#if BF16_KERNELS
+    return has_bf16();
+#else
+    return 0;
+#endif
+}
+
 #define ROW_INIT(r) vec c##r##0 = b0, c##r##1 = b1, c##r##2 = b2; hvec q##r = bq;
 #define ROW_FMA(r)                                                       \
     if (ROWS > r) {                                                      \
         if (VECS > 0) {                                                  \
             const vec x = v_broadcast(p + r * step);                     \
-            c##r##0 = v_fma(x, w0, c##r##0);                             \
-            if (VECS > 1) c##r##1 = v_fma(x, w1, c##r##1);               \
-            if (VECS > 2) c##r##2 = v_fma(x, w2, c##r##2);               \
-            if (HALF) q##r = h_fma(h_low(x), wq, q##r);                  \
+            MAC(c##r##0, x, w0);                                         \
+            if (VECS > 1) MAC(c##r##1, x, w1);                           \
+            if (VECS > 2) MAC(c##r##2, x, w2);                           \
+            if (HALF) HMAC(q##r, h_low(x), wq);                          \
         } else {                                                         \
-            q##r = h_fma(h_broadcast(p + r * step), wq, q##r);           \
+            HMAC(q##r, h_broadcast(p + r * step), wq);                   \
         }                                                                \
     }
 #define ROW_STORE(r)                                                                                    \
@@ -94,7 +138,7 @@ INLINE void finish_half(float* out, const float* res, hvec y, int lanes, int act
     }
 #define ROWS_0_TO_15(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7) M(8) M(9) M(10) M(11) M(12) M(13) M(14) M(15)
 
-INLINE void pointwise_tile(const int ROWS, const int VECS, const int HALF, const float* a, size_t step,
+INLINE void pointwise_tile(const int BF16, const int ROWS, const int VECS, const int HALF, const float* a, size_t step,
                            const int32_t* idx, int K, const float* w, int panel, const float* bias, float* out,
                            size_t out_stride, const float* res, size_t res_stride, int valid, int act) {
     const vec b0 = VECS > 0 ? v_load(bias) : v_zero();
@@ -105,7 +149,7 @@ INLINE void pointwise_tile(const int ROWS, const int VECS, const int HALF, const
     /* Two steps per iteration: the loop's own instructions (index load, counters, branch) are shared. */
 #pragma GCC unroll 2
     for (int k = 0; k < K; k++) {
-        const float* p = a + idx[k];
+        const float* p = BF16 ? a + k : a + idx[k];
         const float* wk = w + (size_t)k * panel;
         /* The weights stream in from L3 or memory once per call (a network's exceed L2): ask for them
            WEIGHT_PREFETCH_ROWS rows ahead, past the panel's end into the next panel's. */
@@ -166,7 +210,7 @@ static Shape panel_shape(int valid) {
 }
 
 #define TILE(R, V, Q) \
-    pointwise_tile(R, V, Q, a, step, idx, K, w, panel, bias, out, out_stride, res, res_stride, valid, act)
+    pointwise_tile(BF16, R, V, Q, a, step, idx, K, w, panel, bias, out, out_stride, res, res_stride, valid, act)
 /* Row counts up to each shape's own: every case is a separate specialised kernel. */
 #define ROWS_UP_TO_4(V, Q)                                                                     \
     case 4: TILE(4, V, Q); break; case 3: TILE(3, V, Q); break; case 2: TILE(2, V, Q); break; \
@@ -183,9 +227,9 @@ static Shape panel_shape(int valid) {
 #define ROWS_UP_TO_EXPAND(n) ROWS_UP_TO_##n
 
 /* Dispatch to a tile specialised for its shape (constants after inlining). */
-static void pointwise_rows(Shape shape, int rows, const float* a, size_t step, const int32_t* idx, int K,
-                           const float* w, int panel, const float* bias, float* out, size_t out_stride,
-                           const float* res, size_t res_stride, int valid, int act) {
+INLINE void pointwise_rows_as(const int BF16, Shape shape, int rows, const float* a, size_t step,
+                              const int32_t* idx, int K, const float* w, int panel, const float* bias, float* out,
+                              size_t out_stride, const float* res, size_t res_stride, int valid, int act) {
     if (shape.vecs == 2 && !shape.half) {
         switch (rows) { ROWS_UP_TO(ROWS_MID)(2, 0) }
     } else if (shape.vecs == 3) {
@@ -200,6 +244,47 @@ static void pointwise_rows(Shape shape, int rows, const float* a, size_t step, c
         switch (rows) { ROWS_UP_TO(ROWS_NARROW)(0, 1) }
     }
 }
+
+#define ROWS_ARGUMENTS                                                                                        \
+    Shape shape, int rows, const float *a, size_t step, const int32_t *idx, int K, const float *w, int panel, \
+        const float *bias, float *out, size_t out_stride, const float *res, size_t res_stride, int valid, int act
+#define ROWS_PASSED shape, rows, a, step, idx, K, w, panel, bias, out, out_stride, res, res_stride, valid, act
+static void pointwise_rows(ROWS_ARGUMENTS) { pointwise_rows_as(0, ROWS_PASSED); }
+
+#if BF16_KERNELS
+static void pointwise_rows_bf16(ROWS_ARGUMENTS) { pointwise_rows_as(1, ROWS_PASSED); }
+
+/* ``count`` pixels (pixel i at in + i * step, its K channels at idx) as bfloat16 pairs, rounded to nearest
+   even: (K + 1) / 2 words per pixel from out, the last one's high half 0 for an odd K. ``contiguous``:
+   idx[k] = idx[0] + k (loads, not gathers). */
+static void pack_bf16(const float* in, size_t step, const int32_t* idx, int K, int contiguous, int count,
+                      uint32_t* out) {
+    const int pairs = (K + 1) / 2;
+    for (int i = 0; i < count; i++) {
+        const float* x = in + (size_t)i * step;
+        uint32_t* o = out + (size_t)i * pairs;
+        for (int k = 0; k < K; k += 32) {
+            const int left = K - k;
+            const __mmask16 low_mask = v_mask(left >= LANES ? LANES : left);
+            const __mmask16 high_mask = left > LANES ? v_mask(left >= 2 * LANES ? LANES : left - LANES) : 0;
+            __m512 low, high, packed;
+            if (contiguous) {
+                low = _mm512_maskz_loadu_ps(low_mask, x + idx[0] + k);
+                high = _mm512_maskz_loadu_ps(high_mask, x + idx[0] + k + LANES);
+            } else {
+                const __m512 zero = _mm512_setzero_ps();
+                low = _mm512_mask_i32gather_ps(zero, low_mask, _mm512_maskz_loadu_epi32(low_mask, idx + k), x, 4);
+                high = _mm512_mask_i32gather_ps(zero, high_mask, _mm512_maskz_loadu_epi32(high_mask, idx + k + LANES),
+                                                x, 4);
+            }
+            /* vcvtne2ps2bf16: the second source's floats become the low 16 bfloat16 */
+            __asm__("vcvtne2ps2bf16 %2, %1, %0" : "=v"(packed) : "v"(high), "v"(low));
+            const int words = left >= 2 * LANES ? LANES : (left + 1) / 2;
+            _mm512_mask_storeu_epi32(o + k / 2, v_mask(words), _mm512_castps_si512(packed));
+        }
+    }
+}
+#endif
 
 /* out[p, out_offset + g*N + n] = act(bias + sum_k in[pixel p + idx[g*K + k]] * w[g][k][n] (+ res[...]))
    (output line l starts at pixel l * out_pitch, or l * line_len where out_pitch is 0)
@@ -218,17 +303,27 @@ typedef struct {
 static void pointwise(const float* in, const int32_t* line_base, int line_len, int step,
                       const int32_t* idx, int groups, int K, int N, int n_pad, const float* w, const float* bias,
                       float* out, int out_stride, int out_offset, const float* res, int res_stride,
-                      int res_offset, int act, int out_pitch, Part part) {
+                      int res_offset, int act, int out_pitch, int bf16, Part part) {
+    /* Weight rows per panel and input bytes per pixel: K floats, or (K + 1) / 2 bfloat16 pairs. */
+    const int rows_k = bf16 ? (K + 1) / 2 : K;
     /* Pixels in chunks whose inputs stay in L1 while every weight panel passes over them, unless the
        weights are too big to re-read per chunk (the head conv, the classifier): then whole lines. */
     int chunk = line_len;
-    if ((size_t)K * n_pad * sizeof(float) <= CHUNK_WEIGHT_BYTES) {
-        chunk = (int)(CHUNK_INPUT_BYTES / ((size_t)K * sizeof(float))) / CHUNK_ROWS * CHUNK_ROWS;
+    if ((size_t)rows_k * n_pad * sizeof(float) <= CHUNK_WEIGHT_BYTES) {
+        chunk = (int)(CHUNK_INPUT_BYTES / ((size_t)rows_k * sizeof(float))) / CHUNK_ROWS * CHUNK_ROWS;
         if (chunk < CHUNK_ROWS) chunk = CHUNK_ROWS;
     }
+#if BF16_KERNELS
+    /* bfloat16: each chunk's pixels packed here first (the planner keeps K within it) */
+    uint32_t packed[PACK_WORDS];
+    if (bf16 && chunk > PACK_WORDS / rows_k) chunk = PACK_WORDS / rows_k;
+#endif
     for (int g = 0; g < groups; g++) {
         const int32_t* gidx = idx + (size_t)g * K;
-        const float* gw = w + (size_t)g * K * n_pad;
+        const float* gw = w + (size_t)g * rows_k * n_pad;
+        int contiguous = 1;
+        for (int k = 1; k < K; k++) contiguous &= gidx[k] == gidx[0] + k;
+        (void)contiguous;
         for (int line = part.line_begin; line < part.line_end; line++) {
             const float* line_in = in + line_base[line];
             const size_t first = (size_t)line * line_len;
@@ -240,6 +335,15 @@ static void pointwise(const float* in, const int32_t* line_base, int line_len, i
             for (int c0 = part.pixel_begin, c1; c0 < part.pixel_end; c0 = c1) {
                 const int left = part.pixel_end - c0, chunks = (left + chunk - 1) / chunk;
                 c1 = c0 + (left + chunks - 1) / chunks;
+                const float* chunk_in = line_in + (size_t)c0 * step;
+                size_t chunk_step = (size_t)step;
+#if BF16_KERNELS
+                if (bf16) {
+                    pack_bf16(chunk_in, chunk_step, gidx, K, contiguous, c1 - c0, packed);
+                    chunk_in = (const float*)packed;
+                    chunk_step = (size_t)rows_k;
+                }
+#endif
                 for (int n0 = part.channel_begin, valid; n0 < part.channel_end; n0 += valid) {
                     valid = panel_width(N - n0);
                     const Shape shape = panel_shape(valid);
@@ -250,12 +354,20 @@ static void pointwise(const float* in, const int32_t* line_base, int line_len, i
                         const size_t pixel = first + p0;
                         const float* r0 =
                             res ? res + pixel * res_stride + res_offset + (size_t)g * N + n0 : 0;
-                        /* Panels before the last are unpadded: this one starts n0 * K floats in. */
-                        pointwise_rows(shape, rows, line_in + (size_t)p0 * step, step, gidx, K,
-                                       gw + (size_t)n0 * K, panel_stride(valid), bias + g * n_pad + n0,
-                                       out + (out_first + p0) * out_stride + channel, out_stride, r0,
-                                       res_stride, valid,
-                                       act);
+                        /* Panels before the last are unpadded: this one starts n0 * rows_k floats in. */
+                        const float* tile_in = chunk_in + (size_t)(p0 - c0) * chunk_step;
+                        const float* tile_w = gw + (size_t)n0 * rows_k;
+                        float* tile_out = out + (out_first + p0) * out_stride + channel;
+#if BF16_KERNELS
+                        if (bf16) {
+                            pointwise_rows_bf16(shape, rows, tile_in, chunk_step, gidx, rows_k, tile_w,
+                                                panel_stride(valid), bias + g * n_pad + n0, tile_out, out_stride,
+                                                r0, res_stride, valid, act);
+                            continue;
+                        }
+#endif
+                        pointwise_rows(shape, rows, tile_in, chunk_step, gidx, K, tile_w, panel_stride(valid),
+                                       bias + g * n_pad + n0, tile_out, out_stride, r0, res_stride, valid, act);
                     }
                 }
             }
@@ -420,7 +532,7 @@ static void expand_depthwise(const PointwiseOp* p, const DepthwiseOp* d, const P
             pointwise(buffers[p->source] + (one_line ? (size_t)r * W * p->step : 0), line_starts + (one_line ? 0 : r),
                       W, (int)p->step, ints + p->index, (int)p->groups, (int)p->k_per_group, (int)p->n_per_group,
                       (int)p->n_padded, floats + p->weights, floats + p->bias, ring + slot * row_floats,
-                      (int)p->target_stride, 0, 0, 0, 0, (int)p->activation, 0, row_part);
+                      (int)p->target_stride, 0, 0, 0, 0, (int)p->activation, 0, (int)p->bfloat16, row_part);
             held[slot] = r;
         }
         float* out = q ? depthwise_out : buffers[d->target] + (size_t)oy * Wo * d->target_stride;
@@ -435,7 +547,7 @@ static void expand_depthwise(const PointwiseOp* p, const DepthwiseOp* d, const P
                   (int)q->n_per_group, (int)q->n_padded, floats + q->weights, floats + q->bias,
                   buffers[q->target] + first * q->target_stride, (int)q->target_stride, (int)q->target_offset,
                   q->residual >= 0 ? buffers[q->residual] + first * q->residual_stride : 0, (int)q->residual_stride,
-                  (int)q->residual_offset, (int)q->activation, 0, project_part);
+                  (int)q->residual_offset, (int)q->activation, 0, (int)q->bfloat16, project_part);
     }
 }
 
@@ -665,7 +777,8 @@ static void run_share(const Op* op, float* const* buffers, const float* floats, 
                   ints + o->index, (int)o->groups, (int)o->k_per_group, (int)o->n_per_group, (int)o->n_padded,
                   floats + o->weights, floats + o->bias, buffers[o->target], (int)o->target_stride,
                   (int)o->target_offset, o->residual >= 0 ? buffers[o->residual] : 0, (int)o->residual_stride,
-                  (int)o->residual_offset, (int)o->activation, (int)o->target_pitch, pointwise_part(o, t, T));
+                  (int)o->residual_offset, (int)o->activation, (int)o->target_pitch, (int)o->bfloat16,
+                  pointwise_part(o, t, T));
         break;
     }
     case OP_DEPTHWISE: {

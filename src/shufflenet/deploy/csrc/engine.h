@@ -13,7 +13,7 @@
 
 #include <stdint.h>
 
-#define SHUFFLENET_ENGINE_ABI 8
+#define SHUFFLENET_ENGINE_ABI 9
 
 enum {
     OP_PAD_INPUT = 0,      /* NCHW input -> zero-bordered NCHW copy (the stem conv reads it by index) */
@@ -59,7 +59,10 @@ typedef struct {
    x 16 x 4 bytes; n_padded: channels per group rounded up to 16. Requantization arrays indexed by
    g * n_per_group + n. The residual (uint8, its own zero points and multipliers) adds float(q -
    residual_zeros[n]) * residual_multipliers[n] before the clamp. With ``real_output`` the target is float32 and
-   gets the clamped t itself (the logits). */
+   gets the clamped t itself (the logits). With ``bfloat16`` 1 (float maps, the AVX-512 build on a CPU with
+   AVX512_BF16): the inputs are rounded to bfloat16 (nearest even) as they are read and the weights are
+   bfloat16 pairs: per group, panels as for floats but (k_per_group + 1) / 2 rows, each word of a row two
+   bfloat16 weights (input channel 2j low, 2j + 1 high) of one output channel; sums in float32. */
 typedef struct {
     int64_t source;
     int64_t line_starts;
@@ -84,6 +87,7 @@ typedef struct {
     int64_t value_bytes;
     int64_t integers;
     int64_t real_output;
+    int64_t bfloat16;
 } PointwiseOp;
 
 /* Weights: 9 rows (taps) of ``channels`` floats; channels a multiple of 8. With ``value_bytes`` 1, on uint8
@@ -261,6 +265,7 @@ typedef struct {
 /* The library's entry points: a pool of threads (the caller's included) runs plans. */
 int64_t shufflenet_engine_abi(int64_t* op_size);
 int shufflenet_engine_lanes(void);
+int shufflenet_engine_bf16(void);
 void* shufflenet_pool_create(int threads);
 void shufflenet_pool_destroy(void* pool);
 void shufflenet_engine_run(void* pool, int n_ops, const Op* ops, float* const* buffers, const float* floats,

@@ -79,6 +79,9 @@ int main(int argc, char** argv) {
     const int64_t* buffer_floats = (const int64_t*)(plan + sizeof head);
     const int64_t* positions = buffer_floats + head.buffers;
     const Op* ops = (const Op*)(positions + head.outputs);
+    for (int64_t i = 0; i < head.ops; i++)
+        if (ops[i].code == OP_POINTWISE && ops[i].as.pointwise.bfloat16 && !shufflenet_engine_bf16())
+            return fail("a bfloat16 plan: this CPU lacks AVX512_BF16; plan it in fp32 or int8", argv[1]);
     const float* floats = aligned_copy(ops + head.ops, 4 * (size_t)head.floats);
     const int32_t* ints = aligned_copy((const char*)(ops + head.ops) + 4 * (size_t)head.floats, 4 * (size_t)head.ints);
     float** buffers = calloc((size_t)head.buffers, sizeof(float*));
