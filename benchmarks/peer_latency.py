@@ -3,7 +3,8 @@ its default precision: bf16 on CPUs with AVX512_BF16), ncnn through pnnx (fp32, 
 MNN (fp32), and in int8 (ONNX Runtime's static quantization run by ONNX Runtime and by OpenVINO; ncnn's
 own, ncnn2table and ncnn2int8, which the ncnn wheel lacks: build them once with
 benchmarks/build_ncnn_quantize_tools.sh, else that cell is reported unavailable; the engine's own int8,
-judged by accuracy on trained nets, see docs/int8.md), all in one process, called in
+judged by accuracy on trained nets, see docs/int8.md), and the engine in bf16 (CPUs with AVX512_BF16), all
+in one process, called in
 interleaved passes (see paired_latency.py), every cell's output
 checked against eager PyTorch first (a cell that computes something else is reported, not timed). Each cell
 first waits until no thread of the process is busy, then makes untimed calls for at least 50 ms before its
@@ -11,8 +12,8 @@ timed one: ONNX Runtime's and OpenMP's worker threads keep spinning after a call
 longer while another runtime shares their cores), and on a 2-core machine they would take a core from the
 next cell (the engine at 2 threads measured 3.8 ms after ONNX Runtime's call, 1.8-2.0 ms alone); the
 warm-up calls wake the cores again after the wait. One interleaved run per thread count; ratios are the
-engine's median over the fastest fp32 peer's, and the int8 engine's over the fastest peer cell at any
-precision.
+engine's median over the fastest fp32 peer's, and the bf16 and int8 engines' over the fastest peer cell at
+any precision.
 
     pip install -e '.[peers]'     # ncnn, pnnx, mnn (pinned)
     python benchmarks/peer_latency.py [--threads 1 2] [--batch 1] [--passes 100] \\
@@ -44,6 +45,7 @@ RUNTIMES = (
     "ort_int8",
     "openvino_int8",
     "ncnn_int8",
+    "engine_bf16",
     "engine_int8",
 )
 

@@ -10,7 +10,7 @@ import torch
 
 from shufflenet import create_model
 from shufflenet._testing import trained_looking
-from shufflenet.bench.latency import measure_paired, peer_ratios
+from shufflenet.bench.latency import LatencyCell, measure_paired, peer_ratios
 from shufflenet.deploy.errors import RuntimeUnavailable
 from shufflenet.deploy.runtimes import agrees, build_runner
 
@@ -92,3 +92,31 @@ def test_our_deploy_path_never_picks_a_backend_that_computes_something_else(monk
     assert run.backend in ("engine", "torch")
     with torch.no_grad():
         assert agrees(run(example.numpy()), model(example).numpy())
+
+
+def test_the_bf16_engine_cell_is_checked_loosely_and_ranked_against_every_peer():
+    """engine_bf16 is timed where the CPU has AVX512_BF16 (its output within 10% of eager's largest logit),
+    else reported unavailable in one line; its ratio is to the fastest peer cell at any precision."""
+    from shufflenet.deploy.engine import BFLOAT16_MISSING, EngineUnavailable, load_library
+
+    try:
+        has_bf16 = bool(load_library().shufflenet_engine_bf16())
+    except EngineUnavailable as error:
+        pytest.skip(f"the C engine cannot run here: {error}")
+    cells = measure_paired(
+        ["shufflenet_v2_x0_5[num_classes=10,small_input=true]"],
+        size=(32, 32),
+        runtimes=["eager", "engine_bf16"],
+        passes=2,
+        warmup=1,
+        progress=False,
+    )
+    cell = {cell.runtime: cell for cell in cells}["engine_bf16"]
+    if has_bf16:
+        assert cell.error is None and 0 < cell.extra["error"] < 0.1 and cell.median_ms > 0
+    else:
+        assert cell.error == BFLOAT16_MISSING
+    times = {"ort": 3.0, "openvino_default": 2.5, "engine": 2.8, "engine_bf16": 2.0}
+    ranked = [LatencyCell("m", 224, 224, 1, runtime, median_ms=ms) for runtime, ms in times.items()]
+    ((what, value, _),) = [row for row in peer_ratios(ranked) if "engine (bf16)" in row[0]]
+    assert "fastest peer at any precision (openvino_default)" in what and value == pytest.approx(2.0 / 2.5)

@@ -322,7 +322,8 @@ def measure_paired(
                 if runtime in INT8_RUNTIMES:
                     valid = output.shape == reference.shape and bool(np.isfinite(output).all())
                 else:
-                    valid = agrees(output, reference, 0.1 if runtime in REDUCED_PRECISION else 1e-3)
+                    rounded = runtime in (*REDUCED_PRECISION, ENGINE_BF16)
+                    valid = agrees(output, reference, 0.1 if rounded else 1e-3)
                 if not valid:
                     error = cell.extra.get("error")
                     cell.error = (
@@ -386,6 +387,8 @@ def _lookup(cells: Sequence[LatencyCell], model: str, runtime: str, size=(224, 2
 OURS_FASTER_BELOW_1 = "below 1: ours is faster"
 # Runtimes timed at their default precision, not fp32 (checked against eager with a looser tolerance).
 REDUCED_PRECISION = ("openvino_default", "ncnn_default")
+# The engine's own reduced precision other than int8: bfloat16 dot products (checked as the defaults above).
+ENGINE_BF16 = "engine_bf16"
 # The fp32 peers of the engine (Ma et al. 2018 and the mobile frameworks): ONNX Runtime, OpenVINO forced to
 # fp32, ncnn forced to fp32, MNN at high precision.
 FP32_PEERS = ("ort", "openvino", "ncnn", "mnn")
@@ -395,8 +398,8 @@ PEER_INT8 = ("ort_int8", "openvino_int8", "ncnn_int8")
 
 def peer_ratios(cells: Sequence[LatencyCell]) -> list[tuple[str, float | None, str]]:
     """For each model, size and thread count measured: the engine's median over the fastest fp32 peer's
-    (naming it), and over each default-precision cell measured (OpenVINO's bf16, ncnn's fp16); the int8
-    engine's over the fastest peer cell at any precision."""
+    (naming it), and over each default-precision cell measured (OpenVINO's bf16, ncnn's fp16); the bf16
+    and int8 engines' over the fastest peer cell at any precision."""
     rows = []
     keys = dict.fromkeys((c.model, (c.height, c.width), c.threads, c.batch) for c in cells)
     for model, size, threads, batch in keys:
@@ -423,15 +426,16 @@ def peer_ratios(cells: Sequence[LatencyCell]) -> list[tuple[str, float | None, s
         anyway = {
             name: group[name] for name in (*FP32_PEERS, *REDUCED_PRECISION, *PEER_INT8) if name in group
         }
-        if "engine_int8" in group and anyway:
-            best = min(anyway, key=anyway.get)
-            rows.append(
-                (
-                    f"{where}: engine (int8) / fastest peer at any precision ({best})",
-                    group["engine_int8"] / anyway[best],
-                    OURS_FASTER_BELOW_1,
+        for precision in ("bf16", "int8"):
+            if f"engine_{precision}" in group and anyway:
+                best = min(anyway, key=anyway.get)
+                rows.append(
+                    (
+                        f"{where}: engine ({precision}) / fastest peer at any precision ({best})",
+                        group[f"engine_{precision}"] / anyway[best],
+                        OURS_FASTER_BELOW_1,
+                    )
                 )
-            )
     return rows
 
 

@@ -9,8 +9,9 @@ OpenVINO on the same export, fp32 (``openvino_default``: at its default precisio
 AVX512_BF16); ``ncnn`` (fp32) and ``ncnn_default`` (its fp16 defaults) through pnnx, and ``mnn`` on the
 ONNX export (:mod:`shufflenet.deploy.peers`); ``ort_int8`` and ``openvino_int8``: ONNX Runtime's static
 int8 quantization (QDQ) run by each; ``ncnn_int8``: ncnn's own int8 (ncnn2table, ncnn2int8);
-``engine``: our C engine alone (``engine_int8``: in int8) (:mod:`shufflenet.deploy.engine`: ShuffleNet
-V1/V2, MobileNet V1/V2, FE-Net, ShiftResNet); ``ours``: our deploy path, the fastest here of that engine
+``engine``: our C engine alone (``engine_bf16``, ``engine_int8``: in bf16, int8)
+(:mod:`shufflenet.deploy.engine`: ShuffleNet V1/V2, MobileNet V1/V2, FE-Net, ShiftResNet); ``ours``: our
+deploy path, the fastest here of that engine
 and our deploy graph (:func:`shufflenet.deploy.optimize`) on OpenVINO, ONNX Runtime or PyTorch, with the
 ShuffleNet V1 shuffle form chosen by timing that backend itself.
 """
@@ -46,6 +47,7 @@ RUNTIMES = (
     "mnn",
     "engine",
     "ours",
+    "engine_bf16",
     "engine_int8",
     "ort_int8",
     "openvino_int8",
@@ -299,6 +301,8 @@ def build_runner(
         return _eager_deploy_runner(model, example)
     if runtime == "engine":
         return _engine_runner(model, example, threads)
+    if runtime == "engine_bf16":
+        return build_engine(model, tuple(example.shape[-2:]), threads=threads, precision="bf16")
     if runtime == "engine_int8":
         size = tuple(example.shape[-2:])
         calibration = benchmark_calibration(example)
