@@ -3,9 +3,8 @@ its default precision: bf16 on CPUs with AVX512_BF16), ncnn through pnnx (fp32, 
 MNN (fp32), and in int8 (ONNX Runtime's static quantization run by ONNX Runtime and by OpenVINO; ncnn's
 own, ncnn2table and ncnn2int8, which the ncnn wheel lacks: build them once with
 benchmarks/build_ncnn_quantize_tools.sh, else that cell is reported unavailable; the engine's own int8,
-judged by accuracy on trained nets, see docs/int8.md), and the engine in bf16 (CPUs with AVX512_BF16), all
-in one process, called in
-interleaved passes (see paired_latency.py), every cell's output
+judged by accuracy on trained nets, see docs/reduced-precision.md), and the engine in bf16 (CPUs with
+AVX512_BF16), all in one process, called in interleaved passes (see paired_latency.py), every cell's output
 checked against eager PyTorch first (a cell that computes something else is reported, not timed). Each cell
 first waits until no thread of the process is busy, then makes untimed calls for at least 50 ms before its
 timed one: ONNX Runtime's and OpenMP's worker threads keep spinning after a call returns (~50 ms alone,

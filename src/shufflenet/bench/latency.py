@@ -317,8 +317,8 @@ def measure_paired(
                 if output.shape == reference.shape:
                     cell.extra["error"] = relative_error(output, reference)
                 # Reduced-precision defaults round every activation; a wrong network is off by O(1). int8 on
-                # these random-weight nets is judged by accuracy on trained ones (docs/int8.md): its error
-                # is recorded, only a wrong shape or a non-finite logit refuses the cell.
+                # these random-weight nets is judged by accuracy on trained ones (docs/reduced-precision.md):
+                # its error is recorded, only a wrong shape or a non-finite logit refuses the cell.
                 if runtime in INT8_RUNTIMES:
                     valid = output.shape == reference.shape and bool(np.isfinite(output).all())
                 else:

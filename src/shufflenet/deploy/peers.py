@@ -259,12 +259,12 @@ def ncnn_int8_runner(
     calibrated by ncnn2table (``method``, on the float ``calibration`` batches) and rewritten by ncnn2int8,
     run with ncnn's int8 switches on and its defaults for what stays float, ``threads`` threads.
 
-    ``aciq``, not ncnn's default ``kl``: on trained Fashion-MNIST ShuffleNet V2 0.5x / 1x (2,000 test
-    images), kl's top-1 agreed with fp32 ncnn's on 86% / 85% of them, aciq's on 99% / 97% (ONNX Runtime's
-    int8: 99.6% / 98%). With ``float_grouped``, grouped convolutions that are not depthwise (ShuffleNet
-    V1's grouped 1x1s) stay fp32: ncnn 1.0.20261020's x86 int8 path in its packed layout computes them
-    wrongly on a Zen 4 (AVX-512 VNNI): a trained V1 g3 agreed on 11% (98.6% with them in fp32); the same
-    int8 files are right with the packed layout off, and on ncnn built from source at the SSE2 baseline."""
+    ``aciq``, not ncnn's default ``kl``: on trained Fashion-MNIST ShuffleNets, kl's ranges changed many
+    more top-1 decisions against fp32 ncnn than aciq's (docs/reduced-precision.md). With
+    ``float_grouped``, grouped convolutions that are not depthwise (ShuffleNet V1's grouped 1x1s) stay fp32: ncnn 1.0.20261020's x86
+    int8 path in its packed layout computes them wrongly on a Zen 4 (AVX-512 VNNI; a trained V1 g3's
+    int8 predictions were at chance); the same int8 files are right with the packed layout off, and on
+    ncnn built from source at the SSE2 baseline."""
     ncnn = require_package("ncnn", "ncnn")
     tools = find_ncnn_quantize_tools()
     param, weights = _pnnx_to_ncnn(model, example, workdir, fp16=False)

@@ -57,6 +57,9 @@ typedef struct {
     Requant r;
     const u8* residual;
     void* out;
+    /* Every output channel's lower bound rounds to -zero (nothing clamps there but 0..255 itself): the
+       VNNI kernel then clamps from above only and packs its bytes with saturation (finish_packed_row). */
+    int saturating;
 } PointwiseInt8;
 
 /* Output channel c (g * N + n) of output pixel ``out_pixel`` (input pixel ``pixel``, for the residual). */
@@ -195,6 +198,76 @@ VNNI static inline __attribute__((always_inline)) void finish_int8_vector(const 
         STORE_BYTES((u8*)k->out + at, f->mask, _mm512_add_epi32(_mm512_cvtps_epi32(t), f->zero));
 }
 
+/* The tile's 4 panels' requantization for the packed epilogue. */
+typedef struct {
+    __m512 multiplier[4], high[4], residual_multiplier[4];
+    __m512i residual_zero[4], zeros_01, zeros_23, order;
+    __mmask16 lanes[4];
+    __mmask64 mask;
+} Packed;
+
+VNNI static inline __attribute__((always_inline)) Packed packed_params(const PointwiseInt8* k, int c0, int valid,
+                                                                      const int V) {
+    Packed f;
+    __m512i zero[4];
+    for (int v = 0; v < 4; v++) {
+        const Finish one = finish_params(k, c0 + 16 * v, V > v ? valid - 16 * v : 0);
+        f.multiplier[v] = one.multiplier;
+        f.high[v] = one.high;
+        f.residual_multiplier[v] = one.residual_multiplier;
+        f.residual_zero[v] = one.residual_zero;
+        f.lanes[v] = one.mask;
+        zero[v] = one.zero;
+    }
+    /* The zero points as the 16-bit words the first pack makes of the rounded values (same lane order). */
+    f.zeros_01 = _mm512_packs_epi32(zero[0], zero[1]);
+    f.zeros_23 = _mm512_packs_epi32(zero[2], zero[3]);
+    /* vpackssdw and vpackuswb interleave their sources' 4-byte groups within each 128-bit lane: dword 4L + v
+       holds panel v's channels 4L..4L+3; this gathers each panel's 16 bytes back together. */
+    f.order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    f.mask = valid >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << valid) - 1);
+    return f;
+}
+
+/* requantize_one for up to 64 channels of one output pixel (4 panels' sums), exactly: t is clamped from
+   above only, rounded, and the zero point added with saturation to 0..255 in 16-bit words, which is
+   the lower clamp where that bound rounds to -zero (k->saturating); a t too negative for int32 rounds to
+   INT_MIN and still saturates to 0. Two saturating packs and one permutation narrow 64 values. */
+VNNI static inline __attribute__((always_inline)) void finish_packed_row(const PointwiseInt8* k, const Packed* f,
+                                                                        int line, int p, int c0, const int V,
+                                                                        __m512i s0, __m512i s1, __m512i s2,
+                                                                        __m512i s3) {
+    const PointwiseOp* o = k->o;
+    const __m512i sums[4] = {s0, s1, s2, s3};
+    __m512i rounded[4];
+    for (int v = 0; v < 4; v++) {
+        if (V <= v) {
+            rounded[v] = _mm512_setzero_si512();
+            continue;
+        }
+        __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(sums[v]), f->multiplier[v]);
+        if (k->residual) {
+            const size_t pixel = (size_t)line * o->line_length + p;
+            const u8* rp = k->residual + pixel * o->residual_stride + o->residual_offset + c0 + 16 * v;
+            const __m512i q = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(f->lanes[v], rp));
+            const __m512 centred = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, f->residual_zero[v]));
+            t = _mm512_add_ps(t, _mm512_mul_ps(centred, f->residual_multiplier[v]));
+        }
+        rounded[v] = _mm512_cvtps_epi32(_mm512_min_ps(t, f->high[v]));
+    }
+    const __m512i words_01 = _mm512_adds_epi16(_mm512_packs_epi32(rounded[0], rounded[1]), f->zeros_01);
+    const __m512i words_23 = _mm512_adds_epi16(_mm512_packs_epi32(rounded[2], rounded[3]), f->zeros_23);
+    const __m512i bytes = _mm512_permutexvar_epi32(f->order, _mm512_packus_epi16(words_01, words_23));
+    const size_t pitch = o->target_pitch ? (size_t)o->target_pitch : (size_t)o->line_length;
+    u8* at = (u8*)k->out + ((size_t)line * pitch + p) * o->target_stride + o->target_offset + c0;
+    if (f->mask == ~(__mmask64)0)
+        _mm512_storeu_si512(at, bytes);
+    else
+        _mm512_mask_storeu_epi8(at, f->mask, bytes);
+}
+#define I8_PACKED(r) \
+    if (R > r) finish_packed_row(k, &packed, line, p0 + r, c0, V, a##r##0, a##r##1, a##r##2, a##r##3);
+
 VNNI static inline __attribute__((always_inline)) void pointwise_int8_tile(const PointwiseInt8* k, const int R,
                                                                           const int V, int g, int line, int p0,
                                                                           int n0, int valid) {
@@ -219,6 +292,11 @@ VNNI static inline __attribute__((always_inline)) void pointwise_int8_tile(const
         const __m512i w3 = V > 3 ? _mm512_loadu_si512(wj + 3 * panel) : w0;
         const u8* p = x + index[j];
         I8_ROWS(I8_DOT)
+    }
+    if (k->saturating) {
+        const Packed packed = packed_params(k, c0, valid, V);
+        I8_ROWS(I8_PACKED)
+        return;
     }
     I8_FINISH_PANEL(0) I8_FINISH_PANEL(1) I8_FINISH_PANEL(2) I8_FINISH_PANEL(3)
 }
@@ -361,6 +439,10 @@ static Part pointwise_int8_part(const PointwiseOp* o, int t, int T) {
 
 static void pointwise_int8(const PointwiseOp* o, float* const* buffers, const float* floats,
                            const int32_t* ints, Part part) {
+    const Requant r = requant_of(floats, ints, o->integers);
+    int saturating = !o->real_output;
+    for (int c = 0; c < o->groups * o->n_per_group && saturating; c++)
+        saturating = fabsf(r.lows[c] + (float)r.zeros[c]) < 0.5f;
     const PointwiseInt8 k = {
         o,
         (const u8*)buffers[o->source],
@@ -368,9 +450,10 @@ static void pointwise_int8(const PointwiseOp* o, float* const* buffers, const fl
         ints + o->index,
         ints + o->bias,
         (const int8_t*)(ints + o->weights),
-        requant_of(floats, ints, o->integers),
+        r,
         o->residual >= 0 ? (const u8*)buffers[o->residual] : 0,
         buffers[o->target],
+        saturating,
     };
     for (int g = 0; g < o->groups; g++)
         for (int line = part.line_begin; line < part.line_end; line++) {
