@@ -261,9 +261,10 @@ def ncnn_int8_runner(
 
     ``aciq``, not ncnn's default ``kl``: on trained Fashion-MNIST ShuffleNets, kl's ranges changed many
     more top-1 decisions against fp32 ncnn than aciq's (docs/reduced-precision.md). With
-    ``float_grouped``, grouped convolutions that are not depthwise (ShuffleNet V1's grouped 1x1s) stay fp32: ncnn 1.0.20261020's x86
-    int8 path in its packed layout computes them wrongly on a Zen 4 (AVX-512 VNNI; a trained V1 g3's
-    int8 predictions were at chance); the same int8 files are right with the packed layout off, and on
+    ``float_grouped``, grouped convolutions that are not depthwise (ShuffleNet V1's grouped 1x1s) stay
+    fp32: ncnn 1.0.20261020's x86 int8 path in its packed layout computes them wrongly on a Zen 4 (AVX-512
+    VNNI; a trained V1 g3's int8 predictions were at chance); the same int8 files are right with the
+    packed layout off, and on
     ncnn built from source at the SSE2 baseline."""
     ncnn = require_package("ncnn", "ncnn")
     tools = find_ncnn_quantize_tools()
