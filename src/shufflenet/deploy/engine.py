@@ -782,10 +782,23 @@ class _Planner:
         taps[:, positions] = conv.weight.reshape(channels, 9).T
         bias = np.zeros(channels, np.int32)
         bias[positions] = conv.bias
+        # The byte form for the VNNI kernel: per row of the window, each channel's three taps and a 0; the
+        # input zero points folded into the bias, as that kernel sums q * w over a zero-point border.
+        tap_rows = np.zeros((3, _round_up(channels, 16), 4), np.int8)
+        tap_rows[:, positions, :3] = conv.weight.reshape(channels, 3, 3).transpose(1, 0, 2)
+        folded = bias.astype(np.int64)
+        zeros = self.current.source.zero.astype(np.int64)
+        folded[positions] -= zeros * conv.weight.reshape(channels, 9).astype(np.int64).sum(1)
         return {
             "weights": self.add_floats(taps),
             "bias": self.add_ints(bias),
-            **self._uint8_fields(positions, channels, conv.requantize),
+            **self._uint8_fields(
+                positions,
+                channels,
+                conv.requantize,
+                tap_rows=self.add_ints(tap_rows.view(np.int32)),
+                folded_bias=self.add_ints(folded.astype(np.int32)),
+            ),
         }
 
     def _pool_integers(self, source: _Feature) -> dict:
@@ -806,13 +819,14 @@ class _Planner:
         assert isinstance(self.current.integer, Requantize)
         return self._uint8_fields(source.positions, source.stride, self.current.integer)
 
-    def _uint8_fields(self, positions: Sequence[int], size: int, requantize: Requantize) -> dict:
+    def _uint8_fields(self, positions: Sequence[int], size: int, requantize: Requantize, **more: int) -> dict:
         """The fields of an operation on a uint8 map: its input zero points and requantization arrays,
-        ``size`` entries with the channels' at ``positions``."""
+        ``size`` entries with the channels' at ``positions`` (``more``: other arrays of its record)."""
         input_zeros = np.zeros(size, np.int32)
         input_zeros[list(positions)] = self.current.source.zero
         arrays = self._requantize(requantize, positions, size)
-        return {"value_bytes": 1, "integers": self._record(input_zeros=self.add_ints(input_zeros), **arrays)}
+        record = self._record(input_zeros=self.add_ints(input_zeros), **arrays, **more)
+        return {"value_bytes": 1, "integers": record}
 
 
 @dataclass

@@ -212,7 +212,9 @@ typedef struct {
    offset in the int arena of INT8_FIELDS int32 values, each the arena offset of one array (unused ones 0).
    Requantization (quantize.py): t = float(sum) * multipliers[c], clamped to [lows[c], highs[c]], rounded
    half to even, plus zeros[c]; the sums are of q - input_zeros[c]. Float arrays: multipliers, lows,
-   highs, residual_multipliers, gate_table; int arrays: zeros, input_zeros, residual_zeros. */
+   highs, residual_multipliers, gate_table; int arrays: zeros, input_zeros, residual_zeros. A depthwise conv
+   also has its taps as bytes, tap_rows: 3 rows (ky) of the channels rounded up to 16, 4 bytes each (the
+   int8 taps kx = 0, 1, 2 and a 0), and folded_bias: bias[c] - input_zeros[c] * (the sum of its 9 taps). */
 enum {
     INT8_MULTIPLIERS = 0,
     INT8_LOWS = 1,
@@ -222,7 +224,9 @@ enum {
     INT8_RESIDUAL_MULTIPLIERS = 5,
     INT8_RESIDUAL_ZEROS = 6,
     INT8_GATE_TABLE = 7,
-    INT8_FIELDS = 8,
+    INT8_TAP_ROWS = 8,
+    INT8_FOLDED_BIAS = 9,
+    INT8_FIELDS = 10,
 };
 
 typedef struct {

@@ -8,14 +8,24 @@ typedef uint8_t u8;
 /* The per-channel arrays of one operation (engine.h's INT8_ record), indexed by channel. */
 typedef struct {
     const float *multipliers, *lows, *highs, *residual_multipliers, *gate_table;
-    const int32_t *zeros, *input_zeros, *residual_zeros;
+    const int32_t *zeros, *input_zeros, *residual_zeros, *folded_bias;
+    const int8_t* tap_rows;
 } Requant;
 
 static Requant requant_of(const float* floats, const int32_t* ints, int64_t record) {
     const int32_t* at = ints + record;
     return (Requant){floats + at[INT8_MULTIPLIERS],  floats + at[INT8_LOWS],         floats + at[INT8_HIGHS],
                      floats + at[INT8_RESIDUAL_MULTIPLIERS], floats + at[INT8_GATE_TABLE], ints + at[INT8_ZEROS],
-                     ints + at[INT8_INPUT_ZEROS],   ints + at[INT8_RESIDUAL_ZEROS]};
+                     ints + at[INT8_INPUT_ZEROS],   ints + at[INT8_RESIDUAL_ZEROS], ints + at[INT8_FOLDED_BIAS],
+                     (const int8_t*)(ints + at[INT8_TAP_ROWS])};
+}
+
+/* Whether every channel's lower bound rounds to -zero: then nothing clamps there but 0..255 itself, and
+   the VNNI kernels clamp from above only and narrow with saturation (finish_packed_row). */
+static int saturates(Requant r, int channels) {
+    for (int c = 0; c < channels; c++)
+        if (!(fabsf(r.lows[c] + (float)r.zeros[c]) < 0.5f)) return 0;
+    return 1;
 }
 
 static inline float clamp_to(float t, float low, float high) {
@@ -57,9 +67,7 @@ typedef struct {
     Requant r;
     const u8* residual;
     void* out;
-    /* Every output channel's lower bound rounds to -zero (nothing clamps there but 0..255 itself): the
-       VNNI kernel then clamps from above only and packs its bytes with saturation (finish_packed_row). */
-    int saturating;
+    int saturating; /* saturates() and float maps out */
 } PointwiseInt8;
 
 /* Output channel c (g * N + n) of output pixel ``out_pixel`` (input pixel ``pixel``, for the residual). */
@@ -161,20 +169,25 @@ typedef struct {
     __m512i zero, residual_zero;
 } Finish;
 
-VNNI static inline __attribute__((always_inline)) Finish finish_params(const PointwiseInt8* k, int c, int lanes) {
+/* Channels [c, c + lanes) of ``r`` (with its residual's arrays where ``residual``). */
+VNNI static inline __attribute__((always_inline)) Finish requant_vector(Requant r, int residual, int c, int lanes) {
     Finish f;
     f.mask = lanes >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << lanes) - 1);
-    f.multiplier = _mm512_maskz_loadu_ps(f.mask, k->r.multipliers + c);
-    f.low = _mm512_maskz_loadu_ps(f.mask, k->r.lows + c);
-    f.high = _mm512_maskz_loadu_ps(f.mask, k->r.highs + c);
-    f.zero = _mm512_maskz_loadu_epi32(f.mask, k->r.zeros + c);
+    f.multiplier = _mm512_maskz_loadu_ps(f.mask, r.multipliers + c);
+    f.low = _mm512_maskz_loadu_ps(f.mask, r.lows + c);
+    f.high = _mm512_maskz_loadu_ps(f.mask, r.highs + c);
+    f.zero = _mm512_maskz_loadu_epi32(f.mask, r.zeros + c);
     f.residual_multiplier = f.multiplier;
     f.residual_zero = f.zero;
-    if (k->residual) {
-        f.residual_multiplier = _mm512_maskz_loadu_ps(f.mask, k->r.residual_multipliers + c);
-        f.residual_zero = _mm512_maskz_loadu_epi32(f.mask, k->r.residual_zeros + c);
+    if (residual) {
+        f.residual_multiplier = _mm512_maskz_loadu_ps(f.mask, r.residual_multipliers + c);
+        f.residual_zero = _mm512_maskz_loadu_epi32(f.mask, r.residual_zeros + c);
     }
     return f;
+}
+
+VNNI static inline __attribute__((always_inline)) Finish finish_params(const PointwiseInt8* k, int c, int lanes) {
+    return requant_vector(k->r, k->residual != 0, c, lanes);
 }
 
 /* Channels [c, c + 16) (those in f->mask) of output pixel p of ``line`` from their int32 sums. */
@@ -206,12 +219,12 @@ typedef struct {
     __mmask64 mask;
 } Packed;
 
-VNNI static inline __attribute__((always_inline)) Packed packed_params(const PointwiseInt8* k, int c0, int valid,
+VNNI static inline __attribute__((always_inline)) Packed packed_params(Requant r, int residual, int c0, int valid,
                                                                       const int V) {
     Packed f;
     __m512i zero[4];
     for (int v = 0; v < 4; v++) {
-        const Finish one = finish_params(k, c0 + 16 * v, V > v ? valid - 16 * v : 0);
+        const Finish one = requant_vector(r, residual, c0 + 16 * v, V > v ? valid - 16 * v : 0);
         f.multiplier[v] = one.multiplier;
         f.high[v] = one.high;
         f.residual_multiplier[v] = one.residual_multiplier;
@@ -227,6 +240,18 @@ VNNI static inline __attribute__((always_inline)) Packed packed_params(const Poi
     f.order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
     f.mask = valid >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << valid) - 1);
     return f;
+}
+
+/* Up to 64 rounded values (4 vectors of panel order) plus their zero points, saturated to 0..255, stored as
+   bytes at ``at`` (the lanes in f->mask). */
+VNNI static inline __attribute__((always_inline)) void store_packed(u8* at, const Packed* f, const __m512i rounded[4]) {
+    const __m512i words_01 = _mm512_adds_epi16(_mm512_packs_epi32(rounded[0], rounded[1]), f->zeros_01);
+    const __m512i words_23 = _mm512_adds_epi16(_mm512_packs_epi32(rounded[2], rounded[3]), f->zeros_23);
+    const __m512i bytes = _mm512_permutexvar_epi32(f->order, _mm512_packus_epi16(words_01, words_23));
+    if (f->mask == ~(__mmask64)0)
+        _mm512_storeu_si512(at, bytes);
+    else
+        _mm512_mask_storeu_epi8(at, f->mask, bytes);
 }
 
 /* requantize_one for up to 64 channels of one output pixel (4 panels' sums), exactly: t is clamped from
@@ -255,15 +280,8 @@ VNNI static inline __attribute__((always_inline)) void finish_packed_row(const P
         }
         rounded[v] = _mm512_cvtps_epi32(_mm512_min_ps(t, f->high[v]));
     }
-    const __m512i words_01 = _mm512_adds_epi16(_mm512_packs_epi32(rounded[0], rounded[1]), f->zeros_01);
-    const __m512i words_23 = _mm512_adds_epi16(_mm512_packs_epi32(rounded[2], rounded[3]), f->zeros_23);
-    const __m512i bytes = _mm512_permutexvar_epi32(f->order, _mm512_packus_epi16(words_01, words_23));
     const size_t pitch = o->target_pitch ? (size_t)o->target_pitch : (size_t)o->line_length;
-    u8* at = (u8*)k->out + ((size_t)line * pitch + p) * o->target_stride + o->target_offset + c0;
-    if (f->mask == ~(__mmask64)0)
-        _mm512_storeu_si512(at, bytes);
-    else
-        _mm512_mask_storeu_epi8(at, f->mask, bytes);
+    store_packed((u8*)k->out + ((size_t)line * pitch + p) * o->target_stride + o->target_offset + c0, f, rounded);
 }
 #define I8_PACKED(r) \
     if (R > r) finish_packed_row(k, &packed, line, p0 + r, c0, V, a##r##0, a##r##1, a##r##2, a##r##3);
@@ -294,7 +312,7 @@ VNNI static inline __attribute__((always_inline)) void pointwise_int8_tile(const
         I8_ROWS(I8_DOT)
     }
     if (k->saturating) {
-        const Packed packed = packed_params(k, c0, valid, V);
+        const Packed packed = packed_params(k->r, k->residual != 0, c0, valid, V);
         I8_ROWS(I8_PACKED)
         return;
     }
@@ -440,9 +458,7 @@ static Part pointwise_int8_part(const PointwiseOp* o, int t, int T) {
 static void pointwise_int8(const PointwiseOp* o, float* const* buffers, const float* floats,
                            const int32_t* ints, Part part) {
     const Requant r = requant_of(floats, ints, o->integers);
-    int saturating = !o->real_output;
-    for (int c = 0; c < o->groups * o->n_per_group && saturating; c++)
-        saturating = fabsf(r.lows[c] + (float)r.zeros[c]) < 0.5f;
+    const int saturating = !o->real_output && saturates(r, (int)(o->groups * o->n_per_group));
     const PointwiseInt8 k = {
         o,
         (const u8*)buffers[o->source],
@@ -569,12 +585,119 @@ static void requantize_row(const float* sums, int Wo, int Cp, int C, const int32
         }
 }
 
+#if defined(__AVX512F__)
+/* AVX512_VBMI's vpermb arranges the depthwise kernel's bytes (AMD Zen 4, Intel Ice Lake and later). */
+#define VNNI_VBMI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")))
+
+static int has_vbmi(void) {
+    static int known = -1;
+    if (known < 0) known = has_vnni() && __builtin_cpu_supports("avx512vbmi");
+    return known;
+}
+
+/* Input row ``row`` (W pixels ``pixel`` bytes apart; NULL: a row outside the map) as the VNNI depthwise
+   kernel reads it: for output column ox (input column x = stride * ox) and channel c, the 4 bytes q[x - 1][c],
+   q[x][c], q[x + 1][c], q[x + 1][c] (their taps' weights: kx = 0, 1, 2 and 0); outside the map, the
+   channel's zero point (``zero_pixel``); Cv (C rounded up to 16) channels per column. */
+VNNI_VBMI static void window_row_bytes(const u8* row, int W, size_t pixel, int C, int Cv, int stride, int Wo,
+                                       const u8* zero_pixel, u8* out) {
+    /* byte 4i + j of a column's 16 channels: byte i of its j-th 16-byte source (left, centre, right, right) */
+    const __m512i order = _mm512_set_epi32(0x2f2f1f0f, 0x2e2e1e0e, 0x2d2d1d0d, 0x2c2c1c0c, 0x2b2b1b0b, 0x2a2a1a0a,
+                                           0x29291909, 0x28281808, 0x27271707, 0x26261606, 0x25251505, 0x24241404,
+                                           0x23231303, 0x22221202, 0x21211101, 0x20201000);
+    for (int ox = 0; ox < Wo; ox++) {
+        const int x = stride * ox;
+        const u8* left = row && x > 0 ? row + (size_t)(x - 1) * pixel : zero_pixel;
+        const u8* centre = row ? row + (size_t)x * pixel : zero_pixel;
+        const u8* right = row && x + 1 < W ? row + (size_t)(x + 1) * pixel : zero_pixel;
+        for (int c0 = 0; c0 < Cv; c0 += 16) {
+            const __mmask16 mask = C - c0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - c0)) - 1);
+            __m512i three = _mm512_castsi128_si512(_mm_maskz_loadu_epi8(mask, left + c0));
+            three = _mm512_inserti32x4(three, _mm_maskz_loadu_epi8(mask, centre + c0), 1);
+            three = _mm512_inserti32x4(three, _mm_maskz_loadu_epi8(mask, right + c0), 2);
+            _mm512_storeu_si512(out + ((size_t)ox * Cv + c0) * 4, _mm512_permutexvar_epi8(order, three));
+        }
+    }
+}
+
+/* Output columns of one row for channels [c0, c0 + 16 V): per channel vector, the folded bias plus 3
+   vpdpbusd (one per window row, its 3 taps at once), requantized 64 channels per store. */
+VNNI_VBMI static inline __attribute__((always_inline)) void depthwise_vnni_columns(
+    const int V, const u8* const rows[3], int Wo, int Cv, int c0, int valid, Requant r, u8* out, size_t out_stride) {
+    const Packed f = packed_params(r, 0, c0, valid, V);
+    __m512i w[3][4], bias[4];
+    for (int v = 0; v < 4; v++) {
+        bias[v] = V > v ? _mm512_maskz_loadu_epi32(f.lanes[v], r.folded_bias + c0 + 16 * v) : _mm512_setzero_si512();
+        for (int i = 0; i < 3; i++)
+            w[i][v] = V > v ? _mm512_loadu_si512(r.tap_rows + ((size_t)i * Cv + c0 + 16 * v) * 4) : bias[v];
+    }
+    for (int ox = 0; ox < Wo; ox++) {
+        __m512i acc[4], rounded[4];
+        for (int v = 0; v < 4; v++) {
+            if (V <= v) {
+                rounded[v] = _mm512_setzero_si512();
+                continue;
+            }
+            acc[v] = bias[v];
+            for (int i = 0; i < 3; i++) {
+                const __m512i in = _mm512_loadu_si512(rows[i] + ((size_t)ox * Cv + c0 + 16 * v) * 4);
+                DPBUSD(acc[v], in, w[i][v]);
+            }
+            const __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[v]), f.multiplier[v]);
+            rounded[v] = _mm512_cvtps_epi32(_mm512_min_ps(t, f.high[v]));
+        }
+        store_packed(out + (size_t)ox * out_stride + c0, &f, rounded);
+    }
+}
+
+/* depthwise_int8 on CPUs with VNNI and VBMI, where every channel saturates(): each input row the windows
+   reach is arranged once into window_row_bytes (a ring of three), then each output is the folded bias plus
+   sum q * w over the window with a zero-point border (= bias + sum (q - zero) * w over the taps inside). */
+VNNI_VBMI static void depthwise_int8_vnni(const DepthwiseOp* o, const u8* in, u8* out, Requant r, int oy_begin,
+                                          int oy_end) {
+    const int H = (int)o->height, W = (int)o->width, C = (int)o->channels, Cv = (C + 15) / 16 * 16;
+    const int Wo = (int)o->out_width, stride = (int)o->stride;
+    const size_t pixel = (size_t)o->source_stride, row_bytes = (size_t)Wo * Cv * 4;
+    u8 ring[3 * row_bytes], zero_pixel[Cv];
+    for (int c = 0; c < Cv; c++) zero_pixel[c] = c < C ? (u8)r.input_zeros[c] : 0;
+    int held[3] = {INT32_MIN, INT32_MIN, INT32_MIN};
+    for (int oy = oy_begin; oy < oy_end; oy++) {
+        const u8* rows[3];
+        for (int i = 0; i < 3; i++) {
+            const int y = stride * oy - 1 + i, slot = (y % 3 + 3) % 3;
+            if (held[slot] != y) {
+                const u8* source = y >= 0 && y < H ? in + (size_t)y * W * pixel : NULL;
+                window_row_bytes(source, W, pixel, C, Cv, stride, Wo, zero_pixel, ring + slot * row_bytes);
+                held[slot] = y;
+            }
+            rows[i] = ring + slot * row_bytes;
+        }
+        u8* out_row = out + (size_t)oy * Wo * o->target_stride + o->target_offset;
+        for (int c0 = 0; c0 < C; c0 += 64) {
+            const int valid = C - c0 < 64 ? C - c0 : 64;
+            switch ((valid + 15) / 16) {
+            case 4: depthwise_vnni_columns(4, rows, Wo, Cv, c0, valid, r, out_row, (size_t)o->target_stride); break;
+            case 3: depthwise_vnni_columns(3, rows, Wo, Cv, c0, valid, r, out_row, (size_t)o->target_stride); break;
+            case 2: depthwise_vnni_columns(2, rows, Wo, Cv, c0, valid, r, out_row, (size_t)o->target_stride); break;
+            default: depthwise_vnni_columns(1, rows, Wo, Cv, c0, valid, r, out_row, (size_t)o->target_stride); break;
+            }
+        }
+    }
+}
+#endif
+
 /* Output rows [oy_begin, oy_end) of a 3x3 depthwise conv (padding 1) on a uint8 map. Each input row the
    windows reach becomes floats once (q - zero: small integers), in a ring of three rows as in
    expand_depthwise; the float kernel (depthwise_row) sums them with the integer taps held as floats, which
    is exact (every sum stays below 2^24); each output row is then requantized with the integer bias. */
 static void depthwise_int8(const DepthwiseOp* o, const u8* in, u8* out, const float* taps, const int32_t* bias,
                            Requant r, int oy_begin, int oy_end) {
+#if defined(__AVX512F__)
+    if (has_vbmi() && saturates(r, (int)o->channels)) {
+        depthwise_int8_vnni(o, in, out, r, oy_begin, oy_end);
+        return;
+    }
+#endif
     const int H = (int)o->height, W = (int)o->width, C = (int)o->channels, Cp = (C + 7) / 8 * 8;
     const int Wo = (int)o->out_width;
     const size_t row_floats = (size_t)W * Cp;
