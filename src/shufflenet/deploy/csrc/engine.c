@@ -78,20 +78,16 @@ INLINE void finish_half(float* out, const float* res, hvec y, int lanes, int act
    where the CPU has AVX512_BF16, has_bf16) and updates the accumulator in place (see DPBUSD in int8.c). */
 #define BF16_KERNELS 1
 #define DPBF16(acc, x, w) __asm__("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w))
-#define MAC(acc, x, w)                   \
+/* acc += x * w: an FMA (fma: v_fma or h_fma), or with BF16 a bfloat16 dot product */
+#define MAC_BY(fma, acc, x, w)           \
     do {                                 \
         if (BF16)                        \
             DPBF16(acc, x, w);           \
         else                             \
-            acc = v_fma(x, w, acc);      \
+            acc = fma(x, w, acc);        \
     } while (0)
-#define HMAC(acc, x, w)                  \
-    do {                                 \
-        if (BF16)                        \
-            DPBF16(acc, x, w);           \
-        else                             \
-            acc = h_fma(x, w, acc);      \
-    } while (0)
+#define MAC(acc, x, w) MAC_BY(v_fma, acc, x, w)
+#define HMAC(acc, x, w) MAC_BY(h_fma, acc, x, w)
 
 static int has_bf16(void) {
     static int known = -1;
