@@ -1,0 +1,150 @@
+"""Detectors on this library's backbones: the trunk's stage maps (``features_only``), frozen batch norm and
+frozen early stages as detection fine-tuning usually has them, an optional feature pyramid, under
+torchvision's Faster R-CNN (ShuffleNet, Zhang et al. 2018, section 4.4, Table 7) or RetinaNet."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models.detection import FasterRCNN, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d, MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
+
+from shufflenet.models._base import ClassifierNet, FeatureExtractor
+from shufflenet.registry import create_model
+
+DETECTORS = ("fasterrcnn", "retinanet")
+
+
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """``module`` with every BatchNorm2d replaced by a FrozenBatchNorm2d holding the same statistics and
+    affine parameters: detection batches are a few images, too few to estimate them."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            frozen.weight.copy_(child.weight.detach())
+            frozen.bias.copy_(child.bias.detach())
+            frozen.running_mean.copy_(child.running_mean)
+            frozen.running_var.copy_(child.running_var)
+            setattr(module, name, frozen)
+        else:
+            freeze_batchnorm(child)
+    return module
+
+
+class Backbone(nn.Module):
+    """A registered classifier's trunk as a detection backbone: the maps at ``out_indices`` of its
+    ``feature_info`` (strides 4-32 by default: 8, 16, 32), as an ordered dict, through a feature pyramid
+    of ``fpn_channels`` where given (``out_channels`` is what the detector heads read). The first
+    ``frozen_maps`` maps' layers (the stem first) do not train; batch norm is frozen throughout."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        out_indices: tuple[int, ...] = (2, 3, 4),
+        fpn_channels: int | None = 128,
+        frozen_maps: int = 1,
+        extra_levels: str = "pool",
+        weights: str | Path | None = None,
+        **model_args,
+    ) -> None:
+        super().__init__()
+        classifier = (
+            create_model(name, **model_args) if weights is None else trained_classifier(name, weights)
+        )
+        self.body = freeze_batchnorm(FeatureExtractor(classifier, out_indices))
+        infos = self.body.feature_info
+        self.strides = [info.reduction for info in infos]
+        self.names = [str(index) for index in range(len(infos))]
+        first_trained = self._first_trained_piece(frozen_maps)
+        for index, piece in enumerate(self.body.model.trunk_modules()):
+            piece.requires_grad_(index >= first_trained)
+        if fpn_channels is None:
+            self.fpn = None
+            self.out_channels = infos[-1].num_chs
+            self.names = self.names[-1:]
+            self.strides = self.strides[-1:]
+        else:
+            extra = (
+                LastLevelMaxPool() if extra_levels == "pool" else LastLevelP6P7(fpn_channels, fpn_channels)
+            )
+            self.fpn = FeaturePyramidNetwork(
+                [info.num_chs for info in infos], fpn_channels, extra_blocks=extra
+            )
+            self.out_channels = fpn_channels
+            self.names = [*self.names, "pool"] if extra_levels == "pool" else [*self.names, "p6", "p7"]
+            self.strides = [*self.strides, self.strides[-1] * 2] + (
+                [self.strides[-1] * 4] if extra_levels != "pool" else []
+            )
+
+    def _first_trained_piece(self, frozen_maps: int) -> int:
+        """The index of the first trunk piece that trains: the one after the ``frozen_maps``-th map of the
+        whole trunk (0: everything trains)."""
+        everything = self.body.model.feature_info
+        if frozen_maps <= 0:
+            return 0
+        return everything[min(frozen_maps, len(everything)) - 1].trunk_index + 1
+
+    def forward(self, images: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        maps = self.body(images)
+        if self.fpn is None:
+            return OrderedDict([(self.names[0], maps[-1])])
+        return self.fpn(OrderedDict(zip([str(i) for i in range(len(maps))], maps, strict=True)))
+
+
+def trained_classifier(name: str, weights: str | Path) -> ClassifierNet:
+    """The classifier ``name`` with the trained weights of ``weights`` (a checkpoint.pt or an exported
+    model.safetensors, e.g. ImageNet training): its trunk becomes the detector's backbone."""
+    from shufflenet.train.evaluate import load_for_evaluation
+
+    model, found, _ = load_for_evaluation(weights)
+    if found != name:
+        raise ValueError(f"{weights} holds a {found}, not {name}; pass --backbone {found} or other weights")
+    return model
+
+
+def build_detector(
+    backbone: str,
+    num_classes: int,
+    *,
+    detector: str = "fasterrcnn",
+    min_size: int = 600,
+    max_size: int = 1000,
+    fpn_channels: int | None = 128,
+    frozen_maps: int = 1,
+    weights: str | Path | None = None,
+    image_mean: tuple[float, ...] = (0.485, 0.456, 0.406),
+    image_std: tuple[float, ...] = (0.229, 0.224, 0.225),
+    **model_args,
+) -> nn.Module:
+    """A torchvision ``detector`` (``fasterrcnn`` or ``retinanet``) for ``num_classes`` object classes on
+    the registered model ``backbone`` (its ``weights`` file, if given, loaded into the trunk), images
+    resized so that their shorter side is ``min_size`` (ShuffleNet's Table 7: 300 or 600) and the longer
+    at most ``max_size``. Anchors: one size per map, 4x its stride, three aspect ratios."""
+    if detector not in DETECTORS:
+        raise ValueError(f"unknown detector {detector!r}; choose from {', '.join(DETECTORS)}")
+    body = Backbone(
+        backbone,
+        fpn_channels=fpn_channels,
+        frozen_maps=frozen_maps,
+        extra_levels="pool" if detector == "fasterrcnn" else "p6p7",
+        weights=weights,
+        **model_args,
+    )
+    sizes = tuple((4 * stride,) for stride in body.strides)
+    anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+    common = {
+        "min_size": min_size,
+        "max_size": max_size,
+        "image_mean": list(image_mean),
+        "image_std": list(image_std),
+    }
+    if detector == "retinanet":
+        return RetinaNet(body, num_classes + 1, anchor_generator=anchors, **common)
+    pooler = MultiScaleRoIAlign([name for name in body.names if name not in ("pool",)], 7, 2)
+    return FasterRCNN(body, num_classes + 1, rpn_anchor_generator=anchors, box_roi_pool=pooler, **common)

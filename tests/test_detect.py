@@ -1,0 +1,175 @@
+"""Detection pieces (ShuffleNet, Zhang et al. 2018, section 4.4): the offline COCO-format set made from
+Fashion-MNIST items, COCO-format loading with one-line errors, detectors on the registered backbones, and
+the COCO protocol's AP."""
+
+import gzip
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from shufflenet.detect.coco import (
+    CocoDetectionSet,
+    DetectionDataError,
+    collate_detection,
+    load_coco_annotations,
+)
+from shufflenet.detect.metrics import coco_average_precision, coco_detections
+from shufflenet.detect.model import build_detector
+from shufflenet.detect.synthetic import ITEM_THRESHOLD, CanvasSpec, make_fashion_detection
+
+SPEC = CanvasSpec(size=64, items=(1, 3), scale=(16, 28))
+
+
+def _fashion_items(directory, n_train=12, n_test=6):
+    """Fashion-MNIST idx files whose items are bright rectangles on black, of class i % 10."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = np.zeros((n, 28, 28), np.uint8)
+        for i in range(n):
+            images[i, 4 + i % 5 : 22, 6 : 20 + i % 6] = 200
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        for name, payload in (
+            (f"{prefix}-images-idx3-ubyte", struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes()),
+            (f"{prefix}-labels-idx1-ubyte", struct.pack(">II", 2049, n) + labels.tobytes()),
+        ):
+            (directory / f"{name}.gz").write_bytes(gzip.compress(payload))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def detection_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("detect")
+    data = _fashion_items(root / "fashion-mnist")
+    return make_fashion_detection(root / "set", data_dir=data, train_images=8, val_images=4, spec=SPEC)
+
+
+def test_the_offline_set_boxes_every_item_tightly(detection_set):
+    for split in ("train", "val"):
+        data = load_coco_annotations(detection_set / "annotations" / f"instances_{split}.json")
+        assert len(data["images"]) == (8 if split == "train" else 4) and data["annotations"]
+        assert [c["id"] for c in data["categories"]] == list(range(1, 11))
+        for image in data["images"]:
+            pixels = np.asarray(Image.open(detection_set / split / image["file_name"]))
+            assert pixels.shape == (64, 64)
+            inside = np.zeros_like(pixels, bool)
+            for annotation in (a for a in data["annotations"] if a["image_id"] == image["id"]):
+                x, y, w, h = (int(v) for v in annotation["bbox"])
+                inside[y : y + h, x : x + w] = True
+                box = pixels[y : y + h, x : x + w]
+                # tight: the item reaches every edge of its box
+                assert (box[0] > ITEM_THRESHOLD).any() and (box[-1] > ITEM_THRESHOLD).any()
+                assert (box[:, 0] > ITEM_THRESHOLD).any() and (box[:, -1] > ITEM_THRESHOLD).any()
+            assert (pixels[~inside] <= ITEM_THRESHOLD).all(), "an item outside every box"
+
+
+def test_the_offline_set_is_never_half_written_nor_overwritten(detection_set, tmp_path):
+    with pytest.raises(FileExistsError, match="not empty"):
+        make_fashion_detection(detection_set, data_dir=tmp_path / "unused")
+    assert not any(p.name.endswith(".partial") for p in detection_set.parent.iterdir())
+
+
+def _write(path, data):
+    path.write_text(json.dumps(data) if not isinstance(data, str) else data)
+    return path
+
+
+def test_bad_coco_files_are_one_line_errors_naming_the_file_and_annotation(tmp_path):
+    good = {
+        "images": [{"id": 7, "file_name": "a.png", "width": 50, "height": 40}],
+        "annotations": [{"id": 3, "image_id": 7, "category_id": 1, "bbox": [10, 10, 20, 20]}],
+        "categories": [{"id": 1, "name": "shirt"}],
+    }
+    assert load_coco_annotations(_write(tmp_path / "good.json", good))["annotations"][0]["id"] == 3
+    cases = {
+        "{not json": "not valid JSON",
+        json.dumps({"images": []}): "no 'annotations' list",
+        json.dumps({**good, "annotations": [{**good["annotations"][0], "bbox": [40, 10, 20, 20]}]}): (
+            "annotation 3 (image a.png): box [40, 10, 20, 20] lies outside the 50x40 image"
+        ),
+        json.dumps(
+            {**good, "annotations": [{**good["annotations"][0], "bbox": [1, 1, 0, 5]}]}
+        ): "has no area",
+        json.dumps({**good, "annotations": [{**good["annotations"][0], "category_id": 9}]}): "category 9",
+        json.dumps({**good, "annotations": [{**good["annotations"][0], "image_id": 8}]}): "refers to image 8",
+    }
+    for text, message in cases.items():
+        path = _write(tmp_path / "bad.json", text)
+        with pytest.raises(DetectionDataError) as error:
+            load_coco_annotations(path)
+        assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+        assert "\n" not in str(error.value)
+
+
+def test_samples_are_float_images_with_xyxy_boxes_and_contiguous_labels(detection_set, tmp_path):
+    data = CocoDetectionSet(detection_set / "val", detection_set / "annotations" / "instances_val.json")
+    image, target = data[0]
+    raw = load_coco_annotations(detection_set / "annotations" / "instances_val.json")
+    first = [a for a in raw["annotations"] if a["image_id"] == data.ids[0]]
+    assert (
+        image.shape == (3, 64, 64) and image.dtype == torch.float32 and 0 <= image.min() <= image.max() <= 1
+    )
+    x, y, w, h = first[0]["bbox"]
+    assert target["boxes"][0].tolist() == [x, y, x + w, y + h]
+    assert target["labels"].tolist() == [a["category_id"] for a in first]  # ids 1..10 are already 1..K
+    images, targets = collate_detection([data[0], data[1]])
+    assert len(images) == len(targets) == 2
+    (detection_set / "val" / "000001.png").rename(tmp_path / "moved.png")
+    try:
+        Image.new("L", (32, 32)).save(detection_set / "val" / "000001.png")
+        with pytest.raises(DetectionDataError, match="the image is 32x32, its annotation file says 64x64"):
+            data[data.ids.index(1)]
+    finally:
+        (tmp_path / "moved.png").rename(detection_set / "val" / "000001.png")
+
+
+@pytest.mark.parametrize(
+    ("backbone", "detector"),
+    [
+        ("shufflenet_v1_g3_x0_5", "fasterrcnn"),
+        ("shufflenet_v2_x0_5", "fasterrcnn"),
+        ("mobilenet_v2_x0_5", "fasterrcnn"),
+        ("shufflenet_v2_x0_5", "retinanet"),
+    ],
+)
+def test_detectors_train_and_predict_on_each_backbone(detection_set, backbone, detector):
+    torch.manual_seed(0)
+    data = CocoDetectionSet(detection_set / "train", detection_set / "annotations" / "instances_train.json")
+    model = build_detector(backbone, len(data.classes), detector=detector, min_size=64, max_size=64)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()), "BN must be frozen"
+    stem = next(model.backbone.body.model.trunk_modules()[0].parameters())
+    assert not stem.requires_grad and any(p.requires_grad for p in model.backbone.parameters())
+    images, targets = collate_detection([data[0], data[1]])
+    targets = [{"boxes": t["boxes"].as_subclass(torch.Tensor), "labels": t["labels"]} for t in targets]
+    losses = model.train()(images, targets)
+    total = sum(losses.values())
+    assert torch.isfinite(total) and total > 0
+    total.backward()
+    with torch.no_grad():
+        outputs = model.eval()(images)
+    assert len(outputs) == 2 and set(outputs[0]) == {"boxes", "labels", "scores"}
+
+
+def test_coco_ap_is_100_for_the_ground_truth_and_0_for_nothing(detection_set):
+    data = CocoDetectionSet(detection_set / "val", detection_set / "annotations" / "instances_val.json")
+    outputs = []
+    for index in range(len(data)):
+        _, target = data[index]
+        n = len(target["labels"])
+        outputs.append(
+            {
+                "boxes": target["boxes"].as_subclass(torch.Tensor).clone(),
+                "labels": target["labels"],
+                "scores": torch.ones(n),
+            }
+        )
+    perfect = coco_average_precision(data.coco, coco_detections(outputs, data.ids, data.category_ids))
+    assert perfect["AP"] == perfect["AP50"] == 100.0
+    for output in outputs:  # every box moved by half its size: IoU 1/3, below every threshold
+        output["boxes"] += (output["boxes"][:, 2:] - output["boxes"][:, :2]).repeat(1, 2) / 2
+    moved = coco_average_precision(data.coco, coco_detections(outputs, data.ids, data.category_ids))
+    assert moved["AP50"] == 0.0
+    assert coco_average_precision(data.coco, [])["AP"] == 0.0
