@@ -173,3 +173,41 @@ def test_coco_ap_is_100_for_the_ground_truth_and_0_for_nothing(detection_set):
     moved = coco_average_precision(data.coco, coco_detections(outputs, data.ids, data.category_ids))
     assert moved["AP50"] == 0.0
     assert coco_average_precision(data.coco, [])["AP"] == 0.0
+
+
+def test_flips_are_seeded_per_sample_and_move_the_boxes(detection_set):
+    from shufflenet.detect.train import DetectionSamples
+
+    base = CocoDetectionSet(detection_set / "train", detection_set / "annotations" / "instances_train.json")
+    samples = DetectionSamples(base, flip=True, seed=3)
+    flipped = [
+        key
+        for key in ((e, i) for e in range(3) for i in range(len(base)))
+        if not torch.equal(samples[key][0], base[key[1]][0])
+    ]
+    assert 0 < len(flipped) < 3 * len(base)
+    epoch, index = flipped[0]
+    image, target = samples[epoch, index]
+    original_image, original = base[index]
+    assert torch.equal(image, original_image.flip(-1)) and torch.equal(samples[epoch, index][0], image)
+    boxes = original["boxes"].as_subclass(torch.Tensor)
+    assert torch.equal(target["boxes"][:, 0], 64 - boxes[:, 2]) and torch.equal(
+        target["boxes"][:, 2], 64 - boxes[:, 0]
+    )
+
+
+def test_a_detector_trains_through_the_training_engine(detection_set, tmp_path):
+    from shufflenet.detect.train import DetectConfig, train_detector
+
+    config = DetectConfig(
+        model="shufflenet_v2_x0_5", data_dir=str(detection_set), min_size=64, max_size=64, batch_size=2,
+        epochs=1, output=str(tmp_path / "run"), progress=False, log_every=1,
+    )  # fmt: skip
+    summary = train_detector(config)
+    assert summary["steps"] == 4 and summary["classes"][0] == "T-shirt/top" and 0 <= summary["AP50"] <= 100
+    rows = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    assert "val_AP50" in rows[-1] and rows[-1]["train_loss"] > 0
+    assert (tmp_path / "run" / "checkpoint.pt").is_file() and (tmp_path / "run" / "summary.json").is_file()
+    with pytest.raises(Exception, match="exists"):  # the run directory is held like a classifier's
+        train_detector(config)

@@ -141,7 +141,9 @@ def _loader(dataset: Dataset, sampler, batch_size: int, num_workers: int, drop_l
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        collate_fn=collate_skip_none if getattr(dataset, "skip_bad_images", False) else None,
+        # A dataset may say how its samples batch (detection: lists of images and targets).
+        collate_fn=getattr(dataset, "collate", None)
+        or (collate_skip_none if getattr(dataset, "skip_bad_images", False) else None),
         pin_memory=torch.cuda.is_available(),
         drop_last=drop_last,
         # Its own generator: drawing worker seeds from the global RNG would shift the training RNG stream

@@ -339,6 +339,15 @@ def all_reduce_mean(value: float | torch.Tensor, ctx: DistributedContext) -> flo
     return tensor.item() / ctx.world_size
 
 
+def gather_objects(value: Any, ctx: DistributedContext) -> list[Any]:
+    """Every rank's ``value`` (picklable), in rank order, on every rank; ``[value]`` in one process."""
+    if not ctx.enabled:
+        return [value]
+    gathered: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def all_reduce_sum(tensor: torch.Tensor, ctx: DistributedContext) -> torch.Tensor:
     """The element-wise sum over ranks, as a new tensor on the input's device (the input is left as is)."""
     if not ctx.enabled:

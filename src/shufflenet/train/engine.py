@@ -184,16 +184,7 @@ class Trainer:
             self._print(f"note: amp={config.amp} needs CUDA; training in float32 on {ctx.device}")
 
         # Data (built before the model: the order the RNG is drawn in is part of a run's result).
-        info = dataset_info(config.dataset)
-        train_base, val_base = self._load_split("train"), self._load_split("val")
-        self.image_sources = (train_base, val_base)  # they record skipped unreadable images
-        self.class_names = list(getattr(train_base, "classes", []))
-        self.num_classes = info.num_classes or len(self.class_names)
-        self.image_size, self.in_chans = config.image_size or info.image_size, info.channels
-        self.normalization = {"mean": info.mean, "std": info.std}
-        if config.dataset == "imagefolder":  # one's own images: their own statistics, not ImageNet's
-            self.normalization = measure_normalization(train_base)
-        self.train_set, self.val_set = self._datasets(train_base, val_base, info.image_size)
+        self._setup_data()
         self.steps_in_epoch = steps_per_epoch(len(self.train_set), config.batch_size)
         self.total_steps = config.iterations or config.epochs * self.steps_in_epoch
         self.epochs = math.ceil(self.total_steps / self.steps_in_epoch)
@@ -234,6 +225,21 @@ class Trainer:
     def _print(self, message: str) -> None:
         if self.ctx.is_main:
             tqdm.write(message)
+
+    def _setup_data(self) -> None:
+        """The training and evaluation sets and what the model and the input contract need of them:
+        classes, image size, channels and normalization."""
+        config = self.config
+        info = dataset_info(config.dataset)
+        train_base, val_base = self._load_split("train"), self._load_split("val")
+        self.image_sources = (train_base, val_base)  # they record skipped unreadable images
+        self.class_names = list(getattr(train_base, "classes", []))
+        self.num_classes = info.num_classes or len(self.class_names)
+        self.image_size, self.in_chans = config.image_size or info.image_size, info.channels
+        self.normalization = {"mean": info.mean, "std": info.std}
+        if config.dataset == "imagefolder":  # one's own images: their own statistics, not ImageNet's
+            self.normalization = measure_normalization(train_base)
+        self.train_set, self.val_set = self._datasets(train_base, val_base, info.image_size)
 
     def _load_split(self, split: str) -> Dataset:
         config = self.config
@@ -454,6 +460,24 @@ class Trainer:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, targets
 
+    def _optimize(self, loss: torch.Tensor) -> None:
+        """One optimizer step on ``loss``: gradients (scaled under fp16), the schedule, the EMA."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
+    def _watch_loss(self, objective: torch.Tensor) -> None:
+        """Keep the first step's loss (the untrained network's, whatever the learning rate: the reference)
+        and a running mean, for the divergence check."""
+        if self.position.step == 0:
+            self.loss_watch.copy_(objective.expand(2))
+        else:
+            self.loss_watch[1].lerp_(objective, 1 - _RUNNING_MEAN_DECAY)
+
     def _train_step(self, batch) -> torch.Tensor:
         config, ctx = self.config, self.ctx
         images, targets = self._prepare(self.train_set, batch)
@@ -462,13 +486,7 @@ class Trainer:
             loss = nn.functional.cross_entropy(logits, targets, label_smoothing=config.label_smoothing)
             if config.shift_lambda:
                 loss = loss + config.shift_lambda * shift_penalty(self.model, config.shift_norm)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update_parameters(self.model)
+        self._optimize(loss)
         with torch.no_grad():
             objective = loss.detach().double()
             # Without label smoothing or the shift penalty, the train loss is comparable with val_loss.
@@ -480,11 +498,7 @@ class Trainer:
             self.accumulators[1] += plain * seen
             self.accumulators[2] += (logits.argmax(1) == targets).sum().double()
             self.accumulators[3] += seen
-            # The first step's loss is the untrained network's, whatever the learning rate: the reference.
-            if self.position.step == 0:
-                self.loss_watch.copy_(objective.expand(2))
-            else:
-                self.loss_watch[1].lerp_(objective, 1 - _RUNNING_MEAN_DECAY)
+            self._watch_loss(objective)
         return loss.detach()
 
     def _run_epoch(self, epoch: int) -> float:
@@ -586,25 +600,37 @@ class Trainer:
             return self.config.eval_every
         return 1 if len(self.val_set) <= SMALL_VAL_SET else self.epochs
 
+    def _train_row(self, sums: list[float]) -> dict[str, Any]:
+        """The epoch's training metrics from the summed accumulators."""
+        objective_sum, loss_sum, correct, seen = sums
+        return {
+            "train_loss": loss_sum / max(seen, 1),  # plain cross-entropy, as val_loss
+            "train_objective": objective_sum / max(seen, 1),  # what was minimized: smoothing, shift penalty
+            "train_top1_err": 100 * (1 - correct / max(seen, 1)),
+        }
+
+    def _validation_row(self) -> dict[str, Any]:
+        """The validation metrics of the model (and of its EMA)."""
+        result = self._evaluate(self.model)
+        row = {"val_loss": result.loss, "val_top1_err": result.top1_err, "val_top5_err": result.top5_err}
+        if self.ema is not None:
+            ema_result = self._evaluate(self.ema.module)
+            row.update(ema_val_top1_err=ema_result.top1_err, ema_val_top5_err=ema_result.top5_err)
+        return row
+
     def _end_epoch(self, epoch: int, images_per_s: float) -> None:
-        objective_sum, loss_sum, correct, seen = all_reduce_sum(self.accumulators, self.ctx).tolist()
-        self._check_finite(objective_sum)
+        sums = all_reduce_sum(self.accumulators, self.ctx).tolist()
+        self._check_finite(sums[0])
         self._check_diverging()
         row: dict[str, Any] = {
             "epoch": epoch + 1,
             "step": self.position.step,
             "lr": self.scheduler.get_last_lr()[0],
-            "train_loss": loss_sum / max(seen, 1),  # plain cross-entropy, as val_loss
-            "train_objective": objective_sum / max(seen, 1),  # what was minimized: smoothing, shift penalty
-            "train_top1_err": 100 * (1 - correct / max(seen, 1)),
         }
+        row.update(self._train_row(sums))
         last = self.position.step >= self.total_steps
         if (epoch + 1) % self._eval_every() == 0 or last:
-            result = self._evaluate(self.model)
-            row.update(val_loss=result.loss, val_top1_err=result.top1_err, val_top5_err=result.top5_err)
-            if self.ema is not None:
-                ema_result = self._evaluate(self.ema.module)
-                row.update(ema_val_top1_err=ema_result.top1_err, ema_val_top5_err=ema_result.top5_err)
+            row.update(self._validation_row())
         sparsity = shift_sparsity(self.model)
         if sparsity:  # Chen et al. 2019, Table 1's last column: the share of channels no shift moves
             row["shift_sparsity"] = 100 * total_sparsity(sparsity).sparsity
