@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from shufflenet._system import atomic_write
-from shufflenet.data.loaders import build_eval_loader, sample_seed
+from shufflenet.data.loaders import sample_seed
 from shufflenet.detect.coco import CocoDetectionSet, collate_detection
 from shufflenet.detect.metrics import AP_NAMES, coco_average_precision, coco_detections
 from shufflenet.detect.model import DETECTORS, build_detector
@@ -51,6 +51,11 @@ class DetectConfig(TrainConfig):
     lr: float = 0.02
     weight_decay: float = 1e-4
     channels_last: bool = False
+
+    def detector_args(self) -> dict[str, Any]:
+        """:func:`build_detector`'s settings from this run's."""
+        names = ("detector", "min_size", "max_size", "fpn_channels", "frozen_maps")
+        return {name: getattr(self, name) for name in names} | {"weights": self.backbone_weights}
 
     def split_paths(self, split: str) -> tuple[Path, Path]:
         """(image folder, annotation file) of ``split``."""
@@ -122,18 +127,9 @@ class DetectionTrainer(Trainer):
 
     def _create_model(self) -> nn.Module:
         config = self.config
+        normalization = {"image_mean": self.normalization["mean"], "image_std": self.normalization["std"]}
         model = build_detector(
-            config.model,
-            self.num_classes,
-            detector=config.detector,
-            min_size=config.min_size,
-            max_size=config.max_size,
-            fpn_channels=config.fpn_channels,
-            frozen_maps=config.frozen_maps,
-            weights=config.backbone_weights,
-            image_mean=self.normalization["mean"],
-            image_std=self.normalization["std"],
-            **config.model_args,
+            config.model, self.num_classes, **config.detector_args(), **normalization, **config.model_args
         )
         return model.to(self.ctx.device, self.dtype)
 
@@ -157,17 +153,10 @@ class DetectionTrainer(Trainer):
     def _average_precision(self, model: nn.Module) -> dict[str, float]:
         """COCO AP (%) of ``model`` on the validation split: each process detects on its share, the main
         one scores them all."""
-        loader = build_eval_loader(
-            self.val_set,
-            batch_size=self.config.eval_batch_size or self.config.batch_size,
-            rank=self.ctx.rank,
-            world_size=self.ctx.world_size,
-            num_workers=self.config.num_workers,
-        )
         found: list[dict] = []
         model.eval()
         with torch.no_grad():
-            for batch in loader:
+            for batch in self._val_loader():
                 images, targets = self.val_set.to_device(batch, self.ctx.device)
                 outputs = model([image.to(self.dtype) for image in images])
                 ids = [target["image_id"] for target in targets]

@@ -14,7 +14,7 @@ import math
 import random
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -572,21 +572,24 @@ class Trainer:
         bar.close()
         return images_seen / max(1e-9, time.monotonic() - epoch_start)
 
-    def _evaluate(self, model: nn.Module) -> EvalResult:
-        # DDP hands rank 0's BN statistics to the others at the start of each forward, so after the last
-        # step every other rank holds the statistics of one update before: evaluate them all with rank 0's,
-        # the ones the checkpoint and the exported weights hold.
-        broadcast_buffers(model, self.ctx)
-        loader = build_eval_loader(
+    def _val_loader(self) -> Iterable:
+        """This rank's share of the validation set, in order."""
+        return build_eval_loader(
             self.val_set,
             batch_size=self.config.eval_batch_size or self.config.batch_size,
             rank=self.ctx.rank,
             world_size=self.ctx.world_size,
             num_workers=self.config.num_workers,
         )
+
+    def _evaluate(self, model: nn.Module) -> EvalResult:
+        # DDP hands rank 0's BN statistics to the others at the start of each forward, so after the last
+        # step every other rank holds the statistics of one update before: evaluate them all with rank 0's,
+        # the ones the checkpoint and the exported weights hold.
+        broadcast_buffers(model, self.ctx)
         return evaluate_model(
             model,
-            loader,
+            self._val_loader(),
             self.ctx,
             self.num_classes,
             amp=self.amp,
