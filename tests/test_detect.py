@@ -211,3 +211,42 @@ def test_a_detector_trains_through_the_training_engine(detection_set, tmp_path):
     assert (tmp_path / "run" / "checkpoint.pt").is_file() and (tmp_path / "run" / "summary.json").is_file()
     with pytest.raises(Exception, match="exists"):  # the run directory is held like a classifier's
         train_detector(config)
+
+
+def _cli(capsys, *argv):
+    from shufflenet.cli import main
+
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_the_detect_commands_make_data_train_evaluate_and_predict(tmp_path, capsys):
+    fashion = _fashion_items(tmp_path / "fashion-mnist")
+    data = tmp_path / "set"
+    code, out, err = _cli(capsys, "detect", "make-data", data, "--data-dir", fashion, "--train-images", 6,
+                          "--val-images", 3, "--canvas", 64)  # fmt: skip
+    assert code == 0 and "wrote" in out and (data / "annotations" / "instances_val.json").is_file()
+    code, _, err = _cli(capsys, "detect", "make-data", data, "--data-dir", fashion)
+    assert code == 2 and "not empty" in err and "--overwrite" in err
+    run = tmp_path / "run"
+    sizes = ("--set", "min_size=64", "--set", "max_size=64")
+    code, out, err = _cli(capsys, "detect", "train", "--data-dir", data, "--epochs", 1, "--batch-size", 2,
+                          "--output", run, "--no-progress", *sizes)  # fmt: skip
+    assert code == 0, err
+    assert json.loads((run / "summary.json").read_text())["detector"] == "fasterrcnn"
+    code, out, err = _cli(capsys, "detect", "evaluate", "--checkpoint", run, "--format", "json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["images"] == 3 and result["split"] == "val" and 0 <= result["AP"] <= 100
+    code, out, _ = _cli(capsys, "detect", "evaluate", "--checkpoint", run)
+    assert code == 0 and out.startswith("| backbone | detector | split | images | AP |")
+    image = data / "val" / "000001.png"
+    code, out, err = _cli(capsys, "detect", "predict", image, "--checkpoint", run, "--threshold", 0.0,
+                          "--output", tmp_path / "p.png")  # fmt: skip
+    assert code == 0, err
+    assert f"{image}:" in out and (tmp_path / "p.png").stat().st_size > 0
+    code, _, err = _cli(capsys, "detect", "train", "--data-dir", data, "--set", "detektor=retinanet")
+    assert code == 2 and "unknown training setting 'detektor'; did you mean detector?" in err
+    code, _, err = _cli(capsys, "detect", "predict", tmp_path / "missing.png", "--checkpoint", run)
+    assert code == 2 and "no such image" in err

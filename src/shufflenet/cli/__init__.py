@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from shufflenet.cli import bench, evaluate, export, models, profile, reproduce, shift, train
+from shufflenet.cli import bench, detect, evaluate, export, models, profile, reproduce, shift, train
 from shufflenet.cli._common import CliError, add_command
 
 EXAMPLES = """\
@@ -29,9 +29,10 @@ examples:
   shufflenet shift remove --counts 0 4 8 9          retrain without the least important shift layers
   shufflenet reproduce --list                       the papers' tables that need training
   shufflenet reproduce shufflenet-t2                ShuffleNet Table 2 on Fashion-MNIST, judged claim by claim
+  shufflenet detect train                           a detector on the offline Fashion-MNIST set (COCO format)
 """
 
-COMMANDS = (models, profile, train, evaluate, export, bench, shift, reproduce)
+COMMANDS = (models, profile, train, evaluate, export, bench, shift, reproduce, detect)
 
 __all__ = ["CliError", "build_parser", "main"]
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from shufflenet.cli._common import Command, add_set_option, given_settings
 from shufflenet.data.catalog import DATASETS
@@ -69,8 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shufflenet.train.distributed import StoppedBySignal
-    from shufflenet.train.engine import TrainingDiverged, train
+    from shufflenet.train.engine import train
 
     if args.list_recipes:
         for name in list_recipes():
@@ -84,16 +85,25 @@ def run(args: argparse.Namespace) -> int:
         recipe = IMAGEFOLDER_RECIPE
         print(f"recipe: {recipe}, for a small set of your own images (ImageNet: --recipe imagenet-*)")
     config = load_config(recipe, overrides)
+    return run_training(train, config, args, "shufflenet train")
+
+
+def run_training(train: Callable[..., Any], config: Any, args: argparse.Namespace, command: str) -> int:
+    """``train(config, resume=..., overwrite=...)`` as a command: the exit status, and one line for a run
+    stopped by a signal (130, 143: a checkpoint saved) or diverged (1)."""
+    from shufflenet.train.distributed import StoppedBySignal
+    from shufflenet.train.engine import TrainingDiverged
+
     try:
         train(config, resume=args.resume if args.resume != "" else True, overwrite=args.overwrite)
     except StoppedBySignal as stop:  # Ctrl-C or SIGTERM; the trainer's own says where it saved a checkpoint
-        print(f"shufflenet train: {stop}", file=sys.stderr)
+        print(f"{command}: {stop}", file=sys.stderr)
         return 128 + stop.signum  # as a shell reports a process killed by that signal: 130, 143
     except KeyboardInterrupt:  # Ctrl-C while data and model are built, or a second one
-        print("shufflenet train: interrupted before it could save a checkpoint", file=sys.stderr)
+        print(f"{command}: interrupted before it could save a checkpoint", file=sys.stderr)
         return 130
     except TrainingDiverged as failure:
-        print(f"shufflenet train: error: {failure}", file=sys.stderr)
+        print(f"{command}: error: {failure}", file=sys.stderr)
         return 1
     return 0
 

@@ -16,16 +16,19 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from shufflenet._system import atomic_write
+from shufflenet._system import atomic_write, cache_dir
 from shufflenet.data.loaders import sample_seed
 from shufflenet.detect.coco import CocoDetectionSet, collate_detection
 from shufflenet.detect.metrics import AP_NAMES, coco_average_precision, coco_detections
 from shufflenet.detect.model import DETECTORS, build_detector
+from shufflenet.detect.synthetic import make_fashion_detection
 from shufflenet.train.config import TrainConfig
 from shufflenet.train.distributed import cleanup_distributed, gather_objects, init_distributed, is_global_main
 from shufflenet.train.engine import Trainer
 from shufflenet.train.run_dir import hold_run_directory
 
+# The offline Fashion-MNIST detection set (shufflenet.detect.synthetic); any other dataset is COCO-format.
+OFFLINE_SET = "fashion-detect"
 # torchvision's detectors normalize their input themselves, with ImageNet's statistics by default.
 IMAGENET_NORMALIZATION = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
@@ -57,9 +60,23 @@ class DetectConfig(TrainConfig):
         names = ("detector", "min_size", "max_size", "fpn_channels", "frozen_maps")
         return {name: getattr(self, name) for name in names} | {"weights": self.backbone_weights}
 
+    def data_root(self) -> Path:
+        """The COCO-format folder: ``data_dir``; for the offline set (``dataset: fashion-detect``) without
+        one, the library's cache, where it is made from Fashion-MNIST on first use."""
+        if self.data_dir is not None:
+            return Path(self.data_dir)
+        if self.dataset != OFFLINE_SET:
+            raise ValueError(
+                f"dataset {self.dataset!r} needs --data-dir: a folder with SPLIT/ images and annotations/"
+            )
+        root = cache_dir() / OFFLINE_SET
+        if not (root / "annotations").is_dir():
+            make_fashion_detection(root, overwrite=True)
+        return root
+
     def split_paths(self, split: str) -> tuple[Path, Path]:
         """(image folder, annotation file) of ``split``."""
-        root = Path(self.data_dir or ".")
+        root = self.data_root()
         return root / split, root / "annotations" / f"instances_{split}.json"
 
 
@@ -132,6 +149,9 @@ class DetectionTrainer(Trainer):
             config.model, self.num_classes, **config.detector_args(), **normalization, **config.model_args
         )
         return model.to(self.ctx.device, self.dtype)
+
+    def _state(self, accumulators: torch.Tensor) -> dict[str, Any]:
+        return {**super()._state(accumulators), "class_names": self.class_names}
 
     def _train_step(self, batch) -> torch.Tensor:
         images, targets = self.train_set.to_device(batch, self.ctx.device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -120,13 +121,23 @@ RANGES = {
     "eval_every": Interval(1),
     "checkpoint_every": _NON_NEGATIVE,
     "log_every": Interval(1),
+    # detection runs (shufflenet.detect.train.DetectConfig)
+    "min_size": Interval(1),
+    "max_size": Interval(1),
+    "fpn_channels": Interval(1),
+    "frozen_maps": _NON_NEGATIVE,
 }
 
 
-def list_recipes() -> list[str]:
-    """Names of the recipes shipped with the package."""
+DETECTION_RECIPE_PREFIX = "detect-"
+
+
+def list_recipes(detection: bool = False) -> list[str]:
+    """Names of the classification recipes shipped with the package (``detection``: the detection ones,
+    named detect-*)."""
     folder = resources.files("shufflenet.train").joinpath("recipes")
-    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+    names = sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return [name for name in names if name.startswith(DETECTION_RECIPE_PREFIX) == detection]
 
 
 def _read_recipe(name_or_path: str) -> dict[str, Any]:
@@ -137,11 +148,10 @@ def _read_recipe(name_or_path: str) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
         name = path.stem
     else:
-        if name_or_path not in list_recipes():
-            close = difflib.get_close_matches(name_or_path, list_recipes(), n=3)
-            hint = (
-                f"did you mean {', '.join(close)}?" if close else f"choose one of {', '.join(list_recipes())}"
-            )
+        shipped = list_recipes(name_or_path.startswith(DETECTION_RECIPE_PREFIX))
+        if name_or_path not in shipped:
+            close = difflib.get_close_matches(name_or_path, shipped, n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else f"choose one of {', '.join(shipped)}"
             raise ValueError(f"unknown recipe {name_or_path!r}; {hint}")
         text = (
             resources.files("shufflenet.train").joinpath("recipes", f"{name_or_path}.yaml").read_text("utf-8")
@@ -162,17 +172,19 @@ def _read_recipe(name_or_path: str) -> dict[str, Any]:
     return values
 
 
-def _check_key(key: str) -> None:
-    if key not in FIELDS:
-        close = difflib.get_close_matches(key, FIELDS, n=3)
-        hint = f"did you mean {', '.join(close)}?" if close else f"valid settings: {', '.join(FIELDS)}"
+def _check_key(key: str, fields: Mapping[str, Any]) -> None:
+    if key not in fields:
+        close = difflib.get_close_matches(key, fields, n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else f"valid settings: {', '.join(fields)}"
         raise ValueError(f"unknown training setting {key!r}; {hint}")
 
 
-def check_setting(key: str, value: Any) -> Any:
-    """``value`` converted to setting ``key``'s type and checked against its range or choices."""
-    _check_key(key)
-    return convert(key, value, TYPES[key], RANGES.get(key), CHOICES.get(key, ()))
+def check_setting(key: str, value: Any, config_class: type = TrainConfig) -> Any:
+    """``value`` converted to setting ``key``'s type (of ``config_class``, a TrainConfig or a subclass)
+    and checked against its range or choices."""
+    types = TYPES if config_class is TrainConfig else typing.get_type_hints(config_class)
+    _check_key(key, types)
+    return convert(key, value, types[key], RANGES.get(key), CHOICES.get(key, ()))
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -194,15 +206,20 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def load_config(recipe: str = "fashion-mnist-quick", overrides: dict[str, Any] | None = None) -> TrainConfig:
+def load_config(
+    recipe: str = "fashion-mnist-quick",
+    overrides: dict[str, Any] | None = None,
+    config_class: type = TrainConfig,
+) -> TrainConfig:
     """The recipe's settings with ``overrides`` applied on top (``model_args`` merge key by key), each
-    converted to its type and checked, model arguments against the model's builder."""
+    converted to its type and checked, model arguments against the model's builder; a ``config_class``
+    (TrainConfig or a subclass: a detection run's) holding them."""
     values = _read_recipe(recipe)
     for key, value in (overrides or {}).items():
         if key == "model_args":
             value = {**check_setting(key, values.get(key, {})), **check_setting(key, value)}
         values[key] = value
-    settings = {key: check_setting(key, value) for key, value in values.items()}
+    settings = {key: check_setting(key, value, config_class) for key, value in values.items()}
     model = settings.get("model", FIELDS["model"].default)
     settings["model_args"] = check_model_args(model, settings.get("model_args", {}))
-    return TrainConfig(**settings)
+    return config_class(**settings)
