@@ -139,7 +139,7 @@ def test_detectors_train_and_predict_on_each_backbone(detection_set, backbone, d
     torch.manual_seed(0)
     data = CocoDetectionSet(detection_set / "train", detection_set / "annotations" / "instances_train.json")
     model = build_detector(backbone, len(data.classes), detector=detector, min_size=64, max_size=64)
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()), "BN must be frozen"
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()), "from scratch, BN trains"
     stem = next(model.backbone.body.model.trunk_modules()[0].parameters())
     assert not stem.requires_grad and any(p.requires_grad for p in model.backbone.parameters())
     images, targets = collate_detection([data[0], data[1]])
@@ -250,3 +250,19 @@ def test_the_detect_commands_make_data_train_evaluate_and_predict(tmp_path, caps
     assert code == 2 and "unknown training setting 'detektor'; did you mean detector?" in err
     code, _, err = _cli(capsys, "detect", "predict", tmp_path / "missing.png", "--checkpoint", run)
     assert code == 2 and "no such image" in err
+
+
+def test_batch_norm_freezes_for_fine_tuning_and_keeps_its_statistics():
+    from shufflenet.detect.model import Backbone
+
+    torch.manual_seed(0)
+    scratch = Backbone("shufflenet_v2_x0_5")
+    frozen = Backbone("shufflenet_v2_x0_5", freeze_bn=True)
+    norms = [m for m in frozen.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert not norms and any(isinstance(m, torch.nn.BatchNorm2d) for m in scratch.modules())
+    frozen.load_state_dict(scratch.state_dict(), strict=False)  # BN: the same names, as buffers
+    x = torch.randn(1, 3, 64, 64)
+    scratch.eval()
+    assert all(
+        torch.allclose(a, b, atol=1e-5) for a, b in zip(scratch(x).values(), frozen(x).values(), strict=True)
+    )

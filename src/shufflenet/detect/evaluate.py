@@ -36,7 +36,10 @@ def load_detector(checkpoint: str | Path) -> tuple[nn.Module, DetectConfig, list
     config = DetectConfig(**saved)
     classes = list(state.get("class_names") or [])
     num_classes = state["model_args_resolved"]["num_classes"]
-    model = build_detector(config.model, num_classes, **{**config.detector_args(), "weights": None})
+    # The trained weights are in the checkpoint; batch norm as it was trained.
+    frozen = config.freeze_bn if config.freeze_bn is not None else config.backbone_weights is not None
+    settings = {**config.detector_args(), "weights": None, "freeze_bn": frozen}
+    model = build_detector(config.model, num_classes, **settings)
     model.load_state_dict(state["model"])
     return model.eval(), config, classes or [str(i) for i in range(1, num_classes + 1)]
 

@@ -40,7 +40,8 @@ class Backbone(nn.Module):
     """A registered classifier's trunk as a detection backbone: the maps at ``out_indices`` of its
     ``feature_info`` (strides 4-32 by default: 8, 16, 32), as an ordered dict, through a feature pyramid
     of ``fpn_channels`` where given (``out_channels`` is what the detector heads read). The first
-    ``frozen_maps`` maps' layers (the stem first) do not train; batch norm is frozen throughout."""
+    ``frozen_maps`` maps' layers (the stem first) do not train. Batch norm is frozen (``freeze_bn``; by
+    default when trained ``weights`` are loaded, the usual fine-tuning) or, from scratch, trains."""
 
     def __init__(
         self,
@@ -51,13 +52,16 @@ class Backbone(nn.Module):
         frozen_maps: int = 1,
         extra_levels: str = "pool",
         weights: str | Path | None = None,
+        freeze_bn: bool | None = None,
         **model_args,
     ) -> None:
         super().__init__()
         classifier = (
             create_model(name, **model_args) if weights is None else trained_classifier(name, weights)
         )
-        self.body = freeze_batchnorm(FeatureExtractor(classifier, out_indices))
+        self.body = FeatureExtractor(classifier, out_indices)
+        if freeze_bn if freeze_bn is not None else weights is not None:
+            freeze_batchnorm(self.body)
         infos = self.body.feature_info
         self.strides = [info.reduction for info in infos]
         self.names = [str(index) for index in range(len(infos))]
@@ -118,6 +122,7 @@ def build_detector(
     fpn_channels: int | None = 128,
     frozen_maps: int = 1,
     weights: str | Path | None = None,
+    freeze_bn: bool | None = None,
     image_mean: tuple[float, ...] = (0.485, 0.456, 0.406),
     image_std: tuple[float, ...] = (0.229, 0.224, 0.225),
     **model_args,
@@ -134,6 +139,7 @@ def build_detector(
         frozen_maps=frozen_maps,
         extra_levels="pool" if detector == "fasterrcnn" else "p6p7",
         weights=weights,
+        freeze_bn=freeze_bn,
         **model_args,
     )
     sizes = tuple((4 * stride,) for stride in body.strides)

@@ -49,6 +49,7 @@ class DetectConfig(TrainConfig):
     fpn_channels: int | None = 128  # None: the last map alone
     frozen_maps: int = 1  # trunk maps (from the stem) whose layers do not train
     backbone_weights: str | None = None  # a classification checkpoint or model.safetensors
+    freeze_bn: bool | None = None  # None: frozen with backbone_weights, trained from scratch
     flip: bool = True
     batch_size: int = 8
     lr: float = 0.02
@@ -58,7 +59,10 @@ class DetectConfig(TrainConfig):
     def detector_args(self) -> dict[str, Any]:
         """:func:`build_detector`'s settings from this run's."""
         names = ("detector", "min_size", "max_size", "fpn_channels", "frozen_maps")
-        return {name: getattr(self, name) for name in names} | {"weights": self.backbone_weights}
+        return {name: getattr(self, name) for name in names} | {
+            "weights": self.backbone_weights,
+            "freeze_bn": self.freeze_bn,
+        }
 
     def data_root(self) -> Path:
         """The COCO-format folder: ``data_dir``; for the offline set (``dataset: fashion-detect``) without
