@@ -266,3 +266,17 @@ def test_batch_norm_freezes_for_fine_tuning_and_keeps_its_statistics():
     assert all(
         torch.allclose(a, b, atol=1e-5) for a, b in zip(scratch(x).values(), frozen(x).values(), strict=True)
     )
+
+
+def test_detection_recipes_load_as_detection_runs_only():
+    from shufflenet.detect.train import DetectConfig
+    from shufflenet.train.config import list_recipes, load_config
+
+    assert list_recipes(detection=True) == ["detect-fashion-quick"]
+    assert not any(name.startswith("detect-") for name in list_recipes())
+    config = load_config("detect-fashion-quick", {"epochs": 2}, DetectConfig)
+    assert isinstance(config, DetectConfig) and config.detector == "fasterrcnn" and config.epochs == 2
+    with pytest.raises(ValueError, match="is a detection recipe: train it with `shufflenet detect train"):
+        load_config("detect-fashion-quick")
+    with pytest.raises(ValueError, match="min_size"):
+        load_config("detect-fashion-quick", {"min_size": 0}, DetectConfig)

@@ -214,6 +214,10 @@ def load_config(
     """The recipe's settings with ``overrides`` applied on top (``model_args`` merge key by key), each
     converted to its type and checked, model arguments against the model's builder; a ``config_class``
     (TrainConfig or a subclass: a detection run's) holding them."""
+    if config_class is TrainConfig and Path(recipe).stem.startswith(DETECTION_RECIPE_PREFIX):
+        raise ValueError(
+            f"{recipe} is a detection recipe: train it with `shufflenet detect train --recipe {recipe}`"
+        )
     values = _read_recipe(recipe)
     for key, value in (overrides or {}).items():
         if key == "model_args":
