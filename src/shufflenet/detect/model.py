@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
@@ -123,6 +124,9 @@ def build_detector(
     frozen_maps: int = 1,
     weights: str | Path | None = None,
     freeze_bn: bool | None = None,
+    box_head: int = 1024,
+    proposals: int = 2000,
+    rois_per_image: int = 512,
     image_mean: tuple[float, ...] = (0.485, 0.456, 0.406),
     image_std: tuple[float, ...] = (0.229, 0.224, 0.225),
     **model_args,
@@ -130,7 +134,10 @@ def build_detector(
     """A torchvision ``detector`` (``fasterrcnn`` or ``retinanet``) for ``num_classes`` object classes on
     the registered model ``backbone`` (its ``weights`` file, if given, loaded into the trunk), images
     resized so that their shorter side is ``min_size`` (ShuffleNet's Table 7: 300 or 600) and the longer
-    at most ``max_size``. Anchors: one size per map, 4x its stride, three aspect ratios."""
+    at most ``max_size``. Anchors: one size per map, 4x its stride, three aspect ratios. Faster R-CNN's
+    box head is two fully connected layers of ``box_head`` units over ``rois_per_image`` sampled regions
+    of the RPN's ``proposals`` best (torchvision's defaults: 1024, 512, 2000; a light head for small
+    images and CPUs: e.g. 256, 128, 300)."""
     if detector not in DETECTORS:
         raise ValueError(f"unknown detector {detector!r}; choose from {', '.join(DETECTORS)}")
     body = Backbone(
@@ -153,4 +160,17 @@ def build_detector(
     if detector == "retinanet":
         return RetinaNet(body, num_classes + 1, anchor_generator=anchors, **common)
     pooler = MultiScaleRoIAlign([name for name in body.names if name not in ("pool",)], 7, 2)
-    return FasterRCNN(body, num_classes + 1, rpn_anchor_generator=anchors, box_roi_pool=pooler, **common)
+    return FasterRCNN(
+        body,
+        None,  # the box predictor's
+        rpn_anchor_generator=anchors,
+        box_roi_pool=pooler,
+        box_head=TwoMLPHead(body.out_channels * 7 * 7, box_head),
+        box_predictor=FastRCNNPredictor(box_head, num_classes + 1),
+        rpn_pre_nms_top_n_train=proposals,
+        rpn_post_nms_top_n_train=proposals,
+        rpn_pre_nms_top_n_test=min(proposals, 1000),
+        rpn_post_nms_top_n_test=min(proposals, 1000),
+        box_batch_size_per_image=rois_per_image,
+        **common,
+    )

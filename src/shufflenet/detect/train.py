@@ -50,6 +50,9 @@ class DetectConfig(TrainConfig):
     frozen_maps: int = 1  # trunk maps (from the stem) whose layers do not train
     backbone_weights: str | None = None  # a classification checkpoint or model.safetensors
     freeze_bn: bool | None = None  # None: frozen with backbone_weights, trained from scratch
+    box_head: int = 1024  # Faster R-CNN: units of its two fully connected layers
+    proposals: int = 2000  # Faster R-CNN: the RPN's best regions kept
+    rois_per_image: int = 512  # Faster R-CNN: regions sampled per image for the box head's loss
     flip: bool = True
     batch_size: int = 8
     lr: float = 0.02
@@ -59,6 +62,8 @@ class DetectConfig(TrainConfig):
     def detector_args(self) -> dict[str, Any]:
         """:func:`build_detector`'s settings from this run's."""
         names = ("detector", "min_size", "max_size", "fpn_channels", "frozen_maps")
+        if self.detector == "fasterrcnn":
+            names += ("box_head", "proposals", "rois_per_image")
         return {name: getattr(self, name) for name in names} | {
             "weights": self.backbone_weights,
             "freeze_bn": self.freeze_bn,

@@ -126,6 +126,9 @@ RANGES = {
     "max_size": Interval(1),
     "fpn_channels": Interval(1),
     "frozen_maps": _NON_NEGATIVE,
+    "box_head": Interval(1),
+    "proposals": Interval(1),
+    "rois_per_image": Interval(1),
 }
 
 
