@@ -23,7 +23,13 @@ from shufflenet.detect.metrics import AP_NAMES, coco_average_precision, coco_det
 from shufflenet.detect.model import DETECTORS, build_detector
 from shufflenet.detect.synthetic import make_fashion_detection
 from shufflenet.train.config import TrainConfig
-from shufflenet.train.distributed import cleanup_distributed, gather_objects, init_distributed, is_global_main
+from shufflenet.train.distributed import (
+    barrier,
+    cleanup_distributed,
+    gather_objects,
+    init_distributed,
+    is_global_main,
+)
 from shufflenet.train.engine import Trainer
 from shufflenet.train.run_dir import hold_run_directory
 
@@ -137,6 +143,9 @@ class DetectionTrainer(Trainer):
         config = self.config
         if config.detector not in DETECTORS:
             raise ValueError(f"unknown detector {config.detector!r}; choose from {', '.join(DETECTORS)}")
+        if self.ctx.is_main:  # the offline set is made once, by the main process, before the others read it
+            config.data_root()
+        barrier(self.ctx)
         train = CocoDetectionSet(*config.split_paths(config.train_split))
         val = CocoDetectionSet(*config.split_paths(config.val_split))
         if val.classes != train.classes:
