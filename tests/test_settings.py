@@ -152,7 +152,11 @@ def test_every_number_setting_has_a_range():
     def numeric(hint) -> bool:
         return hint in (int, float) or any(numeric(arg) for arg in typing.get_args(hint))
 
-    assert {key for key in FIELDS if numeric(TYPES[key])} == set(RANGES)
+    from shufflenet.detect.train import DetectConfig
+
+    types = {**TYPES, **typing.get_type_hints(DetectConfig)}  # detection runs' settings share the table
+    assert {key for key, hint in types.items() if numeric(hint)} == set(RANGES)
+    assert set(FIELDS) <= set(types)
 
 
 @pytest.mark.parametrize(
