@@ -12,11 +12,10 @@ benchmarks/results); the runs go to runs/detect-quick-BACKBONE.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from shufflenet._table import markdown_table
-from shufflenet.bench.report import environment, write_record
+from shufflenet.bench.report import publish_record
 from shufflenet.detect.coco import CocoDetectionSet
 from shufflenet.detect.evaluate import draw_predictions, load_detector, predict
 from shufflenet.detect.metrics import AP_NAMES
@@ -74,12 +73,13 @@ def main() -> int:
         f"validation canvases. Predictions of the first backbone (score >= 0.5): `{picture.name}`."
         f"\n\n{table}\n"
     )
-    written = write_record(
-        args.output, "detect_quick", "Detection: the quick recipe on the offline Fashion-MNIST set", body,
-        rows, environment(["python", *sys.argv]),
-    )  # fmt: skip
-    print(body)
-    print(f"wrote {written['md']}")
+    publish_record(
+        args.output,
+        "detect_quick",
+        "Detection: the quick recipe on the offline Fashion-MNIST set",
+        body,
+        rows,
+    )
     return 0
 
 

@@ -13,14 +13,13 @@ Writes engine_precision_accuracy.{md,csv,json} into FOLDER (default benchmarks/r
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
 from shufflenet._table import markdown_table
-from shufflenet.bench.report import environment, write_record
+from shufflenet.bench.report import publish_record
 from shufflenet.data import build_dataset
 from shufflenet.data.transforms import trained_transforms
 from shufflenet.deploy.calibration import calibration_batches
@@ -110,12 +109,10 @@ def main() -> int:
         f"float32, rms over rms) on the first 16 test images; bf16 "
         f"{'on this CPU' if bf16 else 'n/a: this CPU lacks AVX512_BF16'}.\n\n{table}\n"
     )
-    written = write_record(
+    publish_record(
         args.output, "engine_precision_accuracy", "bf16 and int8 on the engine: accuracy on Fashion-MNIST",
-        body, rows, environment(["python", *sys.argv]),
+        body, rows,
     )  # fmt: skip
-    print(body)
-    print(f"wrote {written['md']}")
     return 0
 
 

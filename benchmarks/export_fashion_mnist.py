@@ -10,14 +10,13 @@ Writes benchmarks/results/export_fashion_mnist.{md,csv,json}.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
 from shufflenet._table import markdown_table
-from shufflenet.bench.report import environment, write_record
+from shufflenet.bench.report import publish_record
 from shufflenet.data import build_dataset
 from shufflenet.deploy.export import export_model
 from shufflenet.train.evaluate import load_for_evaluation
@@ -71,12 +70,7 @@ def main() -> int:
         f"Model: {name} {model_args} from `{args.weights}`; Fashion-MNIST test set (10,000 images); "
         f"int8 calibrated on {args.calib_samples} training images; latency batch 1, 1 thread.\n\n{table}\n"
     )
-    written = write_record(
-        RESULTS, "export_fashion_mnist", "Export and int8 on Fashion-MNIST", body, rows,
-        environment(["python", *sys.argv]),
-    )  # fmt: skip
-    print(body)
-    print(f"wrote {written['md']}")
+    publish_record(RESULTS, "export_fashion_mnist", "Export and int8 on Fashion-MNIST", body, rows)
     return 0
 
 

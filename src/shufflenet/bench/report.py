@@ -8,6 +8,7 @@ import io
 import json
 import platform
 import shlex
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from importlib import metadata
@@ -85,6 +86,15 @@ def write_record(
     for key, text in (("md", markdown), ("csv", buffer.getvalue()), ("json", document)):
         atomic_write(paths[key], lambda handle, text=text: handle.write(text.encode("utf-8")))
     return paths
+
+
+def publish_record(folder: Path, stem: str, title: str, body: str, rows: Sequence[dict]) -> dict[str, Path]:
+    """A benchmark script's record: :func:`write_record` with the environment of this command line
+    (``python`` and ``sys.argv``), the body printed, then where it went."""
+    written = write_record(folder, stem, title, body, rows, environment(["python", *sys.argv]))
+    print(body)
+    print(f"wrote {written['md']}")
+    return written
 
 
 def format_ratio(what: str, value: float, reading: str, *, bold: bool = False) -> str:

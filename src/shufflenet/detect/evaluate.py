@@ -14,7 +14,7 @@ from torchvision.transforms.v2 import functional as F
 
 from shufflenet._system import atomic_write
 from shufflenet.detect.coco import CocoDetectionSet, collate_detection
-from shufflenet.detect.metrics import coco_average_precision, coco_detections
+from shufflenet.detect.metrics import coco_average_precision, detections_over
 from shufflenet.detect.model import build_detector
 from shufflenet.detect.train import DetectConfig
 from shufflenet.train.checkpoint import load_checkpoint
@@ -36,10 +36,8 @@ def load_detector(checkpoint: str | Path) -> tuple[nn.Module, DetectConfig, list
     config = DetectConfig(**saved)
     classes = list(state.get("class_names") or [])
     num_classes = state["model_args_resolved"]["num_classes"]
-    # The trained weights are in the checkpoint; batch norm as it was trained.
-    frozen = config.freeze_bn if config.freeze_bn is not None else config.backbone_weights is not None
-    settings = {**config.detector_args(), "weights": None, "freeze_bn": frozen}
-    model = build_detector(config.model, num_classes, **settings)
+    # The trained weights are in the checkpoint, not in the backbone's file.
+    model = build_detector(config.model, num_classes, **{**config.detector_args(), "weights": None})
     model.load_state_dict(state["model"])
     return model.eval(), config, classes or [str(i) for i in range(1, num_classes + 1)]
 
@@ -52,12 +50,7 @@ def evaluate_detector(
     loader = DataLoader(
         torch.utils.data.Subset(dataset, list(indices)), batch_size=batch_size, collate_fn=collate_detection
     )
-    found: list[dict] = []
-    model.eval()
-    with torch.no_grad():
-        for images, targets in loader:
-            outputs = model(images)
-            found += coco_detections(outputs, [t["image_id"] for t in targets], dataset.category_ids)
+    found = detections_over(model, loader, dataset.category_ids)
     return coco_average_precision(dataset.coco, found, [dataset.ids[i] for i in indices])
 
 

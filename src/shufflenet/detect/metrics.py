@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from torch import nn
 
 # COCOeval's summary, in its order (areas: small < 32^2 <= medium < 96^2 <= large pixels).
 AP_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
@@ -37,6 +38,19 @@ def coco_detections(
                 }
             )
     return results
+
+
+def detections_over(
+    model: nn.Module, batches: Iterable[tuple[list[torch.Tensor], list[dict]]], category_ids: Sequence[int]
+) -> list[dict]:
+    """``model``'s detections (in eval mode, without gradients) on ``batches`` of (images, targets with
+    ``image_id``), in COCO's result format (:func:`coco_detections`)."""
+    found: list[dict] = []
+    model.eval()
+    with torch.no_grad():
+        for images, targets in batches:
+            found += coco_detections(model(images), [t["image_id"] for t in targets], category_ids)
+    return found
 
 
 def coco_average_precision(

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from shufflenet._system import atomic_write, cache_dir
 from shufflenet.data.loaders import sample_seed
 from shufflenet.detect.coco import CocoDetectionSet, collate_detection
-from shufflenet.detect.metrics import AP_NAMES, coco_average_precision, coco_detections
+from shufflenet.detect.metrics import AP_NAMES, coco_average_precision, detections_over
 from shufflenet.detect.model import DETECTORS, build_detector
 from shufflenet.detect.synthetic import make_fashion_detection
 from shufflenet.train.config import TrainConfig
@@ -66,13 +66,18 @@ class DetectConfig(TrainConfig):
     channels_last: bool = False
 
     def detector_args(self) -> dict[str, Any]:
-        """:func:`build_detector`'s settings from this run's."""
+        """:func:`build_detector`'s arguments from this run's settings (the backbone's model_args included;
+        batch norm frozen as it trains: with backbone_weights unless ``freeze_bn`` says otherwise)."""
         names = ("detector", "min_size", "max_size", "fpn_channels", "frozen_maps")
         if self.detector == "fasterrcnn":
             names += ("box_head", "proposals", "rois_per_image")
+        frozen = self.freeze_bn if self.freeze_bn is not None else self.backbone_weights is not None
         return {name: getattr(self, name) for name in names} | {
             "weights": self.backbone_weights,
-            "freeze_bn": self.freeze_bn,
+            "freeze_bn": frozen,
+            "image_mean": IMAGENET_NORMALIZATION["mean"],
+            "image_std": IMAGENET_NORMALIZATION["std"],
+            **self.model_args,
         }
 
     def data_root(self) -> Path:
@@ -120,7 +125,9 @@ class DetectionSamples(Dataset):
             image, target = image.flip(-1), {**target, "boxes": boxes}
         return image, target
 
-    def to_device(self, batch: Any, device: torch.device, **_: Any) -> tuple[list[torch.Tensor], list[dict]]:
+    def to_device(
+        self, batch: Any, device: torch.device, dtype: torch.dtype = torch.float32, **_: Any
+    ) -> tuple[list[torch.Tensor], list[dict]]:
         images, targets = batch
         moved = [
             {
@@ -130,7 +137,7 @@ class DetectionSamples(Dataset):
             }
             for t in targets
         ]
-        return [image.to(device) for image in images], moved
+        return [image.to(device, dtype) for image in images], moved
 
 
 class DetectionTrainer(Trainer):
@@ -162,18 +169,16 @@ class DetectionTrainer(Trainer):
 
     def _create_model(self) -> nn.Module:
         config = self.config
-        normalization = {"image_mean": self.normalization["mean"], "image_std": self.normalization["std"]}
-        model = build_detector(
-            config.model, self.num_classes, **config.detector_args(), **normalization, **config.model_args
+        return build_detector(config.model, self.num_classes, **config.detector_args()).to(
+            self.ctx.device, self.dtype
         )
-        return model.to(self.ctx.device, self.dtype)
 
     def _state(self, accumulators: torch.Tensor) -> dict[str, Any]:
         return {**super()._state(accumulators), "class_names": self.class_names}
 
     def _train_step(self, batch) -> torch.Tensor:
-        images, targets = self.train_set.to_device(batch, self.ctx.device)
-        losses = self.runnable([image.to(self.dtype) for image in images], targets)
+        images, targets = self.train_set.to_device(batch, self.ctx.device, self.dtype)
+        losses = self.runnable(images, targets)
         loss = sum(losses.values())
         self._optimize(loss)
         with torch.no_grad():
@@ -191,14 +196,8 @@ class DetectionTrainer(Trainer):
     def _average_precision(self, model: nn.Module) -> dict[str, float]:
         """COCO AP (%) of ``model`` on the validation split: each process detects on its share, the main
         one scores them all."""
-        found: list[dict] = []
-        model.eval()
-        with torch.no_grad():
-            for batch in self._val_loader():
-                images, targets = self.val_set.to_device(batch, self.ctx.device)
-                outputs = model([image.to(self.dtype) for image in images])
-                ids = [target["image_id"] for target in targets]
-                found += coco_detections(outputs, ids, self.val_set.base.category_ids)
+        batches = (self.val_set.to_device(batch, self.ctx.device, self.dtype) for batch in self._val_loader())
+        found = detections_over(model, batches, self.val_set.base.category_ids)
         model.train()
         everything = [row for part in gather_objects(found, self.ctx) for row in part]
         return coco_average_precision(self.val_set.base.coco, everything)

@@ -317,9 +317,11 @@ static void pointwise(const float* in, const int32_t* line_base, int line_len, i
     for (int g = 0; g < groups; g++) {
         const int32_t* gidx = idx + (size_t)g * K;
         const float* gw = w + (size_t)g * rows_k * n_pad;
-        int contiguous = 1;
-        for (int k = 1; k < K; k++) contiguous &= gidx[k] == gidx[0] + k;
-        (void)contiguous;
+#if BF16_KERNELS
+        /* bfloat16 packing loads runs where the channels read lie side by side (no shuffle, no split) */
+        int contiguous = bf16;
+        for (int k = 1; k < K && contiguous; k++) contiguous = gidx[k] == gidx[0] + k;
+#endif
         for (int line = part.line_begin; line < part.line_end; line++) {
             const float* line_in = in + line_base[line];
             const size_t first = (size_t)line * line_len;
