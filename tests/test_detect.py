@@ -69,7 +69,7 @@ def test_the_offline_set_boxes_every_item_tightly(detection_set):
 def test_the_offline_set_is_never_half_written_nor_overwritten(detection_set, tmp_path):
     with pytest.raises(FileExistsError, match="not empty"):
         make_fashion_detection(detection_set, data_dir=tmp_path / "unused")
-    assert not any(p.name.endswith(".partial") for p in detection_set.parent.iterdir())
+    assert not any(".partial" in p.name for p in detection_set.parent.iterdir())
 
 
 def _write(path, data):
@@ -133,6 +133,8 @@ def test_samples_are_float_images_with_xyxy_boxes_and_contiguous_labels(detectio
         ("shufflenet_v2_x0_5", "fasterrcnn"),
         ("mobilenet_v2_x0_5", "fasterrcnn"),
         ("shufflenet_v2_x0_5", "retinanet"),
+        ("mobilenet_v2_x0_5", "ssdlite"),
+        ("shufflenet_v1_g3_x0_5", "ssdlite"),
     ],
 )
 def test_detectors_train_and_predict_on_each_backbone(detection_set, backbone, detector):
@@ -280,3 +282,56 @@ def test_detection_recipes_load_as_detection_runs_only():
         load_config("detect-fashion-quick")
     with pytest.raises(ValueError, match="min_size"):
         load_config("detect-fashion-quick", {"min_size": 0}, DetectConfig)
+
+
+def test_a_classification_runs_weights_start_the_detectors_backbone(detection_set, tmp_path):
+    """A checkpoint of `shufflenet train` (here on grayscale Fashion-MNIST) becomes the trunk: the same
+    weights (the one-channel stem spread over RGB), batch norm frozen with its statistics; and a run's
+    weights of another model are refused in one line naming both."""
+    from shufflenet.detect.evaluate import load_detector
+    from shufflenet.detect.train import DetectConfig, train_detector
+    from shufflenet.train.config import TrainConfig
+    from shufflenet.train.engine import train
+
+    fashion = _fashion_items(tmp_path / "fm", n_train=16, n_test=8)
+    classifier_run = tmp_path / "classifier"
+    train(TrainConfig(model="shufflenet_v2_x0_5", dataset="fashion-mnist", data_dir=str(fashion),
+                      model_args={"small_input": True}, iterations=2, batch_size=8,
+                      output=str(classifier_run), progress=False))  # fmt: skip
+    trained = torch.load(classifier_run / "checkpoint.pt", weights_only=False)["model"]
+    detector = build_detector("shufflenet_v2_x0_5", 10, weights=classifier_run / "checkpoint.pt", min_size=64,
+                              max_size=64)  # fmt: skip
+    trunk = detector.backbone.body.model.state_dict()
+    stem = next(key for key, value in trained.items() if value.dim() == 4)
+    assert trained[stem].shape[1] == 1 and trunk[stem].shape[1] == 3
+    torch.testing.assert_close(trunk[stem].sum(1, keepdim=True), trained[stem])
+    shared = [key for key in trunk if key in trained and key != stem and not key.startswith("classifier")]
+    assert len(shared) > 50 and all(torch.equal(trunk[key], trained[key]) for key in shared)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in detector.backbone.modules())
+    config = DetectConfig(model="shufflenet_v2_x0_5", data_dir=str(detection_set), min_size=64, max_size=64,
+                          batch_size=4, iterations=1, output=str(tmp_path / "det"), progress=False,
+                          backbone_weights=str(classifier_run / "checkpoint.pt"))  # fmt: skip
+    assert train_detector(config)["steps"] == 1
+    # The detector comes back from its own checkpoint alone, the classifier's file gone.
+    (classifier_run / "checkpoint.pt").rename(tmp_path / "moved.pt")
+    model, loaded, _ = load_detector(tmp_path / "det")
+    assert loaded.backbone_weights == str(classifier_run / "checkpoint.pt")
+    assert model.backbone.body.model.in_chans == 3 and model.backbone.body.model.total_stride == 8
+    weights = tmp_path / "moved.pt"
+    with pytest.raises(ValueError, match="holds a shufflenet_v2_x0_5, not mobilenet_v2_x0_5"):
+        build_detector("mobilenet_v2_x0_5", 10, weights=weights)
+
+
+@pytest.mark.slow
+def test_a_detector_trains_data_parallel_in_two_processes_as_under_torchrun(detection_set, tmp_path):
+    """Two local gloo processes (torch's elastic launcher, as torchrun starts them) each on half of every
+    batch: the run completes with both ranks and scores AP over all validation images."""
+    from shufflenet.detect.train import DetectConfig, train_detector
+
+    config = DetectConfig(
+        model="shufflenet_v2_x0_5", data_dir=str(detection_set), min_size=64, max_size=64, batch_size=4,
+        epochs=1, output=str(tmp_path / "ddp"), progress=False, cpu_processes=2,
+    )  # fmt: skip
+    summary = train_detector(config)
+    assert summary["world_size"] == 2 and summary["steps"] == 2 and summary["val_images"] == 4
+    assert 0 <= summary["AP"] <= 100 and (tmp_path / "ddp" / "checkpoint.pt").is_file()

@@ -8,7 +8,17 @@ import pytest
 from shufflenet.cli import main
 from shufflenet.registry import list_models
 from shufflenet.train import reproduce
-from shufflenet.train.paper_tables import TABLES, Cell, Claim, Contrast, PaperTable, beats, larger_gain
+from shufflenet.train.paper_tables import (
+    COCO_MAP,
+    TABLES,
+    Cell,
+    Claim,
+    Contrast,
+    PaperTable,
+    beats,
+    larger_gain,
+    matches,
+)
 
 
 @pytest.mark.parametrize("table", TABLES.values(), ids=list(TABLES))
@@ -17,7 +27,7 @@ def test_every_cell_is_a_registered_model_and_every_claim_reads_true_on_the_pape
     keys = [cell.key for cell in table.cells]
     assert len(keys) == len(set(keys))
     assert {cell.model for cell in table.cells} <= registered
-    paper = {cell.key: cell.paper_err for cell in table.cells}
+    paper = table.paper_losses()
     for claim in table.claims:
         for contrast in claim.contrasts:
             assert {key for key, _ in contrast.weights} <= set(keys)
@@ -25,12 +35,13 @@ def test_every_cell_is_a_registered_model_and_every_claim_reads_true_on_the_pape
             assert contrast.value(paper) > 0, (claim.text, contrast.name)
 
 
-def test_the_six_tables_of_the_issue_are_there():
+def test_the_tables_of_the_issues_are_there():
     assert list(TABLES) == [
         "shufflenet-t2",
         "shufflenet-t3",
         "shufflenet-t4",
         "shufflenet-t5",
+        "shufflenet-t7",
         "shufflenetv2-t8",
         "shift-t1",
     ]
@@ -43,9 +54,9 @@ def _result(key: str, errors: tuple[float, ...]) -> reproduce.CellResult:
     return reproduce.CellResult(cell, errors, (), None, 13.0, None, None)
 
 
-def _table(paper: dict[str, float], claim: Claim) -> PaperTable:
+def _table(paper: dict[str, float], claim: Claim, **kwargs) -> PaperTable:
     cells = tuple(Cell(key, key, "shufflenet_v1_g3_x0_25", "level", err) for key, err in paper.items())
-    return PaperTable("t", "title", "source", "setting", cells, (claim,))
+    return PaperTable("t", "title", "source", "setting", cells, (claim,), **kwargs)
 
 
 def test_a_claim_is_clear_of_the_seed_noise_only_beyond_twice_its_standard_error():
@@ -86,7 +97,7 @@ def test_cells_that_trained_identically_are_named_as_such():
         0
     ]
     assert same.holds is False and same.contrasts[0].identical
-    assert "In a vs b the two cells' errors are identical seed for seed" in same.sentence()
+    assert "In a vs b the two cells' figures are identical seed for seed" in same.sentence()
     close = reproduce.judge(
         table, [_result("a", (17.14, 16.76, 16.77)), _result("b", (17.14, 16.76, 16.78))]
     )[0]
@@ -216,10 +227,10 @@ def test_runs_train_in_parallel_processes_are_reused_and_the_report_is_written(t
     record = json.loads((folders[0] / "shufflenet-t2.json").read_text())
     cells = {cell["key"]: cell for cell in record["cells"]}
     assert set(cells) == {"0.25x-g1", "0.25x-g8"}
-    assert all(len(cell["errors"]) == 2 and cell["failures"] == [] for cell in cells.values())
+    assert all(len(cell["top1_err"]) == 2 and cell["failures"] == [] for cell in cells.values())
     at_quarter = {c["name"]: c for c in record["claims"][2]["contrasts"]}
     measured = at_quarter["0.25x-g8 vs 0.25x-g1"]
-    errors = {key: sum(cell["errors"]) / 2 for key, cell in cells.items()}
+    errors = {key: sum(cell["top1_err"]) / 2 for key, cell in cells.items()}
     assert measured["ours"] == pytest.approx(errors["0.25x-g1"] - errors["0.25x-g8"])
     assert measured["paper"] == pytest.approx(57.1 - 52.7)
     assert at_quarter["0.25x-g2 vs 0.25x-g1"]["ours"] is None  # g = 2 was not trained
@@ -291,3 +302,81 @@ def test_a_failing_run_is_reported_and_the_command_exits_1(tmp_path, capsys):
     assert "0.25x-g1 seed 0: failed: TrainingDiverged" in err
     report = next((tmp_path / "out").glob("*/shufflenet-t2.md")).read_text()
     assert "## Failed runs" in report and "TrainingDiverged" in report
+
+
+def test_a_higher_is_better_metric_turns_the_comparisons_and_a_tolerance_is_added():
+    """mAP: "a beats b" is mAP(a) - mAP(b); "a matches b within 1" is mAP(a) - mAP(b) + 1."""
+    claim = Claim("a beats b, c matches b", "s", (beats("a", "b"), matches("c", "b", 1.0)))
+    table = _table({"a": 18.7, "b": 14.9, "c": 14.5}, claim, metric=COCO_MAP)
+    paper = table.paper_losses()
+    assert [contrast.value(paper) for contrast in claim.contrasts] == pytest.approx([3.8, 0.6])
+    results = [_result("a", (30.0, 31.0)), _result("b", (25.0, 26.0)), _result("c", (24.0, 24.2))]
+    (verdict,) = reproduce.judge(table, results)
+    assert [c.ours for c in verdict.contrasts] == pytest.approx([5.0, 24.1 - 25.5 + 1.0])
+    assert verdict.holds is False  # c is 1.4 points behind b: beyond the tolerance
+    rows = reproduce._orderings(results, COCO_MAP)
+    assert rows == [["level", "a > b > c", "a > b > c"]]
+
+
+def test_table7_plans_detection_runs_at_the_papers_resolutions_scaled_to_the_data(tmp_path):
+    from shufflenet.detect.reproduce import DETECTION
+    from shufflenet.detect.train import DetectConfig
+
+    table = TABLES["shufflenet-t7"]
+    folder, runs = reproduce.plan(table, task=DETECTION, seeds=1, output=tmp_path)
+    assert folder == tmp_path / "fashion-detect-6ep"  # the quick detection recipe's 6 epochs
+    assert all(isinstance(run.config, DetectConfig) for run in runs)
+    sizes = {run.cell: (run.config.min_size, run.config.max_size) for run in runs}
+    # COCO's 480-px shorter side -> the offline set's 128-px canvases: 300 -> 80, 600 -> 160.
+    assert sizes["300-mobilenet"] == (80, 80) and sizes["600-shufflenet-2x"] == (160, 160)
+    assert len({run.run_dir for run in runs}) == 6  # one model at two resolutions: two folders
+    assert {run.config.model for run in runs} == {
+        "shufflenet_v1_g3_x2_0",
+        "shufflenet_v1_g3_x1_0",
+        "mobilenet_v1_x1_0",
+    }
+    _, coco = reproduce.plan(table, task=DETECTION, dataset="coco", data_dir="/data/coco", output=tmp_path)
+    assert {(r.config.min_size, r.config.max_size) for r in coco} == {(300, 500), (600, 1000)}
+    overridden = reproduce.plan(table, task=DETECTION, seeds=1, output=tmp_path, overrides={"min_size": 64})
+    assert {r.config.min_size for r in overridden[1]} == {64}  # the user's setting wins
+    with pytest.raises(ValueError, match="trains on one of fashion-detect, coco"):
+        reproduce.plan(table, task=DETECTION, dataset="fashion-mnist", output=tmp_path)
+
+
+def test_table7_refuses_a_classification_dataset_in_one_line(capsys):
+    assert main(["reproduce", "shufflenet-t7", "--dataset", "cifar10"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "shufflenet-t7 trains on --dataset fashion-detect or coco, not 'cifar10'" in err
+    assert len(err.splitlines()) == 1
+    assert main(["reproduce", "shufflenet-t2", "--dataset", "coco"]) == 2
+    assert "not 'coco'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_table7_trains_detectors_and_judges_the_claims_on_map(tmp_path, capsys):
+    from shufflenet.detect.synthetic import make_fashion_detection
+    from test_detect import SPEC, _fashion_items
+
+    data = make_fashion_detection(
+        tmp_path / "set", data_dir=_fashion_items(tmp_path / "fm"), train_images=8, val_images=4, spec=SPEC
+    )
+    argv = ["reproduce", "shufflenet-t7", "--dataset", "coco", "--data-dir", str(data), "--only", "300-*",
+            "--seeds", "1", "--budget", "8", "--set", "batch_size=4", "--output", str(tmp_path / "out"),
+            "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    (folder,) = (tmp_path / "out").iterdir()
+    record = json.loads((folder / "shufflenet-t7.json").read_text())
+    cells = {cell["key"]: cell for cell in record["cells"]}
+    assert set(cells) == {"300-shufflenet-2x", "300-shufflenet-1x", "300-mobilenet"}
+    assert all(len(cell["AP"]) == 1 and 0 <= cell["AP"][0] <= 100 for cell in cells.values())
+    summary = json.loads((folder / "mobilenet_v1_x1_0-min_size_300" / "seed0" / "summary.json").read_text())
+    assert (summary["min_size"], summary["detector"]) == (300, "fasterrcnn")
+    behind = record["claims"][2]["contrasts"][0]  # at 300, MobileNet ahead of ShuffleNet 1x
+    ap = {key: cell["AP"][0] for key, cell in cells.items()}
+    assert behind["ours"] == pytest.approx(ap["300-mobilenet"] - ap["300-shufflenet-1x"])
+    assert behind["paper"] == pytest.approx(14.9 - 14.5)
+    assert record["claims"][1]["holds"] is None  # the 600 cells were not trained
+    report = (folder / "shufflenet-t7.md").read_text()
+    assert "paper mAP %" in report and "shorter/longer sides 300/500" in report
+    assert "300-mobilenet seed 0: mAP " in out.err

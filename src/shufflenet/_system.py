@@ -1,6 +1,6 @@
-"""Machine and file-system utilities shared across the package: atomic writes, the cache folder, the CPU's
-/proc/cpuinfo fields, its usable cores, and PyTorch's thread count. A leaf: it imports nothing from
-shufflenet, so any layer may use it."""
+"""Machine and file-system utilities shared across the package: atomic writes, a lock between processes, the
+cache folder, the CPU's /proc/cpuinfo fields, its usable cores, and PyTorch's thread count. A leaf: it
+imports nothing from shufflenet, so any layer may use it."""
 
 from __future__ import annotations
 
@@ -36,6 +36,21 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (created if missing) between processes of this machine: one
+    of several runs started at once makes a shared file while the others wait for it."""
+    import fcntl
+
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def cache_dir() -> Path:

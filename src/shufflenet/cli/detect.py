@@ -59,7 +59,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = "recipes: " + ", ".join(list_recipes(detection=True)) + ". Any setting: --set KEY=VALUE."
     parser.add_argument("--recipe", help=f"recipe name or YAML file (default: {DEFAULT_RECIPE})")
     parser.add_argument("--model", help="backbone: a registered model name (default: the recipe's)")
-    parser.add_argument("--detector", choices=("fasterrcnn", "retinanet"))
+    parser.add_argument(
+        "--detector",
+        choices=("fasterrcnn", "retinanet", "ssdlite"),
+        help="fasterrcnn (ShuffleNet's Table 7), retinanet, or ssdlite (MobileNetV2's section 6.2; square "
+        "min_size input) (default: the recipe's)",
+    )
     parser.add_argument("--data-dir", help="COCO-format folder (default: the offline Fashion-MNIST set)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int, help="global batch size over all processes")

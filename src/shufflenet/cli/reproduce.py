@@ -14,16 +14,17 @@ from shufflenet.data.catalog import DATASETS
 from shufflenet.train.paper_tables import DEFAULT_SEEDS, TABLES
 
 HELP = (
-    "train a paper's table (ShuffleNet Tables 2-5, ShuffleNet V2 Table 8, shift Table 1) and judge its claims"
+    "train a paper's table (ShuffleNet Tables 2-5 and 7, ShuffleNet V2 Table 8, shift Table 1) and judge its "
+    "claims"
 )
 DESCRIPTION = (
-    "Train every cell of a paper's table for several seeds on one dataset (Fashion-MNIST by default), in "
-    "parallel single-threaded processes on CPU (one after another on a GPU), then write TABLE.md/.json/.png: "
-    "mean ± std error per cell beside the paper's figure, a verdict on each of the paper's claims (holds or "
-    "not at this scale, by how much, and whether clear of the seed noise), the order of the cells at each "
-    "complexity level, and a plot of error against MFLOPs. Every run is an ordinary training run in its own "
-    "folder: finished ones are reused, interrupted ones (Ctrl-C, SIGTERM) resume, and tables that share a "
-    "cell train it once."
+    "Train every cell of a paper's table for several seeds on one dataset (Fashion-MNIST by default; for the "
+    "detection table 7, the offline Fashion-MNIST detection set or COCO), in parallel single-threaded "
+    "processes on CPU (one after another on a GPU), then write TABLE.md/.json/.png: mean ± std error (or "
+    "mAP) per cell beside the paper's figure, a verdict on each of the paper's claims (holds or not at this "
+    "scale, by how much, and whether clear of the seed noise), the order of the cells at each level, and a "
+    "plot against MFLOPs. Every run is an ordinary training run in its own folder: finished ones are reused, "
+    "interrupted ones (Ctrl-C, SIGTERM) resume, and tables that share a cell train it once."
 )
 EPILOG = """\
 examples:
@@ -32,6 +33,8 @@ examples:
   shufflenet reproduce shufflenet-t4 --only '38m-*'   only the cells at 38 MFLOPs
   shufflenet reproduce shift-t1 --dataset cifar10 --data-dir /data/cifar --epochs 30 --device cuda
   shufflenet reproduce shufflenet-t3 --report-only    the report from the runs finished so far
+  shufflenet reproduce shufflenet-t7 --seeds 1        Table 7: Faster R-CNN on the offline detection set
+  shufflenet reproduce shufflenet-t7 --dataset coco --data-dir /data/coco --epochs 12 --device cuda
 """
 
 
@@ -59,18 +62,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list", action="store_true", help="list the tables (or TABLE's cells) and exit")
     parser.add_argument(
         "--dataset",
-        choices=tuple(DATASETS),
-        default="fashion-mnist",
-        help="dataset to train on (default: fashion-mnist)",
+        metavar="DATASET",
+        help=f"dataset to train on: for the classification tables one of {', '.join(DATASETS)} (default: "
+        "fashion-mnist); for shufflenet-t7 fashion-detect (the offline set, the default) or coco "
+        "(a COCO-format folder in --data-dir)",
     )
-    parser.add_argument("--data-dir", help="dataset folder (cifar10/100: downloaded there if missing)")
+    parser.add_argument(
+        "--data-dir",
+        help="dataset folder (cifar10/100: downloaded there if missing; coco: SPLIT/ images and "
+        "annotations/instances_SPLIT.json for train and val)",
+    )
     length = parser.add_mutually_exclusive_group()
     length.add_argument(
         "--budget",
         type=_budget_images,
         metavar="IMAGES",
         help="training images per run, e.g. 30k (default: 30k, a few minutes per run "
-        "of the 1x nets on one CPU core)",
+        "of the 1x nets on one CPU core; shufflenet-t7: 6 epochs)",
     )
     length.add_argument("--epochs", type=positive_int, help="full epochs per run, instead of --budget")
     parser.add_argument(
@@ -123,14 +131,14 @@ def _list(table_name: str | None) -> int:
         [
             c.key,
             c.label,
-            c.model + "".join(f" {k}={v}" for k, v in c.model_args.items()),
+            c.model + "".join(f" {k}={v}" for k, v in {**c.model_args, **c.settings}.items()),
             c.level,
-            f"{c.paper_err:.1f}",
+            f"{c.paper:.1f}",
         ]
         for c in table.cells
     ]
     print(f"{table.source}: {table.title}\n")
-    print(markdown_table(["key", "cell", "model", "level", "paper err %"], rows))
+    print(markdown_table(["key", "cell", "model", "level", f"paper {table.metric.name} %"], rows))
     print("\nclaims:\n" + "\n".join(f"  {n}. {c.text}" for n, c in enumerate(table.claims, start=1)))
     return 0
 
@@ -146,6 +154,10 @@ def run(args: argparse.Namespace) -> int:
     if args.table is None:
         raise CliError("name a table (e.g. shufflenet reproduce shufflenet-t2), or --list them")
     table = TABLES[args.table]
+    task = _task(table.task)
+    dataset = args.dataset or task.dataset
+    if dataset not in task.datasets:
+        raise CliError(f"{table.name} trains on --dataset {' or '.join(task.datasets)}, not {dataset!r}")
     if args.only:
         keys = [cell.key for cell in table.cells]
         unmatched = [p for p in args.only if not fnmatch.filter(keys, p)]
@@ -153,15 +165,15 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(
                 f"--only {' '.join(unmatched)} matches no cell of {table.name}; cells: {', '.join(keys)}"
             )
-    budget = (
-        reproduce.Budget(images=None, epochs=args.epochs)
-        if args.epochs
-        else reproduce.Budget(images=args.budget or reproduce.DEFAULT_BUDGET)
-    )
+    if args.epochs:
+        budget = reproduce.Budget(images=None, epochs=args.epochs)
+    else:
+        budget = reproduce.Budget(images=args.budget) if args.budget else task.budget
     overrides = parse_overrides(args.set)
     folder, runs = reproduce.plan(
         table,
-        dataset=args.dataset,
+        task=task,
+        dataset=dataset,
         data_dir=args.data_dir,
         budget=budget,
         seeds=args.seeds,
@@ -186,7 +198,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         try:
             outcomes = reproduce.execute(
-                runs, jobs=jobs, threads=args.threads, overwrite=args.overwrite, progress=not args.no_progress
+                runs,
+                jobs=jobs,
+                threads=args.threads,
+                overwrite=args.overwrite,
+                progress=not args.no_progress,
+                task=task,
+                metric=table.metric,
             )
         except reproduce.Interrupted as stop:
             print(f"shufflenet reproduce: {stop}", file=sys.stderr)
@@ -198,16 +216,17 @@ def run(args: argparse.Namespace) -> int:
     setting = (
         f"Every cell trained alike: recipe `{config.recipe}` ({config.optimizer}, lr {config.lr} for batch "
         f"{config.lr_base_batch or config.batch_size}, {config.schedule} schedule, weight decay "
-        f"{config.weight_decay}, label smoothing {config.label_smoothing}, augmentation {config.augment}), "
+        f"{config.weight_decay}, {_task_setting(config, runs)}), "
         f"{budget.describe(config.batch_size)}, batch {config.batch_size}, "
-        f"{args.seeds} seeds (0-{args.seeds - 1}) per cell, on {args.dataset}"
+        + (f"{args.seeds} seeds (0-{args.seeds - 1}) per cell" if args.seeds > 1 else "1 seed (0) per cell")
+        + f", on {dataset}"
         + (" with the small-input stem (28-32 px images)" if config.model_args.get("small_input") else "")
         + (f"; settings changed: {overrides}" if overrides else "")
         + "."
     )
     report_dir = Path(args.report_dir) if args.report_dir else folder
     report_dir.mkdir(parents=True, exist_ok=True)
-    plot_path = reproduce.plot(table, results, report_dir / f"{table.name}.png", dataset=args.dataset)
+    plot_path = reproduce.plot(table, results, report_dir / f"{table.name}.png", dataset=dataset)
     text = reproduce.markdown_report(
         table,
         results,
@@ -232,6 +251,34 @@ def run(args: argparse.Namespace) -> int:
         print(f"shufflenet reproduce: {failed} runs failed; see the report's last section", file=sys.stderr)
         return 1
     return 0
+
+
+def _task(name: str):
+    """The runs' kind for a table's ``task``: classification, or detection (imported only when asked)."""
+    from shufflenet.train.reproduce import CLASSIFICATION
+
+    if name == "detect":
+        from shufflenet.detect.reproduce import DETECTION
+
+        return DETECTION
+    return CLASSIFICATION
+
+
+def _task_setting(config, runs) -> str:
+    """The settings particular to the runs' kind, for the report's first paragraph."""
+    if not hasattr(config, "detector"):
+        return f"label smoothing {config.label_smoothing}, augmentation {config.augment}"
+    sizes = sorted({(run.config.min_size, run.config.max_size) for run in runs})
+    head = f", box head {config.box_head}, {config.proposals} proposals, {config.rois_per_image} regions"
+    return (
+        f"{config.detector}{head if config.detector == 'fasterrcnn' else ''}, FPN {config.fpn_channels}, "
+        f"frozen maps {config.frozen_maps}, from "
+        + (config.backbone_weights or "scratch")
+        + ", flip "
+        + ("on" if config.flip else "off")
+        + ", shorter/longer sides "
+        + " and ".join(f"{low}/{high}" for low, high in sizes)
+    )
 
 
 def _cuda_available() -> bool:

@@ -36,9 +36,15 @@ def load_detector(checkpoint: str | Path) -> tuple[nn.Module, DetectConfig, list
     config = DetectConfig(**saved)
     classes = list(state.get("class_names") or [])
     num_classes = state["model_args_resolved"]["num_classes"]
-    # The trained weights are in the checkpoint, not in the backbone's file.
-    model = build_detector(config.model, num_classes, **{**config.detector_args(), "weights": None})
-    model.load_state_dict(state["model"])
+    # The trained weights are in the checkpoint, not in the backbone's file; the trunk is built with the
+    # arguments it was built with (those of the classifier in backbone_weights, if any).
+    backbone_args = state.get("backbone_args", {})
+    model = build_detector(
+        config.model, num_classes, **{**config.detector_args(), "weights": None, **backbone_args}
+    )
+    # Detectors saved before the backbone dropped its unused classifier still hold its weights.
+    unused_head = f"backbone.body.model.{model.backbone.body.model.classifier_name}."
+    model.load_state_dict({k: v for k, v in state["model"].items() if not k.startswith(unused_head)})
     return model.eval(), config, classes or [str(i) for i in range(1, num_classes + 1)]
 
 

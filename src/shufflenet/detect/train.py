@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from shufflenet._system import atomic_write, cache_dir
+from shufflenet._system import atomic_write, cache_dir, exclusive
 from shufflenet.data.loaders import sample_seed
 from shufflenet.detect.coco import CocoDetectionSet, collate_detection
 from shufflenet.detect.metrics import AP_NAMES, coco_average_precision, detections_over
@@ -29,6 +29,8 @@ from shufflenet.train.distributed import (
     gather_objects,
     init_distributed,
     is_global_main,
+    local_process_count,
+    run_local_processes,
 )
 from shufflenet.train.engine import Trainer
 from shufflenet.train.run_dir import hold_run_directory
@@ -90,8 +92,10 @@ class DetectConfig(TrainConfig):
                 f"dataset {self.dataset!r} needs --data-dir: a folder with SPLIT/ images and annotations/"
             )
         root = cache_dir() / OFFLINE_SET
-        if not (root / "annotations").is_dir():
-            make_fashion_detection(root, overwrite=True)
+        # Runs started together (a reproduced table's) make it once: the first, while the others wait.
+        with exclusive(root.with_name(f".{OFFLINE_SET}.lock")):
+            if not (root / "annotations").is_dir():
+                make_fashion_detection(root, overwrite=True)
         return root
 
     def split_paths(self, split: str) -> tuple[Path, Path]:
@@ -174,7 +178,10 @@ class DetectionTrainer(Trainer):
         )
 
     def _state(self, accumulators: torch.Tensor) -> dict[str, Any]:
-        return {**super()._state(accumulators), "class_names": self.class_names}
+        # The trunk's own arguments (a trained classifier's, with backbone_weights): the detector is built
+        # again from the checkpoint alone, without the classifier's file.
+        trunk = {"backbone_args": self.model.backbone.model_args}
+        return {**super()._state(accumulators), "class_names": self.class_names, **trunk}
 
     def _train_step(self, batch) -> torch.Tensor:
         images, targets = self.train_set.to_device(batch, self.ctx.device, self.dtype)
@@ -240,15 +247,23 @@ def train_detector(
     config: DetectConfig, *, resume: str | Path | bool = False, overwrite: bool = False
 ) -> dict[str, Any]:
     """Train ``config``'s detector to the end (``resume``: continue its run) and return the summary, COCO
-    AP included. The run directory is held as :func:`shufflenet.train.engine.train` holds it."""
+    AP included. The run directory is held as :func:`shufflenet.train.engine.train` holds it; on CPU,
+    ``config.cpu_processes > 1`` trains data-parallel in that many local processes, as torchrun would."""
     guard = (
         hold_run_directory(config.run_dir(), resume=bool(resume), overwrite=overwrite)
         if is_global_main()
         else contextlib.nullcontext()
     )
     with guard:
-        ctx = init_distributed(config.device)
-        try:
-            return DetectionTrainer(config, ctx, resume).run()
-        finally:
-            cleanup_distributed(ctx)
+        processes = local_process_count(config.cpu_processes, config.device, config.batch_size)
+        if processes > 1:
+            return run_local_processes(_train_in_this_process, (config, resume), processes)
+        return _train_in_this_process(config, resume)
+
+
+def _train_in_this_process(config: DetectConfig, resume: str | Path | bool) -> dict[str, Any]:
+    ctx = init_distributed(config.device)
+    try:
+        return DetectionTrainer(config, ctx, resume).run()
+    finally:
+        cleanup_distributed(ctx)

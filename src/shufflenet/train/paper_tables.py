@@ -1,9 +1,10 @@
 """The papers' tables that need training, as data: each cell a registered model (and its ablation switches)
 with the paper's figure, each claim the comparisons the paper draws from the table.
 
-A claim holds when every one of its contrasts is positive. A contrast is a weighted sum of cells' errors,
-signed so that the paper's reading makes it positive: "A beats B" is ``err(B) - err(A)``; "the gain from
-g = 8 grows as the net shrinks" is ``[err(g1) - err(g8)] at 0.25x - [err(g1) - err(g8)] at 1x``.
+A claim holds when every one of its contrasts is positive. A contrast is a weighted sum of cells' losses
+(a table's metric, signed so that lower is better: the error itself, or minus the mAP), signed so that the
+paper's reading makes it positive: "A beats B" is ``loss(B) - loss(A)``; "the gain from g = 8 grows as
+the net shrinks" is ``[err(g1) - err(g8)] at 0.25x - [err(g1) - err(g8)] at 1x``.
 """
 
 from __future__ import annotations
@@ -17,19 +18,40 @@ DEFAULT_SEEDS = 3
 
 
 @dataclass(frozen=True)
+class Metric:
+    """What a table measures: the entry of a run's summary, its name, and which way is better."""
+
+    key: str
+    name: str
+    label: str
+    higher_is_better: bool = False
+
+    def loss(self, value: float) -> float:
+        """``value`` signed so that lower is better, as contrasts read it."""
+        return -value if self.higher_is_better else value
+
+
+TOP1_ERROR = Metric("top1_err", "err", "top-1 error (%)")
+COCO_MAP = Metric("AP", "mAP", "COCO mAP [.5, .95] (%)", higher_is_better=True)
+
+
+@dataclass(frozen=True)
 class Cell:
     """One row of a paper's table: a registered model with its ablation switches, at a complexity level.
 
-    ``paper_err`` is the paper's top-1 error (%) on its own data (ImageNet, or CIFAR-10 for the shift
-    paper); ``level`` groups the cells the paper compares with each other (a width, or a budget)."""
+    ``paper`` is the paper's figure in its table's metric on the paper's data (ImageNet top-1 error, CIFAR-10
+    for the shift paper, COCO mAP for detection); ``level`` groups the cells the paper compares with each
+    other (a width, a budget, a resolution); ``settings`` are this cell's own training settings (a
+    detection cell's input resolution)."""
 
     key: str
     label: str
     model: str
     level: str
-    paper_err: float
+    paper: float
     model_args: dict[str, Any] = field(default_factory=dict)
     paper_mflops: float | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -38,9 +60,10 @@ class Contrast:
 
     name: str
     weights: tuple[tuple[str, float], ...]
+    offset: float = 0.0  # a tolerance: "A matches B within 1 point" is loss(B) - loss(A) + 1
 
-    def value(self, errors: dict[str, float]) -> float:
-        return sum(weight * errors[key] for key, weight in self.weights)
+    def value(self, losses: dict[str, float]) -> float:
+        return sum(weight * losses[key] for key, weight in self.weights) + self.offset
 
 
 @dataclass(frozen=True)
@@ -54,7 +77,8 @@ class Claim:
 
 @dataclass(frozen=True)
 class PaperTable:
-    """A table to reproduce: its cells, its claims, and what the paper trained on."""
+    """A table to reproduce: its cells, its claims, what the paper trained on, what it measures, and
+    whether its runs are classification's or detection's (``task``)."""
 
     name: str
     title: str
@@ -64,11 +88,22 @@ class PaperTable:
     claims: tuple[Claim, ...]
     # Settings every cell of this table trains with, over the reproduce recipe's.
     settings: dict[str, Any] = field(default_factory=dict)
+    metric: Metric = TOP1_ERROR
+    task: str = "classify"
+
+    def paper_losses(self) -> dict[str, float]:
+        """Each cell's paper figure as a loss (lower is better), as contrasts read it."""
+        return {cell.key: self.metric.loss(cell.paper) for cell in self.cells}
 
 
 def beats(better: str, worse: str, name: str | None = None) -> Contrast:
-    """``better`` has the lower error: ``err(worse) - err(better) > 0``."""
+    """``better`` has the lower loss: ``loss(worse) - loss(better) > 0``."""
     return Contrast(name or f"{better} vs {worse}", ((worse, 1.0), (better, -1.0)))
+
+
+def matches(candidate: str, reference: str, within: float, name: str | None = None) -> Contrast:
+    """``candidate`` is no more than ``within`` points behind ``reference`` (or ahead of it)."""
+    return Contrast(name or f"{candidate} vs {reference}", ((reference, 1.0), (candidate, -1.0)), within)
 
 
 def larger_gain(small: tuple[str, str], large: tuple[str, str], name: str) -> Contrast:
@@ -109,7 +144,7 @@ def _v1_cell(scale: str, groups: int, *, shuffle: bool = True) -> Cell:
         label=f"ShuffleNet {scale} (g = {groups}{'' if shuffle else ', no shuffle'})",
         model=f"shufflenet_v1_g{groups}_{tag}",
         level=f"ShuffleNet {scale}",
-        paper_err=err,
+        paper=err,
         model_args={} if shuffle else {"shuffle": False},
         paper_mflops=budget,
     )
@@ -442,7 +477,76 @@ SHIFT_T1 = PaperTable(
     },
 )
 
+# Zhang et al. 2018, Table 7 (COCO minival mAP [.5, .95], Faster R-CNN): resolution -> figures of ShuffleNet
+# 2x and 1x (g = 3) and of the paper's own MobileNet 1.0, trained and fine-tuned alike (Howard et al. 2017
+# report 16.4 and 19.8 for theirs).
+V1_TABLE7 = {300: (18.7, 14.5, 14.9), 600: (25.0, 19.8, 19.3)}
+# "Comparable results" (section 4.4), read as: no more than this many points of mAP behind.
+COMPARABLE_MAP = 1.0
+
+
+def _table7_cells() -> tuple[Cell, ...]:
+    nets = (
+        ("shufflenet-2x", "ShuffleNet 2x (g = 3)", "shufflenet_v1_g3_x2_0", 524),
+        ("shufflenet-1x", "ShuffleNet 1x (g = 3)", "shufflenet_v1_g3_x1_0", 140),
+        ("mobilenet", "1.0 MobileNet-224 (the paper's reimplementation)", "mobilenet_v1_x1_0", 569),
+    )
+    return tuple(
+        Cell(
+            f"{resolution}-{key}",
+            f"{label}, {resolution}x image",
+            model,
+            f"{resolution}x image",
+            figure,
+            paper_mflops=mflops,
+            settings={"min_size": resolution},
+        )
+        for resolution, figures in V1_TABLE7.items()
+        for (key, label, model, mflops), figure in zip(nets, figures, strict=True)
+    )
+
+
+SHUFFLENET_T7 = PaperTable(
+    name="shufflenet-t7",
+    title="detection transfer: Faster R-CNN on ShuffleNet 2x and 1x (g = 3) against MobileNet 1.0 at two "
+    "resolutions",
+    source="Zhang et al. 2018, Table 7 and section 4.4",
+    paper_setting="COCO minival mAP [.5, .95], Faster R-CNN fine-tuned from ImageNet backbones, shorter side "
+    "300 or 600 (Zhang et al. 2018, section 4.4; MobileNet: the paper's reimplementation trained alike)",
+    cells=_table7_cells(),
+    claims=(
+        Claim(
+            "ShuffleNet 2x beats MobileNet 1.0 at comparable complexity (524 against 569 MFLOPs) at both "
+            "resolutions",
+            "Zhang et al. 2018, section 4.4",
+            tuple(beats(f"{r}-shufflenet-2x", f"{r}-mobilenet") for r in V1_TABLE7),
+        ),
+        Claim(
+            "ShuffleNet 1x is comparable with MobileNet 1.0 at 600 (no more than "
+            f"{COMPARABLE_MAP:g} point of mAP behind) at about a quarter of its complexity",
+            "Zhang et al. 2018, section 4.4",
+            (matches("600-shufflenet-1x", "600-mobilenet", COMPARABLE_MAP),),
+        ),
+        Claim(
+            "At 300 MobileNet 1.0 is ahead of ShuffleNet 1x: the smaller net matches it only at the larger "
+            "resolution",
+            "Zhang et al. 2018, Table 7",
+            (beats("300-mobilenet", "300-shufflenet-1x"),),
+        ),
+    ),
+    metric=COCO_MAP,
+    task="detect",
+)
+
 TABLES = {
     table.name: table
-    for table in (SHUFFLENET_T2, SHUFFLENET_T3, SHUFFLENET_T4, SHUFFLENET_T5, SHUFFLENETV2_T8, SHIFT_T1)
+    for table in (
+        SHUFFLENET_T2,
+        SHUFFLENET_T3,
+        SHUFFLENET_T4,
+        SHUFFLENET_T5,
+        SHUFFLENET_T7,
+        SHUFFLENETV2_T8,
+        SHIFT_T1,
+    )
 }

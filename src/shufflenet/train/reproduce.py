@@ -30,7 +30,7 @@ from shufflenet._system import atomic_write
 from shufflenet._table import markdown_table
 from shufflenet.data.catalog import DATASETS, is_small
 from shufflenet.train.config import TrainConfig, load_config
-from shufflenet.train.paper_tables import DEFAULT_SEEDS, Cell, Claim, PaperTable
+from shufflenet.train.paper_tables import DEFAULT_SEEDS, TOP1_ERROR, Cell, Claim, Metric, PaperTable
 from shufflenet.train.reuse import checkpoint_matches, finished_summary, settings_differing
 from shufflenet.train.run_dir import previous_run
 from shufflenet.train.sizing import adapt_to_data
@@ -70,6 +70,46 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class Task:
+    """How a table's runs are made and trained: the recipe and settings class, the training function
+    (module-level, as each run starts it in a process of its own), the default dataset and budget, the
+    datasets it accepts, and ``adapt``, which completes a cell's settings for the dataset (the small-input
+    stem on 28-32 px images; a detection cell's resolution for the offline set)."""
+
+    recipe: str
+    config_class: type[TrainConfig]
+    train: Callable[..., dict[str, Any]]
+    dataset: str
+    datasets: tuple[str, ...]
+    budget: Budget
+    adapt: Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def _train_classifier(config: TrainConfig, *, resume: bool, overwrite: bool) -> dict[str, Any]:
+    from shufflenet.train.engine import train
+
+    return train(config, resume=resume, overwrite=overwrite)
+
+
+def _small_input_stem(settings: dict[str, Any]) -> dict[str, Any]:
+    dataset = settings["dataset"]
+    if dataset in DATASETS and is_small(DATASETS[dataset].image_size):
+        settings["model_args"] = {"small_input": True, **settings["model_args"]}
+    return settings
+
+
+CLASSIFICATION = Task(
+    recipe=RECIPE,
+    config_class=TrainConfig,
+    train=_train_classifier,
+    dataset="fashion-mnist",
+    datasets=tuple(DATASETS),
+    budget=Budget(),
+    adapt=_small_input_stem,
+)
+
+
+@dataclass(frozen=True)
 class PlannedRun:
     """One training run of a cell: the cell's key, the seed and the full settings."""
 
@@ -93,14 +133,17 @@ def experiment_dir(output: Path, dataset: str, budget: Budget, overrides: dict[s
 
 
 def _cell_folder(cell: Cell) -> str:
-    switches = "".join(f"-{key}_{value}" for key, value in sorted(cell.model_args.items()))
+    # Cells of one model differ by their switches or their own settings (a detection cell's resolution).
+    own = {**cell.model_args, **cell.settings}
+    switches = "".join(f"-{key}_{value}" for key, value in sorted(own.items()))
     return f"{cell.model}{switches}"
 
 
 def plan(
     table: PaperTable,
     *,
-    dataset: str = "fashion-mnist",
+    task: Task = CLASSIFICATION,
+    dataset: str | None = None,
     data_dir: str | None = None,
     budget: Budget | None = None,
     seeds: int = DEFAULT_SEEDS,
@@ -109,12 +152,16 @@ def plan(
     only: Callable[[Cell], bool] | None = None,
     device: str | None = None,
 ) -> tuple[Path, list[PlannedRun]]:
-    """The experiment folder and the runs of ``table``'s cells (those ``only`` keeps), seeds 0..seeds-1.
-    ``overrides`` change what the runs learn (and so name a folder of their own); ``device`` does not."""
+    """The experiment folder and the runs of ``table``'s cells (those ``only`` keeps), seeds 0..seeds-1,
+    made and trained as ``task`` says (its dataset and budget unless given). ``overrides`` change what the
+    runs learn (and so name a folder of their own); ``device`` does not."""
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, got {seeds}")
+    dataset = dataset or task.dataset
+    if dataset not in task.datasets:
+        raise ValueError(f"{table.name} trains on one of {', '.join(task.datasets)}, not {dataset!r}")
     overrides = dict(overrides or {})
-    budget = budget or Budget()
+    budget = budget or task.budget
     folder = experiment_dir(output, dataset, budget, overrides)
     cells = [cell for cell in table.cells if only is None or only(cell)]
     if not cells:
@@ -123,23 +170,20 @@ def plan(
         )
     runs = []
     for cell in cells:
-        model_args = dict(cell.model_args)
-        if dataset in DATASETS and is_small(DATASETS[dataset].image_size):
-            model_args.setdefault("small_input", True)
-        settings: dict[str, Any] = {
+        cell_settings: dict[str, Any] = {
             "dataset": dataset,
             "data_dir": data_dir,
             "model": cell.model,
-            "model_args": model_args,
+            "model_args": dict(cell.model_args),
             "progress": False,
             "cpu_processes": 1,
             "device": device,
-            **table.settings,
-            **overrides,
+            **cell.settings,
         }
+        settings = {**task.adapt(cell_settings), **table.settings, **overrides}
         if budget.epochs is not None:
             settings["epochs"] = budget.epochs
-        config = load_config(RECIPE, settings)
+        config = load_config(task.recipe, settings, task.config_class)
         if budget.images is not None:
             config = dataclasses.replace(config, iterations=math.ceil(budget.images / config.batch_size))
         if dataset == "imagefolder":
@@ -214,7 +258,9 @@ class RunOutcome:
     error: str | None = None
 
 
-def _child(config: TrainConfig, resume: bool, overwrite: bool, threads: int) -> None:
+def _child(
+    config: TrainConfig, resume: bool, overwrite: bool, threads: int, train: Callable[..., dict[str, Any]]
+) -> None:
     """A run in its own process: one thread (or ``threads``), its output in the run folder's log."""
     import torch
 
@@ -226,8 +272,6 @@ def _child(config: TrainConfig, resume: bool, overwrite: bool, threads: int) -> 
         raise SystemExit(1)
     # Its own process group: a Ctrl-C at the terminal reaches only the parent, which asks each run once.
     os.setpgrp()
-    from shufflenet.train.engine import train
-
     torch.set_num_threads(threads)
     run_dir = config.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -280,8 +324,11 @@ def execute(
     overwrite: bool = False,
     progress: bool = True,
     report: Callable[[str], None] = print,
+    task: Task = CLASSIFICATION,
+    metric: Metric = TOP1_ERROR,
 ) -> dict[tuple[str, int], RunOutcome]:
-    """Train every run not finished before, ``jobs`` processes at a time, and return each run's outcome.
+    """Train every run not finished before, ``jobs`` processes at a time, with ``task``'s training
+    function, and return each run's outcome (a finished run reports its ``metric``).
 
     Finished runs with the same settings are reused and interrupted ones resumed; a folder holding a run of
     other settings is refused unless ``overwrite``. Ctrl-C or SIGTERM asks the runs in progress to stop at
@@ -324,7 +371,13 @@ def execute(
                 state = states[id(run)]
                 process = context.Process(
                     target=_child,
-                    args=(run.config, state == "resume", overwrite and state == "conflict", threads),
+                    args=(
+                        run.config,
+                        state == "resume",
+                        overwrite and state == "conflict",
+                        threads,
+                        task.train,
+                    ),
                 )
                 process.start()
                 active[process.sentinel] = (run, process, time.monotonic())
@@ -344,7 +397,7 @@ def execute(
                 outcomes[(run.cell, run.seed)] = outcome
                 bar.update()
                 if outcome.summary is not None:
-                    line = f"{run.cell} seed {run.seed}: {outcome.summary['top1_err']:.2f}% error"
+                    line = f"{run.cell} seed {run.seed}: {metric.name} {outcome.summary[metric.key]:.2f}%"
                 elif signals:
                     line = f"{run.cell} seed {run.seed}: stopped" + (
                         " at a checkpoint" if len(signals) == 1 else ""
@@ -366,10 +419,10 @@ def execute(
 
 @dataclass(frozen=True)
 class CellResult:
-    """A cell's errors over its seeds and the figures of its runs."""
+    """A cell's figures in its table's metric over its seeds, and the other figures of its runs."""
 
     cell: Cell
-    errors: tuple[float, ...]
+    values: tuple[float, ...]
     failures: tuple[str, ...]
     mflops_here: float | None
     mflops_paper_count: float
@@ -378,11 +431,11 @@ class CellResult:
 
     @property
     def mean(self) -> float | None:
-        return statistics.fmean(self.errors) if self.errors else None
+        return statistics.fmean(self.values) if self.values else None
 
     @property
     def std(self) -> float | None:
-        return statistics.stdev(self.errors) if len(self.errors) > 1 else None
+        return statistics.stdev(self.values) if len(self.values) > 1 else None
 
 
 def paper_count(cell: Cell) -> float:
@@ -399,7 +452,7 @@ def paper_count(cell: Cell) -> float:
 def collect(
     table: PaperTable, runs: Sequence[PlannedRun], outcomes: dict[tuple[str, int], RunOutcome]
 ) -> list[CellResult]:
-    """Each planned cell's result, in the table's order."""
+    """Each planned cell's result, in the table's order: its runs' figures in the table's metric."""
     results = []
     for cell in table.cells:
         cell_runs = [run for run in runs if run.cell == cell.key]
@@ -410,9 +463,9 @@ def collect(
         results.append(
             CellResult(
                 cell=cell,
-                errors=tuple(s["top1_err"] for s in summaries),
+                values=tuple(s[table.metric.key] for s in summaries),
                 failures=tuple(o.error for o in done if o.error is not None),
-                mflops_here=summaries[0]["mflops"] if summaries else None,
+                mflops_here=summaries[0].get("mflops") if summaries else None,
                 mflops_paper_count=paper_count(cell),
                 params=summaries[0]["params"] if summaries else None,
                 time_s=statistics.fmean(s["time_s"] for s in summaries) if summaries else None,
@@ -427,14 +480,14 @@ CLEAR_MARGIN = 2.0
 
 @dataclass(frozen=True)
 class ContrastResult:
-    """One comparison of a claim: ours (points of error, signed so the paper's reading is positive), its
+    """One comparison of a claim: ours (points of the metric, signed so the paper's reading is positive), its
     standard error from the seeds' spread (None with one seed), and the paper's."""
 
     name: str
     ours: float | None
     error: float | None
     paper: float
-    identical: bool = False  # two cells whose errors are equal seed for seed: in effect one network
+    identical: bool = False  # two cells whose figures are equal seed for seed: in effect one network
 
     @property
     def clear(self) -> bool:
@@ -472,8 +525,8 @@ class Verdict:
         if not identical:
             return self._verdict()
         return (
-            f"{self._verdict()} In {', '.join(identical)} the two cells' errors are identical seed for seed: "
-            "they trained as one network, so the margin is 0 rather than a loss."
+            f"{self._verdict()} In {', '.join(identical)} the two cells' figures are identical seed for "
+            "seed: they trained as one network, so the margin is 0 rather than a loss."
         )
 
     def _verdict(self) -> str:
@@ -506,7 +559,8 @@ def judge(table: PaperTable, results: Sequence[CellResult]) -> list[Verdict]:
     """Every claim of ``table`` judged on ``results``. A comparison's standard error is that of a weighted
     sum of independent means: the square root of the sum over its cells of weight^2 x variance / seeds."""
     by_key = {result.cell.key: result for result in results}
-    paper = {cell.key: cell.paper_err for cell in table.cells}
+    paper = table.paper_losses()
+    loss = table.metric.loss
     verdicts = []
     for claim in table.claims:
         contrasts = []
@@ -515,29 +569,30 @@ def judge(table: PaperTable, results: Sequence[CellResult]) -> list[Verdict]:
             if any(result is None or result.mean is None for result in cells):
                 contrasts.append(ContrastResult(contrast.name, None, None, contrast.value(paper)))
                 continue
-            ours = contrast.value({key: by_key[key].mean for key, _ in contrast.weights})
+            ours = contrast.value({key: loss(by_key[key].mean) for key, _ in contrast.weights})
             variances = [
-                None if by_key[key].std is None else (weight * by_key[key].std) ** 2 / len(by_key[key].errors)
+                None if by_key[key].std is None else (weight * by_key[key].std) ** 2 / len(by_key[key].values)
                 for key, weight in contrast.weights
             ]
             error = None if None in variances else math.sqrt(sum(variances))
-            identical = len(cells) == 2 and cells[0].errors == cells[1].errors
+            identical = len(cells) == 2 and cells[0].values == cells[1].values
             contrasts.append(ContrastResult(contrast.name, ours, error, contrast.value(paper), identical))
         verdicts.append(Verdict(claim, tuple(contrasts)))
     return verdicts
 
 
-def _orderings(results: Sequence[CellResult]) -> list[list[str]]:
+def _orderings(results: Sequence[CellResult], metric: Metric) -> list[list[str]]:
     rows = []
     levels = list(dict.fromkeys(result.cell.level for result in results))
+    sign = " > " if metric.higher_is_better else " < "
     for level in levels:
         at_level = [r for r in results if r.cell.level == level]
         if len(at_level) < 2:
             continue
-        paper = " < ".join(r.cell.key for r in sorted(at_level, key=lambda r: r.cell.paper_err))
+        paper = sign.join(r.cell.key for r in sorted(at_level, key=lambda r: metric.loss(r.cell.paper)))
         measured = [r for r in at_level if r.mean is not None]
-        ours = " < ".join(r.cell.key for r in sorted(measured, key=lambda r: r.mean)) if measured else ""
-        rows.append([level, paper, ours])
+        by_ours = sorted(measured, key=lambda r: metric.loss(r.mean))
+        rows.append([level, paper, sign.join(r.cell.key for r in by_ours)])
     return rows
 
 
@@ -551,13 +606,14 @@ def markdown_report(
     plot_name: str | None,
 ) -> str:
     """The table beside the paper's column, the verdict on each claim, the orderings and the plot."""
+    metric = table.metric
     headers = [
         "cell",
         "model",
         "MFLOPs (paper's count)",
         "paper MFLOPs",
-        "paper err %",
-        "our err %",
+        f"paper {metric.name} %",
+        f"our {metric.name} %",
         "seeds",
         "MFLOPs here",
         "params",
@@ -574,9 +630,9 @@ def markdown_report(
                 f"`{r.cell.model}`" + "".join(f" {k}={v}" for k, v in r.cell.model_args.items()),
                 f"{r.mflops_paper_count:.1f}",
                 "" if r.cell.paper_mflops is None else f"{r.cell.paper_mflops:g}",
-                f"{r.cell.paper_err:.1f}",
+                f"{r.cell.paper:.1f}",
                 ours,
-                str(len(r.errors)),
+                str(len(r.values)),
                 "" if r.mflops_here is None else f"{r.mflops_here:.1f}",
                 "" if r.params is None else f"{r.params:,}",
                 "" if r.time_s is None else f"{r.time_s:.0f}",
@@ -599,30 +655,32 @@ def markdown_report(
         f"# {table.source}: {table.title}\n",
         f"{setting}\n",
         environment_text + "\n",
-        f"The paper's figures: {table.paper_setting}. Ours: test error (%), mean ± standard deviation over "
-        "seeds. Errors are not comparable across the two columns (other data, far shorter training); the "
-        "claims are about the order of the cells, which is what the verdicts compare.\n",
+        f"The paper's figures: {table.paper_setting}. Ours: {metric.label} on held-out data, mean ± "
+        "standard deviation over seeds. Figures are not comparable across the two columns (other data, "
+        "far shorter training); the claims are about the order of the cells, which is what the verdicts "
+        "compare.\n",
         markdown_table(headers, body) + "\n",
         "## Claims\n",
         "\n".join(f"{n}. {v.sentence()} ({v.claim.source})" for n, v in enumerate(verdicts, start=1)) + "\n",
-        "Each comparison below is a difference of errors in points, signed so that the paper's reading is "
+        f"Each comparison below is a difference of {metric.name} in points (plus a claim's tolerance, if it "
+        "has one), signed so that the paper's reading is "
         "positive (a claim holds when all of its comparisons are). Its standard error comes from the seeds' "
         "spread: the square root of the sum, over its cells, of weight^2 x variance / seeds. A margin beyond "
         "twice its standard error is clear of the seed noise; one within it could go either way with other "
         "seeds.\n",
         markdown_table(["claim", "comparison", "ours", "standard error", "paper"], comparisons) + "\n",
-        "## Order at each level (lowest error first)\n",
-        markdown_table(["level", "paper", "ours"], _orderings(results)) + "\n",
+        "## Order at each level (best first)\n",
+        markdown_table(["level", "paper", "ours"], _orderings(results, metric)) + "\n",
     ]
     if failures:
         parts.append("## Failed runs\n\n" + "\n".join(failures) + "\n")
     if plot_name:
-        parts.append(f"![error against MFLOPs, the paper's and ours]({plot_name})\n")
+        parts.append(f"![{metric.name} against MFLOPs, the paper's and ours]({plot_name})\n")
     return "\n".join(parts)
 
 
 def plot(table: PaperTable, results: Sequence[CellResult], path: Path, *, dataset: str) -> Path:
-    """Two panels sharing the x axis (MFLOPs as the paper counts them): the paper's error and ours (mean ±
+    """Two panels sharing the x axis (MFLOPs as the paper counts them): the paper's figure and ours (mean ±
     std), each cell marked by its level, so the orderings read side by side."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -633,18 +691,19 @@ def plot(table: PaperTable, results: Sequence[CellResult], path: Path, *, datase
     paper_axes, our_axes = figure.subplots(1, 2, sharex=True)
     levels = list(dict.fromkeys(r.cell.level for r in results))
     markers = "osD^v<>pP*Xh"
+    metric = table.metric
     for index, level in enumerate(levels):
         at_level = [r for r in results if r.cell.level == level]
         style = {"marker": markers[index % len(markers)], "linestyle": "none", "label": level}
         # Cells of one level cost nearly the same: spread them a little along x, in the paper's order, so
         # that their labels do not overlap.
-        by_paper = sorted(at_level, key=lambda r: r.cell.paper_err)
+        by_paper = sorted(at_level, key=lambda r: metric.loss(r.cell.paper))
         x = {
             r.cell.key: r.mflops_paper_count * 1.12 ** (n - (len(by_paper) - 1) / 2)
             for n, r in enumerate(by_paper)
         }
         (line,) = paper_axes.plot(
-            [x[r.cell.key] for r in at_level], [r.cell.paper_err for r in at_level], **style
+            [x[r.cell.key] for r in at_level], [r.cell.paper for r in at_level], **style
         )
         measured = [r for r in at_level if r.mean is not None]
         our_axes.errorbar(
@@ -656,35 +715,33 @@ def plot(table: PaperTable, results: Sequence[CellResult], path: Path, *, datase
             **style,
         )
         # Each point names its rank at its level; ours also the paper's: "g8 4 (paper 1)".
-        paper_rank = {
-            r.cell.key: n for n, r in enumerate(sorted(at_level, key=lambda r: r.cell.paper_err), 1)
+        paper_rank = {r.cell.key: n for n, r in enumerate(by_paper, 1)}
+        our_rank = {
+            r.cell.key: n for n, r in enumerate(sorted(measured, key=lambda r: metric.loss(r.mean)), 1)
         }
-        our_rank = {r.cell.key: n for n, r in enumerate(sorted(measured, key=lambda r: r.mean), 1)}
-        labelled = [
-            (paper_axes, r, r.cell.paper_err, f"{r.cell.key} {paper_rank[r.cell.key]}") for r in at_level
-        ]
+        labelled = [(paper_axes, r, r.cell.paper, f"{r.cell.key} {paper_rank[r.cell.key]}") for r in at_level]
         labelled += [
             (our_axes, r, r.mean, f"{r.cell.key} {our_rank[r.cell.key]} (paper {paper_rank[r.cell.key]})")
             for r in measured
         ]
-        for axes, result, error, text in labelled:
+        for axes, result, value, text in labelled:
             axes.annotate(
                 text,
-                (x[result.cell.key], error),
+                (x[result.cell.key], value),
                 fontsize=7,
                 xytext=(4, 3),
                 textcoords="offset points",
             )
     paper_axes.set_title(f"paper: {table.paper_setting.split(',')[0]}", fontsize=9)
     our_axes.set_title(
-        f"ours: {dataset} test error, mean ± std over seeds; rank at its level (the paper's)", fontsize=9
+        f"ours: {dataset} {metric.name}, mean ± std over seeds; rank at its level (the paper's)", fontsize=9
     )
     for axes in (paper_axes, our_axes):
         axes.set_xscale("log")
         axes.xaxis.set_major_formatter(ScalarFormatter())
         axes.xaxis.set_minor_formatter(NullFormatter())
         axes.set_xlabel("MFLOPs, the paper's count (a level's cells spread out)", fontsize=8)
-        axes.set_ylabel("top-1 error (%)")
+        axes.set_ylabel(metric.label)
         axes.grid(True, alpha=0.3)
     paper_axes.legend(fontsize=7)
     figure.suptitle(f"{table.source}: {table.title}", fontsize=10)
@@ -701,7 +758,7 @@ def write_report(
     verdicts: Sequence[Verdict],
     context: dict[str, Any],
 ) -> None:
-    """``folder/<table>.md`` and ``.json`` (the context, each cell's errors, each verdict), atomically."""
+    """``folder/<table>.md`` and ``.json`` (the context, each cell's figures, each verdict), atomically."""
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(folder / f"{table.name}.md", lambda f: f.write(markdown.encode()))
     record = {
@@ -711,7 +768,7 @@ def write_report(
         "cells": [
             {
                 **dataclasses.asdict(r.cell),
-                "errors": list(r.errors),
+                table.metric.key: list(r.values),
                 "mean": r.mean,
                 "std": r.std,
                 "failures": list(r.failures),

@@ -1,0 +1,45 @@
+"""Detection tables reproduced (ShuffleNet's Table 7, Zhang et al. 2018, section 4.4): each cell a detection
+run (:func:`shufflenet.detect.train.train_detector`) on the offline Fashion-MNIST set or on COCO, scored by
+COCO mAP, through the same runner, reuse and report as the classification tables
+(:mod:`shufflenet.train.reproduce`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shufflenet.detect.synthetic import CanvasSpec
+from shufflenet.detect.train import OFFLINE_SET, DetectConfig, train_detector
+from shufflenet.train.reproduce import Budget, Task
+
+# COCO's images are mostly 640x480: the paper's shorter sides of 300 and 600 are about 0.63x and 1.25x of an
+# image's own. On the offline set's square canvases the same ratios give its two resolutions.
+COCO_SHORTER_SIDE = 480
+# py-faster-rcnn's default longer-side cap (1000 for a shorter side of 600), kept in proportion at 300.
+LONGER_SIDE_RATIO = 5 / 3
+
+
+def resolution(paper_min_size: int, dataset: str) -> tuple[int, int]:
+    """(min_size, max_size) for a cell the paper ran with shorter side ``paper_min_size``: the paper's on
+    COCO, the same fraction of the image's own size on the offline set's canvases."""
+    if dataset == OFFLINE_SET:
+        side = round(CanvasSpec().size * paper_min_size / COCO_SHORTER_SIDE)
+        return side, side
+    return paper_min_size, round(paper_min_size * LONGER_SIDE_RATIO)
+
+
+def _at_resolution(settings: dict[str, Any]) -> dict[str, Any]:
+    if "min_size" not in settings:
+        return settings
+    min_size, max_size = resolution(settings["min_size"], settings["dataset"])
+    return {**settings, "min_size": min_size, "max_size": max_size}
+
+
+DETECTION = Task(
+    recipe="detect-fashion-quick",
+    config_class=DetectConfig,
+    train=train_detector,
+    dataset=OFFLINE_SET,
+    datasets=(OFFLINE_SET, "coco"),
+    budget=Budget(images=None, epochs=6),  # the quick recipe's length
+    adapt=_at_resolution,
+)
