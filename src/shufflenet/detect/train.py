@@ -25,14 +25,12 @@ from shufflenet.detect.synthetic import make_fashion_detection
 from shufflenet.train.config import TrainConfig
 from shufflenet.train.distributed import (
     barrier,
-    cleanup_distributed,
     gather_objects,
-    init_distributed,
     is_global_main,
     local_process_count,
     run_local_processes,
 )
-from shufflenet.train.engine import Trainer
+from shufflenet.train.engine import Trainer, train_in_this_process
 from shufflenet.train.run_dir import hold_run_directory
 
 # The offline Fashion-MNIST detection set (shufflenet.detect.synthetic); any other dataset is COCO-format.
@@ -257,13 +255,5 @@ def train_detector(
     with guard:
         processes = local_process_count(config.cpu_processes, config.device, config.batch_size)
         if processes > 1:
-            return run_local_processes(_train_in_this_process, (config, resume), processes)
-        return _train_in_this_process(config, resume)
-
-
-def _train_in_this_process(config: DetectConfig, resume: str | Path | bool) -> dict[str, Any]:
-    ctx = init_distributed(config.device)
-    try:
-        return DetectionTrainer(config, ctx, resume).run()
-    finally:
-        cleanup_distributed(ctx)
+            return run_local_processes(train_in_this_process, (config, resume, DetectionTrainer), processes)
+        return train_in_this_process(config, resume, DetectionTrainer)

@@ -788,8 +788,8 @@ def train(
         estimate, share = check_memory(config, max(processes, world_size()), class_count(config))
         if processes > 1:
             note = memory_note(estimate, share)
-            return run_local_processes(_train_in_this_process, (config, resume), processes, memory_note=note)
-        return _train_in_this_process(config, resume)
+            return run_local_processes(train_in_this_process, (config, resume), processes, memory_note=note)
+        return train_in_this_process(config, resume)
 
 
 @contextlib.contextmanager
@@ -807,9 +807,12 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _train_in_this_process(config: TrainConfig, resume: str | Path | bool) -> dict[str, Any]:
+def train_in_this_process(
+    config: TrainConfig, resume: str | Path | bool, trainer: type[Trainer] = Trainer
+) -> dict[str, Any]:
+    """``trainer`` on ``config`` in this process: alone, or as one rank of torchrun or the local processes."""
     ctx = init_distributed(config.device)
     try:
-        return Trainer(config, ctx, resume).run()
+        return trainer(config, ctx, resume).run()
     finally:
         cleanup_distributed(ctx)
