@@ -150,6 +150,8 @@ def test_detectors_train_and_predict_on_each_backbone(detection_set, backbone, d
     total = sum(losses.values())
     assert torch.isfinite(total) and total > 0
     total.backward()
+    # Every trained parameter gets a gradient: data parallelism refuses any that does not.
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     with torch.no_grad():
         outputs = model.eval()(images)
     assert len(outputs) == 2 and set(outputs[0]) == {"boxes", "labels", "scores"}
@@ -308,6 +310,12 @@ def test_a_classification_runs_weights_start_the_detectors_backbone(detection_se
     shared = [key for key in trunk if key in trained and key != stem and not key.startswith("classifier")]
     assert len(shared) > 50 and all(torch.equal(trunk[key], trained[key]) for key in shared)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in detector.backbone.modules())
+    # Its input normalized as the classifier's was, the one channel's statistics on each of three.
+    recorded = torch.load(classifier_run / "checkpoint.pt", weights_only=False)["normalization"]
+    assert detector.transform.image_mean == pytest.approx(recorded["mean"] * 3)
+    assert detector.transform.image_std == pytest.approx(recorded["std"] * 3)
+    with pytest.raises(ValueError, match="sets its model's arguments itself; drop small_input"):
+        build_detector("shufflenet_v2_x0_5", 10, weights=classifier_run, small_input=True)
     config = DetectConfig(model="shufflenet_v2_x0_5", data_dir=str(detection_set), min_size=64, max_size=64,
                           batch_size=4, iterations=1, output=str(tmp_path / "det"), progress=False,
                           backbone_weights=str(classifier_run / "checkpoint.pt"))  # fmt: skip
@@ -317,6 +325,7 @@ def test_a_classification_runs_weights_start_the_detectors_backbone(detection_se
     model, loaded, _ = load_detector(tmp_path / "det")
     assert loaded.backbone_weights == str(classifier_run / "checkpoint.pt")
     assert model.backbone.body.model.in_chans == 3 and model.backbone.body.model.total_stride == 8
+    assert model.transform.image_mean == pytest.approx(recorded["mean"] * 3)
     weights = tmp_path / "moved.pt"
     with pytest.raises(ValueError, match="holds a shufflenet_v2_x0_5, not mobilenet_v2_x0_5"):
         build_detector("mobilenet_v2_x0_5", 10, weights=weights)

@@ -310,12 +310,17 @@ def test_a_higher_is_better_metric_turns_the_comparisons_and_a_tolerance_is_adde
     table = _table({"a": 18.7, "b": 14.9, "c": 14.5}, claim, metric=COCO_MAP)
     paper = table.paper_losses()
     assert [contrast.value(paper) for contrast in claim.contrasts] == pytest.approx([3.8, 0.6])
-    results = [_result("a", (30.0, 31.0)), _result("b", (25.0, 26.0)), _result("c", (24.0, 24.2))]
+    cells = {cell.key: cell for cell in table.cells}
+    values = {"a": (30.0, 31.0), "b": (25.0, 26.0), "c": (26.0, 26.2)}
+    # Listed in neither the paper's order nor ours: the orderings must sort, the higher mAP first.
+    results = [reproduce.CellResult(cells[k], values[k], (), None, 13.0, None, None) for k in "cba"]
     (verdict,) = reproduce.judge(table, results)
-    assert [c.ours for c in verdict.contrasts] == pytest.approx([5.0, 24.1 - 25.5 + 1.0])
-    assert verdict.holds is False  # c is 1.4 points behind b: beyond the tolerance
-    rows = reproduce._orderings(results, COCO_MAP)
-    assert rows == [["level", "a > b > c", "a > b > c"]]
+    assert [c.ours for c in verdict.contrasts] == pytest.approx([5.0, 26.1 - 25.5 + 1.0])
+    assert verdict.holds is True
+    assert reproduce._orderings(results, COCO_MAP) == [["level", "a > b > c", "a > c > b"]]
+    results[0] = reproduce.CellResult(cells["c"], (24.0, 24.2), (), None, 13.0, None, None)
+    behind = reproduce.judge(table, results)[0]
+    assert behind.contrasts[1].ours == pytest.approx(24.1 - 25.5 + 1.0) and behind.holds is False
 
 
 def test_table7_plans_detection_runs_at_the_papers_resolutions_scaled_to_the_data(tmp_path):
@@ -338,7 +343,12 @@ def test_table7_plans_detection_runs_at_the_papers_resolutions_scaled_to_the_dat
     _, coco = reproduce.plan(table, task=DETECTION, dataset="coco", data_dir="/data/coco", output=tmp_path)
     assert {(r.config.min_size, r.config.max_size) for r in coco} == {(300, 500), (600, 1000)}
     overridden = reproduce.plan(table, task=DETECTION, seeds=1, output=tmp_path, overrides={"min_size": 64})
-    assert {r.config.min_size for r in overridden[1]} == {64}  # the user's setting wins
+    # The user's setting wins, for both sides: the offline canvases are square.
+    assert {(r.config.min_size, r.config.max_size) for r in overridden[1]} == {(64, 64)}
+    _, on_coco = reproduce.plan(
+        table, task=DETECTION, dataset="coco", output=tmp_path, overrides={"min_size": 450}
+    )
+    assert {(r.config.min_size, r.config.max_size) for r in on_coco} == {(450, 750)}
     with pytest.raises(ValueError, match="trains on one of fashion-detect, coco"):
         reproduce.plan(table, task=DETECTION, dataset="fashion-mnist", output=tmp_path)
 
@@ -350,6 +360,8 @@ def test_table7_refuses_a_classification_dataset_in_one_line(capsys):
     assert len(err.splitlines()) == 1
     assert main(["reproduce", "shufflenet-t2", "--dataset", "coco"]) == 2
     assert "not 'coco'" in capsys.readouterr().err
+    assert main(["reproduce", "shufflenet-t7", "--dataset", "coco"]) == 2
+    assert "--dataset coco needs --data-dir DIR" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -7,11 +7,17 @@ import argparse
 import fnmatch
 import sys
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shufflenet.cli._common import CliError, Command, add_set_option, positive_int
 from shufflenet.data.catalog import DATASETS
 from shufflenet.train.paper_tables import DEFAULT_SEEDS, TABLES
+
+if TYPE_CHECKING:
+    from shufflenet.train.config import TrainConfig
+    from shufflenet.train.reproduce import PlannedRun, Task
 
 HELP = (
     "train a paper's table (ShuffleNet Tables 2-5 and 7, ShuffleNet V2 Table 8, shift Table 1) and judge its "
@@ -158,6 +164,10 @@ def run(args: argparse.Namespace) -> int:
     dataset = args.dataset or task.dataset
     if dataset not in task.datasets:
         raise CliError(f"{table.name} trains on --dataset {' or '.join(task.datasets)}, not {dataset!r}")
+    if dataset == "coco" and not args.data_dir:
+        raise CliError(
+            "--dataset coco needs --data-dir DIR (SPLIT/ images, annotations/instances_SPLIT.json)"
+        )
     if args.only:
         keys = [cell.key for cell in table.cells]
         unmatched = [p for p in args.only if not fnmatch.filter(keys, p)]
@@ -253,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _task(name: str):
+def _task(name: str) -> Task:
     """The runs' kind for a table's ``task``: classification, or detection (imported only when asked)."""
     from shufflenet.train.reproduce import CLASSIFICATION
 
@@ -264,7 +274,7 @@ def _task(name: str):
     return CLASSIFICATION
 
 
-def _task_setting(config, runs) -> str:
+def _task_setting(config: TrainConfig, runs: Sequence[PlannedRun]) -> str:
     """The settings particular to the runs' kind, for the report's first paragraph."""
     if not hasattr(config, "detector"):
         return f"label smoothing {config.label_smoothing}, augmentation {config.augment}"

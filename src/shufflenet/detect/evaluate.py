@@ -37,10 +37,19 @@ def load_detector(checkpoint: str | Path) -> tuple[nn.Module, DetectConfig, list
     classes = list(state.get("class_names") or [])
     num_classes = state["model_args_resolved"]["num_classes"]
     # The trained weights are in the checkpoint, not in the backbone's file; the trunk is built with the
-    # arguments it was built with (those of the classifier in backbone_weights, if any).
-    backbone_args = state.get("backbone_args", {})
+    # arguments it was built with (those of the classifier in backbone_weights, if any), the input
+    # normalized as in training.
+    args = config.detector_args()
+    if "backbone_args" in state:
+        args = {key: value for key, value in args.items() if key not in config.model_args}
+        args |= state["backbone_args"]
+    normalization = state.get("normalization") or {}
     model = build_detector(
-        config.model, num_classes, **{**config.detector_args(), "weights": None, **backbone_args}
+        config.model,
+        num_classes,
+        **(args | {"weights": None}),
+        image_mean=normalization.get("mean"),
+        image_std=normalization.get("std"),
     )
     # Detectors saved before the backbone dropped its unused classifier still hold its weights.
     unused_head = f"backbone.body.model.{model.backbone.body.model.classifier_name}."

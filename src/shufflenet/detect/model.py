@@ -5,6 +5,7 @@ torchvision's Faster R-CNN (ShuffleNet, Zhang et al. 2018, section 4.4, Table 7)
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from shufflenet.models._base import ClassifierNet, FeatureExtractor
 from shufflenet.registry import create_model
 
 DETECTORS = ("fasterrcnn", "retinanet", "ssdlite")
+# torchvision's detectors normalize their input themselves, with ImageNet's statistics by default.
+IMAGENET_NORMALIZATION = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 # SSDLite's extra feature levels after the trunk's last map (Sandler et al. 2018, section 6.2, after SSD's).
 SSDLITE_EXTRA_CHANNELS = (512, 256, 256, 128)
 
@@ -63,12 +66,20 @@ class Backbone(nn.Module):
         **model_args,
     ) -> None:
         super().__init__()
+        # The input normalization the trunk was trained with (weights that record one), over RGB.
+        self.normalization: tuple[list[float], list[float]] | None = None
         if weights is None:
             classifier, self.model_args = create_model(name, **model_args), dict(model_args)
+        elif model_args:
+            raise ValueError(
+                f"{weights} sets its model's arguments itself; drop {', '.join(sorted(model_args))} "
+                "(model_args) or the backbone weights"
+            )
         else:
             classifier, self.model_args = trained_classifier(name, weights)
+            self.normalization = trained_normalization(weights)
         classifier.reset_classifier(0)  # the detector reads the maps only: no unused weights to train
-        if out_indices is None:  # the last three maps: strides 8, 16, 32 (4, 8, 16 with a small-input stem)
+        if out_indices is None:  # the last three maps: strides 8, 16, 32 (2, 4, 8 with a small-input stem)
             count = len(classifier.feature_info)
             out_indices = tuple(range(max(0, count - 3), count))
         self.body = FeatureExtractor(classifier, out_indices)
@@ -156,15 +167,28 @@ def trained_classifier(name: str, weights: str | Path) -> tuple[ClassifierNet, d
 
     model, found, args = load_for_evaluation(weights)
     if found != name:
-        raise ValueError(f"{weights} holds a {found}, not {name}; pass --backbone {found} or other weights")
+        raise ValueError(f"{weights} holds a {found}, not {name}; pass --model {found} or other weights")
     args = {key: value for key, value in args.items() if key != "num_classes"}
     return rgb_input(model), {**args, "in_chans": 3}
 
 
+def trained_normalization(weights: str | Path) -> tuple[list[float], list[float]] | None:
+    """(mean, std) per RGB channel that the classifier in ``weights`` was trained with (one channel's
+    repeated over three), or None where its file records none."""
+    from shufflenet.train.checkpoint import load_input_contract
+
+    contract = load_input_contract(weights)
+    if contract is None:
+        return None
+    return [float(v) for v in contract.mean] * (3 // len(contract.mean)), [float(v) for v in contract.std] * (
+        3 // len(contract.std)
+    )
+
+
 def rgb_input(model: ClassifierNet) -> ClassifierNet:
     """``model`` reading RGB: a first convolution trained on one channel (grayscale data such as
-    Fashion-MNIST) gets its kernel on each of three, divided by three, so a gray image (equal channels)
-    gives what it gave; torchvision's detectors always feed three channels."""
+    Fashion-MNIST) gets its kernel on each of three, divided by three, so a gray image (equal channels,
+    normalized as in training) gives what it gave; torchvision's detectors always feed three channels."""
     if model.in_chans != 1:
         return model
     first = next(module for module in model.modules() if isinstance(module, nn.Conv2d))
@@ -187,8 +211,8 @@ def build_detector(
     box_head: int = 1024,
     proposals: int = 2000,
     rois_per_image: int = 512,
-    image_mean: tuple[float, ...] = (0.485, 0.456, 0.406),
-    image_std: tuple[float, ...] = (0.229, 0.224, 0.225),
+    image_mean: Sequence[float] | None = None,
+    image_std: Sequence[float] | None = None,
     **model_args,
 ) -> nn.Module:
     """A torchvision ``detector`` (``fasterrcnn``, ``retinanet`` or ``ssdlite``) for ``num_classes`` object
@@ -199,7 +223,9 @@ def build_detector(
     Faster R-CNN and RetinaNet anchors: one size per map, 4x its stride, three aspect ratios. Faster R-CNN's
     box head is two fully connected layers of ``box_head`` units over ``rois_per_image`` sampled regions
     of the RPN's ``proposals`` best (torchvision's defaults: 1024, 512, 2000; a light head for small
-    images and CPUs: e.g. 256, 128, 300)."""
+    images and CPUs: e.g. 256, 128, 300). Images are normalized by ``image_mean`` and ``image_std``,
+    by default as the classifier in ``weights`` was trained (where its file records it), else with
+    ImageNet's statistics."""
     if detector not in DETECTORS:
         raise ValueError(f"unknown detector {detector!r}; choose from {', '.join(DETECTORS)}")
     body = Backbone(
@@ -211,6 +237,8 @@ def build_detector(
         freeze_bn=freeze_bn,
         **model_args,
     )
+    if image_mean is None or image_std is None:
+        image_mean, image_std = body.normalization or IMAGENET_NORMALIZATION
     if detector == "ssdlite":
         boxes = DefaultBoxGenerator([[2, 3]] * len(body.names), min_ratio=0.2, max_ratio=0.95)
         norm = partial(nn.BatchNorm2d, eps=1e-3, momentum=0.03)

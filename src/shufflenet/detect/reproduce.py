@@ -27,11 +27,18 @@ def resolution(paper_min_size: int, dataset: str) -> tuple[int, int]:
     return paper_min_size, round(paper_min_size * LONGER_SIDE_RATIO)
 
 
-def _at_resolution(settings: dict[str, Any]) -> dict[str, Any]:
-    if "min_size" not in settings:
+def _at_resolution(settings: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A cell's paper resolution made the data's; a ``min_size`` the user set is taken as it is, its
+    ``max_size`` (unless set too) in the same proportion as the paper's."""
+    offline = settings["dataset"] == OFFLINE_SET
+    if "min_size" in overrides:
+        min_size = overrides["min_size"]
+        max_size = min_size if offline else round(min_size * LONGER_SIDE_RATIO)
+    elif "min_size" in settings:
+        min_size, max_size = resolution(settings["min_size"], settings["dataset"])
+    else:
         return settings
-    min_size, max_size = resolution(settings["min_size"], settings["dataset"])
-    return {**settings, "min_size": min_size, "max_size": max_size}
+    return {**settings, "min_size": min_size, "max_size": overrides.get("max_size", max_size)}
 
 
 DETECTION = Task(

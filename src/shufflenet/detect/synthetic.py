@@ -137,7 +137,7 @@ def make_fashion_detection(
     output = Path(output)
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise FileExistsError(f"{output} exists and is not empty; choose another folder or pass overwrite")
-    staging = output.with_name(f".{output.name}.partial-{os.getpid()}")
+    staging = output.with_name(f".{output.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         for split, count, source, offset in (

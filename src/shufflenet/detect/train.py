@@ -30,13 +30,11 @@ from shufflenet.train.distributed import (
     local_process_count,
     run_local_processes,
 )
-from shufflenet.train.engine import Trainer, train_in_this_process
+from shufflenet.train.engine import Trainer, sigterm_raises, train_in_this_process
 from shufflenet.train.run_dir import hold_run_directory
 
 # The offline Fashion-MNIST detection set (shufflenet.detect.synthetic); any other dataset is COCO-format.
 OFFLINE_SET = "fashion-detect"
-# torchvision's detectors normalize their input themselves, with ImageNet's statistics by default.
-IMAGENET_NORMALIZATION = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
 
 @dataclass
@@ -67,7 +65,8 @@ class DetectConfig(TrainConfig):
 
     def detector_args(self) -> dict[str, Any]:
         """:func:`build_detector`'s arguments from this run's settings (the backbone's model_args included;
-        batch norm frozen as it trains: with backbone_weights unless ``freeze_bn`` says otherwise)."""
+        batch norm frozen as it trains: with backbone_weights unless ``freeze_bn`` says otherwise; the
+        input normalized as the backbone weights were trained, else as ImageNet)."""
         names = ("detector", "min_size", "max_size", "fpn_channels", "frozen_maps")
         if self.detector == "fasterrcnn":
             names += ("box_head", "proposals", "rois_per_image")
@@ -75,8 +74,6 @@ class DetectConfig(TrainConfig):
         return {name: getattr(self, name) for name in names} | {
             "weights": self.backbone_weights,
             "freeze_bn": frozen,
-            "image_mean": IMAGENET_NORMALIZATION["mean"],
-            "image_std": IMAGENET_NORMALIZATION["std"],
             **self.model_args,
         }
 
@@ -165,15 +162,16 @@ class DetectionTrainer(Trainer):
         self.image_sources = ()
         self.class_names, self.num_classes = train.classes, len(train.classes)
         self.image_size, self.in_chans = config.min_size, 3
-        self.normalization = dict(IMAGENET_NORMALIZATION)
         self.train_set = DetectionSamples(train, flip=config.flip, seed=config.seed)
         self.val_set = DetectionSamples(val)
 
     def _create_model(self) -> nn.Module:
         config = self.config
-        return build_detector(config.model, self.num_classes, **config.detector_args()).to(
-            self.ctx.device, self.dtype
-        )
+        model = build_detector(config.model, self.num_classes, **config.detector_args())
+        # Recorded in the checkpoint: the detector normalizes its input itself, as this says.
+        transform = model.transform
+        self.normalization = {"mean": list(transform.image_mean), "std": list(transform.image_std)}
+        return model.to(self.ctx.device, self.dtype)
 
     def _state(self, accumulators: torch.Tensor) -> dict[str, Any]:
         # The trunk's own arguments (a trained classifier's, with backbone_weights): the detector is built
@@ -252,7 +250,7 @@ def train_detector(
         if is_global_main()
         else contextlib.nullcontext()
     )
-    with guard:
+    with sigterm_raises(), guard:
         processes = local_process_count(config.cpu_processes, config.device, config.batch_size)
         if processes > 1:
             return run_local_processes(train_in_this_process, (config, resume, DetectionTrainer), processes)

@@ -779,7 +779,7 @@ def train(
         if is_global_main()
         else contextlib.nullcontext()
     )
-    with _sigterm_raises(), guard:
+    with sigterm_raises(), guard:
         config, announcement = adapt_to_data(config)
         if announcement and is_global_main():
             tqdm.write(announcement)
@@ -793,7 +793,7 @@ def train(
 
 
 @contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
+def sigterm_raises() -> Iterator[None]:
     """SIGTERM before the trainer takes it over (while data and model are built) raises, where its default
     action would end the process at once, leaving the run directory locked."""
 

@@ -32,7 +32,7 @@ class Metric:
 
 
 TOP1_ERROR = Metric("top1_err", "err", "top-1 error (%)")
-COCO_MAP = Metric("AP", "mAP", "COCO mAP [.5, .95] (%)", higher_is_better=True)
+COCO_MAP = Metric("AP", "mAP", "COCO mAP [.5:.95] (%)", higher_is_better=True)
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,8 @@ class Cell:
 
 @dataclass(frozen=True)
 class Contrast:
-    """A weighted sum of cells' errors that the paper's reading makes positive, with a short name."""
+    """A weighted sum of cells' losses (errors, or minus mAP) plus a tolerance, ``offset``, that the paper's
+    reading makes positive, with a short name."""
 
     name: str
     weights: tuple[tuple[str, float], ...]
@@ -103,7 +104,8 @@ def beats(better: str, worse: str, name: str | None = None) -> Contrast:
 
 def matches(candidate: str, reference: str, within: float, name: str | None = None) -> Contrast:
     """``candidate`` is no more than ``within`` points behind ``reference`` (or ahead of it)."""
-    return Contrast(name or f"{candidate} vs {reference}", ((reference, 1.0), (candidate, -1.0)), within)
+    name = name or f"{candidate} vs {reference} (within {within:g})"
+    return Contrast(name, ((reference, 1.0), (candidate, -1.0)), within)
 
 
 def larger_gain(small: tuple[str, str], large: tuple[str, str], name: str) -> Contrast:
@@ -511,7 +513,7 @@ SHUFFLENET_T7 = PaperTable(
     title="detection transfer: Faster R-CNN on ShuffleNet 2x and 1x (g = 3) against MobileNet 1.0 at two "
     "resolutions",
     source="Zhang et al. 2018, Table 7 and section 4.4",
-    paper_setting="COCO minival mAP [.5, .95], Faster R-CNN fine-tuned from ImageNet backbones, shorter side "
+    paper_setting="COCO minival mAP [.5:.95], Faster R-CNN fine-tuned from ImageNet backbones, shorter side "
     "300 or 600 (Zhang et al. 2018, section 4.4; MobileNet: the paper's reimplementation trained alike)",
     cells=_table7_cells(),
     claims=(

@@ -73,8 +73,8 @@ class Budget:
 class Task:
     """How a table's runs are made and trained: the recipe and settings class, the training function
     (module-level, as each run starts it in a process of its own), the default dataset and budget, the
-    datasets it accepts, and ``adapt``, which completes a cell's settings for the dataset (the small-input
-    stem on 28-32 px images; a detection cell's resolution for the offline set)."""
+    datasets it accepts, and ``adapt``, which completes a cell's settings for the dataset given the user's
+    overrides (the small-input stem on 28-32 px images; a detection cell's resolution for the data)."""
 
     recipe: str
     config_class: type[TrainConfig]
@@ -82,7 +82,7 @@ class Task:
     dataset: str
     datasets: tuple[str, ...]
     budget: Budget
-    adapt: Callable[[dict[str, Any]], dict[str, Any]]
+    adapt: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
 
 
 def _train_classifier(config: TrainConfig, *, resume: bool, overwrite: bool) -> dict[str, Any]:
@@ -91,7 +91,7 @@ def _train_classifier(config: TrainConfig, *, resume: bool, overwrite: bool) -> 
     return train(config, resume=resume, overwrite=overwrite)
 
 
-def _small_input_stem(settings: dict[str, Any]) -> dict[str, Any]:
+def _small_input_stem(settings: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     dataset = settings["dataset"]
     if dataset in DATASETS and is_small(DATASETS[dataset].image_size):
         settings["model_args"] = {"small_input": True, **settings["model_args"]}
@@ -178,9 +178,10 @@ def plan(
             "progress": False,
             "cpu_processes": 1,
             "device": device,
+            **table.settings,
             **cell.settings,
         }
-        settings = {**task.adapt(cell_settings), **table.settings, **overrides}
+        settings = {**task.adapt(cell_settings, overrides), **overrides}
         if budget.epochs is not None:
             settings["epochs"] = budget.epochs
         config = load_config(task.recipe, settings, task.config_class)
@@ -325,7 +326,7 @@ def execute(
     progress: bool = True,
     report: Callable[[str], None] = print,
     task: Task = CLASSIFICATION,
-    metric: Metric = TOP1_ERROR,
+    metric: Metric = TOP1_ERROR,  # the table's: what a finished run reports
 ) -> dict[tuple[str, int], RunOutcome]:
     """Train every run not finished before, ``jobs`` processes at a time, with ``task``'s training
     function, and return each run's outcome (a finished run reports its ``metric``).
@@ -526,7 +527,8 @@ class Verdict:
             return self._verdict()
         return (
             f"{self._verdict()} In {', '.join(identical)} the two cells' figures are identical seed for "
-            "seed: they trained as one network, so the margin is 0 rather than a loss."
+            "seed: they trained as one network, so the margin is the claim's tolerance (0 for most) rather "
+            "than a difference between them."
         )
 
     def _verdict(self) -> str:
@@ -765,6 +767,7 @@ def write_report(
         **context,
         "table": table.name,
         "source": table.source,
+        "metric": dataclasses.asdict(table.metric),  # its key names each cell's figures
         "cells": [
             {
                 **dataclasses.asdict(r.cell),
