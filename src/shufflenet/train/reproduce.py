@@ -738,8 +738,14 @@ def plot(table: PaperTable, results: Sequence[CellResult], path: Path, *, datase
     our_axes.set_title(
         f"ours: {dataset} {metric.name}, mean ± std over seeds; rank at its level (the paper's)", fontsize=9
     )
+    # Ticks at the levels' costs: within one decade (Table 7's 140-569) a log axis has no labelled tick.
+    costs: list[int] = []
+    for cost in sorted({round(r.mflops_paper_count) for r in results}):
+        if not costs or cost > 1.25 * costs[-1]:  # labels of closer costs would overlap
+            costs.append(cost)
     for axes in (paper_axes, our_axes):
         axes.set_xscale("log")
+        axes.set_xticks(costs)
         axes.xaxis.set_major_formatter(ScalarFormatter())
         axes.xaxis.set_minor_formatter(NullFormatter())
         axes.set_xlabel("MFLOPs, the paper's count (a level's cells spread out)", fontsize=8)
