@@ -180,9 +180,11 @@ def trained_normalization(weights: str | Path) -> tuple[list[float], list[float]
     contract = load_input_contract(weights)
     if contract is None:
         return None
-    return [float(v) for v in contract.mean] * (3 // len(contract.mean)), [float(v) for v in contract.std] * (
-        3 // len(contract.std)
-    )
+
+    def over_rgb(values: Sequence[float]) -> list[float]:
+        return [float(v) for v in values] * (3 // len(values))
+
+    return over_rgb(contract.mean), over_rgb(contract.std)
 
 
 def rgb_input(model: ClassifierNet) -> ClassifierNet:

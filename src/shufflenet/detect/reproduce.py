@@ -18,27 +18,32 @@ COCO_SHORTER_SIDE = 480
 LONGER_SIDE_RATIO = 5 / 3
 
 
+def _longer_side(min_size: int, dataset: str) -> int:
+    """The longer-side cap for shorter side ``min_size``: the offline set's canvases are square."""
+    return min_size if dataset == OFFLINE_SET else round(min_size * LONGER_SIDE_RATIO)
+
+
 def resolution(paper_min_size: int, dataset: str) -> tuple[int, int]:
     """(min_size, max_size) for a cell the paper ran with shorter side ``paper_min_size``: the paper's on
     COCO, the same fraction of the image's own size on the offline set's canvases."""
+    side = paper_min_size
     if dataset == OFFLINE_SET:
         side = round(CanvasSpec().size * paper_min_size / COCO_SHORTER_SIDE)
-        return side, side
-    return paper_min_size, round(paper_min_size * LONGER_SIDE_RATIO)
+    return side, _longer_side(side, dataset)
 
 
 def _at_resolution(settings: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """A cell's paper resolution made the data's; a ``min_size`` the user set is taken as it is, its
     ``max_size`` (unless set too) in the same proportion as the paper's."""
-    offline = settings["dataset"] == OFFLINE_SET
+    dataset = settings["dataset"]
     if "min_size" in overrides:
         min_size = overrides["min_size"]
-        max_size = min_size if offline else round(min_size * LONGER_SIDE_RATIO)
     elif "min_size" in settings:
-        min_size, max_size = resolution(settings["min_size"], settings["dataset"])
+        min_size = resolution(settings["min_size"], dataset)[0]
     else:
         return settings
-    return {**settings, "min_size": min_size, "max_size": overrides.get("max_size", max_size)}
+    max_size = overrides.get("max_size", _longer_side(min_size, dataset))
+    return {**settings, "min_size": min_size, "max_size": max_size}
 
 
 DETECTION = Task(
