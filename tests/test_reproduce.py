@@ -263,7 +263,7 @@ def test_sigterm_stops_the_runs_at_a_checkpoint_starts_no_other_and_the_next_cal
     out = tmp_path / "out"
     # One run at a time for two runs: the second is still waiting when the signal comes.
     argv = [sys.executable, "-m", "shufflenet", "reproduce", "shufflenet-t2", "--only", "0.25x-g3",
-            "--seeds", "2", "--jobs", "1", "--budget", "20000", "--data-dir", str(data), "--output", str(out),
+            "--seeds", "2", "--jobs", "1", "--budget", "6400", "--data-dir", str(data), "--output", str(out),
             "--set", "batch_size=32", "--set", "lr=0.01", "--no-progress"]  # fmt: skip
     parent = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -286,7 +286,7 @@ def test_sigterm_stops_the_runs_at_a_checkpoint_starts_no_other_and_the_next_cal
     assert "0 finished before (reused), 1 to resume, 1 to train" in finished.stdout
     for seed in ("seed0", "seed1"):
         summary = json.loads((seed0.parent / seed / "summary.json").read_text())
-        assert summary["steps"] == math.ceil(20000 / 32)
+        assert summary["steps"] == math.ceil(6400 / 32)
 
 
 @pytest.mark.slow
