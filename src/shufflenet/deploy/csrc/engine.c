@@ -53,17 +53,27 @@ INLINE vec v_activate(vec y, int act) {
     return y;
 }
 
-INLINE void finish(float* out, const float* res, vec y, int lanes, int act) {
-    if (res) y = v_add(y, v_load_n(res, lanes));
-    v_store_n(out, v_activate(y, act), lanes);
-}
-
-INLINE void finish_half(float* out, const float* res, hvec y, int lanes, int act) {
-    if (res) y = h_add(y, h_load_n(res, lanes));
+INLINE hvec h_activate(hvec y, int act) {
     if (act) y = h_max(y, h_zero());
     if (act == ACT_RELU6) y = h_min(y, h_set1(6.0f));
-    h_store_n(out, y, lanes);
+    return y;
 }
+
+/* Kernels store many vectors with one activation: each activation is its own copy of the stores, chosen
+   once (a branch per store would share ports with the FMAs). */
+#define WITH_ACTIVATION(act, STORES)            \
+    do {                                        \
+        if ((act) == ACT_RELU6) {               \
+            const int ACT = ACT_RELU6;          \
+            STORES;                             \
+        } else if ((act) == ACT_RELU) {         \
+            const int ACT = ACT_RELU;           \
+            STORES;                             \
+        } else {                                \
+            const int ACT = ACT_NONE;           \
+            STORES;                             \
+        }                                       \
+    } while (0)
 
 /* One register tile of the pointwise GEMM: ROWS pixels x (VECS * LANES + HALF * LANES / 2) output
    channels, in named registers (GCC keeps an array of vectors on the stack). The half-width part serves
@@ -122,15 +132,20 @@ int shufflenet_engine_bf16(void) {
             HMAC(q##r, h_broadcast(p + r * step), wq);                   \
         }                                                                \
     }
-#define ROW_STORE(r)                                                                                    \
-    if (ROWS > r) {                                                                                     \
-        float* o = out + (size_t)r * out_stride;                                                        \
-        const float* rr = res ? res + (size_t)r * res_stride : 0;                                       \
-        if (VECS > 0) finish(o, rr, c##r##0, valid, act);                                              \
-        if (VECS > 1) finish(o + LANES, rr ? rr + LANES : 0, c##r##1, valid - LANES, act);             \
-        if (VECS > 2) finish(o + 2 * LANES, rr ? rr + 2 * LANES : 0, c##r##2, valid - 2 * LANES, act); \
-        if (HALF)                                                                                       \
-            finish_half(o + LANES * VECS, rr ? rr + LANES * VECS : 0, q##r, valid - LANES * VECS, act); \
+#define ROW_STORE(r)                                                                                 \
+    if (ROWS > r) {                                                                                  \
+        float* o = out + (size_t)r * out_stride;                                                     \
+        if (res) {                                                                                   \
+            const float* rr = res + (size_t)r * res_stride;                                          \
+            if (VECS > 0) c##r##0 = v_add(c##r##0, v_load_part(rr, part0));                          \
+            if (VECS > 1) c##r##1 = v_add(c##r##1, v_load_part(rr + LANES, part1));                  \
+            if (VECS > 2) c##r##2 = v_add(c##r##2, v_load_part(rr + 2 * LANES, part2));              \
+            if (HALF) q##r = h_add(q##r, h_load_part(rr + LANES * VECS, half_part));                 \
+        }                                                                                            \
+        if (VECS > 0) v_store_part(o, v_activate(c##r##0, ACT), part0);                              \
+        if (VECS > 1) v_store_part(o + LANES, v_activate(c##r##1, ACT), part1);                      \
+        if (VECS > 2) v_store_part(o + 2 * LANES, v_activate(c##r##2, ACT), part2);                  \
+        if (HALF) h_store_part(o + LANES * VECS, h_activate(q##r, ACT), half_part);                  \
     }
 #define ROWS_0_TO_15(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7) M(8) M(9) M(10) M(11) M(12) M(13) M(14) M(15)
 
@@ -157,7 +172,9 @@ INLINE void pointwise_tile(const int BF16, const int ROWS, const int VECS, const
         const hvec wq = HALF ? h_load(wk + LANES * VECS) : bq;
         ROWS_0_TO_15(ROW_FMA)
     }
-    ROWS_0_TO_15(ROW_STORE)
+    const vpart part0 = v_part(valid), part1 = v_part(valid - LANES), part2 = v_part(valid - 2 * LANES);
+    const hpart half_part = h_part(valid - LANES * VECS);
+    WITH_ACTIVATION(act, ROWS_0_TO_15(ROW_STORE));
 }
 
 /* Tile shapes: (rows, full vectors, half vector), each with at most 12 (AVX2: 16 registers) or 24
@@ -382,7 +399,6 @@ static inline void window_range(int H, int W, int iy0, int ix0, int* ky0, int* k
     *kx1 = ix0 + 3 > W ? W - ix0 : 3;
 }
 
-INLINE void store_activated(float* out, vec y, int act, int lanes) { v_store_n(out, v_activate(y, act), lanes); }
 
 /* The 9 taps of one channel block with the window rows that fall outside the map zeroed: a border row of
    outputs then runs the interior code, its outside rows reading a row inside the map (clamped) and adding
@@ -422,7 +438,7 @@ INLINE void window_lines(int first, int size, int inside[3], int line[3]) {
    left of the map (``skip_first``) or right of it (``skip_last``) is not read: its taps add nothing. */
 INLINE void depthwise_block(const int S, const int N, const float* p, size_t in_stride, ptrdiff_t row1,
                             ptrdiff_t row2, const Taps* taps, vec b, float* o, size_t out_stride, int skip_first,
-                            int skip_last, int act, int lanes) {
+                            int skip_last, int act, vpart part) {
     vec acc[N];
 #pragma GCC unroll 8
     for (int j = 0; j < N; j++) acc[j] = b;
@@ -440,13 +456,16 @@ INLINE void depthwise_block(const int S, const int N, const float* p, size_t in_
             }
         }
     }
-#pragma GCC unroll 8
-    for (int j = 0; j < N; j++) store_activated(o + (size_t)j * out_stride, acc[j], act, lanes);
+#define STORE_OUTPUTS                                                                           \
+    _Pragma("GCC unroll 8") for (int j = 0; j < N; j++)                                         \
+        v_store_part(o + (size_t)j * out_stride, v_activate(acc[j], ACT), part)
+    WITH_ACTIVATION(act, STORE_OUTPUTS);
+#undef STORE_OUTPUTS
 }
 
 /* Each block size is its own specialised kernel. */
 #define BLOCK(S, N) \
-    depthwise_block(S, N, p, in_stride, row1, row2, &taps, b, o, out_stride, skip_first, skip_last, act, lanes)
+    depthwise_block(S, N, p, in_stride, row1, row2, &taps, b, o, out_stride, skip_first, skip_last, act, part)
 #define BLOCKS_UP_TO_4(S) \
     case 4: BLOCK(S, 4); break; case 3: BLOCK(S, 3); break; case 2: BLOCK(S, 2); break; default: BLOCK(S, 1); break;
 #define BLOCKS_UP_TO_8(S) \
@@ -469,7 +488,7 @@ static void depthwise_row(const float* top, const float* middle, const float* bo
     const ptrdiff_t row1 = middle - top, row2 = bottom - top;
     const int most = stride == 1 ? DEPTHWISE_BLOCK : DEPTHWISE_BLOCK_STRIDED;
     for (int c0 = 0; c0 < C; c0 += LANES) {
-        const int lanes = C - c0;
+        const vpart part = v_part(C - c0);
         Taps all;
         for (int t = 0; t < 9; t++) all.k[t] = v_load(w + t * C + c0);
         const Taps taps = taps_inside(&all, row_inside);

@@ -8,7 +8,10 @@
    - NEON (any aarch64 compiler): 128/64-bit vectors;
    - plain C (no flags): arrays of 8 and 4 floats, for any other CPU; correct, not fast.
 
-   A partial load fills the lanes past ``count`` with zeros; a partial store writes ``count`` floats. */
+   A partial load fills the lanes past ``count`` with zeros; a partial store writes ``count`` floats. A
+   kernel that stores many vectors of one width makes the width's ``vpart`` once (v_part(count)) and
+   passes it to v_load_part / v_store_part: on AVX-512 a mask register, so the stores take no branches
+   (they would share ports with the FMAs); elsewhere the count itself. */
 
 #ifndef SHUFFLENET_VECTOR_H
 #define SHUFFLENET_VECTOR_H
@@ -46,6 +49,14 @@ INLINE void v_store_n(float* p, vec v, int count) {
     else
         _mm512_mask_storeu_ps(p, v_mask(count), v);
 }
+typedef __mmask16 vpart;
+typedef __mmask8 hpart;
+INLINE vpart v_part(int count) { return v_mask(count < 0 ? 0 : count > LANES ? LANES : count); }
+INLINE vec v_load_part(const float* p, vpart part) { return _mm512_maskz_loadu_ps(part, p); }
+INLINE void v_store_part(float* p, vec v, vpart part) { _mm512_mask_storeu_ps(p, part, v); }
+INLINE hpart h_part(int count) { return (hpart)v_mask(count < 0 ? 0 : count > LANES / 2 ? LANES / 2 : count); }
+INLINE hvec h_load_part(const float* p, hpart part) { return _mm256_maskz_loadu_ps(part, p); }
+INLINE void h_store_part(float* p, hvec v, hpart part) { _mm256_mask_storeu_ps(p, part, v); }
 INLINE hvec h_load(const float* p) { return _mm256_loadu_ps(p); }
 INLINE hvec h_broadcast(const float* p) { return _mm256_broadcast_ss(p); }
 INLINE hvec h_low(vec v) { return _mm512_castps512_ps256(v); }
@@ -207,6 +218,16 @@ INLINE void h_store_n(float* p, hvec v, int count) {
     memcpy(p, v.f, sizeof(float) * (size_t)(count < 0 ? 0 : count > 4 ? 4 : count));
 }
 #undef EACH_LANE
+#endif
+#if !defined(__AVX512F__)
+typedef int vpart;
+typedef int hpart;
+INLINE vpart v_part(int count) { return count; }
+INLINE vec v_load_part(const float* p, vpart part) { return v_load_n(p, part); }
+INLINE void v_store_part(float* p, vec v, vpart part) { v_store_n(p, v, part); }
+INLINE hpart h_part(int count) { return count; }
+INLINE hvec h_load_part(const float* p, hpart part) { return h_load_n(p, part); }
+INLINE void h_store_part(float* p, hvec v, hpart part) { h_store_n(p, v, part); }
 #endif
 INLINE vec v_zero(void) { return v_set1(0.0f); }
 
