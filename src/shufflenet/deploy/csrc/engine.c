@@ -427,10 +427,11 @@ INLINE void window_lines(int first, int size, int inside[3], int line[3]) {
    once: 9 taps, the block's accumulators and one input vector in registers (AVX2: 16 of them). */
 #if LANES == 16 || defined(__aarch64__) /* 32 vector registers */
 #define DEPTHWISE_BLOCK 8
+#define DEPTHWISE_BLOCK_STRIDED 8
 #else
 #define DEPTHWISE_BLOCK 4
-#endif
 #define DEPTHWISE_BLOCK_STRIDED 4
+#endif
 
 /* N neighbouring outputs of one channel block, stride S: each input column of a window row is loaded once
    and feeds every output whose window holds it (N + 2 loads per row at stride 1, not 3 N), the N
