@@ -203,7 +203,16 @@ def load_library(isa: str | None = None) -> ctypes.CDLL:
     if isa not in isas_here():
         raise EngineUnavailable(f"this {_machine()} CPU cannot load the engine built for {isa}")
     target = _build(f"engine-{isa}", _compiler(), (*COMPILE_FLAGS, *ISAS[isa][0]), [SOURCE], ".so")
-    library = ctypes.CDLL(str(target))
+    library = open_library(target)
+    _LIBRARIES[isa] = library
+    return library
+
+
+def open_library(path: str | os.PathLike) -> ctypes.CDLL:
+    """A compiled engine library at ``path`` with its functions typed, after checking that it was built from
+    this package's engine.h (raises :class:`AbiMismatch` otherwise). :func:`load_library` builds and opens
+    the package's own; benchmarks/engine_ab.py opens builds of other revisions."""
+    library = ctypes.CDLL(str(path))
     library.shufflenet_engine_run.restype = None
     library.shufflenet_engine_run.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 5
     library.shufflenet_engine_lanes.restype = ctypes.c_int
@@ -213,7 +222,6 @@ def load_library(isa: str | None = None) -> ctypes.CDLL:
     library.shufflenet_pool_destroy.restype = None
     library.shufflenet_pool_destroy.argtypes = [ctypes.c_void_p]
     check_library(library)
-    _LIBRARIES[isa] = library
     return library
 
 
