@@ -177,7 +177,7 @@ INLINE void pointwise_tile(const int BF16, const int ROWS, const int VECS, const
     WITH_ACTIVATION(act, ROWS_0_TO_15(ROW_STORE));
 }
 
-/* Tile shapes: (rows, full vectors, half vector), each with at most 12 (AVX2: 16 registers) or 24
+/* Tile shapes: (rows, full vectors, half vector), each with at most 12 (AVX2: 16 registers) or 28
    (AVX-512: 32 registers) accumulators. */
 typedef struct {
     int rows, vecs, half;
@@ -199,10 +199,12 @@ static int panel_stride(int valid) {
     return rounded > least ? rounded : least;
 }
 
-/* Tile rows for 2.5-3 vectors, 1.5-2 and 0.5-1; chunks of pixels are a multiple of each. */
+/* Tile rows for 2.5-3 vectors, 1.5-2 and 0.5-1. Chunks of pixels are a multiple of the widest and the
+   narrowest tiles' rows (a chunk's tiles are made equal in any case). 32 registers: 14 rows of 2 vectors
+   leave 2 for the weights and 1 for the broadcast input. */
 #if LANES == 16 || defined(__aarch64__) /* 32 vector registers */
 #define ROWS_WIDE 8
-#define ROWS_MID 12
+#define ROWS_MID 14
 #define ROWS_NARROW 16
 #define CHUNK_ROWS 48
 #else
@@ -233,9 +235,9 @@ static Shape panel_shape(int valid) {
 #define ROWS_UP_TO_12(V, Q)                                                                       \
     case 12: TILE(12, V, Q); break; case 11: TILE(11, V, Q); break; case 10: TILE(10, V, Q); break; \
     case 9: TILE(9, V, Q); break; ROWS_UP_TO_8(V, Q)
+#define ROWS_UP_TO_14(V, Q) case 14: TILE(14, V, Q); break; case 13: TILE(13, V, Q); break; ROWS_UP_TO_12(V, Q)
 #define ROWS_UP_TO_16(V, Q)                                                                       \
-    case 16: TILE(16, V, Q); break; case 15: TILE(15, V, Q); break; case 14: TILE(14, V, Q); break; \
-    case 13: TILE(13, V, Q); break; ROWS_UP_TO_12(V, Q)
+    case 16: TILE(16, V, Q); break; case 15: TILE(15, V, Q); break; ROWS_UP_TO_14(V, Q)
 #define ROWS_UP_TO(n) ROWS_UP_TO_EXPAND(n)
 #define ROWS_UP_TO_EXPAND(n) ROWS_UP_TO_##n
 
