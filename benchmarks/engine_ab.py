@@ -30,15 +30,18 @@ from shufflenet._table import markdown_table
 from shufflenet.bench.report import environment, write_record
 from shufflenet.deploy.engine import (
     COMPILE_FLAGS,
+    HEADERS,
     ISAS,
+    SOURCE,
     Engine,
+    _compiler,
     engine_isa,
     open_library,
     plan_engine,
 )
 
 CSRC = "src/shufflenet/deploy/csrc"
-SOURCES = ("engine.c", "engine.h", "vector.h", "int8.c")
+SOURCES = tuple(path.name for path in (SOURCE, *HEADERS))  # what every build of the engine reads
 
 
 def source_folder(revision: str, scratch: Path) -> Path:
@@ -57,7 +60,7 @@ def source_folder(revision: str, scratch: Path) -> Path:
 
 def build(folder: Path, isa: str, target: Path):
     """The library built from ``folder``/engine.c for ``isa``, opened (its layout checked)."""
-    command = ["cc", *COMPILE_FLAGS, *ISAS[isa][0], str(folder / "engine.c"), "-o", str(target)]
+    command = [_compiler(), *COMPILE_FLAGS, *ISAS[isa][0], str(folder / "engine.c"), "-o", str(target)]
     subprocess.run(command, check=True)
     return open_library(target)
 

@@ -401,7 +401,6 @@ static inline void window_range(int H, int W, int iy0, int ix0, int* ky0, int* k
     *kx1 = ix0 + 3 > W ? W - ix0 : 3;
 }
 
-
 /* The 9 taps of one channel block with the window rows that fall outside the map zeroed: a border row of
    outputs then runs the interior code, its outside rows reading a row inside the map (clamped) and adding
    0 times it. */
