@@ -3,7 +3,8 @@ per second one core can retire (12 independent chains, registers only) in fp32 F
 where the CPU has AVX-512) and, where the CPU has them, in the reduced-precision dot products an int8 or
 bf16 engine would use (AVX512_BF16's vdpbf16ps, AVX512_VNNI's and AVX-VNNI's vpdpbusd, AVX2's
 vpmaddubsw + vpmaddwd + vpaddd), beside a large fp32 matrix product in PyTorch. A 1x1 convolution cannot
-beat the widest chain figure of its precision; the matrix product is what a tuned fp32 GEMM gets.
+beat the widest chain figure of its precision; the matrix product is what a tuned fp32 GEMM gets. Each
+figure is the best of 5 interleaved rounds of every probe (a shared VM's speed moves between minutes).
 
     python benchmarks/cpu_peak.py [--output benchmarks/results/<cpu>]
 
@@ -60,7 +61,7 @@ typedef __m256i acc_t;
 typedef __m256i operand_t;
 #define START(i) _mm256_set1_epi32(i)
 #define OPERAND _mm256_set1_epi8(3)
-#define STEP(a, x) ({ acc_t r = a; __asm__("{vex} vpdpbusd %1, %1, %0" : "+x"(r) : "x"(x)); r; })
+#define STEP(a, x) ({ acc_t r = a; __asm__("%{vex%} vpdpbusd %1, %1, %0" : "+x"(r) : "x"(x)); r; })
 #define MACS 32
 #elif defined(INT8_AVX2)
 typedef __m256i acc_t;
@@ -151,28 +152,52 @@ PROBES = (
 )
 
 
-def chain_peak_gmacs(probe: Probe) -> float | str:
-    """Billions of multiply-adds per second from ``probe``'s instruction chains on one core (best of 2),
-    or why it could not be measured (a compiler or assembler without the instructions)."""
+ROUNDS = 5
+"""Rounds of every probe, interleaved: a shared machine's speed moves between minutes (a neighbour on the
+same core), and a ceiling is the best any round saw."""
+
+
+def build_probe(probe: Probe, folder: Path) -> Path | str:
+    """``probe`` compiled into ``folder``, or why it could not be (a compiler or assembler without the
+    instructions)."""
     compiler = shutil.which("cc")
     if compiler is None:
         raise SystemExit("cpu_peak: needs a C compiler (cc)")
+    source, binary = folder / f"{probe.name}.c", folder / probe.name
+    source.write_text(PROBE)
+    # Fully unrolled, the 12 accumulators live in registers (a loop over the array would keep them in
+    # memory and measure store-to-load latency instead).
+    built = subprocess.run(
+        [compiler, "-O2", *probe.compiler_flags, str(source), "-o", str(binary)],
+        capture_output=True,
+        text=True,
+    )
+    if built.returncode != 0:
+        return f"not built: {(built.stderr.strip().splitlines() or ['?'])[-1]}"
+    return binary
+
+
+def chain_peaks_gmacs(probes: list[Probe], rounds: int = ROUNDS) -> dict[Probe, float | str]:
+    """Billions of multiply-adds per second from each probe's instruction chains on one core, the best of
+    ``rounds`` interleaved rounds, or why it could not be measured."""
+    results: dict[Probe, float | str] = {}
     with tempfile.TemporaryDirectory() as folder:
-        source, binary = Path(folder) / "probe.c", Path(folder) / "probe"
-        source.write_text(PROBE)
-        # Fully unrolled, the 12 accumulators live in registers (a loop over the array would keep them in
-        # memory and measure store-to-load latency instead).
-        built = subprocess.run(
-            [compiler, "-O2", *probe.compiler_flags, str(source), "-o", str(binary)],
-            capture_output=True,
-            text=True,
-        )
-        if built.returncode != 0:
-            return f"not built: {(built.stderr.strip().splitlines() or ['?'])[-1]}"
-        runs = [subprocess.run([str(binary)], capture_output=True, text=True) for _ in range(2)]
-        if any(run.returncode != 0 for run in runs):
-            return f"the probe failed (exit status {runs[0].returncode or runs[1].returncode})"
-    return max(float(run.stdout.split()[0]) for run in runs)
+        binaries = {probe: build_probe(probe, Path(folder)) for probe in probes}
+        for probe, binary in binaries.items():
+            if isinstance(binary, str):
+                results[probe] = binary
+        runnable = {probe: binary for probe, binary in binaries.items() if isinstance(binary, Path)}
+        best = dict.fromkeys(runnable, 0.0)
+        for _ in range(rounds):
+            for probe, binary in runnable.items():
+                run = subprocess.run([str(binary)], capture_output=True, text=True)
+                if run.returncode != 0:
+                    results[probe] = f"the probe failed (exit status {run.returncode})"
+                    continue
+                best[probe] = max(best[probe], float(run.stdout.split()[0]))
+    for probe in runnable:
+        results.setdefault(probe, best[probe])
+    return {probe: results[probe] for probe in probes}
 
 
 def cpu_flags() -> set[str]:
@@ -200,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="also write cpu_peak.md/.csv/.json here")
     args = parser.parse_args(argv)
     flags = cpu_flags()
-    measured = {probe: chain_peak_gmacs(probe) for probe in PROBES if probe.cpu_flags <= flags}
+    measured = chain_peaks_gmacs([probe for probe in PROBES if probe.cpu_flags <= flags])
     peaks = {probe: gmacs for probe, gmacs in measured.items() if isinstance(gmacs, float)}
     fp32 = max(gmacs for probe, gmacs in peaks.items() if probe.name.startswith("fma_"))
     gemm = matmul_gmacs()
