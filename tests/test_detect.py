@@ -284,6 +284,13 @@ def test_detection_recipes_load_as_detection_runs_only():
         load_config("detect-fashion-quick")
     with pytest.raises(ValueError, match="min_size"):
         load_config("detect-fashion-quick", {"min_size": 0}, DetectConfig)
+    # A shorter side the longer side's cap would undo is refused, except for SSDLite's square inputs.
+    with pytest.raises(ValueError, match=r"min_size 800 is above max_size 600.*max_size=1333"):
+        load_config("detect-fashion-quick", {"min_size": 800, "max_size": 600}, DetectConfig)
+    square = load_config(
+        "detect-fashion-quick", {"detector": "ssdlite", "min_size": 320, "max_size": 300}, DetectConfig
+    )
+    assert (square.min_size, square.max_size) == (320, 300)
 
 
 def test_a_classification_runs_weights_start_the_detectors_backbone(detection_set, tmp_path):

@@ -63,6 +63,16 @@ class DetectConfig(TrainConfig):
     weight_decay: float = 1e-4
     channels_last: bool = False
 
+    def __post_init__(self) -> None:
+        # Faster R-CNN and RetinaNet shrink an image until its longer side fits max_size: with min_size
+        # above it, the shorter side never reaches min_size and the run quietly trains at another size.
+        if self.detector != "ssdlite" and self.min_size > self.max_size:
+            raise ValueError(
+                f"min_size {self.min_size} is above max_size {self.max_size}: the longer side's cap would "
+                f"shrink every image below min_size; set max_size to at least min_size "
+                f"(e.g. --set max_size={round(self.min_size * 5 / 3)})"
+            )
+
     def detector_args(self) -> dict[str, Any]:
         """:func:`build_detector`'s arguments from this run's settings (the backbone's model_args included;
         batch norm frozen as it trains: with backbone_weights unless ``freeze_bn`` says otherwise; the
