@@ -209,6 +209,12 @@ def test_a_detector_trains_through_the_training_engine(detection_set, tmp_path):
     )  # fmt: skip
     summary = train_detector(config)
     assert summary["steps"] == 4 and summary["classes"][0] == "T-shirt/top" and 0 <= summary["AP50"] <= 100
+    # its complexity: the trunk and feature pyramid on a min_size square, counted apart from the run
+    from shufflenet.detect.model import build_detector
+    from shufflenet.profile import profile
+
+    backbone = build_detector("shufflenet_v2_x0_5", 10, min_size=64, max_size=64).backbone
+    assert summary["mflops"] == pytest.approx(profile(backbone, (64, 64)).mflops) and summary["mflops"] > 0
     rows = json.loads((tmp_path / "run" / "metrics.json").read_text())
     rows = rows["rows"] if isinstance(rows, dict) else rows
     assert "val_AP50" in rows[-1] and rows[-1]["train_loss"] > 0

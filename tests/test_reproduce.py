@@ -382,6 +382,7 @@ def test_table7_trains_detectors_and_judges_the_claims_on_map(tmp_path, capsys):
     cells = {cell["key"]: cell for cell in record["cells"]}
     assert set(cells) == {"300-shufflenet-1x", "300-mobilenet"}
     assert all(len(cell["AP"]) == 1 and 0 <= cell["AP"][0] <= 100 for cell in cells.values())
+    assert all(cell["mflops_here"] > 0 for cell in cells.values())  # the backbones at the run's size
     summary = json.loads((folder / "mobilenet_v1_x1_0-min_size_300" / "seed0" / "summary.json").read_text())
     assert (summary["min_size"], summary["detector"]) == (64, "fasterrcnn")  # the user's size
     behind = record["claims"][2]["contrasts"][0]  # at 300, MobileNet ahead of ShuffleNet 1x

@@ -22,6 +22,7 @@ from shufflenet.detect.coco import CocoDetectionSet, collate_detection
 from shufflenet.detect.metrics import AP_NAMES, coco_average_precision, detections_over
 from shufflenet.detect.model import DETECTORS, build_detector
 from shufflenet.detect.synthetic import make_fashion_detection
+from shufflenet.profile import profile
 from shufflenet.train.config import TrainConfig
 from shufflenet.train.distributed import (
     barrier,
@@ -226,6 +227,9 @@ class DetectionTrainer(Trainer):
             "model": config.model,
             "detector": config.detector,
             "params": sum(p.numel() for p in final.parameters()),
+            # the trunk and its feature maps (pyramid, extra levels) on a min_size square: the heads' work
+            # depends on the image and on how many regions it yields
+            "mflops": profile(final.backbone, (config.min_size, config.min_size)).mflops,
             **precision,
             "min_size": config.min_size,
             "time_s": self._elapsed(),
