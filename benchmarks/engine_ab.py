@@ -110,13 +110,18 @@ def main(argv: list[str] | None = None) -> int:
                 medians[name].append(1e3 * float(np.median(seconds)))
         base = np.array(medians[args.builds[0]])
         for name in args.builds:
-            ms, ratio = float(np.median(medians[name])), float(np.median(np.array(medians[name]) / base))
-            rows.append([model, name, f"{ms:.2f}", f"**{ratio:.3f}**"])
-            records.append({"model": model, "build": name, "median_ms": ms, "ratio_to_first": ratio})
+            ratios = np.array(medians[name]) / base
+            ms, ratio = float(np.median(medians[name])), float(np.median(ratios))
+            low, high = (float(q) for q in np.percentile(ratios, [25, 75]))
+            rows.append([model, name, f"{ms:.2f}", f"**{ratio:.3f}**", f"{low:.3f}-{high:.3f}"])
+            records.append({"model": model, "build": name, "median_ms": ms, "ratio_to_first": ratio,
+                            "ratio_quartiles": [low, high]})  # fmt: skip
     body = (
         f"Engine {isa}, {args.threads} thread(s), {args.size}x{args.size}, batch 1: {args.rounds} "
         f"interleaved rounds of {args.calls} calls per build; ratio: median over rounds of build / "
-        f"{args.builds[0]}.\n\n" + markdown_table(["model", "build", "median ms", "ratio to first"], rows)
+        f"{args.builds[0]}; beside it the middle half of the rounds' ratios (where that straddles 1, the "
+        "change is inside this machine's noise).\n\n"
+        + markdown_table(["model", "build", "median ms", "ratio to first", "middle half of rounds"], rows)
     )
     print(body)
     if args.output:
