@@ -349,6 +349,7 @@ def measure_paired(
     for cell, samples in zip(timed, times, strict=True):
         cell.median_ms = 1000 * float(np.median(samples))
         cell.p90_ms = 1000 * float(np.percentile(samples, 90))
+        cell.extra["pass_ms"] = [1000 * sample for sample in samples]  # in pass order: ratios pass by pass
     return cells
 
 
@@ -396,28 +397,39 @@ FP32_PEERS = ("ort", "openvino", "ncnn", "mnn")
 PEER_INT8 = ("ort_int8", "openvino_int8", "ncnn_int8")
 
 
+def pass_ratio_spread(engine: LatencyCell, peer: LatencyCell) -> str:
+    """The middle half of ``engine``'s time over ``peer``'s pass by pass, as text (empty without the
+    passes of one paired run): how far one run's ratio of medians can be trusted on a noisy machine."""
+    ours, theirs = engine.extra.get("pass_ms"), peer.extra.get("pass_ms")
+    if not ours or not theirs or len(ours) != len(theirs) or len(ours) < 4:
+        return ""
+    low, high = np.percentile(np.array(ours) / np.array(theirs), [25, 75])
+    return f"; pass by pass, the middle half {low:.2f}-{high:.2f}"
+
+
 def peer_ratios(cells: Sequence[LatencyCell]) -> list[tuple[str, float | None, str]]:
     """For each model, size and thread count measured: the engine's median over the fastest fp32 peer's
-    (naming it), and over each default-precision cell measured (OpenVINO's bf16, ncnn's fp16); the bf16
-    and int8 engines' over the fastest peer cell at any precision."""
+    (naming it, with the spread of the ratio pass by pass), and over each default-precision cell measured
+    (OpenVINO's bf16, ncnn's fp16); the bf16 and int8 engines' over the fastest peer cell at any
+    precision."""
     rows = []
     keys = dict.fromkeys((c.model, (c.height, c.width), c.threads, c.batch) for c in cells)
     for model, size, threads, batch in keys:
-        group = {
-            c.runtime: c.median_ms
+        timed = {
+            c.runtime: c
             for c in cells
             if (c.model, (c.height, c.width), c.threads, c.batch) == (model, size, threads, batch)
             and c.median_ms is not None
         }
+        group = {runtime: cell.median_ms for runtime, cell in timed.items()}
         engine = group.get("engine")
         where = f"{model}, {size[0]}x{size[1]}, {threads} thread{'s' if threads > 1 else ''}, batch {batch}"
         peers = {name: group[name] for name in FP32_PEERS if name in group}
         if engine is None or not peers:
             continue
         best = min(peers, key=peers.get)
-        rows.append(
-            (f"{where}: engine / fastest fp32 peer ({best})", engine / peers[best], OURS_FASTER_BELOW_1)
-        )
+        reading = OURS_FASTER_BELOW_1 + pass_ratio_spread(timed["engine"], timed[best])
+        rows.append((f"{where}: engine / fastest fp32 peer ({best})", engine / peers[best], reading))
         for default in REDUCED_PRECISION:
             if default in group:
                 rows.append(
