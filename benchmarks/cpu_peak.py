@@ -180,24 +180,22 @@ def build_probe(probe: Probe, folder: Path) -> Path | str:
 def chain_peaks_gmacs(probes: list[Probe], rounds: int = ROUNDS) -> dict[Probe, float | str]:
     """Billions of multiply-adds per second from each probe's instruction chains on one core, the best of
     ``rounds`` interleaved rounds, or why it could not be measured."""
-    results: dict[Probe, float | str] = {}
     with tempfile.TemporaryDirectory() as folder:
         binaries = {probe: build_probe(probe, Path(folder)) for probe in probes}
-        for probe, binary in binaries.items():
-            if isinstance(binary, str):
-                results[probe] = binary
-        runnable = {probe: binary for probe, binary in binaries.items() if isinstance(binary, Path)}
-        best = dict.fromkeys(runnable, 0.0)
+        results: dict[Probe, float | str] = {
+            probe: binary if isinstance(binary, str) else 0.0 for probe, binary in binaries.items()
+        }
         for _ in range(rounds):
-            for probe, binary in runnable.items():
-                run = subprocess.run([str(binary)], capture_output=True, text=True)
-                if run.returncode != 0:
-                    results[probe] = f"the probe failed (exit status {run.returncode})"
+            for probe, binary in binaries.items():
+                if isinstance(results[probe], str):  # not built, or failed in an earlier round
                     continue
-                best[probe] = max(best[probe], float(run.stdout.split()[0]))
-    for probe in runnable:
-        results.setdefault(probe, best[probe])
-    return {probe: results[probe] for probe in probes}
+                run = subprocess.run([str(binary)], capture_output=True, text=True)
+                results[probe] = (
+                    max(results[probe], float(run.stdout.split()[0]))
+                    if run.returncode == 0
+                    else f"the probe failed (exit status {run.returncode})"
+                )
+    return results
 
 
 def cpu_flags() -> set[str]:
