@@ -151,7 +151,8 @@ int shufflenet_engine_bf16(void) {
 
 INLINE void pointwise_tile(const int BF16, const int ROWS, const int VECS, const int HALF, const float* a, size_t step,
                            const int32_t* idx, int K, const float* w, int panel, const float* bias, float* out,
-                           size_t out_stride, const float* res, size_t res_stride, int valid, int act) {
+                           size_t out_stride, const float* res, size_t res_stride, int valid, int act,
+                           const char* ahead, int ahead_step) {
     const vec b0 = VECS > 0 ? v_load(bias) : v_zero();
     const vec b1 = VECS > 1 ? v_load(bias + LANES) : b0;
     const vec b2 = VECS > 2 ? v_load(bias + 2 * LANES) : b0;
@@ -162,10 +163,10 @@ INLINE void pointwise_tile(const int BF16, const int ROWS, const int VECS, const
     for (int k = 0; k < K; k++) {
         const float* p = BF16 ? a + k : a + idx[k];
         const float* wk = w + (size_t)k * panel;
-        /* The weights stream in from L3 or memory once per call (a network's exceed L2): ask for them
-           WEIGHT_PREFETCH_ROWS rows ahead, past the panel's end into the next panel's. */
-        __builtin_prefetch(wk + WEIGHT_PREFETCH_ROWS * panel, 0, 3);
-        if (VECS > 1) __builtin_prefetch(wk + WEIGHT_PREFETCH_ROWS * panel + 2 * LANES - 1, 0, 3);
+        /* Weights asked for ahead of use (pointwise says which): a row's first two cache lines a step */
+        __builtin_prefetch(ahead, 0, 3);
+        if (VECS > 1) __builtin_prefetch(ahead + 64, 0, 3);
+        ahead += ahead_step;
         const vec w0 = VECS > 0 ? v_load(wk) : b0;
         const vec w1 = VECS > 1 ? v_load(wk + LANES) : w0;
         const vec w2 = VECS > 2 ? v_load(wk + 2 * LANES) : w0;
@@ -225,7 +226,8 @@ static Shape panel_shape(int valid) {
 }
 
 #define TILE(R, V, Q) \
-    pointwise_tile(BF16, R, V, Q, a, step, idx, K, w, panel, bias, out, out_stride, res, res_stride, valid, act)
+    pointwise_tile(BF16, R, V, Q, a, step, idx, K, w, panel, bias, out, out_stride, res, res_stride, valid, act, \
+                   ahead, ahead_step)
 /* Row counts up to each shape's own: every case is a separate specialised kernel. */
 #define ROWS_UP_TO_4(V, Q)                                                                     \
     case 4: TILE(4, V, Q); break; case 3: TILE(3, V, Q); break; case 2: TILE(2, V, Q); break; \
@@ -244,7 +246,8 @@ static Shape panel_shape(int valid) {
 /* Dispatch to a tile specialised for its shape (constants after inlining). */
 INLINE void pointwise_rows_as(const int BF16, Shape shape, int rows, const float* a, size_t step,
                               const int32_t* idx, int K, const float* w, int panel, const float* bias, float* out,
-                              size_t out_stride, const float* res, size_t res_stride, int valid, int act) {
+                              size_t out_stride, const float* res, size_t res_stride, int valid, int act,
+                              const char* ahead, int ahead_step) {
     if (shape.vecs == 2 && !shape.half) {
         switch (rows) { ROWS_UP_TO(ROWS_MID)(2, 0) }
     } else if (shape.vecs == 3) {
@@ -262,8 +265,10 @@ INLINE void pointwise_rows_as(const int BF16, Shape shape, int rows, const float
 
 #define ROWS_ARGUMENTS                                                                                        \
     Shape shape, int rows, const float *a, size_t step, const int32_t *idx, int K, const float *w, int panel, \
-        const float *bias, float *out, size_t out_stride, const float *res, size_t res_stride, int valid, int act
-#define ROWS_PASSED shape, rows, a, step, idx, K, w, panel, bias, out, out_stride, res, res_stride, valid, act
+        const float *bias, float *out, size_t out_stride, const float *res, size_t res_stride, int valid, int act, \
+        const char *ahead, int ahead_step
+#define ROWS_PASSED \
+    shape, rows, a, step, idx, K, w, panel, bias, out, out_stride, res, res_stride, valid, act, ahead, ahead_step
 static void pointwise_rows(ROWS_ARGUMENTS) { pointwise_rows_as(0, ROWS_PASSED); }
 
 #if BF16_KERNELS
@@ -365,8 +370,20 @@ static void pointwise(const float* in, const int32_t* line_base, int line_len, i
                     valid = panel_width(N - n0);
                     const Shape shape = panel_shape(valid);
                     const size_t channel = (size_t)out_offset + (size_t)g * N + n0;
-                    for (int p0 = c0, rows; p0 < c1; p0 += rows) {
+                    /* Weight prefetches. The first chunk of a line reads the weights from L3 or memory
+                       (a network's exceed L2): there each of a panel's tiles asks for its share of the
+                       next panel's (past the last panel, the next operation's), so memory is asked at the
+                       pace of all the panel's tiles, not of its first. Later chunks find them in L2 and
+                       ask WEIGHT_PREFETCH_ROWS rows ahead in their own panel. */
+                    const char* panel_w = (const char*)(gw + (size_t)n0 * rows_k);
+                    const size_t row_bytes = (size_t)panel_stride(valid) * sizeof(float);
+                    const int panel_tiles = (c1 - c0 + shape.rows - 1) / shape.rows;
+                    const int share = c0 == part.pixel_begin && panel_tiles > 1 ? panel_tiles : 0;
+                    const int ahead_step = (int)(share ? row_bytes / share : row_bytes);
+                    for (int p0 = c0, rows, tile = 0; p0 < c1; p0 += rows, tile++) {
                         const int tiles = (c1 - p0 + shape.rows - 1) / shape.rows;
+                        const char* ahead = share ? panel_w + rows_k * row_bytes + (size_t)tile * rows_k * ahead_step
+                                                  : panel_w + WEIGHT_PREFETCH_ROWS * row_bytes;
                         rows = (c1 - p0 + tiles - 1) / tiles;
                         const size_t pixel = first + p0;
                         const float* r0 =
@@ -379,12 +396,13 @@ static void pointwise(const float* in, const int32_t* line_base, int line_len, i
                         if (bf16) {
                             pointwise_rows_bf16(shape, rows, tile_in, chunk_step, gidx, rows_k, tile_w,
                                                 panel_stride(valid), bias + g * n_pad + n0, tile_out, out_stride,
-                                                r0, res_stride, valid, act);
+                                                r0, res_stride, valid, act, ahead, ahead_step);
                             continue;
                         }
 #endif
                         pointwise_rows(shape, rows, tile_in, chunk_step, gidx, K, tile_w, panel_stride(valid),
-                                       bias + g * n_pad + n0, tile_out, out_stride, r0, res_stride, valid, act);
+                                       bias + g * n_pad + n0, tile_out, out_stride, r0, res_stride, valid, act, ahead,
+                                       ahead_step);
                     }
                 }
             }
