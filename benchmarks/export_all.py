@@ -15,7 +15,6 @@ Writes export_all.{md,csv,json} into --output (default benchmarks/results).
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from tqdm import tqdm
 from shufflenet import create_model, list_models
 from shufflenet._table import markdown_table
 from shufflenet._testing import trained_looking
-from shufflenet.bench.report import environment, write_record
+from shufflenet.bench.report import publish_record
 from shufflenet.deploy.export import FORMATS, ExportError, adapt_images, export_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -108,16 +107,7 @@ def main() -> int:
         f"{size[0]}x{size[1]}, 1 thread; real inputs: "
         f"{'Fashion-MNIST test images resized' if real is not None else 'not found'}).\n\n{table}\n"
     )
-    written = write_record(
-        args.output,
-        "export_all",
-        "Verified export of every registered model",
-        body,
-        rows,
-        environment(["python", *sys.argv]),
-    )
-    print(body)
-    print(f"wrote {written['md']}")
+    publish_record(args.output, "export_all", "Verified export of every registered model", body, rows)
     return 0 if verified == len(rows) else 1
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import sys
 import tempfile
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import torchvision
 from shufflenet import create_model, load_torchvision_weights
 from shufflenet._table import markdown_table
 from shufflenet._testing import trained_looking
-from shufflenet.bench.report import environment, write_record
+from shufflenet.bench.report import publish_record
 from shufflenet.deploy import optimize
 from shufflenet.deploy.runtimes import export_onnx, openvino_compiled
 
@@ -122,11 +121,7 @@ def main() -> int:
     )
     if args.batch != 1:
         stem, title = f"{stem}_b{args.batch}", f"{title}, batch {args.batch}"
-    written = write_record(
-        folder, stem, f"OpenVINO per-node profile, {title}", body, rows, environment(["python", *sys.argv])
-    )
-    print(body)
-    print(f"wrote {written['md']}")
+    publish_record(folder, stem, f"OpenVINO per-node profile, {title}", body, rows)
     return 0
 
 
