@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 
 from shufflenet._system import cpu_info
-from shufflenet.bench.report import environment, environment_markdown, write_record
+from shufflenet.bench.report import environment, environment_markdown, script_command, write_record
 
 # Each probe: the accumulator type, its start, the operand and one chain step with its multiply-adds. The
 # integer steps are written in assembly: the compiler knows integer addition is associative and would
@@ -227,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     peaks = {probe: gmacs for probe, gmacs in measured.items() if isinstance(gmacs, float)}
     fp32 = max(gmacs for probe, gmacs in peaks.items() if probe.name.startswith("fma_"))
     gemm = matmul_gmacs()
-    env = environment([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
+    env = environment(script_command(argv))
     body = "".join(
         f"- {probe.label} chains, registers only: **{gmacs:.1f} GMAC/s** ({gmacs / fp32:.1f}x fp32)\n"
         if isinstance(gmacs, float)

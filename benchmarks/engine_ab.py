@@ -27,7 +27,7 @@ import torch
 
 from shufflenet import create_model
 from shufflenet._table import markdown_table
-from shufflenet.bench.report import environment, write_record
+from shufflenet.bench.report import save_record
 from shufflenet.deploy.engine import (
     COMPILE_FLAGS,
     HEADERS,
@@ -125,11 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(body)
     if args.output:
-        command = [Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]
-        title = "Engine builds side by side"
-        paths = write_record(args.output, "engine_ab", title, body, records, environment(command))
-        for path in paths.values():
-            print(f"wrote {path}")
+        save_record(args.output, "engine_ab", "Engine builds side by side", body, records, argv)
     return 0
 
 

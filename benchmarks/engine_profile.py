@@ -13,7 +13,6 @@ pattern; FE-Net (DW) spends the difference in its depthwise convs.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 
 from shufflenet import create_model
 from shufflenet._table import markdown_table
-from shufflenet.bench.report import environment, write_record
+from shufflenet.bench.report import save_record
 from shufflenet.deploy.engine import Engine, engine_isa, load_library, plan_engine
 
 
@@ -118,16 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         body += "".join(f"\n{operation_table(name, engines[name], per_op[name])}\n" for name in args.models)
     print(body)
     if args.output:
-        command = [Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]
         records = [
             {"model": name, **{kind: medians[name].get(kind, 0.0) for kind in kinds}, "total": sums[name]}
             for name in args.models
         ]
-        title = "Where the engine's time goes"
-        for path in write_record(
-            args.output, "engine_profile", title, body, records, environment(command)
-        ).values():
-            print(f"wrote {path}")
+        save_record(args.output, "engine_profile", "Where the engine's time goes", body, records, argv)
     return 0
 
 

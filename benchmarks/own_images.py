@@ -23,7 +23,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from shufflenet._table import markdown_table
-from shufflenet.bench.report import environment, write_record
+from shufflenet.bench.report import save_record
 from shufflenet.data import build_dataset
 
 SETS = {"set-a": (0, (1.0, 0.9, 0.8)), "set-b": (1800, (0.8, 1.0, 0.9))}  # first image, RGB tint
@@ -92,10 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     body = f"`{rows[0]['command']}`, nothing else set.\n\n{table}\n\nWhat the CLI chose:\n\n{chosen_lines}\n"
     print(body)
     if args.output:
-        env = environment([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
         title = "Training on a small ImageFolder of one's own, with the defaults"
-        written = write_record(args.output, "own_images", title, body, rows, env)
-        print(f"wrote {written['md']}")
+        save_record(args.output, "own_images", title, body, rows, argv)
     return 0
 
 

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import sys
 import time
 
 import numpy as np
@@ -18,7 +19,7 @@ from shufflenet.bench.latency import (
     skip_reason,
     speed_claims,
 )
-from shufflenet.bench.report import write_latency_results
+from shufflenet.bench.report import save_record, script_command, write_latency_results
 from shufflenet.cli import main
 
 
@@ -283,6 +284,19 @@ def test_latency_record_states_each_ratio_with_how_to_read_it(tmp_path):
     text = written["md"].read_text()
     assert "- AlexNet / V1 0.5x g3, both on openvino (speedup): **15.00** (Zhang et al. 2018" in text
     assert "target" not in text
+
+
+def test_a_scripts_record_names_the_arguments_it_ran_with(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["benchmarks/engine_ab.py", "HEAD", "--rounds", "9"])
+    assert script_command() == ["benchmarks/engine_ab.py", "HEAD", "--rounds", "9"]
+    # main(argv) called from Python: its own arguments, not the interpreter's
+    assert script_command(["0ce589c", "HEAD"]) == ["benchmarks/engine_ab.py", "0ce589c", "HEAD"]
+    rows = [{"ms": 1.5}]
+    written = save_record(tmp_path / "run", "engine_ab", "Builds", "body text", rows, ["0ce589c", "HEAD"])
+    markdown = written["md"].read_text()
+    assert "- command: `benchmarks/engine_ab.py 0ce589c HEAD`" in markdown and "body text" in markdown
+    assert written["csv"].read_text().splitlines() == ["ms", "1.5"]
+    assert capsys.readouterr().out == f"wrote {written['md']}\n"
 
 
 def test_speed_claims_are_ratios_per_size_and_runtime_beside_the_papers():

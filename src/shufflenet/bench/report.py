@@ -88,6 +88,21 @@ def write_record(
     return paths
 
 
+def script_command(argv: Sequence[str] | None = None) -> list[str]:
+    """The command line of the benchmark script running: its path and ``argv`` (``sys.argv``'s if None)."""
+    return [Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]
+
+
+def save_record(
+    folder: Path, stem: str, title: str, body: str, rows: Sequence[dict], argv: Sequence[str] | None = None
+) -> dict[str, Path]:
+    """:func:`write_record` with the environment of :func:`script_command`, then where it went (the script
+    prints its body itself, with or without a record)."""
+    written = write_record(folder, stem, title, body, rows, environment(script_command(argv)))
+    print(f"wrote {written['md']}")
+    return written
+
+
 def publish_record(folder: Path, stem: str, title: str, body: str, rows: Sequence[dict]) -> dict[str, Path]:
     """A benchmark script's record: :func:`write_record` with the environment of this command line
     (``python`` and ``sys.argv``), the body printed, then where it went."""
